@@ -1,0 +1,31 @@
+//! Reading and writing safetensors checkpoints.
+//!
+//! The input side is [`Checkpoint`]: a HuggingFace checkpoint directory (a sharded
+//! `model.safetensors.index.json` plus its shards, or a single `model.safetensors`), every shard
+//! memory-mapped read-only and every header validated before any tensor is touched. Tensors are
+//! borrowed as zero-copy byte slices; [`Checkpoint::prefetch`] and [`Checkpoint::release`] let a
+//! streaming reader keep only the current layer resident.
+//!
+//! The output side is [`ShardPlan`] and [`ShardWriter`]. The plan fixes, before any weight is
+//! read, which shard and byte offset every output tensor gets (greedy splitting by
+//! `max_shard_size`, as HuggingFace `save_pretrained` does). The writer then accepts tensors in
+//! any order from any thread with positioned writes, so the output bytes never depend on
+//! scheduling.
+//!
+//! [`parse_size`] reads a shard size such as `5GB` the way HuggingFace does.
+
+mod diagnose;
+mod plan;
+mod reader;
+mod size;
+mod validate;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use plan::{OutputTensor, ShardPlan, INDEX_FILE_NAME, SINGLE_FILE_NAME};
+pub use reader::{Checkpoint, Shard, TensorEntry};
+pub use safetensors::Dtype;
+pub use size::parse_size;
+pub use writer::ShardWriter;

@@ -1,0 +1,214 @@
+//! The command line: clap definitions and their translation into [`Options`].
+
+use crate::checkpoint::parse_size;
+use crate::error::{Error, Result};
+use crate::options::{Options, Scope, WeightAmaxMode};
+use crate::quant::{Numerics, QuantFormat};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other failure (I/O error on the output, internal error)
+  2  usage error (bad option, output exists without --force)
+  3  bad input (checkpoint, statistics file or layout unusable); nothing is written";
+
+/// Convert HuggingFace safetensors checkpoints to ModelOpt-compatible NVFP4 / FP8 checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "shardquant", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Quantize a checkpoint directory into a new directory.
+    #[command(after_help = EXIT_CODES)]
+    Convert(ConvertArgs),
+    /// Explain a checkpoint: detected layout, tensors by role and group, output plan, memory.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(InspectArgs),
+}
+
+/// `--format` values (ModelOpt qformat names).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// NVFP4 weights and activations (W4A4); needs input amax from --stats.
+    Nvfp4,
+    /// NVFP4 weights only (W4A16); needs no statistics.
+    #[value(name = "w4a16_nvfp4")]
+    W4a16Nvfp4,
+    /// FP8 E4M3 per-tensor weights and activations (W8A8); needs input amax from --stats.
+    Fp8,
+}
+
+/// `--numerics` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NumericsArg {
+    /// Match ModelOpt's export on CUDA (NVIDIA's published checkpoints).
+    ModeloptCuda,
+    /// Match ModelOpt's export on CPU.
+    ModeloptCpu,
+}
+
+/// `--weight-amax` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WeightAmaxArg {
+    /// max|W| computed from the weights.
+    Compute,
+    /// Taken from the statistics files.
+    Stats,
+}
+
+/// `--scope` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    /// Every quantizable linear.
+    All,
+    /// MLP, shared experts and experts (ModelOpt's *_mlp_only).
+    Mlp,
+    /// Routed experts only (ModelOpt's *_experts_only).
+    Experts,
+}
+
+/// `--kv-cache` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvCacheArg {
+    /// No KV-cache quantization.
+    None,
+    /// FP8 KV cache with k_scale / v_scale from the statistics.
+    Fp8,
+}
+
+/// Options shared by `convert` and `inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Target format.
+    #[arg(long, value_enum, default_value = "nvfp4")]
+    pub format: FormatArg,
+    /// Activation statistics (ModelOpt amax safetensors); repeatable, merged by max.
+    #[arg(long = "stats", value_name = "FILE")]
+    pub stats: Vec<PathBuf>,
+    /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
+    #[arg(long, value_enum, default_value = "none")]
+    pub kv_cache: KvCacheArg,
+    /// Which ModelOpt export arithmetic to reproduce.
+    #[arg(long, value_enum, default_value = "modelopt-cuda")]
+    pub numerics: NumericsArg,
+    /// Where weight amax comes from.
+    #[arg(long, value_enum, default_value = "compute")]
+    pub weight_amax: WeightAmaxArg,
+    /// Which linears to quantize.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scope: ScopeArg,
+    /// Leave modules matching this glob unquantized (repeatable; added to the layout's defaults).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Architecture layout JSON (overrides detection from config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Largest output shard (HF style: 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
+    /// Bound on bytes of work in flight (input pages + output buffers).
+    #[arg(long, default_value = "4GiB")]
+    pub max_memory: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Compute device: auto, cpu, cuda, cuda:N (only the CPU path exists in this version).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `convert` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ConvertArgs {
+    /// Input checkpoint directory (config.json + safetensors shards).
+    pub input_dir: PathBuf,
+    /// Output directory (must not exist, unless --force).
+    pub output_dir: PathBuf,
+    /// Planning options.
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Write a JSON report (inputs, options, counts, timings, peak memory, warnings).
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// No progress or info output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Replace an existing output directory (after the new one is complete).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Checkpoint directory.
+    pub dir: PathBuf,
+    /// Planning options (what the output plan would be).
+    #[command(flatten)]
+    pub plan: PlanArgs,
+}
+
+impl PlanArgs {
+    /// Resolves the arguments into [`Options`].
+    pub fn to_options(&self) -> Result<Options> {
+        match self.device.as_str() {
+            "auto" | "cpu" => {}
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                return Err(
+                    Error::usage(format!("--device {d}: this build has no GPU path yet"))
+                        .with_hint(
+                            "use --device cpu (or auto); the CPU path computes the same bytes",
+                        ),
+                )
+            }
+            d => {
+                return Err(Error::usage(format!(
+                    "--device {d}: expected auto, cpu, cuda or cuda:N"
+                )));
+            }
+        }
+        let format = match self.format {
+            FormatArg::Nvfp4 => QuantFormat::Nvfp4,
+            FormatArg::W4a16Nvfp4 => QuantFormat::W4a16Nvfp4,
+            FormatArg::Fp8 => QuantFormat::Fp8,
+        };
+        let mut o = Options::new(format);
+        o.numerics = match self.numerics {
+            NumericsArg::ModeloptCuda => Numerics::ModeloptCuda,
+            NumericsArg::ModeloptCpu => Numerics::ModeloptCpu,
+        };
+        o.weight_amax = match self.weight_amax {
+            WeightAmaxArg::Compute => WeightAmaxMode::Compute,
+            WeightAmaxArg::Stats => WeightAmaxMode::Stats,
+        };
+        o.scope = match self.scope {
+            ScopeArg::All => Scope::All,
+            ScopeArg::Mlp => Scope::Mlp,
+            ScopeArg::Experts => Scope::Experts,
+        };
+        o.kv_cache_fp8 = matches!(self.kv_cache, KvCacheArg::Fp8);
+        o.excludes = self.exclude.clone();
+        o.stats = self.stats.clone();
+        o.layout = self.layout.clone();
+        o.max_shard_size = parse_size(&self.max_shard_size)?;
+        o.max_memory = parse_size(&self.max_memory)?;
+        if let Some(t) = self.threads {
+            if t == 0 {
+                return Err(Error::usage("--threads must be at least 1"));
+            }
+            o.threads = t;
+        }
+        if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
+            return Err(Error::usage("--weight-amax stats needs a --stats file"));
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,261 @@
+//! `shardquant convert`: pre-flight, plan, stream, write metadata, publish.
+
+mod publish;
+mod report;
+
+pub use publish::{sync_dir, write_file, Staging};
+pub use report::{quant_summary, Report};
+
+use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
+use crate::error::{Error, Result};
+use crate::export::{
+    export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
+};
+use crate::layout::Layout;
+use crate::options::Options;
+use crate::pipeline;
+use crate::plan::Plan;
+use crate::progress::Progress;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The ModelOpt version whose export format shardquant reproduces.
+pub const MODELOPT_VERSION: &str = "0.47.0";
+
+/// Files of the input that the conversion writes itself instead of copying.
+const REWRITTEN: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "hf_quant_config.json",
+];
+
+/// Prints an info line unless quiet.
+pub fn info(options: &Options, msg: &str) {
+    if !options.quiet {
+        eprintln!("shardquant: {msg}");
+    }
+}
+
+/// Reads and parses `config.json` of a checkpoint directory.
+pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::io("reading", &path, e)
+            .with_hint("a HuggingFace checkpoint directory needs its config.json")
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_input(format!("{}: invalid JSON: {e}", path.display())))?;
+    if !value.is_object() {
+        return Err(Error::bad_input(format!(
+            "{}: not a JSON object",
+            path.display()
+        )));
+    }
+    Ok((text, value))
+}
+
+/// Opens a checkpoint and plans its conversion (everything before any weight is read).
+pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, Plan)> {
+    let ckpt = Checkpoint::open(input)?;
+    let (config_text, config) = read_config(input)?;
+    if config.get("quantization_config").is_some() || input.join("hf_quant_config.json").exists() {
+        return Err(Error::bad_input(format!(
+            "{}: this checkpoint is already quantized (config.json has quantization_config)",
+            input.display()
+        ))
+        .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
+    }
+    let layout = match &options.layout {
+        Some(path) => Layout::from_file(path)?,
+        None => Layout::detect(&config, &input.join("config.json"))?,
+    };
+    let plan = Plan::build(&ckpt, layout, &config, options)?;
+    Ok((ckpt, config_text, plan))
+}
+
+fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
+    if !input.is_dir() {
+        return Err(
+            Error::bad_input(format!("{} is not a directory", input.display())).with_hint(
+                "INPUT_DIR is a HuggingFace checkpoint directory (config.json + *.safetensors)",
+            ),
+        );
+    }
+    let canon_in = input
+        .canonicalize()
+        .map_err(|e| Error::io("reading", input, e))?;
+    let out_parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let canon_parent = out_parent.canonicalize().map_err(|e| {
+        Error::usage(format!(
+            "output parent directory {}: {e}",
+            out_parent.display()
+        ))
+        .with_hint("create the parent directory first")
+    })?;
+    let canon_out = canon_parent.join(output.file_name().unwrap_or_default());
+    if canon_out.starts_with(&canon_in) || canon_in.starts_with(&canon_out) {
+        return Err(Error::usage(format!(
+            "output {} and input {} overlap",
+            output.display(),
+            input.display()
+        ))
+        .with_hint("write the output to a directory outside the input"));
+    }
+    if output.exists() && !options.force {
+        return Err(Error::usage(format!("output directory {} already exists", output.display()))
+            .with_hint("pass --force to replace it (the old one is removed only after the new one is complete)"));
+    }
+    Ok(())
+}
+
+/// Converts `input` into `output`. Nothing appears at `output` unless the conversion succeeds.
+pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
+    let started = Instant::now();
+    check_paths(input, output, options)?;
+    let (ckpt, config_text, plan) = prepare(input, options)?;
+    for w in &plan.warnings {
+        info(options, &format!("warning: {w}"));
+    }
+    let shard_plan = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+    info(
+        options,
+        &format!(
+            "{}: layout {}, {} tensors ({} linears quantized to {}), {} output shard(s), {} thread(s)",
+            input.display(),
+            plan.layout.name,
+            ckpt.tensors().len(),
+            plan.quantized_count(),
+            options.format.cli_name(),
+            shard_plan.shard_count(),
+            options.threads
+        ),
+    );
+    let preflight_s = started.elapsed().as_secs_f64();
+    let staging = Staging::create(output)?;
+    let writer = ShardWriter::create(staging.path(), &shard_plan)?;
+    let total: u64 = plan.units.iter().map(|u| u.bytes).sum();
+    let progress = Progress::new(total, options.quiet);
+    let run_started = Instant::now();
+    let run = pipeline::run(&plan, &ckpt, &writer, options, &progress);
+    progress.finish();
+    let run = run?;
+    let mut files = writer.finish()?;
+    let convert_s = run_started.elapsed().as_secs_f64();
+    let mut notes = Vec::new();
+    files.extend(write_metadata(
+        input,
+        staging.path(),
+        &ckpt,
+        &config_text,
+        &plan,
+        options,
+        &run,
+        &mut notes,
+    )?);
+    for n in &notes {
+        info(options, n);
+    }
+    staging.publish(options.force)?;
+    files.sort();
+    let report = Report::new(
+        input,
+        output,
+        options,
+        &plan,
+        &ckpt,
+        &run,
+        files,
+        notes,
+        preflight_s,
+        convert_s,
+        started,
+    );
+    if let Some(path) = &options.report {
+        write_file(path, report.to_json().as_bytes())?;
+    }
+    info(
+        options,
+        &format!(
+            "wrote {} ({:.2} GB) in {:.1}s",
+            output.display(),
+            run.bytes_written as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(report)
+}
+
+/// Writes the metadata files into the staging directory; returns their names.
+#[allow(clippy::too_many_arguments)]
+fn write_metadata(
+    input: &Path,
+    dir: &Path,
+    ckpt: &Checkpoint,
+    config_text: &str,
+    plan: &Plan,
+    options: &Options,
+    run: &pipeline::RunStats,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    let meta = QuantMetadata {
+        quant_algo: options.format.quant_algo().to_string(),
+        group_size: options.format.group_size(),
+        kv_cache_fp8: options.kv_cache_fp8,
+        exclude_modules: plan.exclude_modules.clone(),
+        producer_version: MODELOPT_VERSION.to_string(),
+    };
+    let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+        write_file(&dir.join(name), bytes)?;
+        written.push(name.to_string());
+        Ok(())
+    };
+    put(
+        "hf_quant_config.json",
+        hf_quant_config_json(&meta).as_bytes(),
+    )?;
+    let config_path = input.join("config.json");
+    put(
+        "config.json",
+        export_config_json(config_text, &config_path, &meta)?.as_bytes(),
+    )?;
+    let gen_path = input.join("generation_config.json");
+    if gen_path.exists() {
+        let text =
+            std::fs::read_to_string(&gen_path).map_err(|e| Error::io("reading", &gen_path, e))?;
+        let sanitized = sanitize_generation_config(&text, &gen_path)?;
+        if let Some(change) = &sanitized.changed {
+            notes.push(format!("generation_config.json: {change}"));
+        }
+        put("generation_config.json", sanitized.text.as_bytes())?;
+    }
+    put(
+        ".quant_summary.txt",
+        quant_summary(plan, options, &run.summary).as_bytes(),
+    )?;
+    put(
+        "shardquant.json",
+        report::manifest(input, plan, options).as_bytes(),
+    )?;
+    for path in ckpt.other_files()? {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
+            continue;
+        };
+        if REWRITTEN.contains(&name.as_str())
+            || name == ".quant_summary.txt"
+            || name == "shardquant.json"
+        {
+            continue;
+        }
+        let dest: PathBuf = dir.join(&name);
+        std::fs::copy(&path, &dest).map_err(|e| Error::io("copying", &path, e))?;
+        std::fs::File::open(&dest)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("syncing", &dest, e))?;
+        written.push(name);
+    }
+    Ok(written)
+}

@@ -1,0 +1,162 @@
+//! What a conversion tells its users: `.quant_summary.txt`, the `shardquant.json` manifest in
+//! the output (deterministic: no times, no thread counts), and the `--report` JSON.
+
+use crate::checkpoint::Checkpoint;
+use crate::options::{Options, WeightAmaxMode};
+use crate::pipeline::{RunStats, SummaryLine};
+use crate::plan::Plan;
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+/// `.quant_summary.txt`: one line per quantized linear (format, amax, scale), then the
+/// unquantized linears.
+pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> String {
+    let mut out = format!(
+        "# shardquant {} quantization summary: format {}, numerics {}\n",
+        env!("CARGO_PKG_VERSION"),
+        options.format.cli_name(),
+        options.numerics.name()
+    );
+    out.push_str("# module  format  weight_amax  input_amax  weight_scale(_2)\n");
+    for l in lines {
+        let input = l.input_amax.map_or("-".to_string(), |a| format!("{a:.6e}"));
+        out.push_str(&format!(
+            "{:80} {} weight_amax={:.6e}{} input_amax={} weight_scale={:.6e}\n",
+            l.module,
+            options.format.quant_algo(),
+            l.weight_amax,
+            if l.static_blocks {
+                " (static per-block)"
+            } else {
+                ""
+            },
+            input,
+            l.weight_scale
+        ));
+    }
+    for l in plan.linears.iter().filter(|l| l.excluded.is_some()) {
+        out.push_str(&format!(
+            "{:80} unquantized ({})\n",
+            l.module,
+            l.excluded.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str(&format!("{} linears quantized\n", lines.len()));
+    out
+}
+
+fn options_json(options: &Options) -> serde_json::Value {
+    json!({
+        "format": options.format.cli_name(),
+        "numerics": options.numerics.name(),
+        "weight_amax": match options.weight_amax { WeightAmaxMode::Compute => "compute", WeightAmaxMode::Stats => "stats" },
+        "scope": options.scope.name(),
+        "exclude": options.excludes,
+        "kv_cache": if options.kv_cache_fp8 { "fp8" } else { "none" },
+        "max_shard_size": options.max_shard_size,
+    })
+}
+
+/// The `shardquant.json` provenance manifest written into the output.
+pub fn manifest(input: &Path, plan: &Plan, options: &Options) -> String {
+    let stats: Vec<String> = options
+        .stats
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let value = json!({
+        "tool": "shardquant",
+        "version": env!("CARGO_PKG_VERSION"),
+        "modelopt_format_version": super::MODELOPT_VERSION,
+        "input": input.display().to_string(),
+        "layout": plan.layout.name,
+        "stats": stats,
+        "options": options_json(options),
+        "quantized_linears": plan.quantized_count(),
+        "unquantized_linears": plan.linears.len() - plan.quantized_count(),
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+}
+
+/// Peak resident set size of this process in bytes (getrusage).
+pub fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
+    if ok {
+        usage.ru_maxrss.max(0) as u64 * 1024
+    } else {
+        0
+    }
+}
+
+/// The `--report` JSON: inputs, options, counts, timings, memory, warnings.
+#[derive(Debug, Clone)]
+pub struct Report {
+    value: serde_json::Value,
+}
+
+impl Report {
+    /// Builds the report of a finished conversion.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        input: &Path,
+        output: &Path,
+        options: &Options,
+        plan: &Plan,
+        ckpt: &Checkpoint,
+        run: &RunStats,
+        files: Vec<String>,
+        notes: Vec<String>,
+        preflight_s: f64,
+        convert_s: f64,
+        started: Instant,
+    ) -> Report {
+        let value = json!({
+            "status": "ok",
+            "input": input.display().to_string(),
+            "output": output.display().to_string(),
+            "device": "cpu",
+            "layout": plan.layout.name,
+            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "options": options_json(options),
+            "threads": options.threads,
+            "max_memory": options.max_memory,
+            "counts": {
+                "input_tensors": ckpt.tensors().len(),
+                "input_bytes": ckpt.total_bytes(),
+                "output_tensors": plan.outputs.len(),
+                "output_bytes": run.bytes_written,
+                "quantized_linears": plan.quantized_count(),
+                "unquantized_linears": plan.linears.len() - plan.quantized_count(),
+                "passthrough_tensors": plan.classified.passthrough.len(),
+                "units": plan.units.len(),
+            },
+            "timings_s": {
+                "preflight": preflight_s,
+                "convert": convert_s,
+                "total": started.elapsed().as_secs_f64(),
+            },
+            "memory": {
+                "peak_rss_bytes": peak_rss_bytes(),
+                "peak_in_flight_bytes": run.peak_in_flight,
+                "largest_unit_bytes": plan.largest_unit_bytes(),
+            },
+            "warnings": plan.warnings,
+            "notes": notes,
+            "files": files,
+        });
+        Report { value }
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.value).unwrap_or_default() + "\n"
+    }
+
+    /// The report as a JSON value.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.value
+    }
+}

@@ -1,0 +1,120 @@
+//! One error type for the whole crate, and the mapping from errors to process exit codes.
+//!
+//! Every error carries a message that names what went wrong (the file, the tensor) and, where
+//! there is one, a hint that says what the user can do about it. The [`ErrorKind`] decides the
+//! exit code, in this one place.
+
+use std::fmt;
+use std::path::Path;
+
+/// What class of failure an [`Error`] is; decides the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The command line is wrong (exit code 2).
+    Usage,
+    /// The checkpoint, statistics file or layout is unusable as given (exit code 3).
+    BadInput,
+    /// Anything else: I/O failures on the output, internal errors (exit code 1).
+    Other,
+}
+
+impl ErrorKind {
+    /// The process exit code documented in the README and `--help`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Other => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::BadInput => 3,
+        }
+    }
+}
+
+/// A failure with a human-readable message and an optional hint.
+#[derive(Debug, Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    hint: Option<String>,
+}
+
+/// Result type used throughout shardquant.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A problem with the input checkpoint, statistics or layout (exit code 3).
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::BadInput,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A problem with the command line (exit code 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Usage,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Any other failure (exit code 1).
+    pub fn other(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Other,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// An I/O error on `path`, while doing `what` (e.g. "reading", "writing").
+    ///
+    /// Reading a missing or unreadable input is bad input (exit 3); other I/O failures are
+    /// exit 1.
+    pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
+        let kind = if what == "reading" || what == "opening" {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Other
+        };
+        Error {
+            kind,
+            message: format!("{} {}: {}", what, path.display(), err),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint: what the user can do to fix the problem.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message without the hint.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The hint, if any.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {}", hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}

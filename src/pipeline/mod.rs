@@ -1,0 +1,121 @@
+//! The streaming pipeline: reader → workers → writer, connected by bounded channels, with a
+//! byte budget on the work in flight.
+//!
+//! - The reader walks the plan's units in streaming order, waits for budget, advises the kernel
+//!   to read the unit's input pages ahead, and hands the unit to the workers.
+//! - Workers compute amax, scales and quantized bytes ([`worker::execute`]).
+//! - The writer (the calling thread) writes each output at its planned offset, so the output
+//!   bytes do not depend on which worker finishes first; then it drops the input pages that no
+//!   later unit needs and returns the unit's budget.
+
+pub mod budget;
+pub mod worker;
+
+use crate::checkpoint::{Checkpoint, ShardWriter};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::plan::Plan;
+use crate::progress::Progress;
+use budget::Budget;
+use crossbeam_channel::bounded;
+use std::sync::atomic::{AtomicBool, Ordering};
+pub use worker::{Payload, SummaryLine, UnitResult};
+
+/// What a pipeline run measured.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Summary lines of every quantized linear, in output order.
+    pub summary: Vec<SummaryLine>,
+    /// Most bytes of work in flight at once.
+    pub peak_in_flight: u64,
+    /// Bytes of output written.
+    pub bytes_written: u64,
+}
+
+/// Runs every unit of `plan`, writing through `writer`.
+pub fn run(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    writer: &ShardWriter,
+    options: &Options,
+    progress: &Progress,
+) -> Result<RunStats> {
+    let threads = options.threads.max(1);
+    let budget = Budget::new(options.max_memory);
+    let cancelled = AtomicBool::new(false);
+    let (work_tx, work_rx) = bounded::<usize>(threads * 2);
+    let (done_tx, done_rx) = bounded::<Result<UnitResult>>(threads * 2);
+    let mut summaries: Vec<Vec<SummaryLine>> = vec![Vec::new(); plan.units.len()];
+    let mut users = plan.tensor_users.clone();
+    let mut stats = RunStats::default();
+
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        let (budget, cancelled) = (&budget, &cancelled);
+        scope.spawn(move || {
+            for (i, unit) in plan.units.iter().enumerate() {
+                if cancelled.load(Ordering::Relaxed) || !budget.acquire(budget.charge(unit.bytes)) {
+                    break;
+                }
+                for &t in &unit.inputs {
+                    ckpt.prefetch(&ckpt.tensors()[t]);
+                }
+                if work_tx.send(i).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..threads {
+            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                for i in work_rx.iter() {
+                    if cancelled.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let result = worker::execute(plan, ckpt, options, i);
+                    if done_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((work_rx, done_tx));
+        let mut remaining = plan.units.len();
+        let result = (|| -> Result<()> {
+            while remaining > 0 {
+                let done = done_rx
+                    .recv()
+                    .map_err(|_| Error::other("a worker thread stopped unexpectedly"))??;
+                let unit = &plan.units[done.unit];
+                for (&out, payload) in unit.outputs.iter().zip(&done.payloads) {
+                    let bytes = match payload {
+                        Payload::Owned(b) => b.as_slice(),
+                        Payload::Input(t) => ckpt.bytes(&ckpt.tensors()[*t]),
+                    };
+                    writer.write(out, bytes)?;
+                    stats.bytes_written += bytes.len() as u64;
+                }
+                for &t in &unit.inputs {
+                    users[t] -= 1;
+                    if users[t] == 0 {
+                        ckpt.release(&ckpt.tensors()[t]);
+                    }
+                }
+                summaries[done.unit] = done.summary;
+                budget.release(budget.charge(unit.bytes));
+                progress.advance(unit.bytes);
+                remaining -= 1;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            cancelled.store(true, Ordering::Relaxed);
+            budget.cancel();
+        }
+        drop(done_rx);
+        result
+    });
+    outcome?;
+    stats.peak_in_flight = budget.peak();
+    stats.summary = summaries.into_iter().flatten().collect();
+    Ok(stats)
+}

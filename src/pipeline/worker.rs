@@ -1,0 +1,222 @@
+//! Executing one unit of work: amax, scales and quantized bytes of its linears.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::plan::{Job, Linear, Plan, Unit};
+use crate::quant::{self, QuantFormat};
+use crate::stats::WeightAmax;
+
+/// Bytes of one output tensor.
+#[derive(Debug)]
+pub enum Payload {
+    /// Computed bytes.
+    Owned(Vec<u8>),
+    /// The unchanged bytes of an input tensor (written straight from the mapping).
+    Input(usize),
+}
+
+/// One line of `.quant_summary.txt`.
+#[derive(Debug, Clone)]
+pub struct SummaryLine {
+    /// Module name.
+    pub module: String,
+    /// Weight amax used (after group unification; the global amax for static blocks).
+    pub weight_amax: f32,
+    /// Whether the weight used per-block amax from statistics.
+    pub static_blocks: bool,
+    /// Input amax used, if the format quantizes activations.
+    pub input_amax: Option<f32>,
+    /// `weight_scale_2` (NVFP4) or `weight_scale` (FP8).
+    pub weight_scale: f32,
+}
+
+/// The outputs of a unit, in the unit's output order.
+#[derive(Debug)]
+pub struct UnitResult {
+    /// Index of the unit in the plan.
+    pub unit: usize,
+    /// One payload per output tensor.
+    pub payloads: Vec<Payload>,
+    /// Summary lines of the quantized linears.
+    pub summary: Vec<SummaryLine>,
+}
+
+/// Runs one unit.
+pub fn execute(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    options: &Options,
+    index: usize,
+) -> Result<UnitResult> {
+    let unit: &Unit = &plan.units[index];
+    let (payloads, summary) = match &unit.job {
+        Job::Copy(t) => (vec![Payload::Input(*t)], Vec::new()),
+        Job::Scalars(values) => (
+            values
+                .iter()
+                .map(|v| Payload::Owned(v.to_le_bytes().to_vec()))
+                .collect(),
+            Vec::new(),
+        ),
+        Job::Quantize(members) => quantize_group(plan, ckpt, options, members)?,
+    };
+    debug_assert_eq!(payloads.len(), unit.outputs.len());
+    Ok(UnitResult {
+        unit: index,
+        payloads,
+        summary,
+    })
+}
+
+fn weight_bytes<'a>(ckpt: &'a Checkpoint, l: &Linear) -> &'a [u8] {
+    let t = &ckpt.tensors()[l.source.tensor];
+    &ckpt.bytes(t)[l.source.offset..l.source.offset + l.source.byte_len()]
+}
+
+fn where_is(ckpt: &Checkpoint, l: &Linear) -> String {
+    let t = &ckpt.tensors()[l.source.tensor];
+    format!(
+        "{}: tensor '{}'",
+        ckpt.shards()[t.shard].path.display(),
+        t.name
+    )
+}
+
+/// The weight amax of each member: from statistics, or max |W|.
+fn member_amax(plan: &Plan, ckpt: &Checkpoint, i: usize) -> Result<WeightAmax> {
+    if let Some(a) = &plan.weight_stats[i] {
+        return Ok(a.clone());
+    }
+    let l = &plan.linears[i];
+    quant::amax(weight_bytes(ckpt, l), l.source.dtype).map(WeightAmax::Tensor).map_err(|at| {
+        let (r, c) = (at / l.source.cols, at % l.source.cols);
+        Error::bad_input(format!(
+            "{}: element [{r}, {c}] of {} is NaN or infinite",
+            where_is(ckpt, l),
+            l.module
+        ))
+        .with_hint("the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it")
+    })
+}
+
+fn quantize_group(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    options: &Options,
+    members: &[usize],
+) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+    let amaxes = members
+        .iter()
+        .map(|&i| member_amax(plan, ckpt, i))
+        .collect::<Result<Vec<_>>>()?;
+    let is_static = amaxes
+        .iter()
+        .any(|a| matches!(a, WeightAmax::Blocks { .. }));
+    if is_static
+        && !amaxes
+            .iter()
+            .all(|a| matches!(a, WeightAmax::Blocks { .. }))
+    {
+        let names: Vec<&str> = members
+            .iter()
+            .map(|&i| plan.linears[i].module.as_str())
+            .collect();
+        return Err(Error::bad_input(format!(
+            "linears {} share scales, but the statistics give per-block amax for some and per-tensor amax for others",
+            names.join(", ")
+        )));
+    }
+    // ModelOpt unifies the weight amax (or static global amax) over the group at export.
+    let group_amax = amaxes
+        .iter()
+        .map(|a| match a {
+            WeightAmax::Tensor(v) => *v,
+            WeightAmax::Blocks { global, .. } => *global,
+        })
+        .fold(0.0f32, f32::max);
+    if group_amax == 0.0 {
+        let l = &plan.linears[members[0]];
+        return Err(Error::bad_input(format!(
+            "{}: the weight of {} is all zeros, so ModelOpt's scale formulas are undefined",
+            where_is(ckpt, l),
+            l.module
+        ))
+        .with_hint(format!(
+            "leave it unquantized with --exclude '{}'",
+            l.module
+        )));
+    }
+    let mut payloads = Vec::new();
+    let mut summary = Vec::new();
+    for (&i, amax) in members.iter().zip(&amaxes) {
+        let l = &plan.linears[i];
+        let src = weight_bytes(ckpt, l);
+        let (rows, cols, dtype) = (l.source.rows, l.source.cols, l.source.dtype);
+        let input_amax = if options.format.needs_input_amax() {
+            plan.input_amax[i]
+        } else {
+            None
+        };
+        let weight_scale = match options.format {
+            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
+                let mut packed = vec![0u8; rows * cols / 2];
+                let mut scales = vec![0u8; rows * cols / 16];
+                let ws2 = match amax {
+                    WeightAmax::Blocks { blocks, .. } => quant::quantize_nvfp4_static(
+                        src,
+                        dtype,
+                        rows,
+                        cols,
+                        blocks,
+                        group_amax,
+                        options.numerics,
+                        &mut packed,
+                        &mut scales,
+                    ),
+                    WeightAmax::Tensor(_) => {
+                        let ws2 = quant::nvfp4_global_scale(group_amax, options.numerics);
+                        quant::quantize_nvfp4(
+                            src,
+                            dtype,
+                            rows,
+                            cols,
+                            ws2,
+                            &mut packed,
+                            &mut scales,
+                        );
+                        ws2
+                    }
+                };
+                payloads.push(Payload::Owned(packed));
+                payloads.push(Payload::Owned(scales));
+                payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
+                if let Some(a) = input_amax {
+                    let s = quant::nvfp4_global_scale(a, options.numerics);
+                    payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
+                }
+                ws2
+            }
+            QuantFormat::Fp8 => {
+                let ws = quant::fp8_scale(group_amax, options.numerics);
+                let mut out = vec![0u8; rows * cols];
+                quant::quantize_fp8(src, dtype, ws, options.numerics, &mut out);
+                payloads.push(Payload::Owned(out));
+                payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
+                if let Some(a) = input_amax {
+                    let s = quant::fp8_scale(a, options.numerics);
+                    payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
+                }
+                ws
+            }
+        };
+        summary.push(SummaryLine {
+            module: l.module.clone(),
+            weight_amax: group_amax,
+            static_blocks: is_static,
+            input_amax,
+            weight_scale,
+        });
+    }
+    Ok((payloads, summary))
+}

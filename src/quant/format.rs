@@ -1,0 +1,301 @@
+//! The quantization formats, declared once as data.
+//!
+//! Every fact about a format lives in its row of the private table `FORMATS`; the methods of [`QuantFormat`],
+//! [`output_tensors`] and [`check_shape`] read it from there (golden/README.md "Tensor layout of
+//! a quantized linear" and "hf_quant_config.json").
+
+/// A quantization format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// NVFP4 weights and activations (ModelOpt `NVFP4_DEFAULT_CFG`, W4A4).
+    Nvfp4,
+    /// NVFP4 weights, unquantized activations (ModelOpt `W4A16_NVFP4`).
+    W4a16Nvfp4,
+    /// FP8 E4M3 per-tensor weights and activations (ModelOpt `FP8_DEFAULT_CFG`).
+    Fp8,
+}
+
+/// How the quantized weight tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightStorage {
+    /// Two E2M1 nibbles per byte (`U8 [rows, cols/2]`), E4M3 block scales
+    /// (`F8_E4M3 [rows, cols/group]`) and an f32 `weight_scale_2`.
+    Nvfp4Packed,
+    /// One E4M3 byte per element (`F8_E4M3 [rows, cols]`) and an f32 per-tensor `weight_scale`.
+    Fp8PerTensor,
+}
+
+/// One row of the format table.
+#[derive(Debug)]
+struct FormatSpec {
+    format: QuantFormat,
+    cli_name: &'static str,
+    quant_algo: &'static str,
+    group_size: Option<u32>,
+    weight_bits: u32,
+    activation_bits: Option<u32>,
+    shares_group_scales: bool,
+    storage: WeightStorage,
+}
+
+/// The format table: one row per [`QuantFormat`], in the order of [`QuantFormat::ALL`].
+const FORMATS: [FormatSpec; 3] = [
+    FormatSpec {
+        format: QuantFormat::Nvfp4,
+        cli_name: "nvfp4",
+        quant_algo: "NVFP4",
+        group_size: Some(16),
+        weight_bits: 4,
+        activation_bits: Some(4),
+        shares_group_scales: true,
+        storage: WeightStorage::Nvfp4Packed,
+    },
+    FormatSpec {
+        format: QuantFormat::W4a16Nvfp4,
+        cli_name: "w4a16_nvfp4",
+        quant_algo: "W4A16_NVFP4",
+        group_size: Some(16),
+        weight_bits: 4,
+        activation_bits: None,
+        shares_group_scales: true,
+        storage: WeightStorage::Nvfp4Packed,
+    },
+    FormatSpec {
+        format: QuantFormat::Fp8,
+        cli_name: "fp8",
+        quant_algo: "FP8",
+        group_size: None,
+        weight_bits: 8,
+        activation_bits: Some(8),
+        shares_group_scales: false,
+        storage: WeightStorage::Fp8PerTensor,
+    },
+];
+
+impl QuantFormat {
+    /// Every format, in table order.
+    pub const ALL: [QuantFormat; 3] = [
+        QuantFormat::Nvfp4,
+        QuantFormat::W4a16Nvfp4,
+        QuantFormat::Fp8,
+    ];
+
+    fn spec(self) -> &'static FormatSpec {
+        let spec = match self {
+            QuantFormat::Nvfp4 => &FORMATS[0],
+            QuantFormat::W4a16Nvfp4 => &FORMATS[1],
+            QuantFormat::Fp8 => &FORMATS[2],
+        };
+        debug_assert_eq!(spec.format, self);
+        spec
+    }
+
+    /// The CLI value: `"nvfp4"`, `"w4a16_nvfp4"` or `"fp8"`.
+    pub fn cli_name(self) -> &'static str {
+        self.spec().cli_name
+    }
+
+    /// The format whose CLI value is `s`, or `None`.
+    pub fn from_cli_name(s: &str) -> Option<Self> {
+        FORMATS
+            .iter()
+            .find(|spec| spec.cli_name == s)
+            .map(|spec| spec.format)
+    }
+
+    /// `quant_algo` in `hf_quant_config.json` / `quantization_config`: `"NVFP4"`,
+    /// `"W4A16_NVFP4"` or `"FP8"`.
+    pub fn quant_algo(self) -> &'static str {
+        self.spec().quant_algo
+    }
+
+    /// Elements per weight block sharing one scale: `Some(16)` for NVFP4, `None` (per tensor)
+    /// for FP8.
+    pub fn group_size(self) -> Option<u32> {
+        self.spec().group_size
+    }
+
+    /// Whether the format exports an `input_scale`, so needs an input amax from statistics.
+    pub fn needs_input_amax(self) -> bool {
+        self.spec().activation_bits.is_some()
+    }
+
+    /// Whether linears sharing an input (q/k/v, gate/up) share `weight_scale_2` and
+    /// `input_scale` (ModelOpt unifies them at export for NVFP4, not for FP8).
+    pub fn shares_group_scales(self) -> bool {
+        self.spec().shares_group_scales
+    }
+
+    /// Bits per weight element: 4 or 8.
+    pub fn weight_bits(self) -> u32 {
+        self.spec().weight_bits
+    }
+
+    /// Bits per activation element, `None` when activations are not quantized.
+    pub fn activation_bits(self) -> Option<u32> {
+        self.spec().activation_bits
+    }
+
+    /// Whether the weight is stored as packed NVFP4 (E2M1 + E4M3 block scales).
+    pub fn is_nvfp4(self) -> bool {
+        self.spec().storage == WeightStorage::Nvfp4Packed
+    }
+}
+
+/// The tensors a quantized linear `X` exports, as (suffix, safetensors dtype name, shape) for a
+/// weight `[rows, cols]`, in the order listed here:
+/// - NVFP4: `("weight", "U8", [rows, cols/2])`, `("weight_scale", "F8_E4M3", [rows, cols/16])`,
+///   `("weight_scale_2", "F32", [])`, `("input_scale", "F32", [])` (no `input_scale` for W4A16);
+/// - FP8: `("weight", "F8_E4M3", [rows, cols])`, `("weight_scale", "F32", [])`,
+///   `("input_scale", "F32", [])`.
+///
+/// Assumes [`check_shape`] passed.
+pub fn output_tensors(
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+    let spec = format.spec();
+    let mut tensors = match spec.storage {
+        WeightStorage::Nvfp4Packed => {
+            let group = spec.group_size.unwrap_or(16) as usize;
+            vec![
+                ("weight", "U8", vec![rows, cols / 2]),
+                ("weight_scale", "F8_E4M3", vec![rows, cols / group]),
+                ("weight_scale_2", "F32", vec![]),
+            ]
+        }
+        WeightStorage::Fp8PerTensor => {
+            vec![
+                ("weight", "F8_E4M3", vec![rows, cols]),
+                ("weight_scale", "F32", vec![]),
+            ]
+        }
+    };
+    if format.needs_input_amax() {
+        tensors.push(("input_scale", "F32", vec![]));
+    }
+    tensors
+}
+
+/// Whether a weight `[rows, cols]` can be quantized in `format`; `Err(reason)` otherwise.
+///
+/// Every format rejects an empty weight (ModelOpt cannot calibrate one). NVFP4 needs `cols` to
+/// be a multiple of the group size 16 (ModelOpt asserts it), which also makes it even for the
+/// two-per-byte packing.
+pub fn check_shape(
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<(), String> {
+    if rows == 0 || cols == 0 {
+        return Err(format!("weight [{rows}, {cols}] is empty"));
+    }
+    if let Some(group) = format.group_size() {
+        let group = group as usize;
+        if cols % group != 0 {
+            return Err(format!(
+                "inner dimension {cols} is not a multiple of the {} block size {group}",
+                format.cli_name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_table_rows_match_formats() {
+        for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
+            assert_eq!(FORMATS[i].format, format);
+            assert_eq!(QuantFormat::from_cli_name(format.cli_name()), Some(format));
+        }
+        assert_eq!(QuantFormat::from_cli_name("NVFP4"), None);
+        assert_eq!(QuantFormat::from_cli_name("int4"), None);
+    }
+
+    #[test]
+    fn test_format_facts() {
+        use QuantFormat::*;
+        let facts: Vec<_> = QuantFormat::ALL
+            .into_iter()
+            .map(|f| {
+                (
+                    f.cli_name(),
+                    f.quant_algo(),
+                    f.group_size(),
+                    f.needs_input_amax(),
+                    f.shares_group_scales(),
+                    f.weight_bits(),
+                    f.activation_bits(),
+                    f.is_nvfp4(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            facts,
+            vec![
+                ("nvfp4", "NVFP4", Some(16), true, true, 4, Some(4), true),
+                (
+                    "w4a16_nvfp4",
+                    "W4A16_NVFP4",
+                    Some(16),
+                    false,
+                    true,
+                    4,
+                    None,
+                    true
+                ),
+                ("fp8", "FP8", None, true, false, 8, Some(8), false),
+            ]
+        );
+        assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());
+    }
+
+    #[test]
+    fn test_output_tensors() {
+        assert_eq!(
+            output_tensors(QuantFormat::Nvfp4, 64, 128),
+            vec![
+                ("weight", "U8", vec![64, 64]),
+                ("weight_scale", "F8_E4M3", vec![64, 8]),
+                ("weight_scale_2", "F32", vec![]),
+                ("input_scale", "F32", vec![]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::W4a16Nvfp4, 3, 32),
+            vec![
+                ("weight", "U8", vec![3, 16]),
+                ("weight_scale", "F8_E4M3", vec![3, 2]),
+                ("weight_scale_2", "F32", vec![]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::Fp8, 5, 7),
+            vec![
+                ("weight", "F8_E4M3", vec![5, 7]),
+                ("weight_scale", "F32", vec![]),
+                ("input_scale", "F32", vec![]),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_check_shape() {
+        for format in [QuantFormat::Nvfp4, QuantFormat::W4a16Nvfp4] {
+            assert_eq!(check_shape(format, 1, 16), Ok(()));
+            assert_eq!(check_shape(format, 7, 4096), Ok(()));
+            let err = check_shape(format, 64, 1407).unwrap_err();
+            assert!(err.contains("1407") && err.contains("16"), "{err}");
+            assert!(check_shape(format, 64, 8).is_err());
+            assert!(check_shape(format, 64, 24).is_err());
+            assert!(check_shape(format, 0, 16).is_err());
+        }
+        assert_eq!(check_shape(QuantFormat::Fp8, 3, 7), Ok(()));
+        assert!(check_shape(QuantFormat::Fp8, 3, 0).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Activation statistics: the canonical in-memory schema, and importers that fill it.
+//!
+//! Every importer turns a file made by some tool into [`ActivationStats`], keyed by the
+//! checkpoint's own (on-disk) module names, so the rest of shardquant never sees a foreign
+//! naming scheme. Several files merge by the schema's rule: the max of each amax.
+//!
+//! Formats read today: ModelOpt amax files (safetensors of `*_quantizer._amax` buffers, as
+//! written from a calibrated model's state dict), see [`modelopt`]. New importers add a
+//! variant to [`StatsFormat`] and a module that returns [`RawStats`] or fills
+//! [`ActivationStats`] directly.
+
+pub mod modelopt;
+mod raw;
+
+pub use raw::{read_safetensors_entries, RawEntry};
+
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Weight amax given by a statistics file (`--weight-amax stats`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightAmax {
+    /// One amax for the whole tensor (max calibration, or an MSE-chosen per-tensor amax).
+    Tensor(f32),
+    /// ModelOpt's static NVFP4 weights: per-16-block amax, row-major `[rows, cols/16]`, and the
+    /// per-tensor `_global_amax`.
+    Blocks {
+        /// The `_global_amax`.
+        global: f32,
+        /// Per-block amax, row-major over `weight_scale [rows, cols/16]`.
+        blocks: Vec<f32>,
+    },
+}
+
+/// Statistics of one module (a linear, or an attention block for the KV cache).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModuleStats {
+    /// max |x| over the calibration inputs of the linear.
+    pub input_amax: Option<f32>,
+    /// Weight amax, when the file carries one.
+    pub weight_amax: Option<WeightAmax>,
+    /// K-cache amax of an attention block.
+    pub k_cache_amax: Option<f32>,
+    /// V-cache amax of an attention block.
+    pub v_cache_amax: Option<f32>,
+}
+
+/// What an importer needs to know about the model to place foreign names: its module names
+/// and the shapes of its linears.
+#[derive(Debug, Clone, Default)]
+pub struct ModelNames {
+    /// Every quantizable linear: module name → (rows, cols) of its weight.
+    pub linears: HashMap<String, (usize, usize)>,
+    /// Routed experts per layer: layer → expert numbers present.
+    pub experts: BTreeMap<usize, BTreeSet<usize>>,
+    /// Attention modules that can hold KV-cache amax.
+    pub attention: BTreeSet<String>,
+}
+
+/// Activation statistics for one model, keyed by on-disk module name.
+#[derive(Debug, Clone, Default)]
+pub struct ActivationStats {
+    /// The files these statistics came from.
+    pub sources: Vec<PathBuf>,
+    /// Per-module statistics.
+    pub modules: BTreeMap<String, ModuleStats>,
+    /// Keys that name modules the model does not have (likely the wrong model or naming).
+    pub unmatched: Vec<String>,
+    /// Keys understood but not used (e.g. output quantizers), with the reason.
+    pub ignored: Vec<String>,
+    /// Values that were present but unusable (zero, NaN, negative), treated as missing.
+    pub invalid: Vec<String>,
+}
+
+/// A statistics file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsFormat {
+    /// ModelOpt amax safetensors (`*_quantizer._amax` keys).
+    ModeloptAmax,
+}
+
+/// Detects a statistics file's format from its first bytes.
+pub fn detect_format(path: &Path) -> Result<StatsFormat> {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let n = file
+        .read(&mut head)
+        .map_err(|e| Error::io("reading", path, e))?;
+    if n == 9 && head[8] == b'{' {
+        return Ok(StatsFormat::ModeloptAmax);
+    }
+    Err(Error::bad_input(format!(
+        "{}: unrecognised statistics format (not a safetensors file)",
+        path.display()
+    ))
+    .with_hint("this version reads ModelOpt amax files (safetensors with *_quantizer._amax keys)"))
+}
+
+impl ActivationStats {
+    /// Reads and merges statistics files for a model.
+    pub fn load(
+        paths: &[PathBuf],
+        layout: &crate::layout::Layout,
+        model: &ModelNames,
+    ) -> Result<Self> {
+        let mut stats = ActivationStats::default();
+        for path in paths {
+            match detect_format(path)? {
+                StatsFormat::ModeloptAmax => {
+                    let raw = read_safetensors_entries(path)?;
+                    modelopt::import(path, &raw, layout, model, &mut stats)?;
+                }
+            }
+            stats.sources.push(path.clone());
+        }
+        Ok(stats)
+    }
+
+    /// Statistics of one module, if any.
+    pub fn module(&self, name: &str) -> Option<&ModuleStats> {
+        self.modules.get(name)
+    }
+
+    /// Merges an input amax into a module's entry (max of the values).
+    pub fn merge_input(&mut self, module: &str, amax: f32) {
+        let entry = self.modules.entry(module.to_string()).or_default();
+        entry.input_amax = Some(entry.input_amax.map_or(amax, |a| a.max(amax)));
+    }
+
+    /// Merges a weight amax (max of per-tensor values; element-wise max of block values).
+    pub fn merge_weight(&mut self, module: &str, amax: WeightAmax) -> Result<(), String> {
+        let entry = self.modules.entry(module.to_string()).or_default();
+        entry.weight_amax = Some(match (entry.weight_amax.take(), amax) {
+            (None, new) => new,
+            (Some(WeightAmax::Tensor(a)), WeightAmax::Tensor(b)) => WeightAmax::Tensor(a.max(b)),
+            (
+                Some(WeightAmax::Blocks {
+                    global: g1,
+                    blocks: b1,
+                }),
+                WeightAmax::Blocks {
+                    global: g2,
+                    blocks: b2,
+                },
+            ) if b1.len() == b2.len() => WeightAmax::Blocks {
+                global: g1.max(g2),
+                blocks: b1.iter().zip(&b2).map(|(a, b)| a.max(*b)).collect(),
+            },
+            _ => {
+                return Err(format!(
+                    "{module}: weight amax given in two incompatible shapes"
+                ))
+            }
+        });
+        Ok(())
+    }
+
+    /// Merges a KV-cache amax into an attention module's entry.
+    pub fn merge_kv(&mut self, module: &str, is_k: bool, amax: f32) {
+        let entry = self.modules.entry(module.to_string()).or_default();
+        let slot = if is_k {
+            &mut entry.k_cache_amax
+        } else {
+            &mut entry.v_cache_amax
+        };
+        *slot = Some(slot.map_or(amax, |a| a.max(amax)));
+    }
+}

@@ -1,0 +1,342 @@
+//! ModelOpt amax files: the `*_quantizer._amax` / `._global_amax` buffers of a calibrated
+//! model, keyed by ModelOpt's in-memory module paths.
+//!
+//! Names understood (see `fixtures/golden/README.md`, "Name mapping"):
+//! - `X.input_quantizer._amax`, `X.weight_quantizer._amax` (and `._global_amax` for static
+//!   NVFP4 weights): the linear `X`, when `X` is a module of the checkpoint (per-module form,
+//!   also transformers-4 per-expert names such as `…block_sparse_moe.experts.3.w1`);
+//! - transformers-5 fused experts under the layout's `stats_module` (e.g. `model.layers.L.mlp.experts`):
+//!   `gate_up_proj_input_quantizer` → input of gate and up of every expert of the layer,
+//!   `down_proj_input_quantizer` → input of every down, `gate_up_proj_weight_quantizers.E` →
+//!   weight of gate and up of expert E (per-block amax split in row halves),
+//!   `down_proj_weight_quantizers.E` → weight of down of expert E. The in-memory name is the
+//!   same for Mixtral, whose experts are `block_sparse_moe.experts.E.w1/w3/w2` on disk;
+//! - `A.k_bmm_quantizer._amax` / `A.v_bmm_quantizer._amax`: KV cache of attention `A`.
+
+use super::{ActivationStats, ModelNames, RawEntry, WeightAmax};
+use crate::error::{Error, Result};
+use crate::layout::{ExpertProj, Layout};
+use std::path::Path;
+
+/// Which buffer of a quantizer a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    Amax,
+    GlobalAmax,
+}
+
+/// Where one key's value goes.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Input(String),
+    Weight(String),
+    Kv {
+        attention: String,
+        is_k: bool,
+    },
+    /// Fused experts of one layer: input of the given projections of every expert.
+    ExpertInput {
+        layer: usize,
+        projs: &'static [ExpertProj],
+    },
+    /// Fused experts: weight of one expert; `gate_up` means the value covers gate and up.
+    ExpertWeight {
+        layer: usize,
+        expert: usize,
+        gate_up: bool,
+    },
+    Ignored(&'static str),
+    Unmatched,
+}
+
+/// Imports the entries of one ModelOpt amax file into `stats`.
+pub fn import(
+    path: &Path,
+    entries: &[RawEntry],
+    layout: &Layout,
+    model: &ModelNames,
+    stats: &mut ActivationStats,
+) -> Result<()> {
+    // Static NVFP4 weights come as `_amax` (per block) + `_global_amax` pairs: gather first.
+    let mut globals = std::collections::HashMap::new();
+    for e in entries {
+        if let Some(base) = e.key.strip_suffix("._global_amax") {
+            globals.insert(base.to_string(), scalar(path, e)?);
+        }
+    }
+    for e in entries {
+        let (base, buffer) = if let Some(b) = e.key.strip_suffix("._amax") {
+            (b, Buffer::Amax)
+        } else if let Some(b) = e.key.strip_suffix("._global_amax") {
+            (b, Buffer::GlobalAmax)
+        } else {
+            stats.ignored.push(format!("{}: not an amax buffer", e.key));
+            continue;
+        };
+        if buffer == Buffer::GlobalAmax {
+            continue; // consumed with its `_amax`
+        }
+        match classify(base, layout, model) {
+            Target::Input(module) => {
+                if let Some(v) = usable(path, e, stats)? {
+                    stats.merge_input(&module, v);
+                }
+            }
+            Target::Kv { attention, is_k } => {
+                if let Some(v) = usable(path, e, stats)? {
+                    stats.merge_kv(&attention, is_k, v);
+                }
+            }
+            Target::ExpertInput { layer, projs } => {
+                if let Some(v) = usable(path, e, stats)? {
+                    for module in expert_modules(layout, model, layer, None, projs) {
+                        stats.merge_input(&module, v);
+                    }
+                }
+            }
+            Target::Weight(module) => {
+                let amax = weight_amax(path, e, globals.get(base).copied(), stats)?;
+                if let Some(amax) = amax {
+                    let parts =
+                        split_gate_up(path, &e.key, amax, std::slice::from_ref(&module), model)?;
+                    for part in parts {
+                        merge_weight(path, stats, &module, part)?;
+                    }
+                }
+            }
+            Target::ExpertWeight {
+                layer,
+                expert,
+                gate_up,
+            } => {
+                let Some(amax) = weight_amax(path, e, globals.get(base).copied(), stats)? else {
+                    continue;
+                };
+                let projs: &[ExpertProj] = if gate_up {
+                    &[ExpertProj::Gate, ExpertProj::Up]
+                } else {
+                    &[ExpertProj::Down]
+                };
+                let modules = expert_modules(layout, model, layer, Some(expert), projs);
+                let split = split_gate_up(path, &e.key, amax, &modules, model)?;
+                for (module, part) in modules.iter().zip(split) {
+                    merge_weight(path, stats, module, part)?;
+                }
+            }
+            Target::Ignored(why) => stats.ignored.push(format!("{}: {why}", e.key)),
+            Target::Unmatched => stats.unmatched.push(e.key.clone()),
+        }
+    }
+    Ok(())
+}
+
+fn classify(base: &str, layout: &Layout, model: &ModelNames) -> Target {
+    let Some((module, quantizer)) = base.rsplit_once('.') else {
+        return Target::Unmatched;
+    };
+    match quantizer {
+        "input_quantizer" | "weight_quantizer" if model.linears.contains_key(module) => {
+            if quantizer == "input_quantizer" {
+                Target::Input(module.to_string())
+            } else {
+                Target::Weight(module.to_string())
+            }
+        }
+        "k_bmm_quantizer" | "v_bmm_quantizer" if model.attention.contains(module) => Target::Kv {
+            attention: module.to_string(),
+            is_k: quantizer == "k_bmm_quantizer",
+        },
+        "q_bmm_quantizer" => Target::Ignored("query BMM amax is not exported by ModelOpt"),
+        "output_quantizer" => Target::Ignored("output quantizers are not exported"),
+        _ => classify_fused(module, quantizer, layout, model),
+    }
+}
+
+/// transformers-5 fused experts: `<stats_module>.gate_up_proj_input_quantizer`,
+/// `<stats_module>.gate_up_proj_weight_quantizers.E`, and the same for `down_proj`.
+fn classify_fused(module: &str, last: &str, layout: &Layout, model: &ModelNames) -> Target {
+    let Some(experts) = &layout.experts else {
+        return Target::Unmatched;
+    };
+    const GATE_UP: &[ExpertProj] = &[ExpertProj::Gate, ExpertProj::Up];
+    const DOWN: &[ExpertProj] = &[ExpertProj::Down];
+    // `<stats_module>.gate_up_proj_input_quantizer` (last = the quantizer attribute)
+    if let Some(caps) = experts.stats_module.matches(module) {
+        let Some(layer) = caps.layer.filter(|l| model.experts.contains_key(l)) else {
+            return Target::Unmatched;
+        };
+        return match last {
+            "gate_up_proj_input_quantizer" => Target::ExpertInput {
+                layer,
+                projs: GATE_UP,
+            },
+            "down_proj_input_quantizer" => Target::ExpertInput { layer, projs: DOWN },
+            _ => Target::Unmatched,
+        };
+    }
+    // `<stats_module>.gate_up_proj_weight_quantizers.E` (module ends in the list attribute)
+    let Ok(expert) = last.parse::<usize>() else {
+        return Target::Unmatched;
+    };
+    let Some((parent, list)) = module.rsplit_once('.') else {
+        return Target::Unmatched;
+    };
+    let Some(layer) = experts.stats_module.matches(parent).and_then(|c| c.layer) else {
+        return Target::Unmatched;
+    };
+    if !model
+        .experts
+        .get(&layer)
+        .is_some_and(|set| set.contains(&expert))
+    {
+        return Target::Unmatched;
+    }
+    match list {
+        "gate_up_proj_weight_quantizers" => Target::ExpertWeight {
+            layer,
+            expert,
+            gate_up: true,
+        },
+        "down_proj_weight_quantizers" => Target::ExpertWeight {
+            layer,
+            expert,
+            gate_up: false,
+        },
+        _ => Target::Unmatched,
+    }
+}
+
+/// On-disk module names of the given projections of one expert (or all experts of the layer).
+fn expert_modules(
+    layout: &Layout,
+    model: &ModelNames,
+    layer: usize,
+    expert: Option<usize>,
+    projs: &[ExpertProj],
+) -> Vec<String> {
+    let Some(spec) = &layout.experts else {
+        return Vec::new();
+    };
+    let experts: Vec<usize> = match expert {
+        Some(e) => vec![e],
+        None => model
+            .experts
+            .get(&layer)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default(),
+    };
+    experts
+        .iter()
+        .flat_map(|&e| projs.iter().map(move |&p| spec.module_name(layer, e, p)))
+        .filter(|m| model.linears.contains_key(m))
+        .collect()
+}
+
+fn scalar(path: &Path, e: &RawEntry) -> Result<f32> {
+    match e.values.as_slice() {
+        [v] => Ok(*v),
+        _ => Err(Error::bad_input(format!(
+            "{}: '{}' should hold one value, has shape {:?}",
+            path.display(),
+            e.key,
+            e.shape
+        ))),
+    }
+}
+
+fn valid(v: f32) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+/// A per-tensor amax, or None (recorded as invalid) when zero / NaN / negative / infinite.
+fn usable(path: &Path, e: &RawEntry, stats: &mut ActivationStats) -> Result<Option<f32>> {
+    let v = scalar(path, e)?;
+    if valid(v) {
+        Ok(Some(v))
+    } else {
+        stats.invalid.push(format!("{} = {v}", e.key));
+        Ok(None)
+    }
+}
+
+fn weight_amax(
+    path: &Path,
+    e: &RawEntry,
+    global: Option<f32>,
+    stats: &mut ActivationStats,
+) -> Result<Option<WeightAmax>> {
+    if e.values.len() == 1 && global.is_none() {
+        return Ok(usable(path, e, stats)?.map(WeightAmax::Tensor));
+    }
+    let Some(global) = global else {
+        return Err(Error::bad_input(format!(
+            "{}: '{}' holds {} values (a per-block amax) but there is no matching '_global_amax'",
+            path.display(),
+            e.key,
+            e.values.len()
+        ))
+        .with_hint("per-block weight amax must come with the quantizer's _global_amax (ModelOpt static NVFP4)"));
+    };
+    if !valid(global) || e.values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        stats.invalid.push(format!(
+            "{}: global amax {global} or a block amax is not usable",
+            e.key
+        ));
+        return Ok(None);
+    }
+    Ok(Some(WeightAmax::Blocks {
+        global,
+        blocks: e.values.clone(),
+    }))
+}
+
+fn merge_weight(
+    path: &Path,
+    stats: &mut ActivationStats,
+    module: &str,
+    amax: WeightAmax,
+) -> Result<()> {
+    stats
+        .merge_weight(module, amax)
+        .map_err(|msg| Error::bad_input(format!("{}: {msg}", path.display())))
+}
+
+/// Distributes a weight amax over the modules it covers (one linear, or a fused expert's gate
+/// and up): a per-tensor amax is shared; per-block amax (`[2I * H/16]` for a fused gate_up) is
+/// cut in row order (gate rows first) after checking the block count against the weights.
+fn split_gate_up(
+    path: &Path,
+    key: &str,
+    amax: WeightAmax,
+    modules: &[String],
+    model: &ModelNames,
+) -> Result<Vec<WeightAmax>> {
+    match amax {
+        WeightAmax::Tensor(_) => Ok(vec![amax; modules.len()]),
+        WeightAmax::Blocks { global, blocks } => {
+            let sizes: Vec<usize> = modules
+                .iter()
+                .map(|m| model.linears.get(m).map_or(0, |(r, c)| r * (c / 16)))
+                .collect();
+            if sizes.iter().sum::<usize>() != blocks.len() {
+                return Err(Error::bad_input(format!(
+                    "{}: '{key}' has {} block amax values, but the expert's weights have {} blocks of 16",
+                    path.display(),
+                    blocks.len(),
+                    sizes.iter().sum::<usize>()
+                ))
+                .with_hint("the statistics file was made for a different model"));
+            }
+            let mut out = Vec::new();
+            let mut start = 0;
+            for n in sizes {
+                out.push(WeightAmax::Blocks {
+                    global,
+                    blocks: blocks[start..start + n].to_vec(),
+                });
+                start += n;
+            }
+            Ok(out)
+        }
+    }
+}

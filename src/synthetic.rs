@@ -1,0 +1,229 @@
+//! Synthetic checkpoints for tests and benchmarks: a Llama-style or Qwen3-MoE-style model
+//! with random BF16 weights of any size, plus a matching ModelOpt amax file.
+//!
+//! Weights come from a fixed-seed generator, so the same spec always gives the same bytes.
+
+use crate::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Shape of a synthetic model.
+#[derive(Debug, Clone)]
+pub struct SyntheticSpec {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size (multiple of 16).
+    pub hidden: usize,
+    /// Dense MLP intermediate size (multiple of 16), used when `experts == 0`.
+    pub intermediate: usize,
+    /// Routed experts per layer (0: dense Llama).
+    pub experts: usize,
+    /// Expert intermediate size (multiple of 16).
+    pub moe_intermediate: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Largest input shard in bytes.
+    pub shard_size: u64,
+    /// Generator seed.
+    pub seed: u64,
+}
+
+impl Default for SyntheticSpec {
+    fn default() -> Self {
+        SyntheticSpec {
+            layers: 2,
+            hidden: 64,
+            intermediate: 128,
+            experts: 0,
+            moe_intermediate: 32,
+            vocab: 256,
+            shard_size: 1 << 20,
+            seed: 1,
+        }
+    }
+}
+
+/// xorshift64*: a small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Roughly normal values (sum of uniforms), scaled.
+    fn normal(&mut self, scale: f32) -> f32 {
+        let mut s = 0.0f32;
+        for _ in 0..4 {
+            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        }
+        s * scale
+    }
+}
+
+impl SyntheticSpec {
+    fn linears(&self) -> Vec<(String, usize, usize)> {
+        let h = self.hidden;
+        let mut out = Vec::new();
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.self_attn.q_proj"), h, h));
+            out.push((format!("{p}.self_attn.k_proj"), h / 2, h));
+            out.push((format!("{p}.self_attn.v_proj"), h / 2, h));
+            out.push((format!("{p}.self_attn.o_proj"), h, h));
+            if self.experts == 0 {
+                let i = self.intermediate;
+                out.push((format!("{p}.mlp.gate_proj"), i, h));
+                out.push((format!("{p}.mlp.up_proj"), i, h));
+                out.push((format!("{p}.mlp.down_proj"), h, i));
+            } else {
+                let i = self.moe_intermediate;
+                for e in 0..self.experts {
+                    out.push((format!("{p}.mlp.experts.{e}.gate_proj"), i, h));
+                    out.push((format!("{p}.mlp.experts.{e}.up_proj"), i, h));
+                    out.push((format!("{p}.mlp.experts.{e}.down_proj"), h, i));
+                }
+            }
+        }
+        out
+    }
+
+    fn tensors(&self) -> Vec<OutputTensor> {
+        let h = self.hidden;
+        let bf16 = |name: String, shape: Vec<usize>| OutputTensor {
+            name,
+            dtype: Dtype::BF16,
+            shape,
+        };
+        let mut out = vec![bf16(
+            "model.embed_tokens.weight".into(),
+            vec![self.vocab, h],
+        )];
+        let linears = self.linears();
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}.");
+            out.push(bf16(format!("{p}input_layernorm.weight"), vec![h]));
+            for (m, r, c) in linears.iter().filter(|(m, _, _)| m.starts_with(&p)) {
+                out.push(bf16(format!("{m}.weight"), vec![*r, *c]));
+            }
+            if self.experts > 0 {
+                out.push(bf16(format!("{p}mlp.gate.weight"), vec![self.experts, h]));
+            }
+            out.push(bf16(format!("{p}post_attention_layernorm.weight"), vec![h]));
+        }
+        out.push(bf16("model.norm.weight".into(), vec![h]));
+        out.push(bf16("lm_head.weight".into(), vec![self.vocab, h]));
+        out
+    }
+
+    fn config(&self) -> serde_json::Value {
+        if self.experts == 0 {
+            serde_json::json!({
+                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": self.hidden,
+                "intermediate_size": self.intermediate, "num_hidden_layers": self.layers,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": self.vocab,
+                "rms_norm_eps": 1e-06, "dtype": "bfloat16", "tie_word_embeddings": false
+            })
+        } else {
+            serde_json::json!({
+                "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": self.hidden,
+                "moe_intermediate_size": self.moe_intermediate, "num_experts": self.experts,
+                "num_experts_per_tok": 2, "num_hidden_layers": self.layers, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": self.vocab, "rms_norm_eps": 1e-06, "dtype": "bfloat16"
+            })
+        }
+    }
+
+    /// Writes the checkpoint into `dir` (created if missing): config.json,
+    /// generation_config.json, a tokenizer stand-in, and BF16 safetensors shards.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+        let config = serde_json::to_string_pretty(&self.config()).unwrap_or_default();
+        let put = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::io("writing", &path, e))
+        };
+        put("config.json", &config)?;
+        put(
+            "generation_config.json",
+            "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2\n}\n",
+        )?;
+        put(
+            "tokenizer.json",
+            "{\"version\": \"1.0\", \"synthetic\": true}\n",
+        )?;
+        let tensors = self.tensors();
+        let plan = ShardPlan::new(tensors.clone(), self.shard_size)?;
+        let writer = ShardWriter::create(dir, &plan)?;
+        let mut rng = Rng(self.seed.max(1));
+        for (i, t) in tensors.iter().enumerate() {
+            let n: usize = t.shape.iter().product();
+            let mut bytes = Vec::with_capacity(n * 2);
+            for _ in 0..n {
+                let v = half::bf16::from_f32(rng.normal(0.05));
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            writer.write(i, &bytes)?;
+        }
+        writer.finish()?;
+        Ok(())
+    }
+
+    /// Writes a ModelOpt-style amax file (`*.input_quantizer._amax`, and the fused-experts
+    /// names for MoE) with deterministic input amax for every linear.
+    pub fn write_amax(&self, path: &Path) -> Result<()> {
+        let mut rng = Rng(self.seed.wrapping_add(7).max(1));
+        let mut entries: Vec<(String, f32)> = Vec::new();
+        for l in 0..self.layers {
+            let p = format!("model.layers.{l}");
+            for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                entries.push((
+                    format!("{p}.self_attn.{m}.input_quantizer._amax"),
+                    1.0 + rng.normal(1.0).abs(),
+                ));
+            }
+            if self.experts == 0 {
+                for m in ["gate_proj", "up_proj", "down_proj"] {
+                    entries.push((
+                        format!("{p}.mlp.{m}.input_quantizer._amax"),
+                        1.0 + rng.normal(1.0).abs(),
+                    ));
+                }
+            } else {
+                entries.push((
+                    format!("{p}.mlp.experts.gate_up_proj_input_quantizer._amax"),
+                    2.0,
+                ));
+                entries.push((
+                    format!("{p}.mlp.experts.down_proj_input_quantizer._amax"),
+                    3.0,
+                ));
+            }
+            entries.push((
+                format!("{p}.self_attn.k_bmm_quantizer._amax"),
+                8.0 + rng.normal(1.0).abs(),
+            ));
+            entries.push((
+                format!("{p}.self_attn.v_bmm_quantizer._amax"),
+                4.0 + rng.normal(1.0).abs(),
+            ));
+        }
+        let data: Vec<(String, Vec<u8>)> = entries
+            .into_iter()
+            .map(|(k, v)| (k, half::bf16::from_f32(v).to_f32().to_le_bytes().to_vec()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+            .iter()
+            .map(|(k, b)| {
+                let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![], b)
+                    .map_err(|e| Error::other(format!("building amax tensor {k}: {e}")))?;
+                Ok((k.clone(), view))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, None, path)
+            .map_err(|e| Error::other(format!("writing {}: {e}", path.display())))
+    }
+}
