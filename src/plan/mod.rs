@@ -232,11 +232,13 @@ fn model_names(classified: &Classified, layout: &Layout) -> ModelNames {
     names
 }
 
+/// A unit waiting for its place: ((first input tensor, rank, creation order), unit, outputs).
+type PendingUnit = ((usize, u8, usize), Unit, Vec<OutputTensor>);
+
 /// Collects units with local output specs, then orders them for streaming.
 #[derive(Default)]
 struct UnitBuilder {
-    /// (order key, tie-break rank, unit, its output specs)
-    pending: Vec<((usize, u8, usize), Unit, Vec<OutputTensor>)>,
+    pending: Vec<PendingUnit>,
 }
 
 impl UnitBuilder {
