@@ -185,11 +185,20 @@ impl Checkpoint {
     /// the same bytes faults them in again from the file, so nothing is lost. Failures are
     /// ignored.
     pub fn release(&self, t: &TensorEntry) {
+        self.release_range(t, 0..t.len);
+    }
+
+    /// Like [`Checkpoint::release`] for the bytes `range` of the tensor's data only.
+    pub fn release_range(&self, t: &TensorEntry, range: std::ops::Range<usize>) {
         let Some(shard) = self.shards.get(t.shard) else {
             return;
         };
-        let end = t.start.saturating_add(t.len).min(shard.mmap.len());
-        let Some((first, len)) = inner_pages(t.start, end, page_size()) else {
+        let start = t.start.saturating_add(range.start.min(t.len));
+        let end = t
+            .start
+            .saturating_add(range.end.min(t.len))
+            .min(shard.mmap.len());
+        let Some((first, len)) = inner_pages(start, end, page_size()) else {
             return;
         };
         // SAFETY: MADV_DONTNEED is "unchecked" in memmap2 because on a private *writable*

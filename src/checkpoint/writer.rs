@@ -91,6 +91,19 @@ impl ShardWriter {
     /// Errors if `i` is not planned, `bytes` is not the planned length, the tensor was written
     /// before, or the write fails.
     pub fn write(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        self.write_in_chunks(i, bytes, usize::MAX, |_| {})
+    }
+
+    /// Like [`ShardWriter::write`], in pieces of at most `chunk` bytes, calling `after` with
+    /// each piece's byte range once it is written: lets the caller drop the source pages of a
+    /// huge tensor as it goes, so a multi-gigabyte embedding never becomes resident at once.
+    pub fn write_in_chunks(
+        &self,
+        i: usize,
+        bytes: &[u8],
+        chunk: usize,
+        mut after: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<()> {
         let Some(&(s, offset, len)) = self.locations.get(i) else {
             return Err(Error::other(format!(
                 "output tensor number {} is not in the shard plan ({} tensors)",
@@ -114,11 +127,24 @@ impl ShardWriter {
             )));
         }
         let shard = &self.shards[s];
-        shard.file.write_all_at(bytes, offset).map_err(|e| {
-            Error::io("writing", &shard.partial, e).with_hint("is the output disk full?")
-        })
+        let chunk = chunk.max(1);
+        let mut start = 0;
+        while start < bytes.len() || (start == 0 && bytes.is_empty()) {
+            let end = bytes.len().min(start.saturating_add(chunk));
+            shard
+                .file
+                .write_all_at(&bytes[start..end], offset + start as u64)
+                .map_err(|e| {
+                    Error::io("writing", &shard.partial, e).with_hint("is the output disk full?")
+                })?;
+            after(start..end);
+            if end == bytes.len() {
+                break;
+            }
+            start = end;
+        }
+        Ok(())
     }
-
     /// Checks that every tensor was written exactly once, syncs every file to disk, writes the
     /// index (if there is more than one shard, also synced), gives every file its final name and
     /// syncs the directory. Returns the names of the files written, relative to the directory:

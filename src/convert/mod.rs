@@ -22,6 +22,19 @@ use std::time::Instant;
 /// The ModelOpt version whose export format shardquant reproduces.
 pub const MODELOPT_VERSION: &str = "0.47.0";
 
+/// Weight files that are not part of the safetensors checkpoint (another copy of the model in
+/// another format): never copied into the output.
+const WEIGHT_EXTENSIONS: &[&str] = &[
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+];
+
 /// Files of the input that the conversion writes itself instead of copying.
 const REWRITTEN: &[&str] = &[
     "config.json",
@@ -250,12 +263,24 @@ fn write_metadata(
         {
             continue;
         }
+        if WEIGHT_EXTENSIONS.iter().any(|ext| name.ends_with(ext)) {
+            notes.push(format!(
+                "not copied: {name} (weights outside the checkpoint's index)"
+            ));
+            continue;
+        }
         let dest: PathBuf = dir.join(&name);
         std::fs::copy(&path, &dest).map_err(|e| Error::io("copying", &path, e))?;
         std::fs::File::open(&dest)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io("syncing", &dest, e))?;
         written.push(name);
+    }
+    for sub in ckpt.other_dirs()? {
+        notes.push(format!(
+            "not copied: directory {} (only the checkpoint's top-level files are)",
+            sub.display()
+        ));
     }
     Ok(written)
 }

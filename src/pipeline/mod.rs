@@ -21,6 +21,9 @@ use crossbeam_channel::bounded;
 use std::sync::atomic::{AtomicBool, Ordering};
 pub use worker::{Payload, SummaryLine, UnitResult};
 
+/// Pass-through tensors are copied in pieces of this size, releasing each piece's input pages.
+const COPY_CHUNK: usize = 64 << 20;
+
 /// What a pipeline run measured.
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
@@ -87,12 +90,22 @@ pub fn run(
                     .map_err(|_| Error::other("a worker thread stopped unexpectedly"))??;
                 let unit = &plan.units[done.unit];
                 for (&out, payload) in unit.outputs.iter().zip(&done.payloads) {
-                    let bytes = match payload {
-                        Payload::Owned(b) => b.as_slice(),
-                        Payload::Input(t) => ckpt.bytes(&ckpt.tensors()[*t]),
+                    let len = match payload {
+                        Payload::Owned(b) => {
+                            writer.write(out, b)?;
+                            b.len()
+                        }
+                        Payload::Input(t) => {
+                            // Straight from the mapping, dropping pages as they are written.
+                            let entry = &ckpt.tensors()[*t];
+                            let bytes = ckpt.bytes(entry);
+                            writer.write_in_chunks(out, bytes, COPY_CHUNK, |r| {
+                                ckpt.release_range(entry, r)
+                            })?;
+                            bytes.len()
+                        }
                     };
-                    writer.write(out, bytes)?;
-                    stats.bytes_written += bytes.len() as u64;
+                    stats.bytes_written += len as u64;
                 }
                 for &t in &unit.inputs {
                     users[t] -= 1;
