@@ -73,7 +73,7 @@ impl Error {
     /// Reading a missing or unreadable input is bad input (exit 3); other I/O failures are
     /// exit 1.
     pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
-        let kind = if what == "reading" || what == "opening" {
+        let kind = if what.starts_with("reading") || what.starts_with("opening") {
             ErrorKind::BadInput
         } else {
             ErrorKind::Other

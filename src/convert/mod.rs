@@ -56,8 +56,10 @@ pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
         Error::io("reading", &path, e)
             .with_hint("a HuggingFace checkpoint directory needs its config.json")
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_input(format!("{}: invalid JSON: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::bad_input(format!("{}: invalid JSON: {e}", path.display()))
+            .with_hint("restore config.json from the model's original repository")
+    })?;
     if !value.is_object() {
         return Err(Error::bad_input(format!(
             "{}: not a JSON object",
@@ -116,6 +118,27 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             input.display()
         ))
         .with_hint("write the output to a directory outside the input"));
+    }
+    if output.exists() && !output.is_dir() {
+        return Err(Error::usage(format!(
+            "output {} exists and is not a directory",
+            output.display()
+        ))
+        .with_hint("remove it or choose another OUTPUT_DIR"));
+    }
+    if let Some(report) = &options.report {
+        let parent = report
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(Error::usage(format!(
+                "--report {}: directory {} does not exist",
+                report.display(),
+                parent.display()
+            ))
+            .with_hint("create the directory or choose another report path"));
+        }
     }
     if output.exists() && !options.force {
         return Err(Error::usage(format!("output directory {} already exists", output.display()))

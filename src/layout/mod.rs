@@ -207,7 +207,10 @@ impl Layout {
             Error::bad_input(format!("layout {origin}: invalid layout JSON: {e}"))
                 .with_hint("see layouts/llama.json for the format")
         })?;
-        let bad = |msg: String| Error::bad_input(format!("layout {origin}: {msg}"));
+        let bad = |msg: String| {
+            Error::bad_input(format!("layout {origin}: {msg}"))
+                .with_hint("fix the layout file; layouts/llama.json shows every field")
+        };
         let layer_prefix = Template::parse(&file.layer_prefix).map_err(bad)?;
         let mut linears = Vec::new();
         for l in &file.linears {
@@ -270,7 +273,10 @@ impl Layout {
 
     /// Loads a layout file given with `--layout`.
     pub fn from_file(path: &Path) -> Result<Layout> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::io("reading layout", path, e)
+                .with_hint("--layout takes the path of a layout JSON file")
+        })?;
         Layout::from_json(&text, &path.display().to_string())
     }
 

@@ -170,7 +170,7 @@ fn linear_of(
     let source = matrix_source(ckpt, idx, 0, problems)?;
     let excluded = exclusion(module, role, options);
     if excluded.is_none() {
-        check(&t.name, &source, options, problems);
+        check(ckpt, &t.name, &source, options, problems);
     }
     Some(vec![Linear {
         module: module.to_string(),
@@ -248,7 +248,7 @@ fn fused_linears(
             };
             let excluded = exclusion(&module, Role::Expert, options);
             if excluded.is_none() {
-                check(&t.name, &source, options, problems);
+                check(ckpt, &t.name, &source, options, problems);
             }
             linears.push(Linear {
                 module,
@@ -295,10 +295,19 @@ fn matrix_source(
     })
 }
 
-fn check(tensor: &str, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
+fn check(
+    ckpt: &Checkpoint,
+    tensor: &str,
+    source: &WeightSource,
+    options: &Options,
+    problems: &mut Vec<String>,
+) {
     if let Err(reason) = check_shape(options.format, source.rows, source.cols) {
+        let file = ckpt.shards()[ckpt.tensors()[source.tensor].shard]
+            .path
+            .display();
         problems.push(format!(
-            "tensor '{tensor}' [{}, {}] cannot be quantized to {}: {reason} \
+            "{file}: tensor '{tensor}' [{}, {}] cannot be quantized to {}: {reason} \
              (leave it unquantized with --exclude)",
             source.rows,
             source.cols,

@@ -109,10 +109,10 @@ impl Plan {
             if !missing.is_empty() {
                 let first: Vec<&str> = missing.iter().take(5).copied().collect();
                 problems.push(format!(
-                    "--format {} quantizes activations, but {} quantized linear(s) have no input amax in the statistics{}: {}{}",
+                    "--format {} quantizes activations, but {} quantized linear(s) have no input amax in {}: {}{}",
                     options.format.cli_name(),
                     missing.len(),
-                    if options.stats.is_empty() { " (no --stats file given)" } else { "" },
+                    stats_files(options),
                     first.join(", "),
                     if missing.len() > first.len() { ", ..." } else { "" }
                 ));
@@ -164,7 +164,7 @@ impl Plan {
             );
         }
         if !problems.is_empty() {
-            return Err(problem_report(problems));
+            return Err(problem_report(problems, &warnings));
         }
         let (units, outputs) = builder.finish();
         let mut tensor_users = vec![0; ckpt.tensors().len()];
@@ -200,7 +200,7 @@ impl Plan {
     }
 }
 
-fn problem_report(problems: Vec<String>) -> Error {
+fn problem_report(problems: Vec<String>, warnings: &[String]) -> Error {
     let count = problems.iter().filter(|p| !p.starts_with("  ")).count();
     let mut text = format!("pre-flight found {count} problem(s); nothing was written:");
     for p in problems.iter().take(40) {
@@ -210,7 +210,24 @@ fn problem_report(problems: Vec<String>) -> Error {
     if problems.len() > 40 {
         text.push_str(&format!("\n  ... and {} more", problems.len() - 40));
     }
+    for w in warnings {
+        text.push_str(&format!("\n  warning: {w}"));
+    }
     Error::bad_input(text)
+}
+
+/// "the statistics (a.safetensors, b.safetensors)" or "the statistics (no --stats file given)".
+fn stats_files(options: &Options) -> String {
+    if options.stats.is_empty() {
+        "the statistics (no --stats file given)".to_string()
+    } else {
+        let names: Vec<String> = options
+            .stats
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("the statistics ({})", names.join(", "))
+    }
 }
 
 /// The names and shapes the statistics importers need.
@@ -393,10 +410,16 @@ fn kv_units(
     if !missing.is_empty() {
         problems.push(format!(
             "--kv-cache fp8 needs k/v amax (ModelOpt k_bmm_quantizer / v_bmm_quantizer) for {} attention block(s) \
-             missing from the statistics, e.g. {}",
+             missing from {}, e.g. {}",
             missing.len(),
+            stats_files(options),
             missing.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
         ));
+        problems.push(
+            "  fix: calibrate with KV-cache quantization enabled (ModelOpt --kv_cache_qformat fp8) and pass that amax file, \
+             or drop --kv-cache fp8"
+                .to_string(),
+        );
     }
 }
 

@@ -84,7 +84,9 @@ pub enum StatsFormat {
 pub fn detect_format(path: &Path) -> Result<StatsFormat> {
     use std::io::Read;
     let mut head = [0u8; 9];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        Error::io("opening statistics file", path, e).with_hint("check the --stats path")
+    })?;
     let n = file
         .read(&mut head)
         .map_err(|e| Error::io("reading", path, e))?;

@@ -240,7 +240,8 @@ fn scalar(path: &Path, e: &RawEntry) -> Result<f32> {
             path.display(),
             e.key,
             e.shape
-        ))),
+        ))
+        .with_hint("per-tensor quantizers (max calibration) store a single amax; is this file from another recipe?")),
     }
 }
 

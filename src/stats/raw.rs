@@ -45,7 +45,8 @@ pub fn read_safetensors_entries(path: &Path) -> Result<Vec<RawEntry>> {
                 return Err(Error::bad_input(format!(
                     "{}: tensor '{key}' has dtype {other:?}; statistics must be F32, BF16 or F16",
                     path.display()
-                )))
+                ))
+                .with_hint("pass the amax file exactly as the calibration tool wrote it"))
             }
         };
         out.push(RawEntry {

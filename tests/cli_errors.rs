@@ -1,0 +1,1494 @@
+//! The command line on bad input: every case runs the built binary on a broken copy of a golden
+//! checkpoint (or a bad option) and checks the exit code, that the message names the file, the
+//! tensor and the fix, that nothing panicked, and that no output directory (nor a
+//! `.NAME.shardquant-*` staging sibling) is left behind.
+
+mod common;
+
+use common::{copy_dir, fixtures, TempDir};
+use serde_json::{Map, Value};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The longest one run of the binary may take before the test calls it hung.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Exit code for usage errors.
+const USAGE: i32 = 2;
+/// Exit code for bad input.
+const BAD_INPUT: i32 = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    /// Asserts the exit code, that the error is the tool's own (not a panic), and that stderr
+    /// mentions every string in `needles`.
+    fn expect_error(&self, code: i32, needles: &[&str]) {
+        assert_eq!(
+            self.code, code,
+            "exit code: expected {code}, got {}\nstderr:\n{}",
+            self.code, self.stderr
+        );
+        self.expect_no_panic();
+        assert!(
+            self.stderr.contains("shardquant: error: "),
+            "no `shardquant: error:` line\nstderr:\n{}",
+            self.stderr
+        );
+        self.expect_mentions(needles);
+    }
+
+    /// Asserts success.
+    fn expect_success(&self) {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self.expect_no_panic();
+    }
+
+    fn expect_no_panic(&self) {
+        assert!(
+            !self.stderr.contains("panicked") && self.code != 101,
+            "the binary panicked\nstderr:\n{}",
+            self.stderr
+        );
+    }
+
+    /// Asserts that stderr contains every string in `needles`.
+    fn expect_mentions(&self, needles: &[&str]) {
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "stderr does not mention {n:?}\nstderr:\n{}",
+                self.stderr
+            );
+        }
+    }
+
+    /// Asserts that stderr carries a hint (`hint:`) or a fix line (`fix:`).
+    fn expect_hint(&self) {
+        assert!(
+            self.stderr.contains("hint: ") || self.stderr.contains("fix: "),
+            "the error carries no hint or fix\nstderr:\n{}",
+            self.stderr
+        );
+    }
+}
+
+/// Runs the binary with `args`, killing it (and failing the test) if it runs past
+/// [`RUN_TIMEOUT`]: a conversion that hangs on an error is a bug too.
+fn sq(args: &[&str]) -> Outcome {
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning shardquant");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for shardquant") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shardquant {args:?} ran longer than {RUN_TIMEOUT:?} (hung?)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned(),
+    }
+}
+
+/// A path as the `&str` the command line takes (temporary paths are UTF-8).
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// `fixtures/golden/<case>`.
+fn golden(case: &str) -> PathBuf {
+    fixtures().join("golden").join(case)
+}
+
+/// The amax file of a golden case.
+fn amax(case: &str) -> PathBuf {
+    golden(case).join("amax.safetensors")
+}
+
+/// Asserts that `out` does not exist and that its parent holds no staging or set-aside sibling
+/// (`.NAME.shardquant-tmp-PID`, `.NAME.shardquant-old-PID`).
+fn assert_no_output(out: &Path) {
+    assert!(
+        out.symlink_metadata().is_err(),
+        "{} was left behind",
+        out.display()
+    );
+    assert_no_sibling(out);
+}
+
+/// Asserts that no `.NAME.shardquant-*` sibling of `out` exists.
+fn assert_no_sibling(out: &Path) {
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let prefix = format!(".{name}.shardquant-");
+    let parent = out.parent().unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "staging siblings left in {}: {leftovers:?}",
+        parent.display()
+    );
+}
+
+/// Sorted (name, length) of every entry of a directory, to check it was not touched.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A writable copy of a golden case's input in a fresh temporary directory, and an output
+/// path beside it.
+struct Sandbox {
+    tmp: TempDir,
+    input: PathBuf,
+    out: PathBuf,
+}
+
+impl Sandbox {
+    fn new(case: &str, tag: &str) -> Sandbox {
+        let tmp = TempDir::new(tag);
+        let input = tmp.join("input");
+        copy_dir(&golden(case).join("input"), &input);
+        let out = tmp.join("out");
+        Sandbox { tmp, input, out }
+    }
+
+    /// `shardquant convert INPUT OUT --threads 2 EXTRA...`.
+    fn convert(&self, extra: &[&str]) -> Outcome {
+        let mut args = vec!["convert", s(&self.input), s(&self.out), "--threads", "2"];
+        args.extend_from_slice(extra);
+        sq(&args)
+    }
+
+    /// A file of the input.
+    fn file(&self, name: &str) -> PathBuf {
+        self.input.join(name)
+    }
+
+    /// The `weight_map` of the input's index.
+    fn weight_map(&self) -> Map<String, Value> {
+        let index: Value = serde_json::from_slice(
+            &std::fs::read(self.file("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        index["weight_map"].as_object().unwrap().clone()
+    }
+
+    /// Rewrites the input's index with `f` applied to its `weight_map`.
+    fn edit_weight_map(&self, f: impl FnOnce(&mut Map<String, Value>)) {
+        let path = self.file("model.safetensors.index.json");
+        let mut index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(index["weight_map"].as_object_mut().unwrap());
+        std::fs::write(&path, serde_json::to_string_pretty(&index).unwrap()).unwrap();
+    }
+
+    /// The shard that holds `tensor`, according to the index.
+    fn shard_of(&self, tensor: &str) -> PathBuf {
+        let map = self.weight_map();
+        let file = map[tensor].as_str().expect("tensor in the index");
+        self.file(file)
+    }
+}
+
+/// A safetensors file split into its JSON header and its data section.
+struct ShardFile {
+    header: Map<String, Value>,
+    data: Vec<u8>,
+}
+
+impl ShardFile {
+    fn read(path: &Path) -> ShardFile {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        ShardFile {
+            header,
+            data: bytes[8 + n..].to_vec(),
+        }
+    }
+
+    /// Writes the file back: 8-byte length, header padded with spaces to 8 bytes, data.
+    fn write(&self, path: &Path) {
+        let mut json = serde_json::to_vec(&self.header).unwrap();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&json);
+        bytes.extend_from_slice(&self.data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The data range of `tensor` inside [`ShardFile::data`].
+    fn range(&self, tensor: &str) -> std::ops::Range<usize> {
+        let offsets = &self.header[tensor]["data_offsets"];
+        offsets[0].as_u64().unwrap() as usize..offsets[1].as_u64().unwrap() as usize
+    }
+
+    /// Byte offset of the data section in the file.
+    fn data_start(path: &Path) -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+    }
+}
+
+/// Overwrites `bytes` at absolute offset `at` of the file, in place.
+fn patch_file(path: &Path, at: usize, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The hint every broken-download error carries.
+const REDOWNLOAD: &str = "download it again";
+/// The hint of an index that disagrees with its shards.
+const MISMATCH: &str = "download the index and all shards again";
+
+// ---------------------------------------------------------------------------------------------
+// The input directory and config.json
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn input_dir_missing() {
+    let tmp = TempDir::new("nodir");
+    let input = tmp.join("does-not-exist");
+    let out = tmp.join("out");
+    let r = sq(&["convert", s(&input), s(&out), "--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&input), "not a directory", "hint: "]);
+    assert_no_output(&out);
+}
+
+#[test]
+fn input_is_a_file() {
+    let tmp = TempDir::new("infile");
+    let input = tmp.join("model.safetensors");
+    std::fs::write(&input, b"not a directory").unwrap();
+    let out = tmp.join("out");
+    let r = sq(&["convert", s(&input), s(&out), "--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&input), "not a directory", "hint: "]);
+    assert_no_output(&out);
+}
+
+#[test]
+fn inspect_input_dir_missing() {
+    let tmp = TempDir::new("inspnodir");
+    let input = tmp.join("does-not-exist");
+    let r = sq(&["inspect", s(&input)]);
+    r.expect_error(BAD_INPUT, &[s(&input), "hint: "]);
+}
+
+#[test]
+fn no_config_json() {
+    let sb = Sandbox::new("llama_nvfp4", "noconfig");
+    std::fs::remove_file(sb.file("config.json")).unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&sb.file("config.json")),
+            "hint: ",
+            "needs its config.json",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn invalid_config_json() {
+    let sb = Sandbox::new("llama_nvfp4", "badconfig");
+    std::fs::write(sb.file("config.json"), b"{\"architectures\": [\"Llama").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&sb.file("config.json")), "invalid JSON"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn config_json_not_an_object() {
+    let sb = Sandbox::new("llama_nvfp4", "arrayconfig");
+    std::fs::write(sb.file("config.json"), b"[1, 2, 3]").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&sb.file("config.json")), "not a JSON object"],
+    );
+    assert_no_output(&sb.out);
+}
+
+/// Replaces the architecture of the sandbox's config.json with an unknown one.
+fn make_unknown_architecture(sb: &Sandbox) {
+    let path = sb.file("config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("LlamaForCausalLM", "FooBarForCausalLM")
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"foobar\"");
+    std::fs::write(&path, text).unwrap();
+}
+
+#[test]
+fn unknown_architecture() {
+    let sb = Sandbox::new("llama_nvfp4", "unknownarch");
+    make_unknown_architecture(&sb);
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&sb.file("config.json")),
+            "FooBarForCausalLM",
+            "foobar",
+            // Every built-in layout is listed, with its architectures.
+            "llama (LlamaForCausalLM",
+            "qwen3_moe (Qwen3MoeForCausalLM)",
+            "mixtral (MixtralForCausalLM)",
+            "deepseek_v3 (DeepseekV3ForCausalLM",
+            "hint: ",
+            "--layout",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+/// The hint of the unknown-architecture error works: the same checkpoint converts with
+/// `--layout layouts/llama.json`.
+#[test]
+fn unknown_architecture_converts_with_layout_file() {
+    let sb = Sandbox::new("llama_nvfp4", "unknownarchlayout");
+    make_unknown_architecture(&sb);
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("layouts/llama.json");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--layout", s(&layout), "-q"]);
+    r.expect_success();
+    assert!(sb.out.join("hf_quant_config.json").is_file());
+    assert_no_sibling(&sb.out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards and the index
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_shard() {
+    let sb = Sandbox::new("llama_nvfp4", "missingshard");
+    let shard = sb.shard_of("model.layers.0.mlp.gate_proj.weight");
+    std::fs::remove_file(&shard).unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&shard),
+            "missing",
+            "model.layers.0.mlp.gate_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            REDOWNLOAD,
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn truncated_shard() {
+    let sb = Sandbox::new("llama_nvfp4", "truncated");
+    let shard = sb.shard_of("model.layers.0.mlp.gate_proj.weight");
+    // The tensor whose data ends last is the one cut off.
+    let file = ShardFile::read(&shard);
+    let last = file
+        .header
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .max_by_key(|k| file.range(k).end)
+        .unwrap()
+        .clone();
+    let len = std::fs::metadata(&shard).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&shard), "truncated", "100 missing", &last, REDOWNLOAD],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn shard_shorter_than_its_header() {
+    let sb = Sandbox::new("llama_nvfp4", "tinyshard");
+    let shard = sb.shard_of("model.norm.weight");
+    std::fs::write(&shard, [1u8, 2, 3]).unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&shard), "3 bytes", REDOWNLOAD]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn index_names_tensor_absent_from_its_shard() {
+    let sb = Sandbox::new("llama_nvfp4", "absent");
+    let shard = sb.shard_of("model.layers.0.self_attn.q_proj.weight");
+    let file_name = shard.file_name().unwrap().to_str().unwrap().to_string();
+    sb.edit_weight_map(|m| {
+        m.insert(
+            "model.layers.0.self_attn.q_proj.bias".into(),
+            Value::String(file_name),
+        );
+    });
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&shard),
+            "does not contain",
+            "model.layers.0.self_attn.q_proj.bias",
+            MISMATCH,
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn index_puts_tensor_in_the_wrong_shard() {
+    let sb = Sandbox::new("llama_nvfp4", "wrongshard");
+    let tensor = "model.layers.0.self_attn.q_proj.weight";
+    let real = sb.shard_of(tensor);
+    let claimed = sb.shard_of("model.embed_tokens.weight");
+    assert_ne!(real, claimed);
+    let claimed_name = claimed.file_name().unwrap().to_str().unwrap().to_string();
+    sb.edit_weight_map(|m| {
+        m.insert(tensor.into(), Value::String(claimed_name));
+    });
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&claimed), s(&real), tensor, "does not contain", MISMATCH],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn shard_holds_tensor_the_index_does_not_list() {
+    let sb = Sandbox::new("llama_nvfp4", "unlisted");
+    let tensor = "model.layers.1.post_attention_layernorm.weight";
+    let shard = sb.shard_of(tensor);
+    sb.edit_weight_map(|m| {
+        m.remove(tensor);
+    });
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&shard), tensor, "does not list", MISMATCH]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn index_missing() {
+    let sb = Sandbox::new("llama_nvfp4", "noindex");
+    let index = sb.file("model.safetensors.index.json");
+    std::fs::remove_file(&index).unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&sb.input),
+            "model.safetensors.index.json",
+            "model-00001-of-00007.safetensors",
+            "hint: ",
+            "index is missing",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn index_invalid_json() {
+    let sb = Sandbox::new("llama_nvfp4", "badindex");
+    let index = sb.file("model.safetensors.index.json");
+    std::fs::write(&index, b"{\"weight_map\": {\"lm_head.weight\": ").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&index), "invalid JSON", REDOWNLOAD]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn index_without_weight_map() {
+    let sb = Sandbox::new("llama_nvfp4", "noweightmap");
+    let index = sb.file("model.safetensors.index.json");
+    std::fs::write(&index, b"{\"metadata\": {}}").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&index), "weight_map", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+/// An index may not point outside the checkpoint directory.
+#[test]
+fn index_names_shard_outside_the_directory() {
+    let sb = Sandbox::new("llama_nvfp4", "traversal");
+    let tensor = "model.norm.weight";
+    let shard = sb.shard_of(tensor);
+    let name = shard.file_name().unwrap().to_str().unwrap().to_string();
+    // A real shard beside the checkpoint, reachable as ../NAME.
+    std::fs::copy(&shard, sb.tmp.join(&name)).unwrap();
+    sb.edit_weight_map(|m| {
+        m.insert(tensor.into(), Value::String(format!("../{name}")));
+    });
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            &format!("../{name}"),
+            tensor,
+            "not a plain file name",
+            MISMATCH,
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn shard_is_a_git_lfs_pointer() {
+    let sb = Sandbox::new("llama_nvfp4", "lfs");
+    let shard = sb.shard_of("model.layers.0.self_attn.q_proj.weight");
+    std::fs::write(
+        &shard,
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 25024\n",
+    )
+    .unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&shard), "Git LFS pointer", "git lfs pull"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn duplicate_tensor_across_shards() {
+    let sb = Sandbox::new("llama_nvfp4", "duplicate");
+    let tensor = "model.norm.weight";
+    let home = sb.shard_of(tensor);
+    let other = sb.shard_of("lm_head.weight");
+    assert_ne!(home, other);
+    // Copy the tensor (header entry and bytes) to the end of the other shard.
+    let src = ShardFile::read(&home);
+    let bytes = src.data[src.range(tensor)].to_vec();
+    let mut dst = ShardFile::read(&other);
+    let start = dst.data.len();
+    let mut entry = src.header[tensor].clone();
+    entry["data_offsets"] = serde_json::json!([start, start + bytes.len()]);
+    dst.header.insert(tensor.into(), entry);
+    dst.data.extend_from_slice(&bytes);
+    dst.write(&other);
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[tensor, "more than one shard", s(&home), s(&other), MISMATCH],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn corrupt_shard_header_json() {
+    let sb = Sandbox::new("llama_nvfp4", "corrupthdr");
+    let shard = sb.shard_of("model.layers.0.self_attn.o_proj.weight");
+    // The header starts with `{` right after the 8-byte length.
+    patch_file(&shard, 8, b"X");
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&shard), "invalid safetensors file", REDOWNLOAD],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn corrupt_shard_header_length() {
+    let sb = Sandbox::new("llama_nvfp4", "corruptlen");
+    let shard = sb.shard_of("model.layers.0.self_attn.o_proj.weight");
+    patch_file(&shard, 0, &u64::MAX.to_le_bytes());
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&shard), "header length", REDOWNLOAD]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn corrupt_shard_offsets_overlap() {
+    let sb = Sandbox::new("llama_nvfp4", "overlap");
+    let tensor = "model.layers.0.self_attn.k_proj.weight";
+    let shard = sb.shard_of(tensor);
+    let mut file = ShardFile::read(&shard);
+    let r = file.range(tensor);
+    // Claim one extra byte at the end: the byte length no longer matches dtype and shape.
+    file.header[tensor]["data_offsets"] = serde_json::json!([r.start, r.end + 2]);
+    file.write(&shard);
+    let out = sb.convert(&["--format", "w4a16_nvfp4"]);
+    out.expect_error(BAD_INPUT, &[s(&shard), tensor, REDOWNLOAD]);
+    assert_no_output(&sb.out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight values (found while streaming, after the output's staging directory exists)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nan_in_linear_weight() {
+    let sb = Sandbox::new("llama_nvfp4", "nan");
+    let tensor = "model.layers.0.mlp.down_proj.weight"; // [64, 128] bf16
+    let shard = sb.shard_of(tensor);
+    let file = ShardFile::read(&shard);
+    assert_eq!(file.header[tensor]["dtype"], "BF16");
+    assert_eq!(file.header[tensor]["shape"], serde_json::json!([64, 128]));
+    // Row 40 lies past the first 4096 elements, which the amax scan checks as one chunk.
+    let (row, col) = (40usize, 7usize);
+    let at = ShardFile::data_start(&shard) + file.range(tensor).start + (row * 128 + col) * 2;
+    patch_file(&shard, at, &0x7FC0u16.to_le_bytes()); // bf16 quiet NaN
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&amax("llama_nvfp4"))]);
+    r.expect_error(BAD_INPUT, &[s(&shard), tensor, "[40, 7]", "NaN", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn infinity_in_linear_weight_fp8() {
+    let sb = Sandbox::new("llama_fp8", "inf");
+    let tensor = "model.layers.1.self_attn.v_proj.weight"; // [32, 64] bf16
+    let shard = sb.shard_of(tensor);
+    let file = ShardFile::read(&shard);
+    assert_eq!(file.header[tensor]["shape"], serde_json::json!([32, 64]));
+    let at = ShardFile::data_start(&shard) + file.range(tensor).start + (31 * 64 + 63) * 2;
+    patch_file(&shard, at, &0xFF80u16.to_le_bytes()); // bf16 -inf
+    let r = sb.convert(&["--format", "fp8", "--stats", s(&amax("llama_fp8"))]);
+    r.expect_error(BAD_INPUT, &[s(&shard), tensor, "[31, 63]", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn nan_in_expert_weight() {
+    let sb = Sandbox::new("qwen3moe_nvfp4", "nanexpert");
+    let tensor = "model.layers.1.mlp.experts.5.up_proj.weight";
+    let shard = sb.shard_of(tensor);
+    let file = ShardFile::read(&shard);
+    assert_eq!(file.header[tensor]["dtype"], "BF16");
+    let cols = file.header[tensor]["shape"][1].as_u64().unwrap() as usize;
+    let at = ShardFile::data_start(&shard) + file.range(tensor).start + (2 * cols + 9) * 2;
+    patch_file(&shard, at, &0xFFC1u16.to_le_bytes()); // a negative NaN with payload
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&amax("qwen3moe_nvfp4"))]);
+    r.expect_error(BAD_INPUT, &[s(&shard), tensor, "[2, 9]", "NaN", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+/// Zeroes every byte of `tensor` in the sandbox's input; returns its shard.
+fn zero_tensor(sb: &Sandbox, tensor: &str) -> PathBuf {
+    let shard = sb.shard_of(tensor);
+    let file = ShardFile::read(&shard);
+    let range = file.range(tensor);
+    let at = ShardFile::data_start(&shard) + range.start;
+    patch_file(&shard, at, &vec![0u8; range.len()]);
+    shard
+}
+
+#[test]
+fn all_zero_linear_weight() {
+    let sb = Sandbox::new("llama_nvfp4", "zero");
+    let tensor = "model.layers.0.self_attn.o_proj.weight";
+    let shard = zero_tensor(&sb, tensor);
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&amax("llama_nvfp4"))]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&shard),
+            tensor,
+            "all zeros",
+            "hint: ",
+            "--exclude 'model.layers.0.self_attn.o_proj'",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+/// The hint of the all-zero error works: excluding the linear converts.
+#[test]
+fn all_zero_linear_weight_converts_when_excluded() {
+    let sb = Sandbox::new("llama_nvfp4", "zeroexcl");
+    zero_tensor(&sb, "model.layers.0.self_attn.o_proj.weight");
+    let r = sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&amax("llama_nvfp4")),
+        "--exclude",
+        "model.layers.0.self_attn.o_proj",
+        "-q",
+    ]);
+    r.expect_success();
+    assert!(sb.out.join("config.json").is_file());
+    assert_no_sibling(&sb.out);
+}
+
+/// Rewrites the header of `tensor` ([32, 64] bf16) as [256, 8]: same bytes, 8 input features.
+fn make_narrow_weight(sb: &Sandbox, tensor: &str) -> PathBuf {
+    let shard = sb.shard_of(tensor);
+    let mut file = ShardFile::read(&shard);
+    assert_eq!(file.header[tensor]["shape"], serde_json::json!([32, 64]));
+    file.header[tensor]["shape"] = serde_json::json!([256, 8]);
+    file.write(&shard);
+    shard
+}
+
+#[test]
+fn nvfp4_in_features_not_multiple_of_16() {
+    let sb = Sandbox::new("llama_nvfp4", "narrow");
+    let tensor = "model.layers.0.self_attn.k_proj.weight";
+    make_narrow_weight(&sb, tensor);
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[tensor, "[256, 8]", "not a multiple of", "16", "--exclude"],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+
+fn nvfp4_in_features_error_names_the_shard_file() {
+    let sb = Sandbox::new("llama_nvfp4", "narrowfile");
+    let tensor = "model.layers.0.self_attn.k_proj.weight";
+    let shard = make_narrow_weight(&sb, tensor);
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[tensor, s(&shard)]);
+    assert_no_output(&sb.out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nvfp4_without_stats() {
+    let sb = Sandbox::new("llama_nvfp4", "nvfp4nostats");
+    let r = sb.convert(&["--format", "nvfp4"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "--format nvfp4",
+            "14 quantized linear(s) have no input amax",
+            "no --stats file given",
+            "model.layers.0.self_attn.q_proj",
+            "--stats FILE",
+            "w4a16_nvfp4",
+        ],
+    );
+    r.expect_hint();
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn fp8_without_stats() {
+    let sb = Sandbox::new("llama_fp8", "fp8nostats");
+    let r = sb.convert(&["--format", "fp8"]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "--format fp8",
+            "14 quantized linear(s) have no input amax",
+            "no --stats file given",
+            "--stats FILE",
+            "w4a16_nvfp4",
+        ],
+    );
+    r.expect_hint();
+    assert_no_output(&sb.out);
+}
+
+/// `inspect` plans too, but does not need the statistics: it must not fail for their absence.
+#[test]
+fn inspect_without_stats_succeeds() {
+    let r = sq(&[
+        "inspect",
+        s(&golden("llama_nvfp4").join("input")),
+        "--format",
+        "nvfp4",
+    ]);
+    r.expect_success();
+    assert!(r.stdout.contains("llama"), "stdout:\n{}", r.stdout);
+}
+
+#[test]
+fn stats_file_not_safetensors() {
+    let sb = Sandbox::new("llama_nvfp4", "statstext");
+    let stats = sb.tmp.join("amax.txt");
+    std::fs::write(&stats, "model.layers.0.self_attn.q_proj 1.5\n").unwrap();
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats), "not a safetensors file", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn stats_file_broken_safetensors() {
+    let sb = Sandbox::new("llama_nvfp4", "statsbroken");
+    let stats = sb.tmp.join("amax.safetensors");
+    // Looks like safetensors (8 bytes then `{`) but the header is cut off.
+    let mut bytes = 4096u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{\"model.layers.0.self_attn.q_proj.input_quantizer._amax\":");
+    std::fs::write(&stats, bytes).unwrap();
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&stats), "not a valid safetensors file", "hint: "],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn stats_file_missing() {
+    let sb = Sandbox::new("llama_nvfp4", "statsmissing");
+    let stats = sb.tmp.join("no-such-amax.safetensors");
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats)]);
+    assert_no_output(&sb.out);
+}
+
+/// Writes a safetensors file of (name, dtype, shape, bytes) tensors.
+fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [data.len(), data.len() + bytes.len()],
+            }),
+        );
+        data.extend_from_slice(bytes);
+    }
+    ShardFile { header, data }.write(path);
+}
+
+#[test]
+fn stats_value_with_unsupported_dtype() {
+    let sb = Sandbox::new("llama_nvfp4", "statsdtype");
+    let stats = sb.tmp.join("amax.safetensors");
+    let key = "model.layers.0.self_attn.q_proj.input_quantizer._amax";
+    write_safetensors(&stats, &[(key, "I32", vec![], 7i32.to_le_bytes().to_vec())]);
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats), key, "I32", "F32, BF16 or F16"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn stats_input_amax_not_a_scalar() {
+    let sb = Sandbox::new("llama_nvfp4", "statsshape");
+    let stats = sb.tmp.join("amax.safetensors");
+    let key = "model.layers.0.self_attn.q_proj.input_quantizer._amax";
+    let bytes: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_safetensors(&stats, &[(key, "F32", vec![2], bytes)]);
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats), key, "[2]"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn stats_block_weight_amax_without_global_amax() {
+    let sb = Sandbox::new("llama_nvfp4", "statsblocks");
+    let stats = sb.tmp.join("amax.safetensors");
+    let key = "model.layers.0.self_attn.q_proj.weight_quantizer._amax";
+    let bytes: Vec<u8> = [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_safetensors(&stats, &[(key, "F32", vec![4], bytes)]);
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats), key, "_global_amax", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+/// Weight-only with a foreign amax file converts, and warns that the names do not match.
+#[test]
+fn stats_for_another_model_weight_only_warns() {
+    let sb = Sandbox::new("llama_nvfp4", "foreignwo");
+    let r = sb.convert(&[
+        "--format",
+        "w4a16_nvfp4",
+        "--stats",
+        s(&amax("mixtral_nvfp4")),
+    ]);
+    r.expect_success();
+    r.expect_mentions(&[
+        "warning: ",
+        "statistics key(s) name modules this model does not have",
+        "model.layers.0.mlp.experts.",
+    ]);
+    assert_no_sibling(&sb.out);
+}
+
+/// Mixtral's amax file for the llama checkpoint: the attention amax match (same names), the
+/// MLP ones do not. The six MLP linears have no input amax: an error.
+#[test]
+fn stats_for_another_model() {
+    let sb = Sandbox::new("llama_nvfp4", "foreignstats");
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&amax("mixtral_nvfp4"))]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "6 quantized linear(s) have no input amax",
+            "model.layers.0.mlp.gate_proj",
+            "model.layers.0.mlp.up_proj",
+            "model.layers.0.mlp.down_proj",
+            "w4a16_nvfp4",
+        ],
+    );
+    r.expect_hint();
+    assert_no_output(&sb.out);
+}
+
+/// The same run must also say why: the statistics name modules the model does not have.
+#[test]
+fn stats_for_another_model_warns_about_unmatched_names() {
+    let sb = Sandbox::new("llama_nvfp4", "foreignstatswarn");
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&amax("mixtral_nvfp4"))]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "statistics key(s) name modules this model does not have",
+            "model.layers.0.mlp.experts.",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+/// With a `--stats` file given, the missing-amax error must say which file lacks the values.
+#[test]
+fn stats_for_another_model_error_names_the_stats_file() {
+    let sb = Sandbox::new("llama_nvfp4", "foreignstatsfile");
+    let stats = amax("mixtral_nvfp4");
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
+    r.expect_error(BAD_INPUT, &[s(&stats)]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn weight_amax_stats_without_stats() {
+    let sb = Sandbox::new("llama_nvfp4", "wamaxnostats");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--weight-amax", "stats"]);
+    r.expect_error(USAGE, &["--weight-amax stats", "--stats"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn kv_cache_fp8_without_kv_amax() {
+    let sb = Sandbox::new("llama_nvfp4", "kvnoamax");
+    let r = sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&amax("llama_nvfp4")),
+        "--kv-cache",
+        "fp8",
+    ]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "--kv-cache fp8",
+            "k_bmm_quantizer",
+            "2 attention block(s)",
+            "model.layers.0.self_attn",
+            "model.layers.1.self_attn",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn kv_cache_fp8_error_names_stats_file_and_fix() {
+    let sb = Sandbox::new("llama_nvfp4", "kvnoamaxhint");
+    let stats = amax("llama_nvfp4");
+    let r = sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&stats),
+        "--kv-cache",
+        "fp8",
+    ]);
+    r.expect_error(BAD_INPUT, &[s(&stats)]);
+    r.expect_hint();
+    assert_no_output(&sb.out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The output directory
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn output_exists_without_force() {
+    let sb = Sandbox::new("llama_nvfp4", "exists");
+    std::fs::create_dir(&sb.out).unwrap();
+    std::fs::write(sb.out.join("keep.txt"), b"user data").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(USAGE, &[s(&sb.out), "already exists", "--force"]);
+    assert_eq!(listing(&sb.out), vec![("keep.txt".to_string(), 9)]);
+    assert_eq!(
+        std::fs::read(sb.out.join("keep.txt")).unwrap(),
+        b"user data"
+    );
+    assert_no_sibling(&sb.out);
+}
+
+#[test]
+fn output_exists_with_force_is_replaced() {
+    let sb = Sandbox::new("llama_nvfp4", "force");
+    std::fs::create_dir(&sb.out).unwrap();
+    std::fs::write(sb.out.join("keep.txt"), b"old output").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--force", "-q"]);
+    r.expect_success();
+    assert!(!sb.out.join("keep.txt").exists(), "old output not replaced");
+    assert!(sb.out.join("hf_quant_config.json").is_file());
+    assert!(sb.out.join("config.json").is_file());
+    assert_no_sibling(&sb.out);
+}
+
+/// A failed conversion with --force leaves the existing output as it was.
+#[test]
+fn output_exists_with_force_kept_on_failure() {
+    let sb = Sandbox::new("llama_nvfp4", "forcefail");
+    zero_tensor(&sb, "model.layers.1.self_attn.o_proj.weight");
+    std::fs::create_dir(&sb.out).unwrap();
+    std::fs::write(sb.out.join("keep.txt"), b"old output").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--force"]);
+    r.expect_error(BAD_INPUT, &["all zeros"]);
+    assert_eq!(listing(&sb.out), vec![("keep.txt".to_string(), 10)]);
+    assert_no_sibling(&sb.out);
+}
+
+/// `--force` over an existing regular *file*: either refuse up front (usage error, file kept)
+/// or replace it cleanly (success, no `.out.shardquant-old-*` left behind).
+#[test]
+fn output_is_a_file_with_force() {
+    let sb = Sandbox::new("llama_nvfp4", "forcefile");
+    std::fs::write(&sb.out, b"a file").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--force", "-q"]);
+    // --force replaces an output directory, never a file the user put there.
+    r.expect_error(USAGE, &[s(&sb.out), "not a directory"]);
+    assert_eq!(std::fs::read(&sb.out).unwrap(), b"a file");
+    assert_no_sibling(&sb.out);
+}
+
+#[test]
+fn output_is_a_file_without_force() {
+    let sb = Sandbox::new("llama_nvfp4", "outfile");
+    std::fs::write(&sb.out, b"a file").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(USAGE, &[s(&sb.out), "not a directory"]);
+    assert_eq!(std::fs::read(&sb.out).unwrap(), b"a file");
+    assert_no_sibling(&sb.out);
+}
+
+#[test]
+fn output_inside_input() {
+    let sb = Sandbox::new("llama_nvfp4", "inside");
+    let before = listing(&sb.input);
+    let out = sb.input.join("quantized");
+    let r = sq(&["convert", s(&sb.input), s(&out), "--format", "w4a16_nvfp4"]);
+    r.expect_error(USAGE, &[s(&out), s(&sb.input), "overlap", "hint: "]);
+    assert_no_output(&out);
+    assert_eq!(listing(&sb.input), before, "the input was modified");
+}
+
+#[test]
+fn output_is_the_input_with_force() {
+    let sb = Sandbox::new("llama_nvfp4", "same");
+    let before = listing(&sb.input);
+    let r = sq(&[
+        "convert",
+        s(&sb.input),
+        s(&sb.input),
+        "--format",
+        "w4a16_nvfp4",
+        "--force",
+    ]);
+    r.expect_error(USAGE, &["overlap"]);
+    assert_eq!(listing(&sb.input), before, "the input was modified");
+    assert_no_sibling(&sb.input);
+}
+
+/// `--force` with an output that contains the input would delete the input: refused.
+#[test]
+fn output_containing_input_with_force() {
+    let sb = Sandbox::new("llama_nvfp4", "contains");
+    let before = listing(&sb.input);
+    let r = sq(&[
+        "convert",
+        s(&sb.input),
+        s(sb.tmp.path()),
+        "--format",
+        "w4a16_nvfp4",
+        "--force",
+    ]);
+    r.expect_error(USAGE, &["overlap"]);
+    assert_eq!(listing(&sb.input), before, "the input was modified");
+    assert_no_sibling(sb.tmp.path());
+}
+
+#[test]
+fn output_parent_missing() {
+    let sb = Sandbox::new("llama_nvfp4", "noparent");
+    let out = sb.tmp.join("no/such/parent/out");
+    let r = sq(&["convert", s(&sb.input), s(&out), "--format", "w4a16_nvfp4"]);
+    r.expect_error(USAGE, &["no/such/parent", "hint: "]);
+    assert!(!sb.tmp.join("no").exists());
+}
+
+/// A `--report` path that cannot be written is found before anything is written: the command
+/// fails and leaves no output directory.
+#[test]
+fn report_path_unwritable() {
+    let sb = Sandbox::new("llama_nvfp4", "report");
+    let report = sb.tmp.join("no-such-dir/report.json");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--report", s(&report)]);
+    assert!(
+        r.code == USAGE || r.code == 1,
+        "expected a usage or output error\nstderr:\n{}",
+        r.stderr
+    );
+    r.expect_error(r.code, &["no-such-dir/report.json"]);
+    assert_no_output(&sb.out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn device_cuda() {
+    let sb = Sandbox::new("llama_nvfp4", "cuda");
+    for device in ["cuda", "cuda:1"] {
+        let r = sb.convert(&["--format", "w4a16_nvfp4", "--device", device]);
+        r.expect_error(
+            USAGE,
+            &[&format!("--device {device}"), "hint: ", "--device cpu"],
+        );
+        assert_no_output(&sb.out);
+    }
+}
+
+#[test]
+fn device_unknown() {
+    let sb = Sandbox::new("llama_nvfp4", "tpu");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--device", "tpu"]);
+    r.expect_error(USAGE, &["--device tpu", "auto, cpu, cuda"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn threads_zero() {
+    let sb = Sandbox::new("llama_nvfp4", "threads0");
+    let r = sq(&[
+        "convert",
+        s(&sb.input),
+        s(&sb.out),
+        "--format",
+        "w4a16_nvfp4",
+        "--threads",
+        "0",
+    ]);
+    r.expect_error(USAGE, &["--threads"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn bad_max_shard_size() {
+    let sb = Sandbox::new("llama_nvfp4", "shardsize");
+    for bad in [
+        "5XB",
+        "0",
+        "GB",
+        "-5GB",
+        "1.2.3GB",
+        "99999999999999999999TB",
+    ] {
+        let flag = format!("--max-shard-size={bad}");
+        let r = sb.convert(&["--format", "w4a16_nvfp4", &flag]);
+        r.expect_error(USAGE, &[&format!("invalid size {bad:?}"), "hint: "]);
+        assert_no_output(&sb.out);
+    }
+}
+
+#[test]
+fn bad_max_memory() {
+    let sb = Sandbox::new("llama_nvfp4", "maxmem");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--max-memory", "lots"]);
+    r.expect_error(USAGE, &["invalid size \"lots\"", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn already_quantized_input() {
+    let tmp = TempDir::new("quantized");
+    let input = golden("llama_nvfp4").join("modelopt");
+    let out = tmp.join("out");
+    let r = sq(&["convert", s(&input), s(&out), "--format", "w4a16_nvfp4"]);
+    r.expect_error(BAD_INPUT, &[s(&input), "already quantized", "hint: "]);
+    assert_no_output(&out);
+}
+
+/// Writes a layout file into the sandbox and converts with it.
+fn convert_with_layout(sb: &Sandbox, text: &str) -> (PathBuf, Outcome) {
+    let layout = sb.tmp.join("layout.json");
+    std::fs::write(&layout, text).unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--layout", s(&layout)]);
+    (layout, r)
+}
+
+#[test]
+fn layout_file_not_json() {
+    let sb = Sandbox::new("llama_nvfp4", "layoutjson");
+    let (layout, r) = convert_with_layout(&sb, "{\"name\": \"mine\", ");
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            s(&layout),
+            "invalid layout JSON",
+            "hint: ",
+            "layouts/llama.json",
+        ],
+    );
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn layout_file_unknown_field() {
+    let sb = Sandbox::new("llama_nvfp4", "layoutfield");
+    let (layout, r) = convert_with_layout(
+        &sb,
+        r#"{"name": "mine", "layer_prefix": "model.layers.{layer}", "linear": []}"#,
+    );
+    r.expect_error(BAD_INPUT, &[s(&layout), "linear", "hint: "]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn layout_file_shared_input_names_unknown_linear() {
+    let sb = Sandbox::new("llama_nvfp4", "layoutshared");
+    let (layout, r) = convert_with_layout(
+        &sb,
+        r#"{"name": "mine", "layer_prefix": "model.layers.{layer}",
+            "linears": [{"module": "self_attn.q_proj", "role": "attention"}],
+            "shared_input": [["self_attn.q_proj", "self_attn.k_proj"]]}"#,
+    );
+    r.expect_error(BAD_INPUT, &[s(&layout), "self_attn.k_proj"]);
+    assert_no_output(&sb.out);
+}
+
+#[test]
+fn layout_file_missing() {
+    let sb = Sandbox::new("llama_nvfp4", "layoutmissing");
+    let layout = sb.tmp.join("no-such-layout.json");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--layout", s(&layout)]);
+    r.expect_error(BAD_INPUT, &[s(&layout)]);
+    assert_no_output(&sb.out);
+}
+
+/// The contract: every bad-input error says what to do about it.
+#[test]
+fn every_bad_input_error_has_a_hint() {
+    let sb = Sandbox::new("llama_nvfp4", "hints");
+    let mut missing = Vec::new();
+    let mut check = |what: &str, r: Outcome| {
+        assert_eq!(r.code, BAD_INPUT, "{what}: {}", r.stderr);
+        if !(r.stderr.contains("hint: ") || r.stderr.contains("fix: ")) {
+            missing.push(format!("{what}: {}", r.stderr.trim()));
+        }
+    };
+    let layout = sb.tmp.join("no-such-layout.json");
+    check(
+        "missing --layout file",
+        sb.convert(&["--format", "w4a16_nvfp4", "--layout", s(&layout)]),
+    );
+    let stats = sb.tmp.join("no-such-amax.safetensors");
+    check(
+        "missing --stats file",
+        sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]),
+    );
+    let (_, r) = convert_with_layout(
+        &sb,
+        r#"{"name": "mine", "layer_prefix": "model.layers.{layer}",
+            "linears": [{"module": "self_attn.q_proj", "role": "attention"}],
+            "shared_input": [["self_attn.q_proj", "self_attn.k_proj"]]}"#,
+    );
+    check("layout shared_input error", r);
+    check(
+        "--kv-cache fp8 without k/v amax",
+        sb.convert(&[
+            "--format",
+            "nvfp4",
+            "--stats",
+            s(&amax("llama_nvfp4")),
+            "--kv-cache",
+            "fp8",
+        ]),
+    );
+    let bad_stats = sb.tmp.join("bad-amax.safetensors");
+    let key = "model.layers.0.self_attn.q_proj.input_quantizer._amax";
+    write_safetensors(&bad_stats, &[(key, "I32", vec![], vec![0; 4])]);
+    check(
+        "statistics value of dtype I32",
+        sb.convert(&["--format", "nvfp4", "--stats", s(&bad_stats)]),
+    );
+    write_safetensors(&bad_stats, &[(key, "F32", vec![2], vec![0; 8])]);
+    check(
+        "input amax that is not a scalar",
+        sb.convert(&["--format", "nvfp4", "--stats", s(&bad_stats)]),
+    );
+    std::fs::write(sb.file("config.json"), b"{").unwrap();
+    check(
+        "invalid config.json",
+        sb.convert(&["--format", "w4a16_nvfp4"]),
+    );
+    assert!(
+        missing.is_empty(),
+        "errors without a hint:\n{}",
+        missing.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command-line syntax (clap)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clap_unknown_flag() {
+    let tmp = TempDir::new("clapflag");
+    let input = golden("llama_nvfp4").join("input");
+    let out = tmp.join("out");
+    let (code, _, stderr) = common::run(&["convert", s(&input), s(&out), "--bogus"]);
+    assert_eq!(code, USAGE, "stderr:\n{stderr}");
+    assert!(stderr.contains("--bogus"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+    assert_no_output(&out);
+}
+
+#[test]
+fn clap_bad_format_value() {
+    let tmp = TempDir::new("clapformat");
+    let input = golden("llama_nvfp4").join("input");
+    let out = tmp.join("out");
+    let (code, _, stderr) = common::run(&["convert", s(&input), s(&out), "--format", "int4"]);
+    assert_eq!(code, USAGE, "stderr:\n{stderr}");
+    assert!(stderr.contains("int4"), "stderr:\n{stderr}");
+    assert!(stderr.contains("w4a16_nvfp4"), "stderr:\n{stderr}");
+    assert_no_output(&out);
+}
+
+#[test]
+fn clap_missing_output_argument() {
+    let input = golden("llama_nvfp4").join("input");
+    let (code, _, stderr) = common::run(&["convert", s(&input)]);
+    assert_eq!(code, USAGE, "stderr:\n{stderr}");
+    assert!(stderr.contains("OUTPUT_DIR"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn clap_threads_not_a_number() {
+    let tmp = TempDir::new("clapthreads");
+    let input = golden("llama_nvfp4").join("input");
+    let out = tmp.join("out");
+    let (code, _, stderr) = common::run(&["convert", s(&input), s(&out), "--threads", "-1"]);
+    assert_eq!(code, USAGE, "stderr:\n{stderr}");
+    assert_no_output(&out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Success, with a report
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn success_writes_output_and_report() {
+    let sb = Sandbox::new("llama_nvfp4", "success");
+    let report = sb.tmp.join("report.json");
+    let r = sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&amax("llama_nvfp4")),
+        "--report",
+        s(&report),
+        "-q",
+    ]);
+    r.expect_success();
+    assert!(r.stderr.trim().is_empty(), "--quiet printed:\n{}", r.stderr);
+    for f in [
+        "config.json",
+        "hf_quant_config.json",
+        "generation_config.json",
+    ] {
+        assert!(sb.out.join(f).is_file(), "{f} missing from the output");
+    }
+    assert_no_sibling(&sb.out);
+
+    let value: Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).expect("the report is valid JSON");
+    assert_eq!(value["status"], "ok");
+    let counts = &value["counts"];
+    assert_eq!(counts["input_tensors"], 21, "{counts}");
+    assert_eq!(counts["quantized_linears"], 14, "{counts}");
+    assert_eq!(counts["unquantized_linears"], 0, "{counts}");
+    // 14 linears × 4 tensors (weight, weight_scale, weight_scale_2, input_scale) + 7 others.
+    assert_eq!(counts["output_tensors"], 14 * 4 + 7, "{counts}");
+    assert!(counts["output_bytes"].as_u64().unwrap() > 0, "{counts}");
+    let memory = &value["memory"];
+    assert!(memory["peak_rss_bytes"].as_u64().unwrap() > 0, "{memory}");
+    assert!(
+        memory["peak_in_flight_bytes"].as_u64().unwrap() > 0,
+        "{memory}"
+    );
+    assert!(
+        memory["largest_unit_bytes"].as_u64().unwrap() > 0,
+        "{memory}"
+    );
+    assert!(value["warnings"].is_array(), "{value}");
+    let written = common::load_tensors(&sb.out);
+    assert_eq!(written.len(), 14 * 4 + 7);
+}
