@@ -188,6 +188,32 @@ impl Checkpoint {
         self.release_range(t, 0..t.len);
     }
 
+    /// Like [`Checkpoint::release`], and also drops the partly shared first / last page of the
+    /// tensor when `first_page` / `last_page` say that the neighbours sharing them are finished.
+    /// Without this, every tensor boundary would keep a page resident, and resident memory
+    /// would grow with the number of tensors.
+    pub fn release_with_edges(&self, t: &TensorEntry, first_page: bool, last_page: bool) {
+        let Some(shard) = self.shards.get(t.shard) else {
+            return;
+        };
+        let page = page_size();
+        let end = t.start.saturating_add(t.len).min(shard.mmap.len());
+        let start = if first_page {
+            t.start - t.start % page
+        } else {
+            t.start
+        };
+        let end = if last_page {
+            end.saturating_add(page - 1) / page * page
+        } else {
+            end
+        };
+        let end = end
+            .min(shard.mmap.len() - shard.mmap.len() % page)
+            .max(start);
+        self.advise_dontneed(shard, start, end);
+    }
+
     /// Like [`Checkpoint::release`] for the bytes `range` of the tensor's data only.
     pub fn release_range(&self, t: &TensorEntry, range: std::ops::Range<usize>) {
         let Some(shard) = self.shards.get(t.shard) else {
@@ -198,6 +224,19 @@ impl Checkpoint {
             .start
             .saturating_add(range.end.min(t.len))
             .min(shard.mmap.len());
+        self.advise_dontneed(shard, start, end);
+    }
+
+    /// Drops the pages wholly inside bytes `[start, end)` of shard `shard` (whatever tensors
+    /// they hold); the caller guarantees no unfinished tensor lies there.
+    pub fn release_span(&self, shard: usize, start: usize, end: usize) {
+        if let Some(sh) = self.shards.get(shard) {
+            self.advise_dontneed(sh, start, end.min(sh.mmap.len()));
+        }
+    }
+
+    /// madvise(DONTNEED) on the pages that lie wholly inside `[start, end)` of a shard.
+    fn advise_dontneed(&self, shard: &Shard, start: usize, end: usize) {
         let Some((first, len)) = inner_pages(start, end, page_size()) else {
             return;
         };

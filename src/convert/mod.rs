@@ -151,11 +151,11 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
     check_paths(input, output, options)?;
-    let (ckpt, config_text, plan) = prepare(input, options)?;
+    let (ckpt, config_text, mut plan) = prepare(input, options)?;
     for w in &plan.warnings {
         info(options, &format!("warning: {w}"));
     }
-    let shard_plan = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+    let shard_plan = ShardPlan::new(std::mem::take(&mut plan.outputs), options.max_shard_size)?;
     info(
         options,
         &format!(

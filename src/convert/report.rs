@@ -126,7 +126,7 @@ impl Report {
             "counts": {
                 "input_tensors": ckpt.tensors().len(),
                 "input_bytes": ckpt.total_bytes(),
-                "output_tensors": plan.outputs.len(),
+                "output_tensors": run.tensors_written,
                 "output_bytes": run.bytes_written,
                 "quantized_linears": plan.quantized_count(),
                 "unquantized_linears": plan.linears.len() - plan.quantized_count(),

@@ -5,7 +5,7 @@
 //! `modelopt-format.md` §3.1 gets wrong: when the pair candidate `[p, p + ".*"]` is chosen, the
 //! Python code does `res_summary.update(candidate_wildcards)`, so **both** `p` and `p.*` are added.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 /// ModelOpt's `_prefix_wildcard_summarize_exclude_modules`, reproduced exactly, followed by the
 /// `sorted(...)` that `process_layer_quant_config` applies.
@@ -22,12 +22,7 @@ use std::collections::{BTreeSet, HashSet};
 /// whose members are all already in the result ends the search adding nothing; otherwise all its
 /// members are added and the search ends.
 pub fn summarize_exclude_modules(quantized: &[String], unquantized: &[String]) -> Vec<String> {
-    let mut negative: HashSet<String> = HashSet::new();
-    for q in quantized {
-        negative.insert(q.clone());
-        negative.extend(prefix_wildcards(q));
-    }
-
+    let negative = NegativeSet::new(quantized);
     let mut result: BTreeSet<String> = BTreeSet::new();
     for layer in unquantized {
         for candidate in formatted_candidates(layer) {
@@ -44,15 +39,36 @@ pub fn summarize_exclude_modules(quantized: &[String], unquantized: &[String]) -
     result.into_iter().collect()
 }
 
-/// `{name[:i] + "*" for i in range(len(name) + 1)}` (Python slices count code points).
-fn prefix_wildcards(name: &str) -> impl Iterator<Item = String> + '_ {
-    name.char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(name.len()))
-        .map(move |i| format!("{}*", &name[..i]))
+/// ModelOpt's negative set `{q} ∪ {q[:i] + "*" for every i}` over the quantized names `q`,
+/// answered without building it (which would cost memory quadratic in name length times the
+/// number of modules, hundreds of MB for a 256-expert model): a pattern `X*` is in the set
+/// exactly when `X` is a prefix of some quantized name, and a plain name when it is one.
+struct NegativeSet<'a> {
+    sorted: Vec<&'a str>,
 }
 
-/// `next_formatted_matching_prefix_wildcards(name)`, materialised.
+impl<'a> NegativeSet<'a> {
+    fn new(quantized: &'a [String]) -> Self {
+        let mut sorted: Vec<&str> = quantized.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        NegativeSet { sorted }
+    }
+
+    fn contains(&self, pattern: &str) -> bool {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => {
+                // The first name >= prefix is the only candidate that can start with it.
+                let at = self.sorted.partition_point(|q| *q < prefix);
+                self.sorted.get(at).is_some_and(|q| q.starts_with(prefix))
+                    // A quantized name may itself end in '*' (never in practice): exact match.
+                    || self.sorted.binary_search(&pattern).is_ok()
+            }
+            None => self.sorted.binary_search(&pattern).is_ok(),
+        }
+    }
+}
+
 fn formatted_candidates(name: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (i, c) in name.char_indices() {
@@ -69,6 +85,51 @@ fn formatted_candidates(name: &str) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The set as ModelOpt builds it, element by element.
+    fn brute_negative(quantized: &[String]) -> std::collections::HashSet<String> {
+        let mut set = std::collections::HashSet::new();
+        for q in quantized {
+            set.insert(q.clone());
+            for i in q.char_indices().map(|(i, _)| i).chain([q.len()]) {
+                set.insert(format!("{}*", &q[..i]));
+            }
+        }
+        set
+    }
+
+    #[test]
+    fn negative_set_answers_like_the_materialised_one() {
+        let quantized: Vec<String> = [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.1.mlp.experts.3.w1",
+            "lm",
+            "a.b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let brute = brute_negative(&quantized);
+        let fast = NegativeSet::new(&quantized);
+        let mut probes: Vec<String> = brute.iter().cloned().collect();
+        for name in [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.1.mlp.experts.3.w1",
+            "model.embed_tokens",
+            "lm_head",
+            "a.bc",
+            "a",
+        ] {
+            for i in name.char_indices().map(|(i, _)| i).chain([name.len()]) {
+                probes.push(name[..i].to_string());
+                probes.push(format!("{}*", &name[..i]));
+                probes.push(format!("{}.*", &name[..i]));
+            }
+        }
+        for p in &probes {
+            assert_eq!(fast.contains(p), brute.contains(p), "{p}");
+        }
+    }
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

@@ -9,6 +9,7 @@
 //!   later unit needs and returns the unit's budget.
 
 pub mod budget;
+pub mod pages;
 pub mod worker;
 
 use crate::checkpoint::{Checkpoint, ShardWriter};
@@ -33,6 +34,8 @@ pub struct RunStats {
     pub peak_in_flight: u64,
     /// Bytes of output written.
     pub bytes_written: u64,
+    /// Output tensors written.
+    pub tensors_written: usize,
 }
 
 /// Runs every unit of `plan`, writing through `writer`.
@@ -49,7 +52,7 @@ pub fn run(
     let (work_tx, work_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = bounded::<Result<UnitResult>>(threads * 2);
     let mut summaries: Vec<Vec<SummaryLine>> = vec![Vec::new(); plan.units.len()];
-    let mut users = plan.tensor_users.clone();
+    let mut pages = pages::PageReleaser::new(ckpt, plan.tensor_users.clone());
     let mut stats = RunStats::default();
 
     let outcome = std::thread::scope(|scope| -> Result<()> {
@@ -106,12 +109,10 @@ pub fn run(
                         }
                     };
                     stats.bytes_written += len as u64;
+                    stats.tensors_written += 1;
                 }
                 for &t in &unit.inputs {
-                    users[t] -= 1;
-                    if users[t] == 0 {
-                        ckpt.release(&ckpt.tensors()[t]);
-                    }
+                    pages.unit_done(t);
                 }
                 summaries[done.unit] = done.summary;
                 budget.release(budget.charge(unit.bytes));

@@ -56,13 +56,13 @@ pub struct Plan {
     pub weight_stats: Vec<Option<WeightAmax>>,
     /// Units in streaming order.
     pub units: Vec<Unit>,
-    /// Output tensors in write order.
+    /// Output tensors in write order (the converter moves them into its shard plan).
     pub outputs: Vec<OutputTensor>,
     /// How many units read each input tensor (to release its pages after the last one).
     pub tensor_users: Vec<usize>,
     /// `exclude_modules` / `ignore` for the metadata.
     pub exclude_modules: Vec<String>,
-    /// Pass-through tensors, routers, MTP layers: for `inspect`.
+    /// Pass-through tensors, routers, MTP layers (its `linears` moved to [`Plan::linears`]).
     pub classified: Classified,
     /// Warnings found while planning.
     pub warnings: Vec<String>,
@@ -78,7 +78,7 @@ impl Plan {
         config: &serde_json::Value,
         options: &Options,
     ) -> Result<Plan> {
-        let classified = classify(ckpt, &layout, config, options)?;
+        let mut classified = classify(ckpt, &layout, config, options)?;
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
         let stats = ActivationStats::load(&options.stats, &layout, &names)?;
@@ -95,7 +95,7 @@ impl Plan {
                 "unusable statistics value treated as missing: {bad}"
             ));
         }
-        let linears = classified.linears.clone();
+        let linears = std::mem::take(&mut classified.linears);
         let resolved = policy::resolve_input_amax(&linears, &stats, options.format);
         warnings.extend(resolved.warnings);
         let input_amax = resolved.per_linear;
