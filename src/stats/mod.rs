@@ -6,19 +6,27 @@
 //!
 //! Formats read today: ModelOpt amax files (safetensors of `*_quantizer._amax` buffers, as
 //! written from a calibrated model's state dict), see [`modelopt`]. New importers add a
-//! variant to [`StatsFormat`] and a module that returns [`RawStats`] or fills
-//! [`ActivationStats`] directly.
+//! variant to [`StatsFormat`] and a module that fills [`ActivationStats`] (safetensors files
+//! are read through [`StatsFile`]).
+//!
+//! Memory: a statistics file is memory-mapped, never read whole. Per-tensor amax are decoded
+//! at load; static NVFP4 per-block weight amax (`params / 16` values) stay in the mapping as
+//! [`BlockAmax`] handles, decoded by the worker that quantizes that weight.
 
+mod blocks;
 pub mod modelopt;
 mod raw;
+#[cfg(test)]
+mod tests;
 
-pub use raw::{read_safetensors_entries, RawEntry};
+pub use blocks::BlockAmax;
+pub use raw::{read_safetensors_entries, RawEntry, StatDtype, StatsEntry, StatsFile};
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-/// Weight amax given by a statistics file (`--weight-amax stats`).
+/// Weight amax given by a statistics file (`--weight-amax stats`). Cheap to clone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WeightAmax {
     /// One amax for the whole tensor (max calibration, or an MSE-chosen per-tensor amax).
@@ -28,8 +36,9 @@ pub enum WeightAmax {
     Blocks {
         /// The `_global_amax`.
         global: f32,
-        /// Per-block amax, row-major over `weight_scale [rows, cols/16]`.
-        blocks: Vec<f32>,
+        /// Per-block amax, row-major over `weight_scale [rows, cols/16]` (a handle on the
+        /// statistics files; [`BlockAmax::decode`] reads the values).
+        blocks: BlockAmax,
     },
 }
 
@@ -67,7 +76,8 @@ pub struct ActivationStats {
     pub modules: BTreeMap<String, ModuleStats>,
     /// Keys that name modules the model does not have (likely the wrong model or naming).
     pub unmatched: Vec<String>,
-    /// Keys understood but not used (e.g. output quantizers), with the reason.
+    /// Keys understood but not used (e.g. output quantizers, or weight amax when they are not
+    /// wanted), with the reason.
     pub ignored: Vec<String>,
     /// Values that were present but unusable (zero, NaN, negative), treated as missing.
     pub invalid: Vec<String>,
@@ -102,17 +112,25 @@ pub fn detect_format(path: &Path) -> Result<StatsFormat> {
 
 impl ActivationStats {
     /// Reads and merges statistics files for a model.
-    pub fn load(
+    ///
+    /// `weights` says whether weight amax are wanted (`--weight-amax stats`). When false,
+    /// weight-quantizer keys of the model's modules (`X.weight_quantizer.*`,
+    /// `*_weight_quantizers.E.*`) are listed in [`ActivationStats::ignored`] without being
+    /// read or checked. When true, per-block amax are checked (block count, a `_global_amax`,
+    /// values finite and not negative) by reading them from the mapping once, without
+    /// keeping them.
+    pub fn load_with(
         paths: &[PathBuf],
         layout: &crate::layout::Layout,
         model: &ModelNames,
+        weights: bool,
     ) -> Result<Self> {
         let mut stats = ActivationStats::default();
         for path in paths {
             match detect_format(path)? {
                 StatsFormat::ModeloptAmax => {
-                    let raw = read_safetensors_entries(path)?;
-                    modelopt::import(path, &raw, layout, model, &mut stats)?;
+                    let file = StatsFile::open(path)?;
+                    modelopt::import(&file, layout, model, weights, &mut stats)?;
                 }
             }
             stats.sources.push(path.clone());
@@ -131,7 +149,8 @@ impl ActivationStats {
         entry.input_amax = Some(entry.input_amax.map_or(amax, |a| a.max(amax)));
     }
 
-    /// Merges a weight amax (max of per-tensor values; element-wise max of block values).
+    /// Merges a weight amax (max of per-tensor values; element-wise max of block values, taken
+    /// when the blocks are decoded).
     pub fn merge_weight(&mut self, module: &str, amax: WeightAmax) -> Result<(), String> {
         let entry = self.modules.entry(module.to_string()).or_default();
         entry.weight_amax = Some(match (entry.weight_amax.take(), amax) {
@@ -148,7 +167,7 @@ impl ActivationStats {
                 },
             ) if b1.len() == b2.len() => WeightAmax::Blocks {
                 global: g1.max(g2),
-                blocks: b1.iter().zip(&b2).map(|(a, b)| a.max(*b)).collect(),
+                blocks: b1.merge(&b2).expect("same block count"),
             },
             _ => {
                 return Err(format!(

@@ -12,10 +12,15 @@
 //!   `down_proj_weight_quantizers.E` → weight of down of expert E. The in-memory name is the
 //!   same for Mixtral, whose experts are `block_sparse_moe.experts.E.w1/w3/w2` on disk;
 //! - `A.k_bmm_quantizer._amax` / `A.v_bmm_quantizer._amax`: KV cache of attention `A`.
+//!
+//! Weight-quantizer keys are read only when weight amax are wanted (`--weight-amax stats`);
+//! otherwise they are listed as ignored, unchecked. Per-block amax are never decoded here:
+//! they become [`super::BlockAmax`] handles on the file's mapping.
 
-use super::{ActivationStats, ModelNames, RawEntry, WeightAmax};
+use super::{ActivationStats, BlockAmax, ModelNames, StatsEntry, StatsFile, WeightAmax};
 use crate::error::{Error, Result};
 use crate::layout::{ExpertProj, Layout};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Which buffer of a quantizer a key holds.
@@ -49,34 +54,46 @@ enum Target {
     Unmatched,
 }
 
-/// Imports the entries of one ModelOpt amax file into `stats`.
+/// Imports the entries of one ModelOpt amax file into `stats`; weight amax only when
+/// `weights` is true (see [`ActivationStats::load_with`]).
 pub fn import(
-    path: &Path,
-    entries: &[RawEntry],
+    file: &StatsFile,
     layout: &Layout,
     model: &ModelNames,
+    weights: bool,
     stats: &mut ActivationStats,
 ) -> Result<()> {
-    // Static NVFP4 weights come as `_amax` (per block) + `_global_amax` pairs: gather first.
-    let mut globals = std::collections::HashMap::new();
-    for e in entries {
-        if let Some(base) = e.key.strip_suffix("._global_amax") {
-            globals.insert(base.to_string(), scalar(path, e)?);
-        }
-    }
-    for e in entries {
+    let path = file.path();
+    // Static NVFP4 weights come as `_amax` (per block) + `_global_amax` pairs: index first.
+    let globals: HashMap<&str, &StatsEntry> = file
+        .entries()
+        .iter()
+        .filter_map(|e| Some((e.key.strip_suffix("._global_amax")?, e)))
+        .collect();
+    for e in file.entries() {
         let (base, buffer) = if let Some(b) = e.key.strip_suffix("._amax") {
             (b, Buffer::Amax)
         } else if let Some(b) = e.key.strip_suffix("._global_amax") {
             (b, Buffer::GlobalAmax)
         } else {
+            file.dtype(e)?;
             stats.ignored.push(format!("{}: not an amax buffer", e.key));
             continue;
         };
+        let target = classify(base, layout, model);
+        let is_weight = matches!(target, Target::Weight(_) | Target::ExpertWeight { .. });
+        if is_weight && !weights {
+            stats.ignored.push(format!(
+                "{}: weight amax not used with --weight-amax compute",
+                e.key
+            ));
+            continue;
+        }
+        file.dtype(e)?;
         if buffer == Buffer::GlobalAmax {
             continue; // consumed with its `_amax`
         }
-        match classify(base, layout, model) {
+        match target {
             Target::Input(module) => {
                 if let Some(v) = usable(path, e, stats)? {
                     stats.merge_input(&module, v);
@@ -95,8 +112,8 @@ pub fn import(
                 }
             }
             Target::Weight(module) => {
-                let amax = weight_amax(path, e, globals.get(base).copied(), stats)?;
-                if let Some(amax) = amax {
+                let global = globals.get(base).copied();
+                if let Some(amax) = weight_amax(file, e, global, stats)? {
                     let parts =
                         split_gate_up(path, &e.key, amax, std::slice::from_ref(&module), model)?;
                     for part in parts {
@@ -109,7 +126,8 @@ pub fn import(
                 expert,
                 gate_up,
             } => {
-                let Some(amax) = weight_amax(path, e, globals.get(base).copied(), stats)? else {
+                let global = globals.get(base).copied();
+                let Some(amax) = weight_amax(file, e, global, stats)? else {
                     continue;
                 };
                 let projs: &[ExpertProj] = if gate_up {
@@ -232,9 +250,10 @@ fn expert_modules(
         .collect()
 }
 
-fn scalar(path: &Path, e: &RawEntry) -> Result<f32> {
-    match e.values.as_slice() {
-        [v] => Ok(*v),
+/// The value of a one-element entry (its dtype already checked).
+fn scalar(path: &Path, e: &StatsEntry) -> Result<f32> {
+    match e.scalar {
+        Some(v) if e.len() == 1 => Ok(v),
         _ => Err(Error::bad_input(format!(
             "{}: '{}' should hold one value, has shape {:?}",
             path.display(),
@@ -250,7 +269,7 @@ fn valid(v: f32) -> bool {
 }
 
 /// A per-tensor amax, or None (recorded as invalid) when zero / NaN / negative / infinite.
-fn usable(path: &Path, e: &RawEntry, stats: &mut ActivationStats) -> Result<Option<f32>> {
+fn usable(path: &Path, e: &StatsEntry, stats: &mut ActivationStats) -> Result<Option<f32>> {
     let v = scalar(path, e)?;
     if valid(v) {
         Ok(Some(v))
@@ -260,13 +279,16 @@ fn usable(path: &Path, e: &RawEntry, stats: &mut ActivationStats) -> Result<Opti
     }
 }
 
+/// The weight amax of entry `e` (with its `_global_amax` entry, if any): per tensor, or a
+/// per-block handle on the file, whose values are checked by one pass over the mapping.
 fn weight_amax(
-    path: &Path,
-    e: &RawEntry,
-    global: Option<f32>,
+    file: &StatsFile,
+    e: &StatsEntry,
+    global: Option<&StatsEntry>,
     stats: &mut ActivationStats,
 ) -> Result<Option<WeightAmax>> {
-    if e.values.len() == 1 && global.is_none() {
+    let path = file.path();
+    if e.len() == 1 && global.is_none() {
         return Ok(usable(path, e, stats)?.map(WeightAmax::Tensor));
     }
     let Some(global) = global else {
@@ -274,20 +296,24 @@ fn weight_amax(
             "{}: '{}' holds {} values (a per-block amax) but there is no matching '_global_amax'",
             path.display(),
             e.key,
-            e.values.len()
+            e.len()
         ))
         .with_hint("per-block weight amax must come with the quantizer's _global_amax (ModelOpt static NVFP4)"));
     };
-    if !valid(global) || e.values.iter().any(|v| !v.is_finite() || *v < 0.0) {
+    file.dtype(global)?;
+    let global_value = scalar(path, global)?;
+    let blocks = BlockAmax::new(file.map().clone(), e.range.start, e.len(), file.dtype(e)?)
+        .expect("the safetensors header was validated against the file length");
+    if !valid(global_value) || !blocks.all_usable() {
         stats.invalid.push(format!(
-            "{}: global amax {global} or a block amax is not usable",
+            "{}: global amax {global_value} or a block amax is not usable",
             e.key
         ));
         return Ok(None);
     }
     Ok(Some(WeightAmax::Blocks {
-        global,
-        blocks: e.values.clone(),
+        global: global_value,
+        blocks,
     }))
 }
 
@@ -305,6 +331,7 @@ fn merge_weight(
 /// Distributes a weight amax over the modules it covers (one linear, or a fused expert's gate
 /// and up): a per-tensor amax is shared; per-block amax (`[2I * H/16]` for a fused gate_up) is
 /// cut in row order (gate rows first) after checking the block count against the weights.
+/// Cutting moves offsets on the handle; no value is copied.
 fn split_gate_up(
     path: &Path,
     key: &str,
@@ -333,7 +360,9 @@ fn split_gate_up(
             for n in sizes {
                 out.push(WeightAmax::Blocks {
                     global,
-                    blocks: blocks[start..start + n].to_vec(),
+                    blocks: blocks
+                        .slice(start, n)
+                        .expect("sizes sum to the block count"),
                 });
                 start += n;
             }
