@@ -87,9 +87,9 @@ pub enum KvCacheArg {
 /// Options shared by `convert` and `inspect`.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// Target format.
-    #[arg(long, value_enum, default_value = "nvfp4")]
-    pub format: FormatArg,
+    /// Target format (required for convert; inspect plans nvfp4 when it is not given).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
     /// Activation statistics (ModelOpt amax safetensors); repeatable, merged by max.
     #[arg(long = "stats", value_name = "FILE")]
     pub stats: Vec<PathBuf>,
@@ -118,8 +118,8 @@ pub struct PlanArgs {
     #[arg(long, default_value = "4GiB")]
     pub max_memory: String,
     /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Compute device: auto, cpu, cuda, cuda:N (only the CPU path exists in this version).
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -175,7 +175,7 @@ impl PlanArgs {
                 )));
             }
         }
-        let format = match self.format {
+        let format = match self.format.unwrap_or(FormatArg::Nvfp4) {
             FormatArg::Nvfp4 => QuantFormat::Nvfp4,
             FormatArg::W4a16Nvfp4 => QuantFormat::W4a16Nvfp4,
             FormatArg::Fp8 => QuantFormat::Fp8,
@@ -201,10 +201,7 @@ impl PlanArgs {
         o.max_shard_size = parse_size(&self.max_shard_size)?;
         o.max_memory = parse_size(&self.max_memory)?;
         if let Some(t) = self.threads {
-            if t == 0 {
-                return Err(Error::usage("--threads must be at least 1"));
-            }
-            o.threads = t;
+            o.threads = usize::from(t);
         }
         if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
             return Err(Error::usage("--weight-amax stats needs a --stats file"));

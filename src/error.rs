@@ -16,6 +16,8 @@ pub enum ErrorKind {
     BadInput,
     /// Anything else: I/O failures on the output, internal errors (exit code 1).
     Other,
+    /// Stopped by SIGINT / SIGTERM (exit code 130, as shells report a Ctrl-C).
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -25,6 +27,7 @@ impl ErrorKind {
             ErrorKind::Other => 1,
             ErrorKind::Usage => 2,
             ErrorKind::BadInput => 3,
+            ErrorKind::Interrupted => 130,
         }
     }
 }
@@ -64,6 +67,16 @@ impl Error {
         Error {
             kind: ErrorKind::Other,
             message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// The run was interrupted by a signal (exit code 130).
+    pub fn interrupted() -> Self {
+        Error {
+            kind: ErrorKind::Interrupted,
+            message: "interrupted; nothing was published and the temporary output was removed"
+                .to_string(),
             hint: None,
         }
     }

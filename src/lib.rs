@@ -27,6 +27,7 @@ pub mod convert;
 pub mod error;
 pub mod export;
 pub mod inspect;
+pub mod interrupt;
 pub mod layout;
 pub mod options;
 pub mod pipeline;

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Convert(args) if args.plan.format.is_none() => Err(shardquant::error::Error::usage(
+            "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
+        )),
         Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
+            shardquant::interrupt::install();
             o.quiet = args.quiet;
             o.force = args.force;
             o.report = args.report.clone();

@@ -940,7 +940,14 @@ fn stats_block_weight_amax_without_global_amax() {
     let key = "model.layers.0.self_attn.q_proj.weight_quantizer._amax";
     let bytes: Vec<u8> = [1.0f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
     write_safetensors(&stats, &[(key, "F32", vec![4], bytes)]);
-    let r = sb.convert(&["--format", "w4a16_nvfp4", "--stats", s(&stats)]);
+    let r = sb.convert(&[
+        "--format",
+        "w4a16_nvfp4",
+        "--stats",
+        s(&stats),
+        "--weight-amax",
+        "stats",
+    ]);
     r.expect_error(BAD_INPUT, &[s(&stats), key, "_global_amax", "hint: "]);
     assert_no_output(&sb.out);
 }
@@ -1082,6 +1089,7 @@ fn output_exists_with_force_is_replaced() {
     let sb = Sandbox::new("llama_nvfp4", "force");
     std::fs::create_dir(&sb.out).unwrap();
     std::fs::write(sb.out.join("keep.txt"), b"old output").unwrap();
+    std::fs::write(sb.out.join("shardquant.json"), b"{}").unwrap();
     let r = sb.convert(&["--format", "w4a16_nvfp4", "--force", "-q"]);
     r.expect_success();
     assert!(!sb.out.join("keep.txt").exists(), "old output not replaced");
@@ -1097,9 +1105,16 @@ fn output_exists_with_force_kept_on_failure() {
     zero_tensor(&sb, "model.layers.1.self_attn.o_proj.weight");
     std::fs::create_dir(&sb.out).unwrap();
     std::fs::write(sb.out.join("keep.txt"), b"old output").unwrap();
+    std::fs::write(sb.out.join("shardquant.json"), b"{}").unwrap();
     let r = sb.convert(&["--format", "w4a16_nvfp4", "--force"]);
     r.expect_error(BAD_INPUT, &["all zeros"]);
-    assert_eq!(listing(&sb.out), vec![("keep.txt".to_string(), 10)]);
+    assert_eq!(
+        listing(&sb.out),
+        vec![
+            ("keep.txt".to_string(), 10),
+            ("shardquant.json".to_string(), 2)
+        ]
+    );
     assert_no_sibling(&sb.out);
 }
 
@@ -1234,7 +1249,9 @@ fn threads_zero() {
         "--threads",
         "0",
     ]);
-    r.expect_error(USAGE, &["--threads"]);
+    // clap rejects it (1..=1024) with its own usage message.
+    assert_eq!(r.code, USAGE, "{}", r.stderr);
+    assert!(r.stderr.contains("--threads"), "{}", r.stderr);
     assert_no_output(&sb.out);
 }
 
@@ -1491,4 +1508,66 @@ fn success_writes_output_and_report() {
     assert!(value["warnings"].is_array(), "{value}");
     let written = common::load_tensors(&sb.out);
     assert_eq!(written.len(), 14 * 4 + 7);
+}
+
+#[test]
+fn force_refuses_a_directory_that_is_not_a_checkpoint() {
+    let sb = Sandbox::new("llama_nvfp4", "forcenotckpt");
+    std::fs::create_dir_all(&sb.out).unwrap();
+    std::fs::write(sb.out.join("thesis.tex"), b"precious").unwrap();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--force"]);
+    r.expect_error(USAGE, &[s(&sb.out), "refusing"]);
+    assert_eq!(
+        std::fs::read(sb.out.join("thesis.tex")).unwrap(),
+        b"precious"
+    );
+    assert_no_sibling(&sb.out);
+}
+
+#[test]
+fn format_is_required_for_convert() {
+    let sb = Sandbox::new("llama_nvfp4", "noformat");
+    let r = sb.convert(&[]);
+    r.expect_error(USAGE, &["--format"]);
+    assert!(!sb.out.exists());
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_exit_130() {
+    let tmp = TempDir::new("sigterm");
+    let spec = shardquant::synthetic::SyntheticSpec {
+        layers: 12,
+        hidden: 1024,
+        intermediate: 4096,
+        shard_size: 64 << 20,
+        ..Default::default()
+    };
+    let input = tmp.join("in");
+    spec.write(&input).unwrap();
+    let out = tmp.join("out");
+    let child = std::process::Command::new(common::bin())
+        .args([
+            "convert",
+            s(&input),
+            s(&out),
+            "--format",
+            "w4a16_nvfp4",
+            "--threads",
+            "1",
+            "--max-memory",
+            "1MiB",
+            "-q",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!out.exists());
+    assert_no_sibling(&out);
 }

@@ -410,3 +410,112 @@ fn inspect_explains_a_moe_checkpoint() {
     assert!(text.contains("would stop in pre-flight"), "{text}");
     assert!(text.contains("w4a16_nvfp4"), "{text}");
 }
+
+#[test]
+fn fused_experts_can_be_excluded_one_by_one() {
+    let case = golden("qwen3moe_nvfp4");
+    let tmp = TempDir::new("fusedex");
+    let fused = tmp.join("fused");
+    write_fused(&case.join("input"), &fused, 2, 8);
+    let out = tmp.join("out");
+    let mut o = nvfp4_options(&case.join("amax.safetensors"));
+    o.excludes = vec![
+        "*.experts.3.*".to_string(),
+        "*.1.mlp.experts.*.down_proj".to_string(),
+    ];
+    shardquant::convert::convert(&fused, &out, &o).unwrap();
+    let t = load_tensors(&out);
+    let input = load_tensors(&case.join("input"));
+    assert!(
+        !t.keys()
+            .any(|k| k.ends_with("gate_up_proj") || k.ends_with("experts.down_proj")),
+        "no fused names"
+    );
+    for name in [
+        "model.layers.0.mlp.experts.3.gate_proj.weight",
+        "model.layers.1.mlp.experts.3.up_proj.weight",
+        "model.layers.1.mlp.experts.5.down_proj.weight",
+    ] {
+        assert_eq!(
+            t[name], input[name],
+            "{name}: the excluded expert is the input slice, per-expert named"
+        );
+    }
+    let reference = load_tensors(&case.join("modelopt"));
+    for name in [
+        "model.layers.0.mlp.experts.5.down_proj.weight",
+        "model.layers.1.mlp.experts.5.up_proj.weight_scale",
+    ] {
+        assert_eq!(
+            t[name], reference[name],
+            "{name}: quantized experts are unaffected"
+        );
+    }
+}
+
+#[test]
+fn memory_of_a_fused_tensor_is_released_per_expert() {
+    // Each expert of a fused tensor is its own unit; its bytes are released as soon as it is
+    // written, so the budget bounds the work in flight even inside one huge tensor.
+    let case = golden("qwen3moe_nvfp4");
+    let tmp = TempDir::new("fusedmem");
+    let fused = tmp.join("fused");
+    write_fused(&case.join("input"), &fused, 2, 8);
+    let mut o = nvfp4_options(&case.join("amax.safetensors"));
+    o.max_memory = 1;
+    o.threads = 3;
+    let report = tmp.join("r.json");
+    o.report = Some(report.clone());
+    shardquant::convert::convert(&fused, &tmp.join("out"), &o).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        r["memory"]["peak_in_flight_bytes"], 1,
+        "one unit at a time, each charged at most the budget"
+    );
+}
+
+#[test]
+fn an_undescribed_3d_tensor_stops_preflight_unless_excluded() {
+    let case = golden("mixtral_nvfp4");
+    let tmp = TempDir::new("undescribed");
+    // Mixtral's layout has no fused-expert form: a transformers-5 fused Mixtral tensor must not
+    // silently stay unquantized.
+    let ckpt = Checkpoint::open(&case.join("input")).unwrap();
+    let mut outs: Vec<OutputTensor> = Vec::new();
+    let mut data = Vec::new();
+    for t in ckpt.tensors() {
+        outs.push(OutputTensor::new(t.name.clone(), t.dtype, t.shape.clone()));
+        data.push(ckpt.bytes(t).to_vec());
+    }
+    outs.push(OutputTensor::new(
+        "model.layers.0.mlp.experts.gate_up_proj",
+        shardquant::checkpoint::Dtype::BF16,
+        vec![2, 32, 64],
+    ));
+    data.push(vec![0x3f; 2 * 32 * 64 * 2]);
+    let input = tmp.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let plan = ShardPlan::new(outs, 1 << 30).unwrap();
+    let w = ShardWriter::create(&input, &plan).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        w.write(i, d).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::copy(case.join("input/config.json"), input.join("config.json")).unwrap();
+    let mut o = nvfp4_options(&case.join("amax.safetensors"));
+    let err = shardquant::convert::convert(&input, &tmp.join("out"), &o).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("model.layers.0.mlp.experts.gate_up_proj"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--exclude"), "{err}");
+    assert!(!tmp.join("out").exists());
+    o.excludes = vec!["model.layers.0.mlp.experts.gate_up_proj".to_string()];
+    shardquant::convert::convert(&input, &tmp.join("out"), &o).unwrap();
+    assert_eq!(
+        load_tensors(&tmp.join("out"))["model.layers.0.mlp.experts.gate_up_proj"].1,
+        vec![2, 32, 64]
+    );
+}

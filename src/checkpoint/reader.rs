@@ -168,12 +168,21 @@ impl Checkpoint {
     /// Advises the kernel that this tensor will be read soon (`madvise(MADV_WILLNEED)` on its
     /// pages), so the read-ahead overlaps other work. Failures are ignored: it is only advice.
     pub fn prefetch(&self, t: &TensorEntry) {
-        if t.len == 0 {
+        self.prefetch_range(t, 0..t.len);
+    }
+
+    /// Like [`Checkpoint::prefetch`] for the bytes `range` of the tensor's data only.
+    pub fn prefetch_range(&self, t: &TensorEntry, range: std::ops::Range<usize>) {
+        let start = range.start.min(t.len);
+        let len = range.end.min(t.len).saturating_sub(start);
+        if len == 0 {
             return;
         }
         if let Some(shard) = self.shards.get(t.shard) {
             // memmap2 rounds the start down to a page boundary itself.
-            let _ = shard.mmap.advise_range(Advice::WillNeed, t.start, t.len);
+            let _ = shard
+                .mmap
+                .advise_range(Advice::WillNeed, t.start + start, len);
         }
     }
 

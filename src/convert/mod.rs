@@ -3,7 +3,7 @@
 mod publish;
 mod report;
 
-pub use publish::{sync_dir, write_file, Staging};
+pub use publish::{replaceable, sync_dir, write_file, Staging};
 pub use report::{quant_summary, Report};
 
 use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
@@ -140,6 +140,15 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             .with_hint("create the directory or choose another report path"));
         }
     }
+    if output.is_dir() && options.force && !replaceable(output) {
+        return Err(Error::usage(format!(
+            "refusing to replace {}: it is not empty and holds no config.json or shardquant.json",
+            output.display()
+        ))
+        .with_hint(
+            "--force only replaces an empty directory or a previous checkpoint; check the path",
+        ));
+    }
     if output.exists() && !options.force {
         return Err(Error::usage(format!("output directory {} already exists", output.display()))
             .with_hint("pass --force to replace it (the old one is removed only after the new one is complete)"));
@@ -194,6 +203,9 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     for n in &notes {
         info(options, n);
     }
+    if crate::interrupt::interrupted() {
+        return Err(Error::interrupted());
+    }
     staging.publish(options.force)?;
     files.sort();
     let report = Report::new(
@@ -222,6 +234,34 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
         ),
     );
     Ok(report)
+}
+
+/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files.
+fn copy_tree(src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
+    let entries = std::fs::read_dir(src).map_err(|e| Error::io("reading", src, e))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let target = dest.join(name);
+        if path.is_dir() {
+            copy_tree(&path, &target, notes)?;
+        } else if WEIGHT_EXTENSIONS
+            .iter()
+            .any(|ext| name.to_string_lossy().ends_with(ext))
+        {
+            notes.push(format!(
+                "not copied: {} (weights outside the checkpoint's index)",
+                path.display()
+            ));
+        } else {
+            std::fs::copy(&path, &target).map_err(|e| Error::io("copying", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the metadata files into the staging directory; returns their names.
@@ -300,10 +340,11 @@ fn write_metadata(
         written.push(name);
     }
     for sub in ckpt.other_dirs()? {
-        notes.push(format!(
-            "not copied: directory {} (only the checkpoint's top-level files are)",
-            sub.display()
-        ));
+        let Some(name) = sub.file_name() else {
+            continue;
+        };
+        copy_tree(&sub, &dir.join(name), notes)?;
+        written.push(format!("{}/", name.to_string_lossy()));
     }
     Ok(written)
 }

@@ -33,6 +33,7 @@ fn sibling(target: &Path, tag: &str) -> Result<PathBuf> {
 impl Staging {
     /// Creates `.<name>.shardquant-tmp-<pid>` next to `target` (whose parent must exist).
     pub fn create(target: &Path) -> Result<Staging> {
+        remove_stale(target);
         let dir = sibling(target, "tmp")?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing stale", &dir, e))?;
@@ -89,6 +90,51 @@ impl Drop for Staging {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Removes `.NAME.shardquant-tmp-PID` directories left by runs that were killed (their
+/// process no longer exists). Only temporary directories are touched, never a moved-aside
+/// previous output.
+fn remove_stale(target: &Path) {
+    let (Some(name), Some(parent)) = (target.file_name(), target.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.shardquant-tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Whether `dir` may be replaced by `--force`: it must be empty or look like a checkpoint
+/// (a previous output), so a mistyped path never deletes unrelated data.
+pub fn replaceable(dir: &Path) -> bool {
+    ["config.json", "shardquant.json", "hf_quant_config.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+        || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// fsyncs a directory so renames and new entries in it are durable.

@@ -54,7 +54,6 @@ fn options_json(options: &Options) -> serde_json::Value {
         "scope": options.scope.name(),
         "exclude": options.excludes,
         "kv_cache": if options.kv_cache_fp8 { "fp8" } else { "none" },
-        "max_shard_size": options.max_shard_size,
     })
 }
 

@@ -14,12 +14,15 @@ pub mod worker;
 
 use crate::checkpoint::{Checkpoint, ShardWriter};
 use crate::error::{Error, Result};
+use crate::interrupt;
 use crate::options::Options;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use budget::Budget;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, RecvTimeoutError};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 pub use worker::{Payload, SummaryLine, UnitResult};
 
 /// Pass-through tensors are copied in pieces of this size, releasing each piece's input pages.
@@ -59,11 +62,12 @@ pub fn run(
         let (budget, cancelled) = (&budget, &cancelled);
         scope.spawn(move || {
             for (i, unit) in plan.units.iter().enumerate() {
-                if cancelled.load(Ordering::Relaxed) || !budget.acquire(budget.charge(unit.bytes)) {
+                let stop = cancelled.load(Ordering::Relaxed) || interrupt::interrupted();
+                if stop || !budget.acquire(budget.charge(unit.bytes)) {
                     break;
                 }
-                for &t in &unit.inputs {
-                    ckpt.prefetch(&ckpt.tensors()[t]);
+                for &(t, offset, len) in &unit.reads {
+                    ckpt.prefetch_range(&ckpt.tensors()[t], offset..offset + len);
                 }
                 if work_tx.send(i).is_err() {
                     break;
@@ -77,7 +81,14 @@ pub fn run(
                     if cancelled.load(Ordering::Relaxed) {
                         break;
                     }
-                    let result = worker::execute(plan, ckpt, options, i);
+                    // A panic would leave its unit's budget taken and hang the others: turn it
+                    // into an error that stops the run.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| worker::execute(plan, ckpt, options, i)))
+                        .unwrap_or_else(|_| {
+                            Err(Error::other(format!(
+                                "internal error: a worker panicked on unit {i}; nothing was published (please report this)"
+                            )))
+                        });
                     if done_tx.send(result).is_err() {
                         break;
                     }
@@ -88,9 +99,20 @@ pub fn run(
         let mut remaining = plan.units.len();
         let result = (|| -> Result<()> {
             while remaining > 0 {
-                let done = done_rx
-                    .recv()
-                    .map_err(|_| Error::other("a worker thread stopped unexpectedly"))??;
+                let done = loop {
+                    if interrupt::interrupted() {
+                        return Err(Error::interrupted());
+                    }
+                    match done_rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(done) => break done?,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            return Err(Error::other(
+                                "internal error: the worker threads stopped early",
+                            ))
+                        }
+                    }
+                };
                 let unit = &plan.units[done.unit];
                 for (&out, payload) in unit.outputs.iter().zip(&done.payloads) {
                     let len = match payload {
@@ -98,22 +120,24 @@ pub fn run(
                             writer.write(out, b)?;
                             b.len()
                         }
-                        Payload::Input(t) => {
+                        Payload::Input {
+                            tensor,
+                            offset,
+                            len,
+                        } => {
                             // Straight from the mapping, dropping pages as they are written.
-                            let entry = &ckpt.tensors()[*t];
-                            let bytes = ckpt.bytes(entry);
+                            let entry = &ckpt.tensors()[*tensor];
+                            let bytes = &ckpt.bytes(entry)[*offset..offset + len];
                             writer.write_in_chunks(out, bytes, COPY_CHUNK, |r| {
-                                ckpt.release_range(entry, r)
+                                ckpt.release_range(entry, offset + r.start..offset + r.end)
                             })?;
-                            bytes.len()
+                            *len
                         }
                     };
                     stats.bytes_written += len as u64;
                     stats.tensors_written += 1;
                 }
-                for &t in &unit.inputs {
-                    pages.unit_done(t);
-                }
+                pages.unit_done(unit);
                 summaries[done.unit] = done.summary;
                 budget.release(budget.charge(unit.bytes));
                 progress.advance(unit.bytes);

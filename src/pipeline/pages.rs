@@ -9,6 +9,7 @@
 //! flight, not by the number of tensors streamed so far.
 
 use crate::checkpoint::Checkpoint;
+use crate::plan::Unit;
 
 /// Re-mapped pages can reach this far behind the last sweep (well above the kernel's
 /// fault-around window).
@@ -47,8 +48,23 @@ impl<'a> PageReleaser<'a> {
         }
     }
 
+    /// A unit is written: drop what it read. A slice of a tensor that other units still read
+    /// (one expert of a fused tensor) is dropped at once; whole tensors when their last
+    /// reader is done.
+    pub fn unit_done(&mut self, unit: &Unit) {
+        for &(t, offset, len) in &unit.reads {
+            if self.users[t] > 1 {
+                let entry = &self.ckpt.tensors()[t];
+                self.ckpt.release_range(entry, offset..offset + len);
+            }
+        }
+        for &t in &unit.inputs {
+            self.tensor_done(t);
+        }
+    }
+
     /// One unit that read tensor `t` is done.
-    pub fn unit_done(&mut self, t: usize) {
+    fn tensor_done(&mut self, t: usize) {
         self.users[t] -= 1;
         if self.users[t] > 0 {
             return;

@@ -12,8 +12,15 @@ use crate::stats::WeightAmax;
 pub enum Payload {
     /// Computed bytes.
     Owned(Vec<u8>),
-    /// The unchanged bytes of an input tensor (written straight from the mapping).
-    Input(usize),
+    /// Unchanged bytes of an input tensor, written straight from the mapping.
+    Input {
+        /// Index into the checkpoint's tensors.
+        tensor: usize,
+        /// Byte offset in the tensor's data.
+        offset: usize,
+        /// Byte length.
+        len: usize,
+    },
 }
 
 /// One line of `.quant_summary.txt`.
@@ -51,7 +58,18 @@ pub fn execute(
 ) -> Result<UnitResult> {
     let unit: &Unit = &plan.units[index];
     let (payloads, summary) = match &unit.job {
-        Job::Copy(t) => (vec![Payload::Input(*t)], Vec::new()),
+        Job::Copy {
+            tensor,
+            offset,
+            len,
+        } => (
+            vec![Payload::Input {
+                tensor: *tensor,
+                offset: *offset,
+                len: *len,
+            }],
+            Vec::new(),
+        ),
         Job::Scalars(values) => (
             values
                 .iter()
@@ -163,12 +181,14 @@ fn quantize_group(
                 let mut packed = vec![0u8; rows * cols / 2];
                 let mut scales = vec![0u8; rows * cols / 16];
                 let ws2 = match amax {
+                    // Decoded here, from the statistics file's mapping: only the blocks of
+                    // the units in flight are ever in memory.
                     WeightAmax::Blocks { blocks, .. } => quant::quantize_nvfp4_static(
                         src,
                         dtype,
                         rows,
                         cols,
-                        blocks,
+                        &blocks.decode(),
                         group_amax,
                         options.numerics,
                         &mut packed,

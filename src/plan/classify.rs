@@ -2,13 +2,15 @@
 //!
 //! Every tensor is either the weight of a linear that the layout describes (dense, per-expert,
 //! or an expert slice of a transformers-5 fused `gate_up_proj` / `down_proj` parameter) or a
-//! tensor that passes through unchanged.
+//! tensor that passes through unchanged. Fused parameters are always written per expert, with
+//! hub names, whether their experts are quantized or excluded, as ModelOpt's export does.
 
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::Result;
 use crate::layout::{glob_match, ExpertProj, Layout, Role};
 use crate::options::{Options, Scope};
 use crate::quant::{check_shape, SourceDtype};
+use std::collections::BTreeSet;
 
 /// Where a linear's weight bytes are: a whole tensor, or a slice of a fused expert tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub struct WeightSource {
     pub cols: usize,
     /// Element type.
     pub dtype: SourceDtype,
+    /// Whether the matrix is a slice of a fused multi-expert tensor.
+    pub fused: bool,
 }
 
 impl WeightSource {
@@ -57,11 +61,19 @@ pub struct Classified {
     /// Every linear the layout describes, quantized or excluded.
     pub linears: Vec<Linear>,
     /// Tensors written unchanged (indices into [`Checkpoint::tensors`]), in checkpoint order.
+    /// Fused expert tensors are never here: their experts are written per expert.
     pub passthrough: Vec<usize>,
+    /// Excluded linear modules whose weights could not be quantized anyway (listed in
+    /// `exclude_modules`, passed through).
+    pub excluded_other: Vec<String>,
     /// MoE router modules present (listed in `exclude_modules`).
     pub routers: Vec<String>,
     /// Layers past the config's layer count (MTP), passed through.
     pub mtp_layers: Vec<usize>,
+    /// `--exclude` patterns that matched no module.
+    pub unused_excludes: Vec<String>,
+    /// Notes for the user (tensors under layers the layout does not describe).
+    pub warnings: Vec<String>,
     /// Problems that stop the conversion (reported together in pre-flight).
     pub problems: Vec<String>,
 }
@@ -75,21 +87,31 @@ fn source_dtype(dtype: Dtype) -> Option<SourceDtype> {
     }
 }
 
-/// Why a linear is excluded by `--scope` / `--exclude`, if it is.
-fn exclusion(module: &str, role: Role, options: &Options) -> Option<String> {
-    let in_scope = match options.scope {
-        Scope::All => true,
-        Scope::Mlp => role != Role::Attention,
-        Scope::Experts => role == Role::Expert,
-    };
-    if !in_scope {
-        return Some(format!("--scope {}", options.scope.name()));
+/// Decides which linears `--scope` and `--exclude` leave unquantized, remembering which
+/// patterns matched.
+struct Exclusions<'a> {
+    options: &'a Options,
+    used: BTreeSet<usize>,
+}
+
+impl Exclusions<'_> {
+    fn reason(&mut self, module: &str, role: Role) -> Option<String> {
+        let in_scope = match self.options.scope {
+            Scope::All => true,
+            Scope::Mlp => role != Role::Attention,
+            Scope::Experts => role == Role::Expert,
+        };
+        if !in_scope {
+            return Some(format!("--scope {}", self.options.scope.name()));
+        }
+        let hit = self
+            .options
+            .excludes
+            .iter()
+            .position(|p| glob_match(p, module))?;
+        self.used.insert(hit);
+        Some(format!("--exclude {}", self.options.excludes[hit]))
     }
-    options
-        .excludes
-        .iter()
-        .find(|p| glob_match(p, module))
-        .map(|p| format!("--exclude {p}"))
 }
 
 /// Sorts the checkpoint's tensors into linears and pass-through tensors.
@@ -100,13 +122,18 @@ pub fn classify(
     options: &Options,
 ) -> Result<Classified> {
     let mut out = Classified::default();
+    let mut ex = Exclusions {
+        options,
+        used: BTreeSet::new(),
+    };
     let mtp_limit = layout
         .mtp_from_config
         .as_ref()
         .and_then(|key| config.get(key))
         .and_then(|v| v.as_u64())
         .map(|v| v as usize);
-    let mut routers = std::collections::BTreeSet::new();
+    let mut routers = BTreeSet::new();
+    let mut unclaimed = Vec::new();
     for (idx, t) in ckpt.tensors().iter().enumerate() {
         let layer = layout.layer_of(&t.name);
         if let (Some(l), Some(limit)) = (layer, mtp_limit) {
@@ -118,35 +145,70 @@ pub fn classify(
                 continue;
             }
         }
-        if let Some(experts) = &layout.experts {
-            if let Some(router) = t.name.strip_suffix(".weight") {
-                if experts.router.matches(router).is_some() {
-                    routers.insert((layer, router.to_string()));
-                }
-            }
+        let is_router = layout.experts.as_ref().is_some_and(|e| {
+            t.name
+                .strip_suffix(".weight")
+                .is_some_and(|m| e.router.matches(m).is_some())
+        });
+        if is_router {
+            routers.insert((layer, t.name.trim_end_matches(".weight").to_string()));
         }
         let found = match t.name.strip_suffix(".weight") {
-            Some(module) => linear_of(ckpt, layout, idx, module, options, &mut out.problems),
-            None => fused_linears(ckpt, layout, idx, options, &mut out.problems),
+            Some(module) => linear_of(ckpt, layout, idx, module, &mut ex, &mut out),
+            None => fused_linears(ckpt, layout, idx, &mut ex, &mut out.problems),
         };
         match found {
-            Some(linears) if !linears.is_empty() => {
-                if linears.iter().all(|l| l.excluded.is_some()) {
+            // Claimed by the layout: quantized or excluded linears (an empty list means the
+            // tensor was found unusable and a problem or exclusion was recorded).
+            Some(linears) => {
+                if linears.is_empty() {
                     out.passthrough.push(idx);
-                } else if linears.iter().any(|l| l.excluded.is_some()) {
-                    out.problems.push(format!(
-                        "tensor '{}' holds several experts and only some of them are excluded; \
-                         exclude all of them or none",
-                        t.name
-                    ));
                 }
                 out.linears.extend(linears);
             }
-            _ => out.passthrough.push(idx),
+            None => {
+                out.passthrough.push(idx);
+                if layer.is_some() && !is_router {
+                    unclaimed_check(t, &mut ex, &mut unclaimed, &mut out.problems);
+                }
+            }
         }
     }
     out.routers = routers.into_iter().map(|(_, r)| r).collect();
+    out.unused_excludes = (0..options.excludes.len())
+        .filter(|i| !ex.used.contains(i))
+        .map(|i| options.excludes[i].clone())
+        .collect();
+    if !unclaimed.is_empty() {
+        out.warnings.push(format!(
+            "{} 2-D weight(s) under decoder layers are not linears of layout '{}' and pass through unquantized, e.g. {}",
+            unclaimed.len(),
+            layout.name,
+            unclaimed.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
     Ok(out)
+}
+
+/// A tensor under a decoder layer that the layout does not describe: a 3-D tensor looks like
+/// fused experts and would silently stay unquantized, so it stops pre-flight unless excluded;
+/// a 2-D non-norm weight is worth a warning.
+fn unclaimed_check(
+    t: &crate::checkpoint::TensorEntry,
+    ex: &mut Exclusions,
+    unclaimed: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) {
+    let module = t.name.trim_end_matches(".weight");
+    if t.shape.len() == 3 && ex.reason(module, Role::Expert).is_none() {
+        problems.push(format!(
+            "tensor '{}' {:?} looks like fused expert weights, but the layout does not describe it, so it would stay \
+             unquantized (describe it with fused_gate_up / fused_down in a --layout file, or --exclude '{module}')",
+            t.name, t.shape
+        ));
+    } else if t.shape.len() == 2 && t.name.ends_with(".weight") && !t.name.contains("norm") {
+        unclaimed.push(t.name.clone());
+    }
 }
 
 /// A dense or per-expert linear whose weight is the tensor `idx` (named `module.weight`).
@@ -155,10 +217,9 @@ fn linear_of(
     layout: &Layout,
     idx: usize,
     module: &str,
-    options: &Options,
-    problems: &mut Vec<String>,
+    ex: &mut Exclusions,
+    out: &mut Classified,
 ) -> Option<Vec<Linear>> {
-    let t = &ckpt.tensors()[idx];
     let (layer, role, expert, shared_group) =
         if let Some((spec, layer)) = layout.match_linear(module) {
             (layer, spec.role, None, spec.shared_group)
@@ -167,10 +228,20 @@ fn linear_of(
         } else {
             return None;
         };
-    let source = matrix_source(ckpt, idx, 0, problems)?;
-    let excluded = exclusion(module, role, options);
+    let excluded = ex.reason(module, role);
+    let source = match matrix_source(ckpt, idx) {
+        Ok(source) => source,
+        Err(problem) => {
+            if excluded.is_some() {
+                out.excluded_other.push(module.to_string());
+            } else {
+                out.problems.push(problem);
+            }
+            return Some(Vec::new());
+        }
+    };
     if excluded.is_none() {
-        check(ckpt, &t.name, &source, options, problems);
+        check(ckpt, &source, ex.options, &mut out.problems);
     }
     Some(vec![Linear {
         module: module.to_string(),
@@ -189,7 +260,7 @@ fn fused_linears(
     ckpt: &Checkpoint,
     layout: &Layout,
     idx: usize,
-    options: &Options,
+    ex: &mut Exclusions,
     problems: &mut Vec<String>,
 ) -> Option<Vec<Linear>> {
     let experts = layout.experts.as_ref()?;
@@ -205,26 +276,27 @@ fn fused_linears(
     } else {
         return None;
     };
+    let file = ckpt.shards()[t.shard].path.display();
     let Some(dtype) = source_dtype(t.dtype) else {
         problems.push(format!(
-            "tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32",
+            "{file}: tensor '{}' has dtype {:?}; fused expert weights must be BF16, F16 or F32",
             t.name, t.dtype
         ));
-        return None;
+        return Some(Vec::new());
     };
     let &[n_experts, rows, cols] = t.shape.as_slice() else {
         problems.push(format!(
-            "tensor '{}' should be a fused expert parameter [experts, out, in], has shape {:?}",
+            "{file}: tensor '{}' should be a fused expert parameter [experts, out, in], has shape {:?}",
             t.name, t.shape
         ));
-        return None;
+        return Some(Vec::new());
     };
     if gate_up && rows % 2 != 0 {
         problems.push(format!(
-            "tensor '{}': fused gate_up has an odd row count {rows}",
+            "{file}: tensor '{}': fused gate_up has an odd row count {rows}",
             t.name
         ));
-        return None;
+        return Some(Vec::new());
     }
     let mut linears = Vec::new();
     let expert_bytes = rows * cols * dtype.size();
@@ -245,10 +317,11 @@ fn fused_linears(
                 rows: nrows,
                 cols,
                 dtype,
+                fused: true,
             };
-            let excluded = exclusion(&module, Role::Expert, options);
+            let excluded = ex.reason(&module, Role::Expert);
             if excluded.is_none() {
-                check(ckpt, &t.name, &source, options, problems);
+                check(ckpt, &source, ex.options, problems);
             }
             linears.push(Linear {
                 module,
@@ -264,54 +337,45 @@ fn fused_linears(
     Some(linears)
 }
 
-fn matrix_source(
-    ckpt: &Checkpoint,
-    idx: usize,
-    offset: usize,
-    problems: &mut Vec<String>,
-) -> Option<WeightSource> {
+fn matrix_source(ckpt: &Checkpoint, idx: usize) -> std::result::Result<WeightSource, String> {
     let t = &ckpt.tensors()[idx];
+    let file = ckpt.shards()[t.shard].path.display();
+    let module = t.name.trim_end_matches(".weight");
     let Some(dtype) = source_dtype(t.dtype) else {
-        problems.push(format!(
-            "tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32 \
-             (FP8-block sources are not supported yet)",
+        return Err(format!(
+            "{file}: tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32 \
+             (FP8-block sources are not supported yet; leave it unquantized with --exclude '{module}')",
             t.name, t.dtype
         ));
-        return None;
     };
     let &[rows, cols] = t.shape.as_slice() else {
-        problems.push(format!(
-            "tensor '{}' should be a 2-D linear weight, has shape {:?}",
+        return Err(format!(
+            "{file}: tensor '{}' should be a 2-D linear weight, has shape {:?} (leave it unquantized with --exclude '{module}')",
             t.name, t.shape
         ));
-        return None;
     };
-    Some(WeightSource {
+    Ok(WeightSource {
         tensor: idx,
-        offset,
+        offset: 0,
         rows,
         cols,
         dtype,
+        fused: false,
     })
 }
 
-fn check(
-    ckpt: &Checkpoint,
-    tensor: &str,
-    source: &WeightSource,
-    options: &Options,
-    problems: &mut Vec<String>,
-) {
+fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
     if let Err(reason) = check_shape(options.format, source.rows, source.cols) {
-        let file = ckpt.shards()[ckpt.tensors()[source.tensor].shard]
-            .path
-            .display();
+        let t = &ckpt.tensors()[source.tensor];
+        let file = ckpt.shards()[t.shard].path.display();
         problems.push(format!(
-            "{file}: tensor '{tensor}' [{}, {}] cannot be quantized to {}: {reason} \
-             (leave it unquantized with --exclude)",
+            "{file}: tensor '{}' [{}, {}] cannot be quantized to {}: {reason} \
+             (leave it unquantized with --exclude '{}')",
+            t.name,
             source.rows,
             source.cols,
-            options.format.cli_name()
+            options.format.cli_name(),
+            t.name.trim_end_matches(".weight")
         ));
     }
 }

@@ -24,8 +24,16 @@ use std::collections::BTreeMap;
 pub enum Job {
     /// Quantize these linears (indices into [`Plan::linears`]); they share one weight amax.
     Quantize(Vec<usize>),
-    /// Copy one input tensor unchanged.
-    Copy(usize),
+    /// Copy bytes of one input tensor unchanged: a whole tensor, or one expert of a fused
+    /// expert tensor that stays unquantized.
+    Copy {
+        /// Index into [`Checkpoint::tensors`].
+        tensor: usize,
+        /// Byte offset in the tensor's data.
+        offset: usize,
+        /// Byte length.
+        len: usize,
+    },
     /// Write precomputed f32 scalars (KV-cache scales).
     Scalars(Vec<f32>),
 }
@@ -39,6 +47,8 @@ pub struct Unit {
     pub outputs: Vec<usize>,
     /// Input tensors the unit reads (indices into [`Checkpoint::tensors`]).
     pub inputs: Vec<usize>,
+    /// The byte ranges it reads: (tensor, offset, length).
+    pub reads: Vec<(usize, usize, usize)>,
     /// Bytes the unit holds while in flight: input pages plus output buffers.
     pub bytes: u64,
 }
@@ -81,8 +91,21 @@ impl Plan {
         let mut classified = classify(ckpt, &layout, config, options)?;
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
-        let stats = ActivationStats::load(&options.stats, &layout, &names)?;
-        let mut warnings = Vec::new();
+        let want_weights = options.weight_amax == WeightAmaxMode::Stats;
+        let loaded = ActivationStats::load_with(&options.stats, &layout, &names, want_weights);
+        let stats_loaded = loaded.is_ok();
+        let stats = loaded.unwrap_or_else(|e| {
+            problems.push(e.to_string().replace('\n', "\n  "));
+            ActivationStats::default()
+        });
+        let mut warnings = std::mem::take(&mut classified.warnings);
+        if !classified.unused_excludes.is_empty() {
+            warnings.push(format!(
+                "--exclude pattern(s) matched no linear: {} (patterns match on-disk module names, e.g. {})",
+                classified.unused_excludes.join(", "),
+                classified.linears.first().map_or("model.layers.0.mlp.down_proj", |l| l.module.as_str())
+            ));
+        }
         if !stats.unmatched.is_empty() {
             warnings.push(format!(
                 "{} statistics key(s) name modules this model does not have (wrong model or naming?), e.g. {}",
@@ -96,9 +119,16 @@ impl Plan {
             ));
         }
         let linears = std::mem::take(&mut classified.linears);
-        let resolved = policy::resolve_input_amax(&linears, &stats, options.format);
-        warnings.extend(resolved.warnings);
-        let input_amax = resolved.per_linear;
+        if let Some(w) = dtype_mismatch(config, &linears) {
+            warnings.push(w);
+        }
+        let input_amax = if options.format.needs_input_amax() {
+            let resolved = policy::resolve_input_amax(&linears, &stats, options.format);
+            warnings.extend(resolved.warnings);
+            resolved.per_linear
+        } else {
+            vec![None; linears.len()]
+        };
         if options.format.needs_input_amax() {
             let missing: Vec<&str> = linears
                 .iter()
@@ -132,7 +162,7 @@ impl Plan {
                     .filter(|(l, a)| l.excluded.is_none() && a.is_none())
                     .map(|(l, _)| l.module.as_str())
                     .collect();
-                if !missing.is_empty() {
+                if !missing.is_empty() && stats_loaded {
                     warnings.push(format!(
                         "--weight-amax stats: {} linear(s) have no weight amax in the statistics; computing max|W| for them: {}",
                         missing.len(),
@@ -216,6 +246,31 @@ fn problem_report(problems: Vec<String>, warnings: &[String]) -> Error {
     Error::bad_input(text)
 }
 
+/// ModelOpt loads the model in config.json's dtype and quantizes `weight.to(dtype)`; we
+/// quantize the stored values. Say so when the two differ.
+fn dtype_mismatch(config: &serde_json::Value, linears: &[Linear]) -> Option<String> {
+    let declared = config
+        .get("torch_dtype")
+        .or_else(|| config.get("dtype"))?
+        .as_str()?;
+    let expected = match declared {
+        "bfloat16" => crate::quant::SourceDtype::Bf16,
+        "float16" => crate::quant::SourceDtype::F16,
+        "float32" => crate::quant::SourceDtype::F32,
+        _ => return None,
+    };
+    let odd = linears
+        .iter()
+        .filter(|l| l.excluded.is_none() && l.source.dtype != expected)
+        .count();
+    (odd > 0).then(|| {
+        format!(
+            "{odd} quantized linear weight(s) are stored in another dtype than config.json's {declared}; ModelOpt would \
+             quantize them after casting to {declared}, shardquant quantizes the stored values, so bytes may differ from a ModelOpt export"
+        )
+    })
+}
+
 /// "the statistics (a.safetensors, b.safetensors)" or "the statistics (no --stats file given)".
 fn stats_files(options: &Options) -> String {
     if options.stats.is_empty() {
@@ -259,21 +314,26 @@ struct UnitBuilder {
 }
 
 impl UnitBuilder {
+    /// Adds a unit that reads the byte ranges `reads` (tensor, offset, length).
     fn push(
         &mut self,
         key: (usize, u8),
         job: Job,
-        inputs: Vec<usize>,
-        input_bytes: u64,
+        reads: Vec<(usize, usize, usize)>,
         outputs: Vec<OutputTensor>,
     ) {
+        let in_bytes: u64 = reads.iter().map(|r| r.2 as u64).sum();
         let out_bytes: u64 = outputs.iter().map(|o| o.byte_len() as u64).sum();
+        let mut inputs: Vec<usize> = reads.iter().map(|r| r.0).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
         let seq = self.pending.len();
         let unit = Unit {
             job,
             outputs: Vec::new(),
             inputs,
-            bytes: input_bytes + out_bytes,
+            reads,
+            bytes: in_bytes + out_bytes,
         };
         self.pending.push(((key.0, key.1, seq), unit, outputs));
     }
@@ -315,7 +375,38 @@ fn build_units(
             dtype: e.dtype,
             shape: e.shape.clone(),
         };
-        b.push((t, 0), Job::Copy(t), vec![t], e.len as u64, vec![out]);
+        b.push(
+            (t, 0),
+            Job::Copy {
+                tensor: t,
+                offset: 0,
+                len: e.len,
+            },
+            vec![(t, 0, e.len)],
+            vec![out],
+        );
+    }
+    // Excluded linears are copied unchanged: whole tensors, or single experts of a fused tensor
+    // (written under the per-expert hub name, like every other expert).
+    for l in linears.iter().filter(|l| l.excluded.is_some()) {
+        let s = &l.source;
+        let dtype = ckpt.tensors()[s.tensor].dtype;
+        let out = OutputTensor {
+            name: format!("{}.weight", l.module),
+            dtype,
+            shape: vec![s.rows, s.cols],
+        };
+        let read = (s.tensor, s.offset, s.byte_len());
+        b.push(
+            (s.tensor, 0),
+            Job::Copy {
+                tensor: s.tensor,
+                offset: s.offset,
+                len: s.byte_len(),
+            },
+            vec![read],
+            vec![out],
+        );
     }
     // Group quantized linears: shared-input groups (NVFP4), expert gate+up pairs, or alone.
     let mut groups: BTreeMap<(usize, u8, usize, usize), Vec<usize>> = BTreeMap::new();
@@ -332,8 +423,7 @@ fn build_units(
     }
     for members in groups.into_values() {
         let mut outs = Vec::new();
-        let mut inputs: Vec<usize> = Vec::new();
-        let mut in_bytes = 0u64;
+        let mut reads = Vec::new();
         for &i in &members {
             let l = &linears[i];
             for (suffix, dtype, shape) in
@@ -345,17 +435,10 @@ fn build_units(
                     shape,
                 });
             }
-            if !inputs.contains(&l.source.tensor) {
-                inputs.push(l.source.tensor);
-            }
-            in_bytes += l.source.byte_len() as u64;
+            reads.push((l.source.tensor, l.source.offset, l.source.byte_len()));
         }
-        let key = members
-            .iter()
-            .map(|&i| linears[i].source.tensor)
-            .min()
-            .unwrap_or(0);
-        b.push((key, 0), Job::Quantize(members), inputs, in_bytes, outs);
+        let key = reads.iter().map(|r| r.0).min().unwrap_or(0);
+        b.push((key, 0), Job::Quantize(members), reads, outs);
     }
 }
 
@@ -405,7 +488,7 @@ fn kv_units(
             fp8_scale(k, options.numerics),
             fp8_scale(v, options.numerics),
         ];
-        b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
+        b.push((l.source.tensor, 1), Job::Scalars(values), vec![], outs);
     }
     if !missing.is_empty() {
         problems.push(format!(
@@ -423,37 +506,40 @@ fn kv_units(
     }
 }
 
-/// `exclude_modules` as ModelOpt summarises it.
+/// `exclude_modules` as ModelOpt summarises it; MTP layer prefixes are appended after the
+/// sorted summary, as `_add_mtp_exclusions` does.
 fn exclude_modules(layout: &Layout, linears: &[Linear], classified: &Classified) -> Vec<String> {
     let quantized: Vec<String> = linears
         .iter()
         .filter(|l| l.excluded.is_none())
         .map(|l| l.module.clone())
         .collect();
+    // Module order: embeddings, the layers' excluded linears, lm_head, then routers.
+    let mut seen = std::collections::HashSet::new();
     let mut unquantized: Vec<String> = Vec::new();
-    let push = |name: &str, list: &mut Vec<String>| {
-        if !list.iter().any(|n| n == name) {
-            list.push(name.to_string());
+    let first = layout.unquantized_modules.iter().take(1);
+    let excluded = linears
+        .iter()
+        .filter(|l| l.excluded.is_some())
+        .map(|l| &l.module);
+    let rest = layout.unquantized_modules.iter().skip(1);
+    for name in first
+        .chain(excluded)
+        .chain(&classified.excluded_other)
+        .chain(rest)
+        .chain(&classified.routers)
+    {
+        if seen.insert(name.as_str()) {
+            unquantized.push(name.clone());
         }
-    };
-    if let Some(first) = layout.unquantized_modules.first() {
-        push(first, &mut unquantized);
-    }
-    for l in linears.iter().filter(|l| l.excluded.is_some()) {
-        push(&l.module, &mut unquantized);
-    }
-    for m in layout.unquantized_modules.iter().skip(1) {
-        push(m, &mut unquantized);
-    }
-    for r in &classified.routers {
-        push(r, &mut unquantized);
     }
     let mut out = summarize_exclude_modules(&quantized, &unquantized);
     let prefix = layout.layer_prefix.render(None, None);
     for l in &classified.mtp_layers {
-        out.push(format!("{}*", prefix.replace("{layer}", &l.to_string())));
+        let pattern = format!("{}*", prefix.replace("{layer}", &l.to_string()));
+        if !out.contains(&pattern) {
+            out.push(pattern);
+        }
     }
-    out.sort();
-    out.dedup();
     out
 }
