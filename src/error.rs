@@ -16,8 +16,8 @@ pub enum ErrorKind {
     BadInput,
     /// Anything else: I/O failures on the output, internal errors (exit code 1).
     Other,
-    /// Stopped by SIGINT / SIGTERM (exit code 130, as shells report a Ctrl-C).
-    Interrupted,
+    /// Stopped by a signal (exit code 128 + the signal: 130 for SIGINT, 143 for SIGTERM).
+    Interrupted(u8),
 }
 
 impl ErrorKind {
@@ -27,7 +27,7 @@ impl ErrorKind {
             ErrorKind::Other => 1,
             ErrorKind::Usage => 2,
             ErrorKind::BadInput => 3,
-            ErrorKind::Interrupted => 130,
+            ErrorKind::Interrupted(signal) => 128u8.saturating_add(signal),
         }
     }
 }
@@ -71,10 +71,10 @@ impl Error {
         }
     }
 
-    /// The run was interrupted by a signal (exit code 130).
-    pub fn interrupted() -> Self {
+    /// The run was stopped by a signal (exit code 128 + `signal`).
+    pub fn interrupted(signal: i32) -> Self {
         Error {
-            kind: ErrorKind::Interrupted,
+            kind: ErrorKind::Interrupted(u8::try_from(signal).unwrap_or(0)),
             message: "interrupted; nothing was published and the temporary output was removed"
                 .to_string(),
             hint: None,

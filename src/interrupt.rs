@@ -1,12 +1,14 @@
 //! Ctrl-C and SIGTERM: the first one asks the conversion to stop cleanly (the staging
-//! directory is removed and the exit code is 130); a second one ends the process at once.
+//! directory is removed and the exit code is 128 + the signal: 130 for SIGINT, 143 for
+//! SIGTERM); a second one ends the process at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The signal received, 0 if none.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    SIGNAL.store(signal, Ordering::SeqCst);
     // SAFETY: signal() is async-signal-safe; restoring the default makes a second signal fatal.
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
@@ -25,5 +27,10 @@ pub fn install() {
 
 /// Whether a stop was asked for.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+    signal() != 0
+}
+
+/// The signal that asked for the stop (0 if none).
+pub fn signal() -> i32 {
+    SIGNAL.load(Ordering::Relaxed)
 }

@@ -1533,7 +1533,7 @@ fn format_is_required_for_convert() {
 }
 
 #[test]
-fn sigterm_stops_cleanly_with_exit_130() {
+fn sigterm_stops_cleanly_with_exit_143() {
     let tmp = TempDir::new("sigterm");
     let spec = shardquant::synthetic::SyntheticSpec {
         layers: 12,
@@ -1566,7 +1566,7 @@ fn sigterm_stops_cleanly_with_exit_130() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert_eq!(status.status.code(), Some(130), "{stderr}");
+    assert_eq!(status.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(!out.exists());
     assert_no_sibling(&out);

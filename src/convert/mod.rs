@@ -204,7 +204,7 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
         info(options, n);
     }
     if crate::interrupt::interrupted() {
-        return Err(Error::interrupted());
+        return Err(Error::interrupted(crate::interrupt::signal()));
     }
     staging.publish(options.force)?;
     files.sort();

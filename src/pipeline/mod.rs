@@ -101,7 +101,7 @@ pub fn run(
             while remaining > 0 {
                 let done = loop {
                     if interrupt::interrupted() {
-                        return Err(Error::interrupted());
+                        return Err(Error::interrupted(crate::interrupt::signal()));
                     }
                     match done_rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(done) => break done?,
