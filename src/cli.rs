@@ -2,6 +2,7 @@
 
 use crate::checkpoint::parse_size;
 use crate::error::{Error, Result};
+use crate::gpu::DeviceChoice;
 use crate::options::{Options, Scope, WeightAmaxMode};
 use crate::quant::{Numerics, QuantFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -120,9 +121,12 @@ pub struct PlanArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
-    /// Compute device: auto, cpu, cuda, cuda:N (only the CPU path exists in this version).
+    /// Compute device: auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Bound on GPU memory used for work slots.
+    #[arg(long, default_value = "8GiB")]
+    pub max_gpu_memory: String,
 }
 
 /// `convert` arguments.
@@ -159,28 +163,20 @@ pub struct InspectArgs {
 impl PlanArgs {
     /// Resolves the arguments into [`Options`].
     pub fn to_options(&self) -> Result<Options> {
-        match self.device.as_str() {
-            "auto" | "cpu" => {}
-            d if d == "cuda" || d.starts_with("cuda:") => {
-                return Err(
-                    Error::usage(format!("--device {d}: this build has no GPU path yet"))
-                        .with_hint(
-                            "use --device cpu (or auto); the CPU path computes the same bytes",
-                        ),
-                )
-            }
-            d => {
-                return Err(Error::usage(format!(
-                    "--device {d}: expected auto, cpu, cuda or cuda:N"
-                )));
-            }
-        }
+        let device = DeviceChoice::parse(&self.device).ok_or_else(|| {
+            Error::usage(format!(
+                "--device {}: expected auto, cpu, cuda or cuda:N",
+                self.device
+            ))
+        })?;
         let format = match self.format.unwrap_or(FormatArg::Nvfp4) {
             FormatArg::Nvfp4 => QuantFormat::Nvfp4,
             FormatArg::W4a16Nvfp4 => QuantFormat::W4a16Nvfp4,
             FormatArg::Fp8 => QuantFormat::Fp8,
         };
         let mut o = Options::new(format);
+        o.device = device;
+        o.max_gpu_memory = parse_size(&self.max_gpu_memory)?;
         o.numerics = match self.numerics {
             NumericsArg::ModeloptCuda => Numerics::ModeloptCuda,
             NumericsArg::ModeloptCpu => Numerics::ModeloptCpu,

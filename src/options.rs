@@ -1,5 +1,6 @@
 //! Conversion options, as resolved from the command line (or set by a library user).
 
+use crate::gpu::DeviceChoice;
 use crate::quant::{Numerics, QuantFormat};
 use std::path::PathBuf;
 
@@ -65,6 +66,10 @@ pub struct Options {
     pub quiet: bool,
     /// Where to write the JSON report.
     pub report: Option<PathBuf>,
+    /// Compute device.
+    pub device: DeviceChoice,
+    /// Bound on GPU memory for the work slots.
+    pub max_gpu_memory: u64,
 }
 
 impl Options {
@@ -85,6 +90,8 @@ impl Options {
             force: false,
             quiet: false,
             report: None,
+            device: DeviceChoice::Auto,
+            max_gpu_memory: 8 << 30,
         }
     }
 }

@@ -54,13 +54,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Roughly normal values (sum of uniforms), scaled.
+    /// Roughly normal values (a sum of four 16-bit uniforms from one draw), scaled.
     fn normal(&mut self, scale: f32) -> f32 {
-        let mut s = 0.0f32;
-        for _ in 0..4 {
-            s += (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        }
-        s * scale
+        let r = self.next();
+        let sum: u32 = (0..4).map(|k| ((r >> (16 * k)) & 0xFFFF) as u32).sum();
+        (sum as f32 / 65536.0 - 2.0) * scale
     }
 }
 
@@ -158,16 +156,40 @@ impl SyntheticSpec {
         let tensors = self.tensors();
         let plan = ShardPlan::new(tensors.clone(), self.shard_size)?;
         let writer = ShardWriter::create(dir, &plan)?;
-        let mut rng = Rng(self.seed.max(1));
-        for (i, t) in tensors.iter().enumerate() {
-            let n: usize = t.shape.iter().product();
-            let mut bytes = Vec::with_capacity(n * 2);
-            for _ in 0..n {
-                let v = half::bf16::from_f32(rng.normal(0.05));
-                bytes.extend_from_slice(&v.to_le_bytes());
+        // Each tensor has its own generator (seeded by its index), so threads can fill them in
+        // any order and the bytes stay the same.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(t) = tensors.get(i) else {
+                                return Ok(());
+                            };
+                            let n: usize = t.shape.iter().product();
+                            let mut rng = Rng((self.seed
+                                ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                            .max(1));
+                            let mut bytes = Vec::with_capacity(n * 2);
+                            for _ in 0..n {
+                                bytes.extend_from_slice(
+                                    &half::bf16::from_f32(rng.normal(0.05)).to_le_bytes(),
+                                );
+                            }
+                            writer.write(i, &bytes)?;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join()
+                    .map_err(|_| Error::other("a synthetic-data thread panicked"))??;
             }
-            writer.write(i, &bytes)?;
-        }
+            Ok(())
+        })?;
         writer.finish()?;
         Ok(())
     }

@@ -4,4 +4,5 @@
 //! from statistics; input amax always comes from statistics. [`policy`] holds the rules that
 //! tie scales together: shared-input groups, MoE experts of a layer, experts that saw no tokens.
 
+pub mod backend;
 pub mod policy;

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::export::{
     export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
 };
+use crate::gpu::{DeviceChoice, Gpu, GpuPool};
 use crate::layout::Layout;
 use crate::options::Options;
 use crate::pipeline;
@@ -156,6 +157,50 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// GPU work slots per device: units in flight on the GPU at once.
+const GPU_SLOTS: usize = 4;
+
+/// Resolves `--device`: a pool of GPU slots sized for the plan's units, or None for the CPU.
+fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
+    let ordinal = match options.device {
+        DeviceChoice::Cpu => return Ok(None),
+        DeviceChoice::Auto => 0,
+        DeviceChoice::Cuda(n) => n,
+    };
+    let gpu = match Gpu::open(ordinal) {
+        Ok(gpu) => gpu,
+        Err(reason) if options.device == DeviceChoice::Auto => {
+            info(options, &format!("no usable GPU ({reason}); using the CPU"));
+            return Ok(None);
+        }
+        Err(reason) => {
+            return Err(Error::other(format!("--device cuda:{ordinal}: {reason}"))
+                .with_hint("use --device cpu (same output bytes) or --device auto"))
+        }
+    };
+    // Each slot holds one unit's weights on the GPU (about 2.2x that with outputs) and twice
+    // that in pinned host memory: bound both by the memory options.
+    let largest = plan
+        .units
+        .iter()
+        .filter(|u| matches!(u.job, crate::plan::Job::Quantize(_)))
+        .map(|u| {
+            u.reads
+                .iter()
+                .map(|r| r.2.next_multiple_of(256))
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    let gpu_bound = (options.max_gpu_memory as f64 / (GPU_SLOTS as f64 * 2.25)) as usize;
+    let host_bound = (options.max_memory / (2 * GPU_SLOTS as u64)) as usize;
+    let capacity = largest.min(gpu_bound).min(host_bound);
+    if capacity < largest {
+        info(options, &format!("units larger than {capacity} bytes run on the CPU (raise --max-gpu-memory / --max-memory)"));
+    }
+    GpuPool::new(gpu, GPU_SLOTS, capacity).map(Some)
+}
+
 /// Converts `input` into `output`. Nothing appears at `output` unless the conversion succeeds.
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
@@ -178,15 +223,22 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
             options.threads
         ),
     );
+    let gpu = open_device(&plan, options)?;
+    let device = gpu.as_ref().map_or("cpu".to_string(), |p| {
+        format!("cuda:{} ({})", p.gpu().ordinal, p.gpu().name)
+    });
+    info(options, &format!("device: {device}"));
     let preflight_s = started.elapsed().as_secs_f64();
     let staging = Staging::create(output)?;
     let writer = ShardWriter::create(staging.path(), &shard_plan)?;
     let total: u64 = plan.units.iter().map(|u| u.bytes).sum();
     let progress = Progress::new(total, options.quiet);
     let run_started = Instant::now();
-    let run = pipeline::run(&plan, &ckpt, &writer, options, &progress);
+    let run = pipeline::run(&plan, &ckpt, &writer, options, &progress, gpu.as_ref());
     progress.finish();
-    let run = run?;
+    let mut run = run?;
+    run.device = device;
+    run.gpu_memory_bytes = gpu.as_ref().map_or(0, |p| p.device_bytes() as u64);
     let mut files = writer.finish()?;
     let convert_s = run_started.elapsed().as_secs_f64();
     let mut notes = Vec::new();

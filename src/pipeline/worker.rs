@@ -1,5 +1,6 @@
 //! Executing one unit of work: amax, scales and quantized bytes of its linears.
 
+use crate::calib::backend::UnitCompute;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -49,12 +50,13 @@ pub struct UnitResult {
     pub summary: Vec<SummaryLine>,
 }
 
-/// Runs one unit.
-pub fn execute(
+/// Runs one unit; quantized linears run on `compute` (CPU or GPU, the same bytes).
+pub fn execute<'a>(
     plan: &Plan,
-    ckpt: &Checkpoint,
+    ckpt: &'a Checkpoint,
     options: &Options,
     index: usize,
+    compute: &mut dyn UnitCompute<'a>,
 ) -> Result<UnitResult> {
     let unit: &Unit = &plan.units[index];
     let (payloads, summary) = match &unit.job {
@@ -77,7 +79,7 @@ pub fn execute(
                 .collect(),
             Vec::new(),
         ),
-        Job::Quantize(members) => quantize_group(plan, ckpt, options, members)?,
+        Job::Quantize(members) => quantize_group(plan, ckpt, options, members, compute)?,
     };
     debug_assert_eq!(payloads.len(), unit.outputs.len());
     Ok(UnitResult {
@@ -85,6 +87,11 @@ pub fn execute(
         payloads,
         summary,
     })
+}
+
+/// Whether a unit has numeric work (and so may use a GPU slot).
+pub fn is_compute(plan: &Plan, index: usize) -> bool {
+    matches!(plan.units[index].job, Job::Quantize(_))
 }
 
 fn weight_bytes<'a>(ckpt: &'a Checkpoint, l: &Linear) -> &'a [u8] {
@@ -101,32 +108,46 @@ fn where_is(ckpt: &Checkpoint, l: &Linear) -> String {
     )
 }
 
-/// The weight amax of each member: from statistics, or max |W|.
-fn member_amax(plan: &Plan, ckpt: &Checkpoint, i: usize) -> Result<WeightAmax> {
+/// The weight amax of member `m` (plan linear `i`): from statistics, or max |W|.
+fn member_amax(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    i: usize,
+    m: usize,
+    compute: &mut dyn UnitCompute,
+) -> Result<WeightAmax> {
     if let Some(a) = &plan.weight_stats[i] {
         return Ok(a.clone());
     }
     let l = &plan.linears[i];
-    quant::amax(weight_bytes(ckpt, l), l.source.dtype).map(WeightAmax::Tensor).map_err(|at| {
+    compute.amax(m)?.map(WeightAmax::Tensor).map_err(|at| {
         let (r, c) = (at / l.source.cols, at % l.source.cols);
-        Error::bad_input(format!(
-            "{}: element [{r}, {c}] of {} is NaN or infinite",
-            where_is(ckpt, l),
-            l.module
-        ))
-        .with_hint("the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it")
+        Error::bad_input(format!("{}: element [{r}, {c}] of {} is NaN or infinite", where_is(ckpt, l), l.module))
+            .with_hint("the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it")
     })
 }
 
-fn quantize_group(
+fn quantize_group<'a>(
     plan: &Plan,
-    ckpt: &Checkpoint,
+    ckpt: &'a Checkpoint,
     options: &Options,
     members: &[usize],
+    compute: &mut dyn UnitCompute<'a>,
 ) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+    let weights = members
+        .iter()
+        .map(|&i| {
+            (
+                weight_bytes(ckpt, &plan.linears[i]),
+                plan.linears[i].source.dtype,
+            )
+        })
+        .collect();
+    compute.load(weights)?;
     let amaxes = members
         .iter()
-        .map(|&i| member_amax(plan, ckpt, i))
+        .enumerate()
+        .map(|(m, &i)| member_amax(plan, ckpt, i, m, compute))
         .collect::<Result<Vec<_>>>()?;
     let is_static = amaxes
         .iter()
@@ -167,10 +188,9 @@ fn quantize_group(
     }
     let mut payloads = Vec::new();
     let mut summary = Vec::new();
-    for (&i, amax) in members.iter().zip(&amaxes) {
+    for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
         let l = &plan.linears[i];
-        let src = weight_bytes(ckpt, l);
-        let (rows, cols, dtype) = (l.source.rows, l.source.cols, l.source.dtype);
+        let (rows, cols) = (l.source.rows, l.source.cols);
         let input_amax = if options.format.needs_input_amax() {
             plan.input_amax[i]
         } else {
@@ -183,9 +203,8 @@ fn quantize_group(
                 let ws2 = match amax {
                     // Decoded here, from the statistics file's mapping: only the blocks of
                     // the units in flight are ever in memory.
-                    WeightAmax::Blocks { blocks, .. } => quant::quantize_nvfp4_static(
-                        src,
-                        dtype,
+                    WeightAmax::Blocks { blocks, .. } => compute.nvfp4_static(
+                        m,
                         rows,
                         cols,
                         &blocks.decode(),
@@ -193,18 +212,10 @@ fn quantize_group(
                         options.numerics,
                         &mut packed,
                         &mut scales,
-                    ),
+                    )?,
                     WeightAmax::Tensor(_) => {
                         let ws2 = quant::nvfp4_global_scale(group_amax, options.numerics);
-                        quant::quantize_nvfp4(
-                            src,
-                            dtype,
-                            rows,
-                            cols,
-                            ws2,
-                            &mut packed,
-                            &mut scales,
-                        );
+                        compute.nvfp4(m, rows, cols, ws2, &mut packed, &mut scales)?;
                         ws2
                     }
                 };
@@ -219,8 +230,17 @@ fn quantize_group(
             }
             QuantFormat::Fp8 => {
                 let ws = quant::fp8_scale(group_amax, options.numerics);
+                if l.source.dtype.round(ws) == 0.0 {
+                    return Err(Error::bad_input(format!(
+                        "{}: the FP8 weight scale of {} ({ws:e}) rounds to zero in {}, so the export would divide by zero",
+                        where_is(ckpt, l),
+                        l.module,
+                        l.source.dtype.name()
+                    ))
+                    .with_hint(format!("leave it unquantized with --exclude '{}'", l.module)));
+                }
                 let mut out = vec![0u8; rows * cols];
-                quant::quantize_fp8(src, dtype, ws, options.numerics, &mut out);
+                compute.fp8(m, ws, options.numerics, &mut out)?;
                 payloads.push(Payload::Owned(out));
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {

@@ -1,0 +1,253 @@
+//! Every CPU kernel against its GPU twin, byte for byte, on random data and edge cases; and
+//! whole conversions on the GPU against the CPU and the ModelOpt golden exports.
+//!
+//! Without a usable GPU these tests pass after saying so, unless SHARDQUANT_REQUIRE_GPU=1,
+//! which makes a missing GPU a failure (set it on the GPU machine).
+
+mod common;
+
+use shardquant::calib::backend::{CpuCompute, UnitCompute};
+use shardquant::gpu::{DeviceChoice, Gpu, GpuPool};
+use shardquant::options::Options;
+use shardquant::quant::{Numerics, QuantFormat, SourceDtype};
+use std::sync::Arc;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(reason) => {
+            assert!(
+                std::env::var("SHARDQUANT_REQUIRE_GPU").as_deref() != Ok("1"),
+                "SHARDQUANT_REQUIRE_GPU=1 but no GPU: {reason}"
+            );
+            eprintln!("skipping: no usable GPU ({reason})");
+            None
+        }
+    }
+}
+
+/// xorshift random bytes of a dtype, with planted edge cases.
+fn weights(dtype: SourceDtype, n: usize, seed: u64, kind: usize) -> Vec<u8> {
+    let mut s = seed.max(1);
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut out = Vec::with_capacity(n * dtype.size());
+    for i in 0..n {
+        let r = next();
+        let block = i / 16;
+        // Per-block magnitudes from 2^-30 to 2^10, zero blocks, ties on the e2m1 grid.
+        let scale = 2f32.powi(((block * 7 + kind) % 41) as i32 - 30);
+        let mut v = ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale;
+        if block % 13 == 5 {
+            v = 0.0;
+        }
+        if block % 17 == 3 {
+            v = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.0][i % 10] * scale;
+        }
+        match dtype {
+            SourceDtype::Bf16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            SourceDtype::F16 => out
+                .extend_from_slice(&half::f16::from_f32(v.clamp(-60000.0, 60000.0)).to_le_bytes()),
+            SourceDtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn both<'a, R: PartialEq + std::fmt::Debug>(
+    pool: &GpuPool,
+    w: &'a [u8],
+    dtype: SourceDtype,
+    f: impl Fn(&mut dyn UnitCompute<'a>) -> R,
+) -> (R, R) {
+    let mut cpu = CpuCompute::default();
+    cpu.load(vec![(w, dtype)]).unwrap();
+    let mut gpu = pool.compute();
+    gpu.load(vec![(w, dtype)]).unwrap();
+    (f(&mut cpu), f(&mut gpu))
+}
+
+#[test]
+fn kernels_match_the_cpu_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 2, 8 << 20).unwrap();
+    let shapes = [
+        (1usize, 32usize),
+        (3, 32),
+        (64, 64),
+        (257, 128),
+        (512, 1024),
+    ];
+    for dtype in [SourceDtype::Bf16, SourceDtype::F16, SourceDtype::F32] {
+        for (k, &(rows, cols)) in shapes.iter().enumerate() {
+            let w = weights(dtype, rows * cols, 1 + k as u64 * 31, k);
+            let (a, b) = both(&pool, &w, dtype, |c| c.amax(0).unwrap());
+            assert_eq!(
+                a.map(f32::to_bits),
+                b.map(f32::to_bits),
+                "amax {dtype:?} {rows}x{cols}"
+            );
+            let amax = a.unwrap();
+            // An all-zero weight never reaches the kernels (the pipeline stops on it): with a
+            // zero scale the arithmetic makes NaNs whose sign differs between x86 and CUDA.
+            assert!(amax > 0.0, "test data must not be all zero");
+            for numerics in [Numerics::ModeloptCpu, Numerics::ModeloptCuda] {
+                for ws_amax in [amax, amax * 0.37, amax * 3.0] {
+                    let ws2 = shardquant::quant::nvfp4_global_scale(ws_amax, numerics);
+                    let (a, b) = both(&pool, &w, dtype, |c| {
+                        let (mut p, mut s) = (
+                            vec![0xAAu8; rows * cols / 2],
+                            vec![0xAAu8; rows * cols / 16],
+                        );
+                        c.nvfp4(0, rows, cols, ws2, &mut p, &mut s).unwrap();
+                        (p, s)
+                    });
+                    assert!(
+                        a == b,
+                        "nvfp4 {dtype:?} {rows}x{cols} {numerics:?} amax {ws_amax}"
+                    );
+                    let blocks: Vec<f32> = (0..rows * cols / 16)
+                        .map(|i| ws_amax * ((i % 9) as f32 / 8.0))
+                        .collect();
+                    let (a, b) = both(&pool, &w, dtype, |c| {
+                        let (mut p, mut s) = (
+                            vec![0x55u8; rows * cols / 2],
+                            vec![0x55u8; rows * cols / 16],
+                        );
+                        let ws2 = c
+                            .nvfp4_static(0, rows, cols, &blocks, ws_amax, numerics, &mut p, &mut s)
+                            .unwrap();
+                        (p, s, ws2.to_bits())
+                    });
+                    assert!(a == b, "nvfp4 static {dtype:?} {rows}x{cols} {numerics:?}");
+                    let scale = shardquant::quant::fp8_scale(ws_amax, numerics);
+                    if dtype.round(scale) == 0.0 {
+                        // The pipeline refuses a scale that rounds to zero in the weight dtype
+                        // (a division by zero: NaN signs differ between x86 and CUDA).
+                        continue;
+                    }
+                    let (a, b) = both(&pool, &w, dtype, |c| {
+                        let mut out = vec![0x11u8; rows * cols];
+                        c.fp8(0, scale, numerics, &mut out).unwrap();
+                        out
+                    });
+                    assert!(
+                        a == b,
+                        "fp8 {dtype:?} {rows}x{cols} {numerics:?} amax {ws_amax}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn non_finite_weights_are_found_on_the_gpu_too() {
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 1, 1 << 20).unwrap();
+    for (dtype, bad) in [
+        (SourceDtype::Bf16, vec![0xC0u8, 0x7F]),
+        (SourceDtype::F16, vec![0x00, 0x7C]),
+        (SourceDtype::F32, vec![0, 0, 0x80, 0xFF]),
+    ] {
+        let mut w = weights(dtype, 4096, 9, 1);
+        let at = 1234 * dtype.size();
+        w[at..at + bad.len()].copy_from_slice(&bad);
+        let (a, b) = both(&pool, &w, dtype, |c| c.amax(0).unwrap().map(f32::to_bits));
+        assert_eq!(a, Err(1234));
+        assert_eq!(a, b);
+    }
+}
+
+fn convert(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    format: QuantFormat,
+    numerics: Numerics,
+    stats: Option<&std::path::Path>,
+    device: DeviceChoice,
+) {
+    let mut o = Options::new(format);
+    o.numerics = numerics;
+    o.stats = stats.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
+    o.quiet = true;
+    o.device = device;
+    o.threads = 4;
+    shardquant::convert::convert(input, out, &o).unwrap();
+}
+
+#[test]
+fn golden_cases_convert_bit_exactly_on_the_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let cases = [
+        ("llama_nvfp4", QuantFormat::Nvfp4, Numerics::ModeloptCpu),
+        ("llama_fp8", QuantFormat::Fp8, Numerics::ModeloptCpu),
+        ("qwen3moe_nvfp4", QuantFormat::Nvfp4, Numerics::ModeloptCpu),
+        ("mixtral_nvfp4", QuantFormat::Nvfp4, Numerics::ModeloptCpu),
+        (
+            "llama_nvfp4_gpu",
+            QuantFormat::Nvfp4,
+            Numerics::ModeloptCuda,
+        ),
+        ("llama_fp8_gpu", QuantFormat::Fp8, Numerics::ModeloptCuda),
+    ];
+    for (case, format, numerics) in cases {
+        let dir = common::fixtures().join("golden").join(case);
+        let tmp = common::TempDir::new(&format!("gpu-{case}"));
+        convert(
+            &dir.join("input"),
+            &tmp.join("out"),
+            format,
+            numerics,
+            Some(&dir.join("amax.safetensors")),
+            DeviceChoice::Cuda(0),
+        );
+        common::assert_same_tensors(&tmp.join("out"), &dir.join("modelopt"));
+    }
+}
+
+#[test]
+fn synthetic_models_give_the_same_bytes_on_cpu_and_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = common::TempDir::new("gpu-synth");
+    let spec = shardquant::synthetic::SyntheticSpec {
+        layers: 3,
+        hidden: 256,
+        experts: 8,
+        moe_intermediate: 128,
+        ..Default::default()
+    };
+    let input = tmp.join("in");
+    spec.write(&input).unwrap();
+    let amax = tmp.join("amax.safetensors");
+    spec.write_amax(&amax).unwrap();
+    for format in [
+        QuantFormat::Nvfp4,
+        QuantFormat::Fp8,
+        QuantFormat::W4a16Nvfp4,
+    ] {
+        for numerics in [Numerics::ModeloptCuda, Numerics::ModeloptCpu] {
+            let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
+            convert(&input, &a, format, numerics, Some(&amax), DeviceChoice::Cpu);
+            convert(
+                &input,
+                &b,
+                format,
+                numerics,
+                Some(&amax),
+                DeviceChoice::Cuda(0),
+            );
+            common::assert_same_tensors(&b, &a);
+            std::fs::remove_dir_all(&a).unwrap();
+            std::fs::remove_dir_all(&b).unwrap();
+        }
+    }
+}
