@@ -1,10 +1,12 @@
 //! The command line: clap definitions and their translation into [`Options`].
 
+use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
 use crate::checkpoint::parse_size;
 use crate::error::{Error, Result};
 use crate::gpu::DeviceChoice;
 use crate::options::{Options, Scope, WeightAmaxMode};
 use crate::quant::{Numerics, QuantFormat};
+use crate::stats::StatsFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -33,6 +35,89 @@ pub enum Command {
     /// Explain a checkpoint: detected layout, tensors by role and group, output plan, memory.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
+    /// Activation-statistics files: what they hold, how they cover a model, conversion.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+}
+
+/// `stats` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StatsCommand {
+    /// What each file holds; with --model, which linears have input amax, which experts are
+    /// uncalibrated and which names the model does not have.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(StatsInspectArgs),
+    /// Convert statistics files into shardquant's schema (`.stats.safetensors[.zst]`), with the
+    /// model's own module names.
+    #[command(after_help = EXIT_CODES)]
+    Import(StatsImportArgs),
+}
+
+/// `stats inspect` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatsInspectArgs {
+    /// Statistics files (any supported format; merged for the coverage table).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Checkpoint directory to check the statistics against.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Architecture layout JSON (overrides detection from the model's config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Read every file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    pub stats_format: Option<String>,
+}
+
+/// `stats import` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatsImportArgs {
+    /// Statistics files (merged: max for amax, sums and counts add).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Checkpoint directory whose module names and shapes the statistics are mapped to.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output file; zstd-compressed when it ends in `.zst`.
+    #[arg(short, long, value_name = "OUT.stats.safetensors[.zst]")]
+    pub output: PathBuf,
+    /// Architecture layout JSON (overrides detection from the model's config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Read every file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    pub stats_format: Option<String>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl StatsInspectArgs {
+    /// Options carrying the layout and format choices.
+    pub fn to_options(&self) -> Options {
+        let mut o = Options::new(QuantFormat::Nvfp4);
+        o.layout = self.layout.clone();
+        o.stats_format = self
+            .stats_format
+            .as_deref()
+            .and_then(StatsFormat::from_name);
+        o
+    }
+}
+
+impl StatsImportArgs {
+    /// Options carrying the layout, format and --force choices.
+    pub fn to_options(&self) -> Options {
+        let mut o = Options::new(QuantFormat::Nvfp4);
+        o.layout = self.layout.clone();
+        o.stats_format = self
+            .stats_format
+            .as_deref()
+            .and_then(StatsFormat::from_name);
+        o.force = self.force;
+        o
+    }
 }
 
 /// `--format` values (ModelOpt qformat names).
@@ -76,6 +161,24 @@ pub enum ScopeArg {
     Experts,
 }
 
+/// `--uncalibrated-experts` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UncalibratedArg {
+    /// Max over the layer's calibrated experts, with a warning.
+    PeerMax,
+    /// Stop before writing anything (exit 3).
+    Error,
+}
+
+/// `--expert-input-amax` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExpertAmaxArg {
+    /// The layer's max per projection.
+    LayerMax,
+    /// Each calibrated expert's own value.
+    PerExpert,
+}
+
 /// `--kv-cache` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KvCacheArg {
@@ -94,6 +197,17 @@ pub struct PlanArgs {
     /// Activation statistics (ModelOpt amax safetensors); repeatable, merged by max.
     #[arg(long = "stats", value_name = "FILE")]
     pub stats: Vec<PathBuf>,
+    /// Read every --stats file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    pub stats_format: Option<String>,
+    /// Experts that saw no calibration tokens: take the max over the layer's calibrated experts
+    /// (with a warning naming them), or stop before writing anything.
+    #[arg(long, value_enum, default_value = "peer-max")]
+    pub uncalibrated_experts: UncalibratedArg,
+    /// Experts' input amax: the layer's max per projection (what ModelOpt writes), or each
+    /// calibrated expert's own.
+    #[arg(long, value_enum, default_value = "layer-max")]
+    pub expert_input_amax: ExpertAmaxArg,
     /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
     #[arg(long, value_enum, default_value = "none")]
     pub kv_cache: KvCacheArg,
@@ -191,6 +305,18 @@ impl PlanArgs {
             ScopeArg::Experts => Scope::Experts,
         };
         o.kv_cache_fp8 = matches!(self.kv_cache, KvCacheArg::Fp8);
+        o.uncalibrated_experts = match self.uncalibrated_experts {
+            UncalibratedArg::PeerMax => UncalibratedExperts::PeerMax,
+            UncalibratedArg::Error => UncalibratedExperts::Error,
+        };
+        o.expert_input_amax = match self.expert_input_amax {
+            ExpertAmaxArg::LayerMax => ExpertInputAmax::LayerMax,
+            ExpertAmaxArg::PerExpert => ExpertInputAmax::PerExpert,
+        };
+        o.stats_format = self
+            .stats_format
+            .as_deref()
+            .and_then(StatsFormat::from_name);
         o.excludes = self.exclude.clone();
         o.stats = self.stats.clone();
         o.layout = self.layout.clone();

@@ -36,4 +36,5 @@ pub mod plan;
 pub mod progress;
 pub mod quant;
 pub mod stats;
+pub mod stats_cmd;
 pub mod synthetic;

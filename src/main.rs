@@ -1,7 +1,7 @@
 //! The `shardquant` command. Parsing is clap's; everything else lives in the library.
 
 use clap::Parser;
-use shardquant::cli::{Cli, Command};
+use shardquant::cli::{Cli, Command, StatsCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,6 +17,12 @@ fn main() -> ExitCode {
             o.report = args.report.clone();
             shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ())
         }),
+        Command::Stats(StatsCommand::Inspect(args)) => {
+            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).map(|text| print!("{text}"))
+        }
+        Command::Stats(StatsCommand::Import(args)) => {
+            shardquant::stats_cmd::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| print!("{text}"))
+        }
         Command::Inspect(args) => args
             .plan
             .to_options()

@@ -1,7 +1,9 @@
 //! Conversion options, as resolved from the command line (or set by a library user).
 
+use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
 use crate::gpu::DeviceChoice;
 use crate::quant::{Numerics, QuantFormat};
+use crate::stats::StatsFormat;
 use std::path::PathBuf;
 
 /// Where weight amax comes from (`--weight-amax`).
@@ -70,6 +72,12 @@ pub struct Options {
     pub device: DeviceChoice,
     /// Bound on GPU memory for the work slots.
     pub max_gpu_memory: u64,
+    /// Policy for experts that saw no calibration tokens.
+    pub uncalibrated_experts: UncalibratedExperts,
+    /// How experts of a layer share input amax.
+    pub expert_input_amax: ExpertInputAmax,
+    /// Read every statistics file as this format instead of detecting it.
+    pub stats_format: Option<StatsFormat>,
 }
 
 impl Options {
@@ -92,6 +100,9 @@ impl Options {
             report: None,
             device: DeviceChoice::Auto,
             max_gpu_memory: 8 << 30,
+            uncalibrated_experts: UncalibratedExperts::PeerMax,
+            expert_input_amax: ExpertInputAmax::LayerMax,
+            stats_format: None,
         }
     }
 }

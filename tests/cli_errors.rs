@@ -863,7 +863,10 @@ fn stats_file_not_safetensors() {
     let stats = sb.tmp.join("amax.txt");
     std::fs::write(&stats, "model.layers.0.self_attn.q_proj 1.5\n").unwrap();
     let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
-    r.expect_error(BAD_INPUT, &[s(&stats), "not a safetensors file", "hint: "]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&stats), "unrecognised statistics format", "hint: "],
+    );
     assert_no_output(&sb.out);
 }
 

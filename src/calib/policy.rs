@@ -13,13 +13,45 @@ use crate::quant::QuantFormat;
 use crate::stats::{ActivationStats, WeightAmax};
 use std::collections::BTreeMap;
 
+/// What to do with experts that saw no calibration tokens (`--uncalibrated-experts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UncalibratedExperts {
+    /// Give each the max over the calibrated experts of the same layer and projection, with a
+    /// warning naming them (ModelOpt's export and DeepSeek flow do this).
+    PeerMax,
+    /// Stop before writing anything, naming the experts.
+    Error,
+}
+
+/// How experts of a layer share input amax (`--expert-input-amax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertInputAmax {
+    /// Every expert gets the layer's max per projection (what ModelOpt writes).
+    LayerMax,
+    /// Each calibrated expert keeps its own value (uncalibrated ones follow the policy above).
+    PerExpert,
+}
+
 /// Input amax per linear after the sharing rules.
 #[derive(Debug, Clone, Default)]
 pub struct InputAmax {
     /// One entry per linear (same order as the linears given); None where no value exists.
     pub per_linear: Vec<Option<f32>>,
-    /// Human-readable notes about filled-in values.
+    /// Human-readable notes about filled-in values (every substitution).
     pub warnings: Vec<String>,
+    /// Experts without calibration, per (layer, projection kind): with `Error` these are
+    /// problems; a layer with no calibrated expert at all is always one.
+    pub problems: Vec<String>,
+}
+
+/// A linear's own input amax, or None when it is uncalibrated: no value, or a token count of 0
+/// (its amax, if any, cannot be trusted).
+fn own_amax(stats: &ActivationStats, l: &Linear) -> Option<f32> {
+    let m = stats.module(&l.module)?;
+    if m.token_count == Some(0) {
+        return None;
+    }
+    m.input_amax
 }
 
 /// Resolves each quantized linear's input amax from the statistics.
@@ -27,11 +59,10 @@ pub fn resolve_input_amax(
     linears: &[Linear],
     stats: &ActivationStats,
     format: QuantFormat,
+    uncalibrated: UncalibratedExperts,
+    expert_mode: ExpertInputAmax,
 ) -> InputAmax {
-    let own: Vec<Option<f32>> = linears
-        .iter()
-        .map(|l| stats.module(&l.module).and_then(|m| m.input_amax))
-        .collect();
+    let own: Vec<Option<f32>> = linears.iter().map(|l| own_amax(stats, l)).collect();
     // Group key: experts by (layer, gate/up or down); shared-input dense groups by
     // (layer, group) when the format shares scales; everything else alone.
     let mut groups: BTreeMap<(usize, u8, usize), Vec<usize>> = BTreeMap::new();
@@ -49,44 +80,65 @@ pub fn resolve_input_amax(
     }
     let mut out = InputAmax {
         per_linear: vec![None; linears.len()],
-        warnings: Vec::new(),
+        ..Default::default()
     };
+    let mut dead: Vec<String> = Vec::new();
     for ((layer, kind, _), members) in groups {
+        let is_experts = kind <= 1;
+        let proj = if kind == 0 { "gate/up" } else { "down" };
         let max = members.iter().filter_map(|&i| own[i]).reduce(f32::max);
-        let Some(max) = max else { continue };
         let missing: Vec<&Linear> = members
             .iter()
             .filter(|&&i| own[i].is_none())
             .map(|&i| &linears[i])
             .collect();
+        let Some(max) = max else {
+            if is_experts {
+                out.problems.push(format!(
+                    "layer {layer}: no expert has {proj} input amax (none saw calibration tokens); a peer max is impossible"
+                ));
+            }
+            continue;
+        };
         if !missing.is_empty() {
-            let what = match kind {
-                0 | 1 => {
-                    let ids: Vec<String> = missing
-                        .iter()
-                        .filter_map(|l| l.expert.map(|e| e.0.to_string()))
-                        .collect();
-                    let proj = if kind == 0 { "gate/up" } else { "down" };
-                    format!(
-                        "layer {layer}: {} expert(s) without {proj} input amax (no calibration tokens?): experts {}; \
-                         using the max over the layer's experts ({max})",
-                        ids.len(),
-                        ids.join(", ")
-                    )
+            if is_experts {
+                let ids: Vec<String> = missing
+                    .iter()
+                    .filter_map(|l| l.expert.map(|e| e.0.to_string()))
+                    .collect();
+                // gate and up of an expert are listed once
+                let mut ids_unique = ids.clone();
+                ids_unique.dedup();
+                match uncalibrated {
+                    UncalibratedExperts::Error => dead.push(format!("layer {layer} ({proj}): experts {}", ids_unique.join(", "))),
+                    UncalibratedExperts::PeerMax => out.warnings.push(format!(
+                        "layer {layer}: {} expert(s) saw no calibration tokens ({proj}): experts {}; \
+                         using the max over the layer's calibrated experts ({max}) (--uncalibrated-experts peer-max)",
+                        ids_unique.len(),
+                        ids_unique.join(", ")
+                    )),
                 }
-                _ => {
-                    let names: Vec<&str> = missing.iter().map(|l| l.module.as_str()).collect();
-                    format!(
-                        "{}: no input amax; using the max of its shared-input group ({max})",
-                        names.join(", ")
-                    )
-                }
-            };
-            out.warnings.push(what);
+            } else {
+                let names: Vec<&str> = missing.iter().map(|l| l.module.as_str()).collect();
+                out.warnings.push(format!(
+                    "{}: no input amax; using the max of its shared-input group ({max})",
+                    names.join(", ")
+                ));
+            }
         }
         for i in members {
-            out.per_linear[i] = Some(max);
+            out.per_linear[i] = match (is_experts, expert_mode, own[i]) {
+                (true, ExpertInputAmax::PerExpert, Some(v)) => Some(v),
+                _ => Some(max),
+            };
         }
+    }
+    if !dead.is_empty() {
+        out.problems.push(format!(
+            "MoE calibration incomplete: experts received no calibration tokens ({}). Re-run calibration with more samples, \
+             or pass --uncalibrated-experts peer-max",
+            dead.join("; ")
+        ));
     }
     out
 }

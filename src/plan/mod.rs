@@ -92,7 +92,13 @@ impl Plan {
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
         let want_weights = options.weight_amax == WeightAmaxMode::Stats;
-        let loaded = ActivationStats::load_with(&options.stats, &layout, &names, want_weights);
+        let loaded = ActivationStats::load_formats(
+            &options.stats,
+            options.stats_format,
+            &layout,
+            &names,
+            want_weights,
+        );
         let stats_loaded = loaded.is_ok();
         let stats = loaded.unwrap_or_else(|e| {
             problems.push(e.to_string().replace('\n', "\n  "));
@@ -123,8 +129,15 @@ impl Plan {
             warnings.push(w);
         }
         let input_amax = if options.format.needs_input_amax() {
-            let resolved = policy::resolve_input_amax(&linears, &stats, options.format);
+            let resolved = policy::resolve_input_amax(
+                &linears,
+                &stats,
+                options.format,
+                options.uncalibrated_experts,
+                options.expert_input_amax,
+            );
             warnings.extend(resolved.warnings);
+            problems.extend(resolved.problems);
             resolved.per_linear
         } else {
             vec![None; linears.len()]
@@ -285,8 +298,8 @@ fn stats_files(options: &Options) -> String {
     }
 }
 
-/// The names and shapes the statistics importers need.
-fn model_names(classified: &Classified, layout: &Layout) -> ModelNames {
+/// The names and shapes the statistics importers need, from a classified checkpoint.
+pub fn model_names(classified: &Classified, layout: &Layout) -> ModelNames {
     let mut names = ModelNames::default();
     for l in &classified.linears {
         names

@@ -14,10 +14,16 @@
 //! [`BlockAmax`] handles, decoded by the worker that quantizes that weight.
 
 mod blocks;
+pub mod foreign;
+pub mod gguf;
+pub mod imatrix;
 pub mod modelopt;
+pub mod native;
+pub mod pickle;
 mod raw;
 #[cfg(test)]
 mod tests;
+pub mod torchfile;
 
 pub use blocks::BlockAmax;
 pub use raw::{read_safetensors_entries, RawEntry, StatDtype, StatsEntry, StatsFile};
@@ -42,11 +48,22 @@ pub enum WeightAmax {
     },
 }
 
-/// Statistics of one module (a linear, or an attention block for the KV cache).
+/// Statistics of one module (a linear, or an attention block for the KV cache): the
+/// canonical schema (`docs/stats-formats.md` §7.3). Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModuleStats {
     /// max |x| over the calibration inputs of the linear.
     pub input_amax: Option<f32>,
+    /// Per-input-channel max |x| (`[in]`).
+    pub input_amax_ch: Option<Vec<f32>>,
+    /// Per-input-channel sum of x² over the tokens that reached the module (`[in]`).
+    pub input_sum_sq: Option<Vec<f64>>,
+    /// Per-input-channel sum of x (`[in]`).
+    pub input_sum: Option<Vec<f64>>,
+    /// Per-input-channel mean of x² where the source has no usable token count (legacy imatrix).
+    pub input_mean_sq: Option<Vec<f32>>,
+    /// Tokens that reached the module: absent = unknown, 0 = saw no tokens (uncalibrated).
+    pub token_count: Option<u64>,
     /// Weight amax, when the file carries one.
     pub weight_amax: Option<WeightAmax>,
     /// K-cache amax of an attention block.
@@ -83,11 +100,41 @@ pub struct ActivationStats {
     pub invalid: Vec<String>,
 }
 
-/// A statistics file format.
+/// A statistics file format, detected from content (`--stats-format` forces one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatsFormat {
     /// ModelOpt amax safetensors (`*_quantizer._amax` keys).
     ModeloptAmax,
+    /// shardquant's own schema v1 (`.stats.safetensors`, optionally zstd-compressed).
+    Native,
+    /// A `torch.save` file: ModelOpt / DeepSeek amax dumps, SmoothQuant `act_scales`.
+    TorchPt,
+    /// A llama.cpp importance matrix (legacy `.dat` or GGUF).
+    Imatrix,
+}
+
+impl StatsFormat {
+    /// The `--stats-format` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatsFormat::ModeloptAmax => "modelopt",
+            StatsFormat::Native => "shardquant",
+            StatsFormat::TorchPt => "torch",
+            StatsFormat::Imatrix => "imatrix",
+        }
+    }
+
+    /// Parses a `--stats-format` name.
+    pub fn from_name(name: &str) -> Option<StatsFormat> {
+        [
+            StatsFormat::ModeloptAmax,
+            StatsFormat::Native,
+            StatsFormat::TorchPt,
+            StatsFormat::Imatrix,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
 }
 
 /// Detects a statistics file's format from its first bytes.
@@ -100,14 +147,29 @@ pub fn detect_format(path: &Path) -> Result<StatsFormat> {
     let n = file
         .read(&mut head)
         .map_err(|e| Error::io("reading", path, e))?;
-    if n == 9 && head[8] == b'{' {
-        return Ok(StatsFormat::ModeloptAmax);
+    let head = &head[..n];
+    if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        return Ok(StatsFormat::Native);
     }
-    Err(Error::bad_input(format!(
-        "{}: unrecognised statistics format (not a safetensors file)",
-        path.display()
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(StatsFormat::TorchPt);
+    }
+    if head.starts_with(b"GGUF") || path.extension().is_some_and(|e| e == "dat") {
+        return Ok(StatsFormat::Imatrix);
+    }
+    if n == 9 && head[8] == b'{' {
+        let native = native::is_native(path)?;
+        return Ok(if native {
+            StatsFormat::Native
+        } else {
+            StatsFormat::ModeloptAmax
+        });
+    }
+    Err(Error::bad_input(format!("{}: unrecognised statistics format", path.display())).with_hint(
+        "shardquant reads ModelOpt amax safetensors, its own .stats.safetensors[.zst], torch.save .pt files \
+         (ModelOpt/DeepSeek amax dumps, SmoothQuant act_scales) and llama.cpp imatrix .dat/.gguf; \
+         --stats-format forces one",
     ))
-    .with_hint("this version reads ModelOpt amax files (safetensors with *_quantizer._amax keys)"))
 }
 
 impl ActivationStats {
@@ -125,13 +187,39 @@ impl ActivationStats {
         model: &ModelNames,
         weights: bool,
     ) -> Result<Self> {
+        Self::load_formats(paths, None, layout, model, weights)
+    }
+
+    /// Like [`ActivationStats::load_with`], with every file read as `forced` when given.
+    /// Files are merged in path order (sums in f64), so the result does not depend on the
+    /// order they were given in.
+    pub fn load_formats(
+        paths: &[PathBuf],
+        forced: Option<StatsFormat>,
+        layout: &crate::layout::Layout,
+        model: &ModelNames,
+        weights: bool,
+    ) -> Result<Self> {
         let mut stats = ActivationStats::default();
-        for path in paths {
-            match detect_format(path)? {
+        let mut sorted: Vec<&PathBuf> = paths.iter().collect();
+        sorted.sort();
+        for path in sorted {
+            let format = match forced {
+                Some(f) => f,
+                None => detect_format(path)?,
+            };
+            match format {
                 StatsFormat::ModeloptAmax => {
                     let file = StatsFile::open(path)?;
                     modelopt::import(&file, layout, model, weights, &mut stats)?;
                 }
+                StatsFormat::Native => {
+                    native::read_native(path, layout, model, &mut stats)?;
+                }
+                StatsFormat::TorchPt => {
+                    foreign::import_pt(path, layout, model, weights, &mut stats)?
+                }
+                StatsFormat::Imatrix => foreign::import_imatrix(path, layout, model, &mut stats)?,
             }
             stats.sources.push(path.clone());
         }
@@ -175,6 +263,67 @@ impl ActivationStats {
                 ))
             }
         });
+        Ok(())
+    }
+
+    /// Merges per-channel statistics into a module's entry by the schema's rules: element-wise
+    /// max for `input_amax_ch`, sums add, counts add. `Err` on a channel-count mismatch.
+    pub fn merge_channels(&mut self, module: &str, other: &ModuleStats) -> Result<(), String> {
+        let entry = self.modules.entry(module.to_string()).or_default();
+        fn zip_with<T: Copy>(
+            a: &mut Option<Vec<T>>,
+            b: &Option<Vec<T>>,
+            f: impl Fn(T, T) -> T,
+            what: &str,
+            module: &str,
+        ) -> Result<(), String> {
+            match (a.as_mut(), b) {
+                (_, None) => Ok(()),
+                (None, Some(b)) => {
+                    *a = Some(b.clone());
+                    Ok(())
+                }
+                (Some(a), Some(b)) if a.len() == b.len() => {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = f(*x, *y));
+                    Ok(())
+                }
+                (Some(a), Some(b)) => Err(format!(
+                    "{module}: {what} has {} channels in one file and {} in another",
+                    a.len(),
+                    b.len()
+                )),
+            }
+        }
+        zip_with(
+            &mut entry.input_amax_ch,
+            &other.input_amax_ch,
+            f32::max,
+            "input_amax_ch",
+            module,
+        )?;
+        zip_with(
+            &mut entry.input_sum_sq,
+            &other.input_sum_sq,
+            |x, y| x + y,
+            "input_sum_sq",
+            module,
+        )?;
+        zip_with(
+            &mut entry.input_sum,
+            &other.input_sum,
+            |x, y| x + y,
+            "input_sum",
+            module,
+        )?;
+        if other.input_mean_sq.is_some() {
+            if entry.input_mean_sq.is_some() {
+                return Err(format!("{module}: two files give input_mean_sq without token counts; they cannot be merged"));
+            }
+            entry.input_mean_sq = other.input_mean_sq.clone();
+        }
+        if let Some(n) = other.token_count {
+            entry.token_count = Some(entry.token_count.unwrap_or(0) + n);
+        }
         Ok(())
     }
 

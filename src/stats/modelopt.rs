@@ -370,3 +370,70 @@ fn split_gate_up(
         }
     }
 }
+
+/// Imports per-tensor amax values given as (key, value) pairs (ModelOpt amax dumps saved with
+/// `torch.save`, after name mapping). Non-scalar buffers are not read from such files: they
+/// are listed in `ignored`.
+pub fn import_scalars(
+    path: &Path,
+    entries: &[(String, Vec<f32>)],
+    layout: &Layout,
+    model: &ModelNames,
+    weights: bool,
+    stats: &mut ActivationStats,
+) -> Result<()> {
+    for (key, values) in entries {
+        let Some(base) = key.strip_suffix("._amax") else {
+            stats.ignored.push(format!("{key}: not an amax buffer"));
+            continue;
+        };
+        let target = classify(base, layout, model);
+        let is_weight = matches!(target, Target::Weight(_) | Target::ExpertWeight { .. });
+        if is_weight && !weights {
+            stats.ignored.push(format!(
+                "{key}: weight amax not used with --weight-amax compute"
+            ));
+            continue;
+        }
+        let &[v] = values.as_slice() else {
+            stats.ignored.push(format!(
+                "{key}: {} values (per-channel or per-block amax are not read from .pt files)",
+                values.len()
+            ));
+            continue;
+        };
+        if !valid(v) {
+            stats
+                .invalid
+                .push(format!("{key} = {v} ({})", path.display()));
+            continue;
+        }
+        match target {
+            Target::Input(module) => stats.merge_input(&module, v),
+            Target::Kv { attention, is_k } => stats.merge_kv(&attention, is_k, v),
+            Target::ExpertInput { layer, projs } => {
+                for module in expert_modules(layout, model, layer, None, projs) {
+                    stats.merge_input(&module, v);
+                }
+            }
+            Target::Weight(module) => merge_weight(path, stats, &module, WeightAmax::Tensor(v))?,
+            Target::ExpertWeight {
+                layer,
+                expert,
+                gate_up,
+            } => {
+                let projs: &[ExpertProj] = if gate_up {
+                    &[ExpertProj::Gate, ExpertProj::Up]
+                } else {
+                    &[ExpertProj::Down]
+                };
+                for module in expert_modules(layout, model, layer, Some(expert), projs) {
+                    merge_weight(path, stats, &module, WeightAmax::Tensor(v))?;
+                }
+            }
+            Target::Ignored(why) => stats.ignored.push(format!("{key}: {why}")),
+            Target::Unmatched => stats.unmatched.push(key.clone()),
+        }
+    }
+    Ok(())
+}

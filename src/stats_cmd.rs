@@ -1,0 +1,257 @@
+//! `shardquant stats inspect` and `shardquant stats import`: what statistics files hold, how
+//! well they cover a model, and conversion into shardquant's own schema.
+
+use crate::checkpoint::Checkpoint;
+use crate::convert::read_config;
+use crate::error::{Error, Result};
+use crate::layout::{ExpertProj, Layout};
+use crate::options::Options;
+use crate::plan::{classify, model_names, Classified};
+use crate::stats::imatrix::read_imatrix;
+use crate::stats::torchfile::read_pt_tensors;
+use crate::stats::{detect_format, ActivationStats, ModelNames, StatsFile, StatsFormat};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// A model opened for statistics: its layout, linears and names.
+struct Model {
+    layout: Layout,
+    classified: Classified,
+    names: ModelNames,
+}
+
+fn open_model(dir: &Path, options: &Options) -> Result<Model> {
+    let ckpt = Checkpoint::open(dir)?;
+    let (_, config) = read_config(dir)?;
+    let layout = match &options.layout {
+        Some(path) => Layout::from_file(path)?,
+        None => Layout::detect(&config, &dir.join("config.json"))?,
+    };
+    let classified = classify(&ckpt, &layout, &config, options)?;
+    let names = model_names(&classified, &layout);
+    Ok(Model {
+        layout,
+        classified,
+        names,
+    })
+}
+
+fn format_of(path: &Path, options: &Options) -> Result<StatsFormat> {
+    match options.stats_format {
+        Some(f) => Ok(f),
+        None => detect_format(path),
+    }
+}
+
+/// What one file holds, without a model to map it to.
+fn describe_file(path: &Path, format: StatsFormat, w: &mut String) -> Result<()> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let _ = writeln!(w, "{}  ({}, {} bytes)", path.display(), format.name(), size);
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    match format {
+        StatsFormat::ModeloptAmax | StatsFormat::Native => {
+            if let Ok(file) = StatsFile::open(path) {
+                for e in file.entries() {
+                    *kinds.entry(kind_of(&e.key)).or_default() += 1;
+                }
+            } else {
+                let _ = writeln!(
+                    w,
+                    "  zstd-compressed; pass --model DIR to read it against a model"
+                );
+            }
+        }
+        StatsFormat::TorchPt => {
+            let (tensors, skipped) = read_pt_tensors(path)?;
+            for t in &tensors {
+                let kind = if t.key.ends_with("_amax") {
+                    kind_of(&t.key)
+                } else {
+                    format!("per-channel [{}] (act_scales)", t.shape.len())
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+            if !skipped.is_empty() {
+                kinds.insert("non-tensor entries (skipped)".into(), skipped.len());
+            }
+        }
+        StatsFormat::Imatrix => {
+            let (entries, meta) = read_imatrix(path)?;
+            let _ = writeln!(
+                w,
+                "  {:?} imatrix, datasets {:?}, {} tensors",
+                meta.format,
+                meta.datasets,
+                entries.len()
+            );
+            for e in &entries {
+                let dead = e.uncalibrated_experts();
+                if !dead.is_empty() {
+                    let _ = writeln!(w, "  {}: experts {:?} saw no tokens", e.name, dead);
+                }
+            }
+        }
+    }
+    for (kind, n) in kinds {
+        let _ = writeln!(w, "  {n:6}  {kind}");
+    }
+    Ok(())
+}
+
+/// A coarse kind for a key: the quantizer or statistic it names.
+fn kind_of(key: &str) -> String {
+    for k in [
+        "input_quantizer",
+        "weight_quantizer",
+        "k_bmm_quantizer",
+        "v_bmm_quantizer",
+        "output_quantizer",
+    ] {
+        if key.contains(k) {
+            return format!(
+                "{k} ({})",
+                if key.ends_with("_global_amax") {
+                    "_global_amax"
+                } else {
+                    "_amax"
+                }
+            );
+        }
+    }
+    key.rsplit('.').next().unwrap_or(key).to_string()
+}
+
+/// `stats inspect`: each file on its own, and with `--model` the coverage of the model.
+pub fn inspect(files: &[PathBuf], model: Option<&Path>, options: &Options) -> Result<String> {
+    let mut w = String::new();
+    for path in files {
+        describe_file(path, format_of(path, options)?, &mut w)?;
+    }
+    let Some(dir) = model else { return Ok(w) };
+    let m = open_model(dir, options)?;
+    let stats =
+        ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
+    coverage(&m, &stats, &mut w);
+    Ok(w)
+}
+
+fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
+    let linears: Vec<_> = m
+        .classified
+        .linears
+        .iter()
+        .filter(|l| l.excluded.is_none())
+        .collect();
+    let with_input = linears
+        .iter()
+        .filter(|l| stats.module(&l.module).and_then(|s| s.input_amax).is_some())
+        .count();
+    let with_channels = linears
+        .iter()
+        .filter(|l| {
+            stats.module(&l.module).is_some_and(|s| {
+                s.input_sum_sq.is_some() || s.input_mean_sq.is_some() || s.input_amax_ch.is_some()
+            })
+        })
+        .count();
+    let _ = writeln!(
+        w,
+        "\nagainst the model (layout {}): {} quantizable linears",
+        m.layout.name,
+        linears.len()
+    );
+    let _ = writeln!(
+        w,
+        "  input amax:            {with_input} of {}",
+        linears.len()
+    );
+    let _ = writeln!(
+        w,
+        "  per-channel statistics: {with_channels} of {}",
+        linears.len()
+    );
+    // Uncalibrated experts: token count 0, or no usable input amax while the layer has some.
+    let mut dead: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
+    for l in &linears {
+        let Some((e, proj)) = l.expert else { continue };
+        let s = stats.module(&l.module);
+        let no_tokens = s.is_some_and(|s| s.token_count == Some(0));
+        let no_amax = s.and_then(|s| s.input_amax).is_none();
+        if no_tokens || no_amax {
+            let p = if proj == ExpertProj::Down {
+                "down"
+            } else {
+                "gate/up"
+            };
+            let list = dead.entry((l.layer, p)).or_default();
+            if !list.contains(&e) {
+                list.push(e);
+            }
+        }
+    }
+    if dead.is_empty() {
+        let _ = writeln!(w, "  uncalibrated experts:   none");
+    } else {
+        let _ = writeln!(
+            w,
+            "  uncalibrated experts (no tokens, or no usable input amax):"
+        );
+        for ((layer, proj), experts) in dead {
+            let _ = writeln!(w, "    layer {layer} {proj}: experts {experts:?}");
+        }
+    }
+    if !stats.unmatched.is_empty() {
+        let _ =
+            writeln!(
+            w,
+            "  {} key(s) name modules this model does not have (wrong model or naming?), e.g. {}",
+            stats.unmatched.len(),
+            stats.unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    for bad in stats.invalid.iter().take(10) {
+        let _ = writeln!(w, "  unusable value (treated as missing): {bad}");
+    }
+    if !stats.ignored.is_empty() {
+        let _ = writeln!(
+            w,
+            "  {} key(s) understood but not used (e.g. {})",
+            stats.ignored.len(),
+            stats.ignored[0]
+        );
+    }
+}
+
+/// `stats import`: reads the files against a model and writes shardquant's schema v1 (zstd
+/// when `out` ends in `.zst`).
+pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) -> Result<String> {
+    let m = open_model(model, options)?;
+    let stats =
+        ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
+    let formats: Vec<String> = files
+        .iter()
+        .map(|p| format_of(p, options).map(|f| f.name().to_string()))
+        .collect::<Result<_>>()?;
+    let meta = crate::stats::native::NativeMeta {
+        source_format: formats.join(","),
+        source_files: files.iter().map(|p| p.display().to_string()).collect(),
+        notes: stats.ignored.iter().take(20).cloned().collect(),
+        expert_input_amax: "unknown".to_string(),
+    };
+    let compress = out.extension().is_some_and(|e| e == "zst");
+    if out.exists() && !options.force {
+        return Err(Error::usage(format!("{} already exists", out.display()))
+            .with_hint("pass --force to replace it"));
+    }
+    crate::stats::native::write_native(out, &stats, &meta, compress)?;
+    let mut w = String::new();
+    coverage(&m, &stats, &mut w);
+    let _ = writeln!(
+        w,
+        "wrote {} ({} modules)",
+        out.display(),
+        stats.modules.len()
+    );
+    Ok(w)
+}
