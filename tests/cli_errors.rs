@@ -957,7 +957,9 @@ fn stats_block_weight_amax_without_global_amax() {
 
 /// Weight-only with a foreign amax file converts, and warns that the names do not match.
 #[test]
-fn stats_for_another_model_weight_only_warns() {
+fn stats_for_another_model_is_refused_by_its_weight_amax() {
+    // Mixtral's amax file names attention modules the llama model also has; the weight amax it
+    // recorded does not match this checkpoint's weights, so it was made on another model.
     let sb = Sandbox::new("llama_nvfp4", "foreignwo");
     let r = sb.convert(&[
         "--format",
@@ -965,13 +967,11 @@ fn stats_for_another_model_weight_only_warns() {
         "--stats",
         s(&amax("mixtral_nvfp4")),
     ]);
-    r.expect_success();
-    r.expect_mentions(&[
-        "warning: ",
-        "statistics key(s) name modules this model does not have",
-        "model.layers.0.mlp.experts.",
-    ]);
-    assert_no_sibling(&sb.out);
+    r.expect_error(
+        BAD_INPUT,
+        &["made on a different checkpoint", "self_attn", "hint: "],
+    );
+    assert_no_output(&sb.out);
 }
 
 /// Mixtral's amax file for the llama checkpoint: the attention amax match (same names), the

@@ -186,6 +186,7 @@ fn quantize_group<'a>(
             l.module
         )));
     }
+    check_against_stats(plan, ckpt, members, group_amax)?;
     let mut payloads = Vec::new();
     let mut summary = Vec::new();
     for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
@@ -259,4 +260,34 @@ fn quantize_group<'a>(
         });
     }
     Ok((payloads, summary))
+}
+
+/// Statistics that carry a weight amax must have been made on this checkpoint: ModelOpt's
+/// max calibration records max|W| (before the group unification that the export applies), so
+/// the group max of the recorded values must equal the group max computed here, bit for bit.
+fn check_against_stats(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    members: &[usize],
+    computed: f32,
+) -> Result<()> {
+    let recorded: Vec<f32> = members
+        .iter()
+        .filter_map(|&i| plan.weight_check[i])
+        .collect();
+    if recorded.len() != members.len() || recorded.is_empty() {
+        return Ok(());
+    }
+    let expected = recorded.iter().copied().fold(0.0f32, f32::max);
+    if expected.to_bits() == computed.to_bits() {
+        return Ok(());
+    }
+    let l = &plan.linears[members[0]];
+    Err(Error::bad_input(format!(
+        "{}: the statistics say the weight amax of {} is {expected}, but max|W| of this checkpoint is {computed}: \
+         the statistics were made on a different checkpoint",
+        where_is(ckpt, l),
+        l.module
+    ))
+    .with_hint("calibrate this checkpoint, or pass the statistics that were made on it"))
 }

@@ -64,6 +64,9 @@ pub struct Plan {
     pub input_amax: Vec<Option<f32>>,
     /// Weight amax from statistics per linear (`--weight-amax stats`).
     pub weight_stats: Vec<Option<WeightAmax>>,
+    /// Per-tensor weight amax the statistics give, to check against the computed one
+    /// (`--weight-amax compute`).
+    pub weight_check: Vec<Option<f32>>,
     /// Units in streaming order.
     pub units: Vec<Unit>,
     /// Output tensors in write order (the converter moves them into its shard plan).
@@ -165,6 +168,20 @@ impl Plan {
                 );
             }
         }
+        // With computed weight amax, a per-tensor weight amax in the statistics is checked
+        // against the weights (statistics made on another checkpoint are refused).
+        let weight_check: Vec<Option<f32>> = match options.weight_amax {
+            WeightAmaxMode::Compute => linears
+                .iter()
+                .map(
+                    |l| match stats.module(&l.module).and_then(|m| m.weight_amax.as_ref()) {
+                        Some(WeightAmax::Tensor(v)) => Some(*v),
+                        _ => None,
+                    },
+                )
+                .collect(),
+            WeightAmaxMode::Stats => vec![None; linears.len()],
+        };
         let weight_stats = match options.weight_amax {
             WeightAmaxMode::Compute => vec![None; linears.len()],
             WeightAmaxMode::Stats => {
@@ -222,6 +239,7 @@ impl Plan {
             linears,
             input_amax,
             weight_stats,
+            weight_check,
             units,
             outputs,
             tensor_users,

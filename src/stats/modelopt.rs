@@ -82,7 +82,10 @@ pub fn import(
         };
         let target = classify(base, layout, model);
         let is_weight = matches!(target, Target::Weight(_) | Target::ExpertWeight { .. });
-        if is_weight && !weights {
+        // With --weight-amax compute, per-tensor weight amax are kept only to check that the
+        // statistics were made on this checkpoint; per-block ones are not read at all.
+        let per_tensor = e.len() == 1 && !globals.contains_key(base) && file.dtype(e).is_ok();
+        if is_weight && !weights && !per_tensor {
             stats.ignored.push(format!(
                 "{}: weight amax not used with --weight-amax compute",
                 e.key
@@ -389,7 +392,7 @@ pub fn import_scalars(
         };
         let target = classify(base, layout, model);
         let is_weight = matches!(target, Target::Weight(_) | Target::ExpertWeight { .. });
-        if is_weight && !weights {
+        if is_weight && !weights && values.len() != 1 {
             stats.ignored.push(format!(
                 "{key}: weight amax not used with --weight-amax compute"
             ));
