@@ -66,7 +66,7 @@ pub struct StatsInspectArgs {
     #[arg(long, value_name = "FILE")]
     pub layout: Option<PathBuf>,
     /// Read every file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
     pub stats_format: Option<String>,
 }
 
@@ -86,7 +86,7 @@ pub struct StatsImportArgs {
     #[arg(long, value_name = "FILE")]
     pub layout: Option<PathBuf>,
     /// Read every file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
     pub stats_format: Option<String>,
     /// Replace an existing output file.
     #[arg(long)]
@@ -198,7 +198,7 @@ pub struct PlanArgs {
     #[arg(long = "stats", value_name = "FILE")]
     pub stats: Vec<PathBuf>,
     /// Read every --stats file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix"])]
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
     pub stats_format: Option<String>,
     /// Experts that saw no calibration tokens: take the max over the layer's calibrated experts
     /// (with a warning naming them), or stop before writing anything.

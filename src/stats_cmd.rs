@@ -46,7 +46,11 @@ fn format_of(path: &Path, options: &Options) -> Result<StatsFormat> {
 
 /// What one file holds, without a model to map it to.
 fn describe_file(path: &Path, format: StatsFormat, w: &mut String) -> Result<()> {
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = if path.is_dir() {
+        0
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    };
     let _ = writeln!(w, "{}  ({}, {} bytes)", path.display(), format.name(), size);
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     match format {
@@ -74,6 +78,25 @@ fn describe_file(path: &Path, format: StatsFormat, w: &mut String) -> Result<()>
             }
             if !skipped.is_empty() {
                 kinds.insert("non-tensor entries (skipped)".into(), skipped.len());
+            }
+        }
+        StatsFormat::Exported => {
+            let ckpt = Checkpoint::open(path)?;
+            for t in ckpt.tensors() {
+                for suffix in [
+                    "input_scale",
+                    "input_global_scale",
+                    "k_scale",
+                    "v_scale",
+                    "weight_scale_2",
+                    "weight_scale",
+                ] {
+                    if t.name.ends_with(&format!(".{suffix}")) {
+                        *kinds
+                            .entry(format!("{suffix} (exported scale)"))
+                            .or_default() += 1;
+                    }
+                }
             }
         }
         StatsFormat::Imatrix => {

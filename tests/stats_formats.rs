@@ -397,3 +397,83 @@ fn stats_inspect_and_import_round_trip_through_the_cli() {
     shardquant::convert::convert(&model, &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
+
+#[test]
+fn an_exported_checkpoint_gives_back_its_exact_scales() {
+    // ModelOpt's own exports used as statistics: every input scale is written back unchanged,
+    // whichever numerics mode computes the rest.
+    for (case, format) in [
+        ("llama_nvfp4", QuantFormat::Nvfp4),
+        ("llama_fp8_gpu", QuantFormat::Fp8),
+    ] {
+        let dir = fixtures().join("golden").join(case);
+        let reference = load_tensors(&dir.join("modelopt"));
+        for numerics in [Numerics::ModeloptCpu, Numerics::ModeloptCuda] {
+            let tmp = TempDir::new("exported");
+            let mut o = Options::new(format);
+            o.numerics = numerics;
+            o.stats = vec![dir.join("modelopt")];
+            o.quiet = true;
+            shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+            let t = load_tensors(&tmp.join("out"));
+            let scales: Vec<&String> = reference
+                .keys()
+                .filter(|k| k.ends_with(".input_scale"))
+                .collect();
+            assert_eq!(scales.len(), 14);
+            for k in scales {
+                assert_eq!(t[k].2, reference[k].2, "{case} {numerics:?} {k}");
+            }
+        }
+    }
+    // Across formats: an NVFP4 export's input amax (scale x 2688, exact in f64) becomes an FP8
+    // scale rounded once.
+    let dir = fixtures().join("golden/llama_nvfp4");
+    let tmp = TempDir::new("exported-cross");
+    let mut o = Options::new(QuantFormat::Fp8);
+    o.stats = vec![dir.join("modelopt")];
+    o.quiet = true;
+    shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+    let t = load_tensors(&tmp.join("out"));
+    let reference = load_tensors(&dir.join("modelopt"));
+    let k = "model.layers.1.self_attn.o_proj.input_scale";
+    let s = f32::from_le_bytes(reference[k].2[..4].try_into().unwrap());
+    let want = ((s as f64 * 2688.0) / 448.0) as f32;
+    assert_eq!(t[k].2, want.to_le_bytes().to_vec());
+}
+
+#[test]
+fn kv_cache_scales_survive_a_round_trip_through_an_export() {
+    let tmp = TempDir::new("kvround");
+    let spec = shardquant::synthetic::SyntheticSpec::default();
+    let input = tmp.join("in");
+    spec.write(&input).unwrap();
+    let amax = tmp.join("amax.safetensors");
+    spec.write_amax(&amax).unwrap();
+    let convert = |stats: &std::path::Path, out: &std::path::Path, numerics: Numerics| {
+        let mut o = Options::new(QuantFormat::Fp8);
+        o.numerics = numerics;
+        o.stats = vec![stats.to_path_buf()];
+        o.kv_cache_fp8 = true;
+        o.quiet = true;
+        shardquant::convert::convert(&input, out, &o).unwrap();
+    };
+    convert(&amax, &tmp.join("first"), Numerics::ModeloptCuda);
+    convert(
+        &tmp.join("first"),
+        &tmp.join("second"),
+        Numerics::ModeloptCpu,
+    );
+    let (a, b) = (
+        load_tensors(&tmp.join("first")),
+        load_tensors(&tmp.join("second")),
+    );
+    let scales: Vec<&String> = a
+        .keys()
+        .filter(|k| k.ends_with("_scale") && !k.ends_with("weight_scale"))
+        .collect();
+    assert!(scales.iter().any(|k| k.ends_with("k_scale")));
+    for k in scales {
+        assert_eq!(a[k].2, b[k].2, "{k}");
+    }
+}

@@ -37,6 +37,9 @@ pub enum ExpertInputAmax {
 pub struct InputAmax {
     /// One entry per linear (same order as the linears given); None where no value exists.
     pub per_linear: Vec<Option<f32>>,
+    /// Where every value of a linear's group came from an exported scale: the exact amax
+    /// (f64), so that the scale is written back unchanged.
+    pub per_linear_exact: Vec<Option<f64>>,
     /// Human-readable notes about filled-in values (every substitution).
     pub warnings: Vec<String>,
     /// Experts without calibration, per (layer, projection kind): with `Error` these are
@@ -63,6 +66,11 @@ pub fn resolve_input_amax(
     expert_mode: ExpertInputAmax,
 ) -> InputAmax {
     let own: Vec<Option<f32>> = linears.iter().map(|l| own_amax(stats, l)).collect();
+    let own_exact: Vec<Option<f64>> = linears
+        .iter()
+        .zip(&own)
+        .map(|(l, a)| a.and_then(|_| stats.module(&l.module)?.input_amax_exact))
+        .collect();
     // Group key: experts by (layer, gate/up or down); shared-input dense groups by
     // (layer, group) when the format shares scales; everything else alone.
     let mut groups: BTreeMap<(usize, u8, usize), Vec<usize>> = BTreeMap::new();
@@ -80,6 +88,7 @@ pub fn resolve_input_amax(
     }
     let mut out = InputAmax {
         per_linear: vec![None; linears.len()],
+        per_linear_exact: vec![None; linears.len()],
         ..Default::default()
     };
     let mut dead: Vec<String> = Vec::new();
@@ -126,11 +135,20 @@ pub fn resolve_input_amax(
                 ));
             }
         }
+        // Exact only when every value of the group came from an exported scale.
+        let exact_max = members
+            .iter()
+            .filter(|&&i| own[i].is_some())
+            .map(|&i| own_exact[i])
+            .try_fold(None::<f64>, |m, e| {
+                e.map(|e| Some(m.map_or(e, |m: f64| m.max(e))))
+            })
+            .flatten();
         for i in members {
-            out.per_linear[i] = match (is_experts, expert_mode, own[i]) {
-                (true, ExpertInputAmax::PerExpert, Some(v)) => Some(v),
-                _ => Some(max),
-            };
+            let keep_own =
+                is_experts && expert_mode == ExpertInputAmax::PerExpert && own[i].is_some();
+            out.per_linear[i] = if keep_own { own[i] } else { Some(max) };
+            out.per_linear_exact[i] = if keep_own { own_exact[i] } else { exact_max };
         }
     }
     if !dead.is_empty() {

@@ -224,7 +224,9 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(scales));
                 payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
-                    let s = quant::nvfp4_global_scale(a, options.numerics);
+                    let s = exact_or(plan.input_amax_exact[i], 2688.0, || {
+                        quant::nvfp4_global_scale(a, options.numerics)
+                    });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
                 ws2
@@ -245,7 +247,9 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(out));
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
-                    let s = quant::fp8_scale(a, options.numerics);
+                    let s = exact_or(plan.input_amax_exact[i], 448.0, || {
+                        quant::fp8_scale(a, options.numerics)
+                    });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
                 ws
@@ -290,4 +294,10 @@ fn check_against_stats(
         l.module
     ))
     .with_hint("calibrate this checkpoint, or pass the statistics that were made on it"))
+}
+
+/// An input scale: from an amax recovered exactly from an exported scale (`f32(amax / bound)`,
+/// which gives back the exported scale itself), or computed by the numerics mode.
+fn exact_or(exact: Option<f64>, bound: f64, computed: impl FnOnce() -> f32) -> f32 {
+    exact.map_or_else(computed, |x| (x / bound) as f32)
 }

@@ -62,6 +62,8 @@ pub struct Plan {
     pub linears: Vec<Linear>,
     /// Input amax per linear, after the sharing rules (None for excluded linears / weight-only).
     pub input_amax: Vec<Option<f32>>,
+    /// The same, exactly, where it came from exported scales (see `stats::exported`).
+    pub input_amax_exact: Vec<Option<f64>>,
     /// Weight amax from statistics per linear (`--weight-amax stats`).
     pub weight_stats: Vec<Option<WeightAmax>>,
     /// Per-tensor weight amax the statistics give, to check against the computed one
@@ -131,7 +133,7 @@ impl Plan {
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }
-        let input_amax = if options.format.needs_input_amax() {
+        let (input_amax, input_amax_exact) = if options.format.needs_input_amax() {
             let resolved = policy::resolve_input_amax(
                 &linears,
                 &stats,
@@ -141,9 +143,9 @@ impl Plan {
             );
             warnings.extend(resolved.warnings);
             problems.extend(resolved.problems);
-            resolved.per_linear
+            (resolved.per_linear, resolved.per_linear_exact)
         } else {
-            vec![None; linears.len()]
+            (vec![None; linears.len()], vec![None; linears.len()])
         };
         if options.format.needs_input_amax() {
             let missing: Vec<&str> = linears
@@ -238,6 +240,7 @@ impl Plan {
             layout,
             linears,
             input_amax,
+            input_amax_exact,
             weight_stats,
             weight_check,
             units,
@@ -515,10 +518,12 @@ fn kv_units(
                 shape: vec![],
             },
         ];
-        let values = vec![
-            fp8_scale(k, options.numerics),
-            fp8_scale(v, options.numerics),
-        ];
+        // Scales recovered exactly from an export are written back unchanged.
+        let exact = s.map(|s| s.kv_cache_amax_exact).unwrap_or_default();
+        let scale = |amax: f32, exact: Option<f64>| {
+            exact.map_or(fp8_scale(amax, options.numerics), |x| (x / 448.0) as f32)
+        };
+        let values = vec![scale(k, exact.0), scale(v, exact.1)];
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], outs);
     }
     if !missing.is_empty() {

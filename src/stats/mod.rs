@@ -14,6 +14,7 @@
 //! [`BlockAmax`] handles, decoded by the worker that quantizes that weight.
 
 mod blocks;
+pub mod exported;
 pub mod foreign;
 pub mod gguf;
 pub mod imatrix;
@@ -54,6 +55,9 @@ pub enum WeightAmax {
 pub struct ModuleStats {
     /// max |x| over the calibration inputs of the linear.
     pub input_amax: Option<f32>,
+    /// The input amax recovered exactly from an exported scale (`input_scale × bound`, held in
+    /// f64): converting with it writes the same scale bytes (`docs/stats-formats.md` §7.6).
+    pub input_amax_exact: Option<f64>,
     /// Per-input-channel max |x| (`[in]`).
     pub input_amax_ch: Option<Vec<f32>>,
     /// Per-input-channel sum of x² over the tokens that reached the module (`[in]`).
@@ -70,6 +74,8 @@ pub struct ModuleStats {
     pub k_cache_amax: Option<f32>,
     /// V-cache amax of an attention block.
     pub v_cache_amax: Option<f32>,
+    /// K/V-cache amax recovered exactly from exported `k_scale` / `v_scale` (f64).
+    pub kv_cache_amax_exact: (Option<f64>, Option<f64>),
 }
 
 /// What an importer needs to know about the model to place foreign names: its module names
@@ -111,6 +117,8 @@ pub enum StatsFormat {
     TorchPt,
     /// A llama.cpp importance matrix (legacy `.dat` or GGUF).
     Imatrix,
+    /// The scales of an already exported checkpoint (a directory).
+    Exported,
 }
 
 impl StatsFormat {
@@ -121,6 +129,7 @@ impl StatsFormat {
             StatsFormat::Native => "shardquant",
             StatsFormat::TorchPt => "torch",
             StatsFormat::Imatrix => "imatrix",
+            StatsFormat::Exported => "exported",
         }
     }
 
@@ -140,6 +149,9 @@ impl StatsFormat {
 /// Detects a statistics file's format from its first bytes.
 pub fn detect_format(path: &Path) -> Result<StatsFormat> {
     use std::io::Read;
+    if path.is_dir() {
+        return Ok(StatsFormat::Exported);
+    }
     let mut head = [0u8; 9];
     let mut file = std::fs::File::open(path).map_err(|e| {
         Error::io("opening statistics file", path, e).with_hint("check the --stats path")
@@ -220,6 +232,7 @@ impl ActivationStats {
                     foreign::import_pt(path, layout, model, weights, &mut stats)?
                 }
                 StatsFormat::Imatrix => foreign::import_imatrix(path, layout, model, &mut stats)?,
+                StatsFormat::Exported => exported::import_exported(path, model, &mut stats)?,
             }
             stats.sources.push(path.clone());
         }
@@ -325,6 +338,25 @@ impl ActivationStats {
             entry.token_count = Some(entry.token_count.unwrap_or(0) + n);
         }
         Ok(())
+    }
+
+    /// Merges an input amax recovered exactly from an exported scale.
+    pub fn merge_input_exact(&mut self, module: &str, amax: f64) {
+        self.merge_input(module, amax as f32);
+        let entry = self.modules.entry(module.to_string()).or_default();
+        entry.input_amax_exact = Some(entry.input_amax_exact.map_or(amax, |a| a.max(amax)));
+    }
+
+    /// Merges a K/V-cache amax recovered exactly from an exported scale.
+    pub fn merge_kv_exact(&mut self, module: &str, is_k: bool, amax: f64) {
+        self.merge_kv(module, is_k, amax as f32);
+        let entry = self.modules.entry(module.to_string()).or_default();
+        let slot = if is_k {
+            &mut entry.kv_cache_amax_exact.0
+        } else {
+            &mut entry.kv_cache_amax_exact.1
+        };
+        *slot = Some(slot.map_or(amax, |a| a.max(amax)));
     }
 
     /// Merges a KV-cache amax into an attention module's entry.
