@@ -34,6 +34,7 @@ pub mod options;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod pyjson_text;
 pub mod quant;
 pub mod stats;
 pub mod stats_cmd;

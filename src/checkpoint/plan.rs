@@ -310,9 +310,9 @@ pub(super) fn format_index(
     out.push_str("  },\n  \"weight_map\": {");
     for (k, (name, file)) in entries.iter().enumerate() {
         out.push_str(if k == 0 { "\n    " } else { ",\n    " });
-        push_py_json_str(&mut out, name);
+        crate::pyjson_text::push_py_json_str(&mut out, name);
         out.push_str(": ");
-        push_py_json_str(&mut out, file);
+        crate::pyjson_text::push_py_json_str(&mut out, file);
     }
     out.push_str(if entries.is_empty() {
         "}\n}\n"
@@ -354,28 +354,4 @@ fn alignment(dtype: Dtype) -> usize {
 /// `model-00001-of-00003.safetensors` for shard `i` (0-based) of `n`.
 fn shard_name(i: usize, n: usize) -> String {
     format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
-}
-
-/// Appends `s` as a JSON string the way Python's `json.dumps` (with `ensure_ascii=True`) does.
-fn push_py_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{:04x}", u));
-                }
-            }
-        }
-    }
-    out.push('"');
 }
