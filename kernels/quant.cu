@@ -217,3 +217,26 @@ extern "C" __global__ void fp8_quantize(const u8* __restrict__ src, int dtype, u
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = e4m3_from_f32(round_to(dtype, __fdiv_rn(load_elem(src, dtype, i), divisor)));
 }
+
+// ---- FP8 block-scaled source weights (fp8_block.rs dequantize_fp8_block) ----
+// y = f32(fp8[r, c]) * scale_inv[r / 128, c / 128], stored as BF16 (rounded) or F32.
+extern "C" __global__ void fp8_block_dequant(const u8* __restrict__ fp8, const float* __restrict__ scale_inv, u64 rows, u64 cols,
+                                             int to_bf16, u8* __restrict__ out) {
+    u64 scols = (cols + 127) / 128;
+    u64 n = rows * cols;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        u64 r = i / cols, c = i % cols;
+        float y = __fmul_rn(e4m3_to_f32(fp8[i]), scale_inv[(r / 128) * scols + c / 128]);
+        if (to_bf16) {
+            u32 b = f32_bits(bf16_round(y)) >> 16;
+            out[2 * i] = (u8)(b & 0xFF);
+            out[2 * i + 1] = (u8)(b >> 8);
+        } else {
+            u32 b = f32_bits(y);
+            out[4 * i] = (u8)(b & 0xFF);
+            out[4 * i + 1] = (u8)((b >> 8) & 0xFF);
+            out[4 * i + 2] = (u8)((b >> 16) & 0xFF);
+            out[4 * i + 3] = (u8)(b >> 24);
+        }
+    }
+}

@@ -5,7 +5,7 @@ use crate::checkpoint::parse_size;
 use crate::error::{Error, Result};
 use crate::gpu::DeviceChoice;
 use crate::options::{Options, Scope, WeightAmaxMode};
-use crate::quant::{Numerics, QuantFormat};
+use crate::quant::{DequantPrecision, Numerics, QuantFormat};
 use crate::stats::StatsFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -208,6 +208,14 @@ pub struct PlanArgs {
     /// calibrated expert's own.
     #[arg(long, value_enum, default_value = "layer-max")]
     pub expert_input_amax: ExpertAmaxArg,
+    /// Precision of FP8 block-scaled source weights once dequantized: bf16 (as ModelOpt's
+    /// DeepSeek calibration saw them) or f32.
+    #[arg(long, value_parser = ["bf16", "f32"], default_value = "bf16")]
+    pub fp8_dequant: String,
+    /// Leave FP8 source tensors that stay unquantized in FP8 with their block scales (default:
+    /// written dequantized).
+    #[arg(long)]
+    pub keep_fp8_source: bool,
     /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
     #[arg(long, value_enum, default_value = "none")]
     pub kv_cache: KvCacheArg,
@@ -305,6 +313,12 @@ impl PlanArgs {
             ScopeArg::Experts => Scope::Experts,
         };
         o.kv_cache_fp8 = matches!(self.kv_cache, KvCacheArg::Fp8);
+        o.fp8_dequant = if self.fp8_dequant == "f32" {
+            DequantPrecision::F32
+        } else {
+            DequantPrecision::Bf16
+        };
+        o.keep_fp8_source = self.keep_fp8_source;
         o.uncalibrated_experts = match self.uncalibrated_experts {
             UncalibratedArg::PeerMax => UncalibratedExperts::PeerMax,
             UncalibratedArg::Error => UncalibratedExperts::Error,

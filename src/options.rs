@@ -2,7 +2,7 @@
 
 use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
 use crate::gpu::DeviceChoice;
-use crate::quant::{Numerics, QuantFormat};
+use crate::quant::{DequantPrecision, Numerics, QuantFormat};
 use crate::stats::StatsFormat;
 use std::path::PathBuf;
 
@@ -78,6 +78,10 @@ pub struct Options {
     pub expert_input_amax: ExpertInputAmax,
     /// Read every statistics file as this format instead of detecting it.
     pub stats_format: Option<StatsFormat>,
+    /// Precision of FP8 block-scaled source weights once dequantized.
+    pub fp8_dequant: DequantPrecision,
+    /// Leave unquantized FP8 source tensors in FP8 with their block scales (instead of BF16).
+    pub keep_fp8_source: bool,
 }
 
 impl Options {
@@ -103,6 +107,8 @@ impl Options {
             uncalibrated_experts: UncalibratedExperts::PeerMax,
             expert_input_amax: ExpertInputAmax::LayerMax,
             stats_format: None,
+            fp8_dequant: DequantPrecision::Bf16,
+            keep_fp8_source: false,
         }
     }
 }

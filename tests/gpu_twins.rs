@@ -10,6 +10,7 @@ use shardquant::calib::backend::{CpuCompute, UnitCompute};
 use shardquant::gpu::{DeviceChoice, Gpu, GpuPool};
 use shardquant::options::Options;
 use shardquant::quant::{Numerics, QuantFormat, SourceDtype};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 fn gpu() -> Option<Arc<Gpu>> {
@@ -65,9 +66,9 @@ fn both<'a, R: PartialEq + std::fmt::Debug>(
     f: impl Fn(&mut dyn UnitCompute<'a>) -> R,
 ) -> (R, R) {
     let mut cpu = CpuCompute::default();
-    cpu.load(vec![(w, dtype)]).unwrap();
+    cpu.load(vec![(Cow::Borrowed(w), dtype)]).unwrap();
     let mut gpu = pool.compute();
-    gpu.load(vec![(w, dtype)]).unwrap();
+    gpu.load(vec![(Cow::Borrowed(w), dtype)]).unwrap();
     (f(&mut cpu), f(&mut gpu))
 }
 
@@ -139,6 +140,50 @@ fn kernels_match_the_cpu_bit_for_bit() {
                         a == b,
                         "fp8 {dtype:?} {rows}x{cols} {numerics:?} amax {ws_amax}"
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fp8_block_dequantization_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 1, 4 << 20).unwrap();
+    for (k, &(rows, cols)) in [(200usize, 144usize), (128, 128), (1, 16), (300, 1000)]
+        .iter()
+        .enumerate()
+    {
+        let mut state = 99 + k as u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // All FP8 codes, NaN ones included, and scales over a wide range.
+        let fp8: Vec<u8> = (0..rows * cols).map(|_| next() as u8).collect();
+        let (sr, sc) = shardquant::quant::scale_inv_shape(rows, cols);
+        let scales: Vec<u8> = (0..sr * sc)
+            .flat_map(|i| (2f32.powi((i % 30) as i32 - 20) * 1.3).to_le_bytes())
+            .collect();
+        for precision in [
+            shardquant::quant::DequantPrecision::Bf16,
+            shardquant::quant::DequantPrecision::F32,
+        ] {
+            let mut cpu = CpuCompute::default();
+            let a = cpu
+                .dequant_fp8(&fp8, &scales, rows, cols, precision)
+                .unwrap();
+            let b = pool
+                .compute()
+                .dequant_fp8(&fp8, &scales, rows, cols, precision)
+                .unwrap();
+            // NaN inputs (0x7F / 0xFF) stay NaN on both; compare everything else bit for bit.
+            let size = precision.dtype().size();
+            for (i, (x, y)) in a.chunks(size).zip(b.chunks(size)).enumerate() {
+                if fp8[i] & 0x7F != 0x7F {
+                    assert_eq!(x, y, "{rows}x{cols} {precision:?} element {i}");
                 }
             }
         }

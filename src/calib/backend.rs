@@ -3,12 +3,22 @@
 //! to compute lives in the pipeline's worker and is shared by both.
 
 use crate::error::Result;
-use crate::quant::{self, Numerics, SourceDtype};
+use crate::quant::{self, DequantPrecision, Numerics, SourceDtype};
+use std::borrow::Cow;
 
 /// The numeric kernels of one unit of work, over the unit's member weights.
 pub trait UnitCompute<'a> {
     /// Makes the members' weights available (a GPU uploads them); called once per unit.
-    fn load(&mut self, weights: Vec<(&'a [u8], SourceDtype)>) -> Result<()>;
+    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()>;
+    /// Dequantizes an FP8 block-scaled weight (see [`quant::dequantize_fp8_block`]).
+    fn dequant_fp8(
+        &mut self,
+        fp8: &[u8],
+        scale_inv: &[u8],
+        rows: usize,
+        cols: usize,
+        precision: DequantPrecision,
+    ) -> Result<Vec<u8>>;
     /// max |W| of member `m`, or the index of its first NaN / infinite element.
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>>;
     /// Dynamic NVFP4 of member `m` (see [`quant::quantize_nvfp4`]).
@@ -41,17 +51,30 @@ pub trait UnitCompute<'a> {
 /// The CPU reference path: calls the kernels of [`crate::quant`] directly.
 #[derive(Default)]
 pub struct CpuCompute<'a> {
-    weights: Vec<(&'a [u8], SourceDtype)>,
+    weights: Vec<(Cow<'a, [u8]>, SourceDtype)>,
 }
 
 impl<'a> UnitCompute<'a> for CpuCompute<'a> {
-    fn load(&mut self, weights: Vec<(&'a [u8], SourceDtype)>) -> Result<()> {
+    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()> {
         self.weights = weights;
         Ok(())
     }
 
+    fn dequant_fp8(
+        &mut self,
+        fp8: &[u8],
+        scale_inv: &[u8],
+        rows: usize,
+        cols: usize,
+        precision: DequantPrecision,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; rows * cols * precision.dtype().size()];
+        quant::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
+        Ok(out)
+    }
+
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {
-        let (src, dtype) = self.weights[m];
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         Ok(quant::amax(src, dtype))
     }
 
@@ -64,7 +87,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (src, dtype) = self.weights[m];
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         quant::quantize_nvfp4(src, dtype, rows, cols, ws2, packed, scales);
         Ok(())
     }
@@ -80,14 +103,14 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<f32> {
-        let (src, dtype) = self.weights[m];
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         Ok(quant::quantize_nvfp4_static(
             src, dtype, rows, cols, blocks, global, numerics, packed, scales,
         ))
     }
 
     fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()> {
-        let (src, dtype) = self.weights[m];
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         quant::quantize_fp8(src, dtype, scale, numerics, out);
         Ok(())
     }

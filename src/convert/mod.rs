@@ -74,7 +74,15 @@ pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
 pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, Plan)> {
     let ckpt = Checkpoint::open(input)?;
     let (config_text, config) = read_config(input)?;
-    if config.get("quantization_config").is_some() || input.join("hf_quant_config.json").exists() {
+    // An FP8 block-scaled source (DeepSeek-V3 style) is converted; any other quantized input is
+    // refused: its weights are not the original ones.
+    let fp8_block_source = config.get("quantization_config").is_some_and(|q| {
+        q.get("quant_method").and_then(|m| m.as_str()) == Some("fp8")
+            && q.get("weight_block_size").is_some()
+    });
+    if (config.get("quantization_config").is_some() && !fp8_block_source)
+        || input.join("hf_quant_config.json").exists()
+    {
         return Err(Error::bad_input(format!(
             "{}: this checkpoint is already quantized (config.json has quantization_config)",
             input.display()
@@ -180,14 +188,11 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
     };
     // Each slot holds one unit's weights on the GPU (about 2.2x that with outputs) and twice
     // that in pinned host memory: bound both by the memory options.
-    let largest = plan
-        .units
-        .iter()
-        .filter(|u| matches!(u.job, crate::plan::Job::Quantize(_)))
-        .map(|u| {
-            u.reads
+    let largest = (0..plan.units.len())
+        .map(|i| {
+            crate::pipeline::worker::compute_bytes(plan, i)
                 .iter()
-                .map(|r| r.2.next_multiple_of(256))
+                .map(|n| n.next_multiple_of(256))
                 .sum::<usize>()
         })
         .max()

@@ -54,6 +54,8 @@ fn options_json(options: &Options) -> serde_json::Value {
         "scope": options.scope.name(),
         "exclude": options.excludes,
         "kv_cache": if options.kv_cache_fp8 { "fp8" } else { "none" },
+        "fp8_dequant": options.fp8_dequant.name(),
+        "keep_fp8_source": options.keep_fp8_source,
     })
 }
 
@@ -131,6 +133,8 @@ impl Report {
                 "quantized_linears": plan.quantized_count(),
                 "unquantized_linears": plan.linears.len() - plan.quantized_count(),
                 "passthrough_tensors": plan.classified.passthrough.len(),
+                "fp8_source_linears": plan.linears.iter().filter(|l| l.source.fp8_scale.is_some()).count(),
+                "fp8_source_unquantized": plan.classified.fp8_other.len(),
                 "units": plan.units.len(),
             },
             "timings_s": {

@@ -31,6 +31,7 @@ pub struct Gpu {
     pub(crate) nvfp4_static_scales: CudaFunction,
     pub(crate) nvfp4_pack: CudaFunction,
     pub(crate) fp8_quantize: CudaFunction,
+    pub(crate) fp8_block_dequant: CudaFunction,
 }
 
 /// Runs `f`, turning a panic into an error message without printing it.
@@ -157,6 +158,7 @@ impl Gpu {
             nvfp4_static_scales: f("nvfp4_static_scales")?,
             nvfp4_pack: f("nvfp4_pack")?,
             fp8_quantize: f("fp8_quantize")?,
+            fp8_block_dequant: f("fp8_block_dequant")?,
             _module: module,
             ctx,
             ordinal,

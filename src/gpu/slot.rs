@@ -11,8 +11,9 @@ use super::Gpu;
 use crate::calib::backend::UnitCompute;
 use crate::error::{Error, Result};
 use crate::quant::codec::E2M1_MAX;
-use crate::quant::{self, Numerics, SourceDtype};
+use crate::quant::{self, DequantPrecision, Numerics, SourceDtype};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use std::borrow::Cow;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Member weights start at multiples of this in the staging buffers (aligned loads).
@@ -139,7 +140,7 @@ pub struct GpuCompute<'p, 'a> {
     pool: &'p GpuPool,
     slot: Option<Slot>,
     /// (offset in the staging buffer, weights, dtype)
-    members: Vec<(usize, &'a [u8], SourceDtype)>,
+    members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
 }
 
 impl Drop for GpuCompute<'_, '_> {
@@ -217,21 +218,22 @@ impl GpuCompute<'_, '_> {
 }
 
 impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
-    fn load(&mut self, weights: Vec<(&'a [u8], SourceDtype)>) -> Result<()> {
+    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()> {
         let capacity = self.pool.capacity;
         let mut offset = 0;
         self.members.clear();
         for (bytes, dtype) in weights {
+            let len = bytes.len();
             self.members.push((offset, bytes, dtype));
-            offset += bytes.len().next_multiple_of(ALIGN);
+            offset += len.next_multiple_of(ALIGN);
         }
         if offset > capacity {
             return Err(Error::other(format!(
                 "GPU: a unit of {offset} bytes does not fit a slot of {capacity}"
             )));
         }
-        let members = self.members.clone();
-        let slot = self.slot();
+        let members = std::mem::take(&mut self.members);
+        let slot = self.slot.as_mut().expect("slot");
         slot.stream
             .context()
             .bind_to_thread()
@@ -244,20 +246,89 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             // The page faults of the mapping happen here, on the worker thread.
             host[*off..*off + bytes.len()].copy_from_slice(bytes);
         }
-        slot.stream
+        let result = slot
+            .stream
             .memcpy_htod(&host[..offset], &mut slot.dev_in.slice_mut(..offset))
-            .map_err(|e| cuda("copy to GPU", e))
+            .map_err(|e| cuda("copy to GPU", e));
+        self.members = members;
+        result
+    }
+
+    fn dequant_fp8(
+        &mut self,
+        fp8: &[u8],
+        scale_inv: &[u8],
+        rows: usize,
+        cols: usize,
+        precision: DequantPrecision,
+    ) -> Result<Vec<u8>> {
+        let out_len = rows * cols * precision.dtype().size();
+        let scales: Vec<f32> = scale_inv
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if out_len > self.pool.capacity
+            || fp8.len() > self.pool.capacity
+            || scales.len() > self.pool.capacity / 32
+        {
+            // Too large for the slot: the CPU twin gives the same bytes.
+            let mut out = vec![0u8; out_len];
+            quant::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
+            return Ok(out);
+        }
+        let gpu = self.pool.gpu.clone();
+        let (r, c, to_bf16) = (
+            rows as u64,
+            cols as u64,
+            i32::from(precision == DequantPrecision::Bf16),
+        );
+        let slot = self.slot();
+        slot.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| cuda("binding the context", e))?;
+        let host = slot
+            .host_in
+            .as_mut_slice()
+            .map_err(|e| cuda("staging", e))?;
+        host[..fp8.len()].copy_from_slice(fp8);
+        slot.stream
+            .memcpy_htod(&host[..fp8.len()], &mut slot.dev_in.slice_mut(..fp8.len()))
+            .map_err(|e| cuda("copy to GPU", e))?;
+        slot.stream
+            .memcpy_htod(&scales, &mut slot.dev_blocks.slice_mut(..scales.len()))
+            .map_err(|e| cuda("copy to GPU", e))?;
+        // SAFETY: rows*cols FP8 bytes and their block scales are read; out_len bytes are written.
+        unsafe {
+            slot.stream
+                .launch_builder(&gpu.fp8_block_dequant)
+                .arg(&slot.dev_in)
+                .arg(&slot.dev_blocks)
+                .arg(&r)
+                .arg(&c)
+                .arg(&to_bf16)
+                .arg(&mut slot.dev_out)
+                .launch(grid_stride(rows * cols))
+        }
+        .map_err(|e| cuda("fp8 dequant kernel", e))?;
+        let mut out = vec![0u8; out_len];
+        self.fetch(out_len, &mut out, None)?;
+        Ok(out)
     }
 
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {
-        let (off, bytes, dtype) = self.members[m];
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
         let gpu = self.pool.gpu.clone();
         let slot = self.slot();
         slot.stream
             .memset_zeros(&mut slot.dev_amax)
             .map_err(|e| cuda("memset", e))?;
-        let n = (bytes.len() / dtype.size()) as u64;
-        let src = slot.dev_in.slice(off..off + bytes.len());
+        let n = (len / dtype.size()) as u64;
+        let src = slot.dev_in.slice(off..off + len);
         let func = if dtype == SourceDtype::F32 {
             &gpu.amax32
         } else {
@@ -292,7 +363,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             Ok(Ok(value))
         } else {
             // Rare error path: the CPU finds the first bad element for the message.
-            Ok(quant::amax(bytes, dtype))
+            Ok(quant::amax(&self.members[m].1, dtype))
         }
     }
 
@@ -305,13 +376,17 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (off, bytes, dtype) = self.members[m];
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
         let gpu = self.pool.gpu.clone();
         let nblocks = (rows * cols / 16) as u64;
         let six_ws2 = E2M1_MAX * ws2;
         let code = dtype_code(dtype);
         let slot = self.slot();
-        let src = slot.dev_in.slice(off..off + bytes.len());
+        let src = slot.dev_in.slice(off..off + len);
         // SAFETY: nblocks 16-element blocks are read from `src`; nblocks*8 packed bytes and
         // nblocks scale bytes are written, within the slot's buffers (checked in load).
         unsafe {
@@ -341,7 +416,11 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<f32> {
-        let (off, bytes, dtype) = self.members[m];
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
         let gpu = self.pool.gpu.clone();
         let nblocks = (rows * cols / 16) as u64;
         let ws2 = quant::nvfp4_global_scale(global, numerics);
@@ -366,7 +445,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
                 .launch(per_block(nblocks as usize))
         }
         .map_err(|e| cuda("nvfp4 static scale kernel", e))?;
-        let src = slot.dev_in.slice(off..off + bytes.len());
+        let src = slot.dev_in.slice(off..off + len);
         // SAFETY: as in `nvfp4`.
         unsafe {
             slot.stream
@@ -386,16 +465,20 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
     }
 
     fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()> {
-        let (off, bytes, dtype) = self.members[m];
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
         let gpu = self.pool.gpu.clone();
-        let n = (bytes.len() / dtype.size()) as u64;
+        let n = (len / dtype.size()) as u64;
         let divisor = match numerics {
             Numerics::ModeloptCpu => scale,
             Numerics::ModeloptCuda => dtype.round(scale),
         };
         let code = dtype_code(dtype);
         let slot = self.slot();
-        let src = slot.dev_in.slice(off..off + bytes.len());
+        let src = slot.dev_in.slice(off..off + len);
         // SAFETY: n elements are read and n bytes written.
         unsafe {
             slot.stream

@@ -117,7 +117,7 @@ fn compute_unit(
 ) -> Result<UnitResult> {
     let unit = &plan.units[i];
     match gpu {
-        Some(pool) if worker::is_compute(plan, i) && pool.fits(unit.reads.iter().map(|r| r.2)) => {
+        Some(pool) if worker::is_compute(plan, i) && pool.fits(worker::compute_bytes(plan, i)) => {
             gpu_units.fetch_add(1, Ordering::Relaxed);
             // Fault the pages in before taking a GPU slot, so slots are held for copies and
             // kernels, not for disk reads.

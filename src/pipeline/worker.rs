@@ -7,6 +7,7 @@ use crate::options::Options;
 use crate::plan::{Job, Linear, Plan, Unit};
 use crate::quant::{self, QuantFormat};
 use crate::stats::WeightAmax;
+use std::borrow::Cow;
 
 /// Bytes of one output tensor.
 #[derive(Debug)]
@@ -80,6 +81,20 @@ pub fn execute<'a>(
             Vec::new(),
         ),
         Job::Quantize(members) => quantize_group(plan, ckpt, options, members, compute)?,
+        Job::Dequant { tensor, scale } => {
+            let (t, sc) = (&ckpt.tensors()[*tensor], &ckpt.tensors()[*scale]);
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let mut out = vec![0u8; rows * cols * options.fp8_dequant.dtype().size()];
+            quant::dequantize_fp8_block(
+                ckpt.bytes(t),
+                ckpt.bytes(sc),
+                rows,
+                cols,
+                options.fp8_dequant,
+                &mut out,
+            );
+            (vec![Payload::Owned(out)], Vec::new())
+        }
     };
     debug_assert_eq!(payloads.len(), unit.outputs.len());
     Ok(UnitResult {
@@ -87,6 +102,21 @@ pub fn execute<'a>(
         payloads,
         summary,
     })
+}
+
+/// The weight bytes the kernels of a unit see, one entry per member (dequantized size for FP8
+/// sources): what a GPU slot must hold.
+pub fn compute_bytes(plan: &Plan, index: usize) -> Vec<usize> {
+    match &plan.units[index].job {
+        Job::Quantize(members) => members
+            .iter()
+            .map(|&i| {
+                let s = &plan.linears[i].source;
+                s.rows * s.cols * s.dtype.size()
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Whether a unit has numeric work (and so may use a GPU slot).
@@ -134,15 +164,26 @@ fn quantize_group<'a>(
     members: &[usize],
     compute: &mut dyn UnitCompute<'a>,
 ) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
-    let weights = members
-        .iter()
-        .map(|&i| {
-            (
-                weight_bytes(ckpt, &plan.linears[i]),
-                plan.linears[i].source.dtype,
-            )
-        })
-        .collect();
+    let mut weights = Vec::with_capacity(members.len());
+    for &i in members {
+        let l = &plan.linears[i];
+        let bytes = weight_bytes(ckpt, l);
+        let data = match l.source.fp8_scale {
+            // FP8 block-scaled source: dequantized first (on the GPU when there is one).
+            Some(scale) => {
+                let scale_bytes = ckpt.bytes(&ckpt.tensors()[scale]);
+                Cow::Owned(compute.dequant_fp8(
+                    bytes,
+                    scale_bytes,
+                    l.source.rows,
+                    l.source.cols,
+                    options.fp8_dequant,
+                )?)
+            }
+            None => Cow::Borrowed(bytes),
+        };
+        weights.push((data, l.source.dtype));
+    }
     compute.load(weights)?;
     let amaxes = members
         .iter()

@@ -23,16 +23,21 @@ pub struct WeightSource {
     pub rows: usize,
     /// Input features.
     pub cols: usize,
-    /// Element type.
+    /// Element type the kernels see (for an FP8-block source: the dequantized type).
     pub dtype: SourceDtype,
     /// Whether the matrix is a slice of a fused multi-expert tensor.
     pub fused: bool,
+    /// For an FP8 block-scaled source: the index of its `weight_scale_inv` tensor.
+    pub fp8_scale: Option<usize>,
 }
 
 impl WeightSource {
-    /// Byte length of the matrix.
+    /// Byte length of the stored matrix (one byte per element for FP8).
     pub fn byte_len(&self) -> usize {
-        self.rows * self.cols * self.dtype.size()
+        match self.fp8_scale {
+            Some(_) => self.rows * self.cols,
+            None => self.rows * self.cols * self.dtype.size(),
+        }
     }
 }
 
@@ -72,6 +77,11 @@ pub struct Classified {
     pub mtp_layers: Vec<usize>,
     /// `--exclude` patterns that matched no module.
     pub unused_excludes: Vec<String>,
+    /// FP8 block-scaled weights that are not quantized linears: (weight, its `weight_scale_inv`),
+    /// written dequantized unless `--keep-fp8-source`.
+    pub fp8_other: Vec<(usize, usize)>,
+    /// `weight_scale_inv` tensors consumed by the FP8 weights they scale.
+    pub fp8_scales: Vec<usize>,
     /// Notes for the user (tensors under layers the layout does not describe).
     pub warnings: Vec<String>,
     /// Problems that stop the conversion (reported together in pre-flight).
@@ -145,6 +155,12 @@ pub fn classify(
                 continue;
             }
         }
+        if let Some(weight) = t.name.strip_suffix("_scale_inv") {
+            if ckpt.get(weight).is_some_and(|w| w.dtype == Dtype::F8_E4M3) {
+                out.fp8_scales.push(idx);
+                continue;
+            }
+        }
         let is_router = layout.experts.as_ref().is_some_and(|e| {
             t.name
                 .strip_suffix(".weight")
@@ -166,6 +182,11 @@ pub fn classify(
                 }
                 out.linears.extend(linears);
             }
+            None if t.dtype == Dtype::F8_E4M3 => match fp8_scale_of(ckpt, idx) {
+                Ok(Some(scale)) => out.fp8_other.push((idx, scale)),
+                Ok(None) => out.passthrough.push(idx),
+                Err(problem) => out.problems.push(problem),
+            },
             None => {
                 out.passthrough.push(idx);
                 if layer.is_some() && !is_router {
@@ -229,7 +250,7 @@ fn linear_of(
             return None;
         };
     let excluded = ex.reason(module, role);
-    let source = match matrix_source(ckpt, idx) {
+    let source = match matrix_source(ckpt, idx, ex.options) {
         Ok(source) => source,
         Err(problem) => {
             if excluded.is_some() {
@@ -318,6 +339,7 @@ fn fused_linears(
                 cols,
                 dtype,
                 fused: true,
+                fp8_scale: None,
             };
             let excluded = ex.reason(&module, Role::Expert);
             if excluded.is_none() {
@@ -337,10 +359,65 @@ fn fused_linears(
     Some(linears)
 }
 
-fn matrix_source(ckpt: &Checkpoint, idx: usize) -> std::result::Result<WeightSource, String> {
+/// The `weight_scale_inv` of an FP8 weight, checked: F32 `[ceil(rows/128), ceil(cols/128)]`.
+/// `Ok(None)` for an FP8 tensor without one that is not 2-D (passed through as it is).
+fn fp8_scale_of(ckpt: &Checkpoint, idx: usize) -> std::result::Result<Option<usize>, String> {
+    let t = &ckpt.tensors()[idx];
+    let file = ckpt.shards()[t.shard].path.display();
+    let scale_name = format!("{}_scale_inv", t.name);
+    let Some(scale) = ckpt.get(&scale_name) else {
+        if t.shape.len() != 2 {
+            return Ok(None);
+        }
+        return Err(format!(
+            "{file}: tensor '{}' is FP8 but has no '{scale_name}': only FP8 sources with 128x128 block scales \
+             (DeepSeek-V3 style) are supported",
+            t.name
+        ));
+    };
+    let &[rows, cols] = t.shape.as_slice() else {
+        return Err(format!(
+            "{file}: FP8 tensor '{}' should be 2-D, has shape {:?}",
+            t.name, t.shape
+        ));
+    };
+    let (sr, sc) = crate::quant::scale_inv_shape(rows, cols);
+    if scale.dtype != Dtype::F32 || scale.shape != [sr, sc] {
+        return Err(format!(
+            "{file}: '{scale_name}' should be F32 [{sr}, {sc}] for a [{rows}, {cols}] weight (128x128 blocks), is {:?} {:?}",
+            scale.dtype, scale.shape
+        ));
+    }
+    let index = ckpt
+        .tensors()
+        .iter()
+        .position(|e| e.name == scale_name)
+        .unwrap_or(0);
+    Ok(Some(index))
+}
+
+fn matrix_source(
+    ckpt: &Checkpoint,
+    idx: usize,
+    options: &Options,
+) -> std::result::Result<WeightSource, String> {
     let t = &ckpt.tensors()[idx];
     let file = ckpt.shards()[t.shard].path.display();
     let module = t.name.trim_end_matches(".weight");
+    if t.dtype == Dtype::F8_E4M3 {
+        let scale = fp8_scale_of(ckpt, idx)?
+            .ok_or_else(|| format!("{file}: FP8 tensor '{}' is not a 2-D weight", t.name))?;
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        return Ok(WeightSource {
+            tensor: idx,
+            offset: 0,
+            rows,
+            cols,
+            dtype: options.fp8_dequant.dtype(),
+            fused: false,
+            fp8_scale: Some(scale),
+        });
+    }
     let Some(dtype) = source_dtype(t.dtype) else {
         return Err(format!(
             "{file}: tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32 \
@@ -361,6 +438,7 @@ fn matrix_source(ckpt: &Checkpoint, idx: usize) -> std::result::Result<WeightSou
         cols,
         dtype,
         fused: false,
+        fp8_scale: None,
     })
 }
 

@@ -36,6 +36,13 @@ pub enum Job {
     },
     /// Write precomputed f32 scalars (KV-cache scales).
     Scalars(Vec<f32>),
+    /// Write an FP8 block-scaled tensor dequantized (it stays unquantized).
+    Dequant {
+        /// The FP8 weight (index into [`Checkpoint::tensors`]).
+        tensor: usize,
+        /// Its `weight_scale_inv`.
+        scale: usize,
+    },
 }
 
 /// One unit of work and the output tensors it produces.
@@ -420,9 +427,55 @@ fn build_units(
             vec![out],
         );
     }
+    // FP8 block-scaled tensors that stay unquantized: dequantized, or kept with their scales.
+    let fp8_excluded = linears
+        .iter()
+        .filter(|l| l.excluded.is_some())
+        .filter_map(|l| l.source.fp8_scale.map(|sc| (l.source.tensor, sc)));
+    for (t, scale) in classified.fp8_other.iter().copied().chain(fp8_excluded) {
+        let (e, se) = (&ckpt.tensors()[t], &ckpt.tensors()[scale]);
+        if options.keep_fp8_source {
+            for (i, x) in [(t, e), (scale, se)] {
+                let out = OutputTensor {
+                    name: x.name.clone(),
+                    dtype: x.dtype,
+                    shape: x.shape.clone(),
+                };
+                b.push(
+                    (i, 0),
+                    Job::Copy {
+                        tensor: i,
+                        offset: 0,
+                        len: x.len,
+                    },
+                    vec![(i, 0, x.len)],
+                    vec![out],
+                );
+            }
+        } else {
+            let dtype = match options.fp8_dequant {
+                crate::quant::DequantPrecision::Bf16 => Dtype::BF16,
+                crate::quant::DequantPrecision::F32 => Dtype::F32,
+            };
+            let out = OutputTensor {
+                name: e.name.clone(),
+                dtype,
+                shape: e.shape.clone(),
+            };
+            b.push(
+                (t, 0),
+                Job::Dequant { tensor: t, scale },
+                vec![(t, 0, e.len), (scale, 0, se.len)],
+                vec![out],
+            );
+        }
+    }
     // Excluded linears are copied unchanged: whole tensors, or single experts of a fused tensor
     // (written under the per-expert hub name, like every other expert).
-    for l in linears.iter().filter(|l| l.excluded.is_some()) {
+    for l in linears
+        .iter()
+        .filter(|l| l.excluded.is_some() && l.source.fp8_scale.is_none())
+    {
         let s = &l.source;
         let dtype = ckpt.tensors()[s.tensor].dtype;
         let out = OutputTensor {
@@ -470,6 +523,9 @@ fn build_units(
                 });
             }
             reads.push((l.source.tensor, l.source.offset, l.source.byte_len()));
+            if let Some(scale) = l.source.fp8_scale {
+                reads.push((scale, 0, ckpt.tensors()[scale].len));
+            }
         }
         let key = reads.iter().map(|r| r.0).min().unwrap_or(0);
         b.push((key, 0), Job::Quantize(members), reads, outs);

@@ -1,0 +1,174 @@
+//! Dequantization of FP8 block-scaled source weights (DeepSeek-V3/R1, Kimi-K2, Qwen3-FP8):
+//! `y[i, j] = f32(fp8[i, j]) * scale_inv[i / 128, j / 128]` (an f32 product), stored in the
+//! intermediate precision: BF16 by default, as ModelOpt's DeepSeek calibration saw the weights
+//! (`weight_dequant(..., dtype=bfloat16)`), or F32 (its conversion script at HEAD).
+
+use super::codec::{bf16_round, e4m3_to_f32};
+use super::SourceDtype;
+
+/// Side of the square scale blocks.
+pub const FP8_BLOCK: usize = 128;
+
+/// Precision of the dequantized weight (`--fp8-dequant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DequantPrecision {
+    /// Round each product to BF16 (ModelOpt's DeepSeek calibration path; the default).
+    Bf16,
+    /// Keep the f32 product.
+    F32,
+}
+
+impl DequantPrecision {
+    /// The element type of the dequantized weight.
+    pub fn dtype(self) -> SourceDtype {
+        match self {
+            DequantPrecision::Bf16 => SourceDtype::Bf16,
+            DequantPrecision::F32 => SourceDtype::F32,
+        }
+    }
+
+    /// The `--fp8-dequant` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DequantPrecision::Bf16 => "bf16",
+            DequantPrecision::F32 => "f32",
+        }
+    }
+}
+
+/// Shape of the `weight_scale_inv` of a `[rows, cols]` weight: `[ceil(rows/128), ceil(cols/128)]`.
+pub fn scale_inv_shape(rows: usize, cols: usize) -> (usize, usize) {
+    (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK))
+}
+
+/// Dequantizes a row-major FP8 E4M3 weight `[rows, cols]` with its f32 `scale_inv` (little-endian
+/// bytes, shape [`scale_inv_shape`]; partial edge blocks use their block's scale) into `out`
+/// (little-endian BF16 or F32 bytes per `precision`).
+pub fn dequantize_fp8_block(
+    fp8: &[u8],
+    scale_inv: &[u8],
+    rows: usize,
+    cols: usize,
+    precision: DequantPrecision,
+    out: &mut [u8],
+) {
+    let (srows, scols) = scale_inv_shape(rows, cols);
+    assert_eq!(fp8.len(), rows * cols, "fp8 must hold rows*cols bytes");
+    assert_eq!(
+        scale_inv.len(),
+        srows * scols * 4,
+        "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
+    );
+    let size = precision.dtype().size();
+    assert_eq!(
+        out.len(),
+        rows * cols * size,
+        "out must hold rows*cols elements"
+    );
+    let scale = |r: usize, c: usize| {
+        let k = 4 * ((r / FP8_BLOCK) * scols + c / FP8_BLOCK);
+        f32::from_le_bytes([
+            scale_inv[k],
+            scale_inv[k + 1],
+            scale_inv[k + 2],
+            scale_inv[k + 3],
+        ])
+    };
+    for r in 0..rows {
+        for cb in 0..scols {
+            let s = scale(r, cb * FP8_BLOCK);
+            let (c0, c1) = (cb * FP8_BLOCK, ((cb + 1) * FP8_BLOCK).min(cols));
+            for c in c0..c1 {
+                let y = e4m3_to_f32(fp8[r * cols + c]) * s;
+                let o = (r * cols + c) * size;
+                match precision {
+                    DequantPrecision::Bf16 => {
+                        let bits = (bf16_round(y).to_bits() >> 16) as u16;
+                        out[o..o + 2].copy_from_slice(&bits.to_le_bytes());
+                    }
+                    DequantPrecision::F32 => out[o..o + 4].copy_from_slice(&y.to_le_bytes()),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slow reference: the value of every element from the formula, in f64 then f32.
+    fn reference(fp8: &[u8], scales: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let scols = cols.div_ceil(128);
+        let mut out = Vec::new();
+        for r in 0..rows {
+            for c in 0..cols {
+                let b = fp8[r * cols + c];
+                let sign = if b & 0x80 != 0 { -1.0f64 } else { 1.0 };
+                let e = i32::from((b >> 3) & 0xF);
+                let m = f64::from(b & 7);
+                let v = if e == 0 {
+                    m / 8.0 * 2f64.powi(-6)
+                } else {
+                    (1.0 + m / 8.0) * 2f64.powi(e - 7)
+                } * sign;
+                // The product of two f32 values is exact in f64; rounding it once to f32 is the f32 product.
+                out.push((v * f64::from(scales[(r / 128) * scols + c / 128])) as f32);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_formula_with_partial_blocks() {
+        let (rows, cols) = (200, 144);
+        let mut state = 12345u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let fp8: Vec<u8> = (0..rows * cols)
+            .map(|_| (next() as u8) & 0xFE | 0x01)
+            .map(|b| if b & 0x7F == 0x7F { 0x7E } else { b })
+            .collect();
+        let (sr, sc) = scale_inv_shape(rows, cols);
+        assert_eq!((sr, sc), (2, 2));
+        let scales: Vec<f32> = (0..sr * sc)
+            .map(|i| 2f32.powi(i as i32 - 9) * 1.37)
+            .collect();
+        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let want = reference(&fp8, &scales, rows, cols);
+        let mut out = vec![0u8; rows * cols * 4];
+        dequantize_fp8_block(
+            &fp8,
+            &scale_bytes,
+            rows,
+            cols,
+            DequantPrecision::F32,
+            &mut out,
+        );
+        let got: Vec<f32> = out
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let mut out = vec![0u8; rows * cols * 2];
+        dequantize_fp8_block(
+            &fp8,
+            &scale_bytes,
+            rows,
+            cols,
+            DequantPrecision::Bf16,
+            &mut out,
+        );
+        for (i, c) in out.chunks(2).enumerate() {
+            let got = half::bf16::from_le_bytes([c[0], c[1]]);
+            assert_eq!(got, half::bf16::from_f32(want[i]), "element {i}");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! FP8 block-scaled sources (DeepSeek-V3 style): dequantized on the fly and converted in one
+//! pass; checked against a BF16 checkpoint of the same dequantized weights, and end to end with
+//! ModelOpt's DeepSeek amax dumps (fixtures/golden/stats).
+
+mod common;
+
+use common::{fixtures, load_tensors, TempDir};
+use shardquant::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+use shardquant::options::Options;
+use shardquant::quant::{self, DequantPrecision, QuantFormat};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const HIDDEN: usize = 144; // one full 128-block and a partial one
+
+/// (module, rows, cols) of every linear of the tiny DeepSeek-V3-shaped model: layer 0 dense,
+/// layer 1 MoE with 4 routed experts and a shared expert; MLA attention in both.
+fn linears() -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    for l in 0..2 {
+        let a = format!("model.layers.{l}.self_attn");
+        out.push((format!("{a}.q_a_proj"), 96, HIDDEN));
+        out.push((format!("{a}.q_b_proj"), 200, 96));
+        out.push((format!("{a}.kv_a_proj_with_mqa"), 80, HIDDEN));
+        out.push((format!("{a}.kv_b_proj"), 256, 64));
+        out.push((format!("{a}.o_proj"), HIDDEN, 128));
+    }
+    for m in ["gate_proj", "up_proj"] {
+        out.push((format!("model.layers.0.mlp.{m}"), 208, HIDDEN));
+        out.push((format!("model.layers.1.mlp.shared_experts.{m}"), 48, HIDDEN));
+        for e in 0..4 {
+            out.push((format!("model.layers.1.mlp.experts.{e}.{m}"), 48, HIDDEN));
+        }
+    }
+    out.push(("model.layers.0.mlp.down_proj".into(), HIDDEN, 208));
+    out.push((
+        "model.layers.1.mlp.shared_experts.down_proj".into(),
+        HIDDEN,
+        48,
+    ));
+    for e in 0..4 {
+        out.push((
+            format!("model.layers.1.mlp.experts.{e}.down_proj"),
+            HIDDEN,
+            48,
+        ));
+    }
+    out
+}
+
+fn dumps() -> Vec<PathBuf> {
+    [
+        "deepseek.amax_dict_rank0-mp2.pt",
+        "deepseek.amax_dict_rank1-mp2.pt",
+    ]
+    .iter()
+    .map(|f| fixtures().join("golden/stats").join(f))
+    .collect()
+}
+
+/// Weight amax the DeepSeek dumps recorded, by HF module name.
+fn recorded_weight_amax() -> HashMap<String, f32> {
+    let mut out = HashMap::new();
+    for path in dumps() {
+        let (tensors, _) = shardquant::stats::torchfile::read_pt_tensors(&path).unwrap();
+        for t in tensors {
+            if let Some(m) = t.key.strip_suffix(".weight_quantizer._amax") {
+                out.insert(shardquant::stats::torchfile::deepseek_to_hf(m), t.values[0]);
+            }
+        }
+    }
+    out
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// An FP8 weight and its f32 block scales whose dequantized max is exactly `amax` (a bf16
+/// value): element [0, 0] is 448 in the block scaled by f32(amax / 448), everything else is
+/// smaller.
+fn fp8_weight(rows: usize, cols: usize, amax: f32, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let (sr, sc) = quant::scale_inv_shape(rows, cols);
+    let s0 = amax / 448.0;
+    let scales: Vec<f32> = (0..sr * sc)
+        .map(|b| if b == 0 { s0 } else { s0 / (b + 1) as f32 })
+        .collect();
+    let mut w: Vec<u8> = (0..rows * cols)
+        .map(|_| {
+            let code = (rng.next() % 0x7E) as u8; // 0x00..=0x7D: below 448, never NaN
+            code | if rng.next() % 2 == 0 { 0x80 } else { 0 }
+        })
+        .collect();
+    w[0] = 0x7E;
+    (w, scales)
+}
+
+fn bf16_tensor(name: &str, shape: Vec<usize>, rng: &mut Rng) -> (OutputTensor, Vec<u8>) {
+    let n: usize = shape.iter().product();
+    let bytes = (0..n)
+        .flat_map(|_| {
+            half::bf16::from_f32(((rng.next() >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
+                .to_le_bytes()
+        })
+        .collect();
+    (OutputTensor::new(name, Dtype::BF16, shape), bytes)
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    tensors: Vec<(OutputTensor, Vec<u8>)>,
+    quantization_config: Option<serde_json::Value>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (outs, data): (Vec<_>, Vec<_>) = tensors.into_iter().unzip();
+    let plan = ShardPlan::new(outs, 60_000).unwrap();
+    let w = ShardWriter::create(dir, &plan).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        w.write(i, d).unwrap();
+    }
+    w.finish().unwrap();
+    let mut config = serde_json::json!({
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": HIDDEN,
+        "num_hidden_layers": 2, "first_k_dense_replace": 1, "n_routed_experts": 4, "dtype": "bfloat16"
+    });
+    if let Some(q) = quantization_config {
+        config["quantization_config"] = q;
+    }
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Writes the FP8 checkpoint and a BF16 checkpoint holding the same weights dequantized.
+fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let recorded = recorded_weight_amax();
+    let mut rng = Rng(2024);
+    let mut fp8_tensors = Vec::new();
+    let mut bf16_tensors = Vec::new();
+    let mut common_tensors = vec![bf16_tensor(
+        "model.embed_tokens.weight",
+        vec![256, HIDDEN],
+        &mut rng,
+    )];
+    for l in 0..2 {
+        for (n, s) in [
+            ("input_layernorm", HIDDEN),
+            ("post_attention_layernorm", HIDDEN),
+            ("self_attn.q_a_layernorm", 96),
+            ("self_attn.kv_a_layernorm", 64),
+        ] {
+            common_tensors.push(bf16_tensor(
+                &format!("model.layers.{l}.{n}.weight"),
+                vec![s],
+                &mut rng,
+            ));
+        }
+    }
+    common_tensors.push(bf16_tensor(
+        "model.layers.1.mlp.gate.weight",
+        vec![4, HIDDEN],
+        &mut rng,
+    ));
+    let bias: Vec<u8> = [0.1f32, -0.2, 0.3, 0.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    common_tensors.push((
+        OutputTensor::new(
+            "model.layers.1.mlp.gate.e_score_correction_bias",
+            Dtype::F32,
+            vec![4],
+        ),
+        bias,
+    ));
+    common_tensors.push(bf16_tensor("model.norm.weight", vec![HIDDEN], &mut rng));
+    common_tensors.push(bf16_tensor("lm_head.weight", vec![256, HIDDEN], &mut rng));
+    for (module, rows, cols) in linears() {
+        let amax = recorded.get(&module).copied().unwrap_or(0.5);
+        let (w, scales) = fp8_weight(rows, cols, amax, &mut rng);
+        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut dequant = vec![0u8; rows * cols * 2];
+        quant::dequantize_fp8_block(
+            &w,
+            &scale_bytes,
+            rows,
+            cols,
+            DequantPrecision::Bf16,
+            &mut dequant,
+        );
+        let (sr, sc) = quant::scale_inv_shape(rows, cols);
+        fp8_tensors.push((
+            OutputTensor::new(format!("{module}.weight"), Dtype::F8_E4M3, vec![rows, cols]),
+            w,
+        ));
+        fp8_tensors.push((
+            OutputTensor::new(
+                format!("{module}.weight_scale_inv"),
+                Dtype::F32,
+                vec![sr, sc],
+            ),
+            scale_bytes,
+        ));
+        bf16_tensors.push((
+            OutputTensor::new(format!("{module}.weight"), Dtype::BF16, vec![rows, cols]),
+            dequant,
+        ));
+    }
+    let fp8_dir = tmp.join("fp8");
+    let bf16_dir = tmp.join("bf16");
+    let q = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
+    write_checkpoint(
+        &fp8_dir,
+        common_tensors.iter().cloned().chain(fp8_tensors).collect(),
+        Some(q),
+    );
+    write_checkpoint(
+        &bf16_dir,
+        common_tensors.into_iter().chain(bf16_tensors).collect(),
+        None,
+    );
+    (fp8_dir, bf16_dir)
+}
+
+fn options() -> Options {
+    let mut o = Options::new(QuantFormat::Nvfp4);
+    o.stats = dumps();
+    o.quiet = true;
+    o
+}
+
+#[test]
+fn fp8_source_converts_like_its_bf16_dequantization() {
+    let tmp = TempDir::new("fp8src");
+    let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
+    let (a, b) = (tmp.join("from-fp8"), tmp.join("from-bf16"));
+    shardquant::convert::convert(&fp8_dir, &a, &options()).unwrap();
+    shardquant::convert::convert(&bf16_dir, &b, &options()).unwrap();
+    common::assert_same_tensors(&a, &b);
+    let t = load_tensors(&a);
+    assert!(
+        !t.keys().any(|k| k.ends_with("_scale_inv")),
+        "scale_inv tensors vanish"
+    );
+    assert_eq!(t["model.layers.1.mlp.experts.3.gate_proj.weight"].0, "U8");
+    assert_eq!(
+        t["model.layers.1.mlp.gate.e_score_correction_bias"].0,
+        "F32"
+    );
+    // Expert 3 saw no tokens: its input scale is the layer's peer max.
+    assert_eq!(
+        t["model.layers.1.mlp.experts.3.gate_proj.input_scale"].2,
+        t["model.layers.1.mlp.experts.0.gate_proj.input_scale"].2
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["quantization_config"]["quant_method"], "modelopt",
+        "the FP8 config is replaced"
+    );
+    assert_eq!(config["quantization_config"]["quant_algo"], "NVFP4");
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("hf_quant_config.json")).unwrap())
+            .unwrap();
+    let excluded: Vec<&str> = hf["quantization"]["exclude_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        excluded.contains(&"model.layers.1.mlp.gate"),
+        "{excluded:?}"
+    );
+}
+
+#[test]
+fn unquantized_fp8_tensors_are_dequantized_or_kept() {
+    let tmp = TempDir::new("fp8keep");
+    let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
+    let source = load_tensors(&fp8_dir);
+    let dequantized = load_tensors(&bf16_dir);
+    let mut o = options();
+    o.excludes = vec!["*self_attn*".to_string()];
+    shardquant::convert::convert(&fp8_dir, &tmp.join("dq"), &o).unwrap();
+    let t = load_tensors(&tmp.join("dq"));
+    let name = "model.layers.0.self_attn.q_b_proj.weight";
+    assert_eq!(t[name], dequantized[name], "written dequantized in BF16");
+    assert!(!t.contains_key("model.layers.0.self_attn.q_b_proj.weight_scale_inv"));
+    o.keep_fp8_source = true;
+    shardquant::convert::convert(&fp8_dir, &tmp.join("keep"), &o).unwrap();
+    let t = load_tensors(&tmp.join("keep"));
+    assert_eq!(t[name], source[name], "kept in FP8");
+    let scale = "model.layers.0.self_attn.q_b_proj.weight_scale_inv";
+    assert_eq!(t[scale], source[scale]);
+    assert_eq!(t["model.layers.0.mlp.gate_proj.weight"].0, "U8");
+}
+
+#[test]
+fn an_fp8_weight_without_block_scales_is_refused() {
+    let tmp = TempDir::new("fp8noscale");
+    let (fp8_dir, _) = make_checkpoints(&tmp);
+    // Rewrite the checkpoint without one weight_scale_inv.
+    let ckpt = shardquant::checkpoint::Checkpoint::open(&fp8_dir).unwrap();
+    let broken = tmp.join("broken");
+    let tensors: Vec<(OutputTensor, Vec<u8>)> = ckpt
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "model.layers.0.mlp.down_proj.weight_scale_inv")
+        .map(|t| {
+            (
+                OutputTensor::new(t.name.clone(), t.dtype, t.shape.clone()),
+                ckpt.bytes(t).to_vec(),
+            )
+        })
+        .collect();
+    write_checkpoint(
+        &broken,
+        tensors,
+        Some(serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]})),
+    );
+    let err = shardquant::convert::convert(&broken, &tmp.join("out"), &options()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("model.layers.0.mlp.down_proj.weight_scale_inv"),
+        "{err}"
+    );
+    assert!(!tmp.join("out").exists());
+}
+
+#[test]
+fn fp8_source_gives_the_same_bytes_on_the_gpu() {
+    if let Err(reason) = shardquant::gpu::Gpu::open(0) {
+        assert!(
+            std::env::var("SHARDQUANT_REQUIRE_GPU").as_deref() != Ok("1"),
+            "no GPU: {reason}"
+        );
+        return;
+    }
+    let tmp = TempDir::new("fp8gpu");
+    let (fp8_dir, _) = make_checkpoints(&tmp);
+    for format in [QuantFormat::Nvfp4, QuantFormat::Fp8] {
+        let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
+        let mut o = options();
+        o.format = format;
+        o.device = shardquant::gpu::DeviceChoice::Cpu;
+        shardquant::convert::convert(&fp8_dir, &a, &o).unwrap();
+        o.device = shardquant::gpu::DeviceChoice::Cuda(0);
+        shardquant::convert::convert(&fp8_dir, &b, &o).unwrap();
+        common::assert_same_tensors(&b, &a);
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}
