@@ -5,6 +5,7 @@ the GPU and on all CPU cores, NVFP4 and FP8, cold and warm page cache, and the P
 (bench/torch_reference.py, warm). Prints a markdown table. Needs root (drops the page cache).
 
     python3 bench/gpu.py [LAYERS]    # default 17 layers of a Qwen3-30B-A3B-shaped model (~21 GB BF16)
+    python3 bench/gpu.py fp8 [LAYERS] # FP8-source rows: DeepSeek-V3-shaped FP8 slice (1 layer ~ 11.5 GB) to NVFP4
 """
 import glob
 import json
@@ -14,10 +15,12 @@ import subprocess
 import sys
 import time
 
-LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 17
+FP8 = len(sys.argv) > 1 and sys.argv[1] == "fp8"
+ARGS = sys.argv[2:] if FP8 else sys.argv[1:]
+LAYERS = int(ARGS[0]) if ARGS else (1 if FP8 else 17)
 WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = ".device/shardquant"
-CKPT = f"{WORK}/qwen3-30b-a3b-shaped-{LAYERS}"
+CKPT = f"{WORK}/deepseek-v3-fp8-slice-{LAYERS}" if FP8 else f"{WORK}/qwen3-30b-a3b-shaped-{LAYERS}"
 AMAX = CKPT + ".amax.safetensors"
 
 
@@ -43,7 +46,10 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     if not os.path.isdir(CKPT):
         t = time.time()
-        subprocess.run([".device/synth", CKPT, str(LAYERS), "2048", "128", "768"], check=True)
+        if FP8:
+            subprocess.run([".device/synth", "--deepseek-fp8", CKPT, str(LAYERS)], check=True)
+        else:
+            subprocess.run([".device/synth", CKPT, str(LAYERS), "2048", "128", "768"], check=True)
         print(f"generated {CKPT} in {time.time() - t:.1f} s", flush=True)
     in_bytes = shard_bytes(CKPT)
     drop_caches()
@@ -52,7 +58,7 @@ def main():
     read_cold = time.time() - t
     rows = []
     write_floor = {}
-    for fmt in ["nvfp4", "fp8"]:
+    for fmt in (["nvfp4"] if FP8 else ["nvfp4", "fp8"]):
         for dev in ["cuda", "cpu"]:
             for cache in ["cold", "warm"]:
                 out = f"{WORK}/out"
@@ -72,6 +78,8 @@ def main():
                 rows.append((f"shardquant {fmt} --device {dev}, {cache}", wall, wall / floor, rss, r["gpu_units"], r["memory"]["peak_in_flight_bytes"] / 2**20))
                 print(rows[-1], flush=True)
                 shutil.rmtree(out, ignore_errors=True)
+        if FP8:
+            continue
         out = f"{WORK}/torch-out"
         shutil.rmtree(out, ignore_errors=True)
         wall, rss = timed(["python3", "bench/torch_reference.py", CKPT, out, AMAX, fmt])
@@ -80,9 +88,10 @@ def main():
         print(rows[-1], flush=True)
         shutil.rmtree(out, ignore_errors=True)
     print()
-    print(f"input {in_bytes / 1e9:.2f} GB BF16 ({LAYERS} layers, hidden 2048, 128 experts of 768); "
-          f"I/O floor: cold read {read_cold:.2f} s ({in_bytes / 1e9 / read_cold:.2f} GB/s) + write "
-          f"{write_floor['nvfp4']:.2f} s (nvfp4) / {write_floor['fp8']:.2f} s (fp8)")
+    shape = "FP8 DeepSeek-V3 slice (hidden 7168, 256 experts of 2048, MLA)" if FP8 else "BF16 (hidden 2048, 128 experts of 768)"
+    writes = " / ".join(f"{v:.2f} s ({k})" for k, v in write_floor.items())
+    print(f"input {in_bytes / 1e9:.2f} GB {shape}, {LAYERS} layer(s); "
+          f"I/O floor: cold read {read_cold:.2f} s ({in_bytes / 1e9 / read_cold:.2f} GB/s) + write {writes}")
     print("| run | wall s | input GB/s | wall / I/O floor | peak RSS MiB | GPU units | in flight MiB |")
     print("|---|---|---|---|---|---|---|")
     for name, wall, ratio, rss, gu, fl in rows:
