@@ -21,7 +21,10 @@ fn main() {
         eprintln!("usage: synth DIR LAYERS [HIDDEN] [EXPERTS] [MOE_INTERMEDIATE] | synth --deepseek-fp8 DIR LAYERS");
         std::process::exit(2);
     }
-    let num = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().expect("a number"));
+    let num = |i: usize, default: usize| {
+        args.get(i)
+            .map_or(default, |s| s.parse().expect("a number"))
+    };
     let spec = SyntheticSpec {
         layers: num(1, 8),
         hidden: num(2, 1024),
@@ -34,7 +37,8 @@ fn main() {
     };
     let dir = PathBuf::from(&args[0]);
     spec.write(&dir).expect("writing the checkpoint");
-    spec.write_amax(&dir.with_extension("amax.safetensors")).expect("writing the amax file");
+    spec.write_amax(&dir.with_extension("amax.safetensors"))
+        .expect("writing the amax file");
 }
 
 /// DeepSeek-V3 layer shapes: (module, rows, cols) of every linear of MoE layer `l`.
@@ -49,7 +53,10 @@ fn deepseek_linears(l: usize) -> Vec<(String, usize, usize)> {
         (format!("{a}.o_proj"), h, 16384),
     ];
     let m = format!("model.layers.{l}.mlp");
-    for e in (0..256).map(|e| format!("{m}.experts.{e}")).chain([format!("{m}.shared_experts")]) {
+    for e in (0..256)
+        .map(|e| format!("{m}.experts.{e}"))
+        .chain([format!("{m}.shared_experts")])
+    {
         out.push((format!("{e}.gate_proj"), 2048, h));
         out.push((format!("{e}.up_proj"), 2048, h));
         out.push((format!("{e}.down_proj"), h, 2048));
@@ -64,12 +71,28 @@ fn deepseek_fp8(dir: &Path, layers: usize) {
     for l in 0..layers {
         for (module, rows, cols) in deepseek_linears(l) {
             let (sr, sc) = shardquant::quant::scale_inv_shape(rows, cols);
-            tensors.push(OutputTensor::new(format!("{module}.weight"), Dtype::F8_E4M3, vec![rows, cols]));
-            tensors.push(OutputTensor::new(format!("{module}.weight_scale_inv"), Dtype::F32, vec![sr, sc]));
+            tensors.push(OutputTensor::new(
+                format!("{module}.weight"),
+                Dtype::F8_E4M3,
+                vec![rows, cols],
+            ));
+            tensors.push(OutputTensor::new(
+                format!("{module}.weight_scale_inv"),
+                Dtype::F32,
+                vec![sr, sc],
+            ));
             amax.push((format!("{module}.input_quantizer._amax"), 4.0));
         }
-        tensors.push(OutputTensor::new(format!("model.layers.{l}.mlp.gate.weight"), Dtype::BF16, vec![256, 7168]));
-        tensors.push(OutputTensor::new(format!("model.layers.{l}.input_layernorm.weight"), Dtype::BF16, vec![7168]));
+        tensors.push(OutputTensor::new(
+            format!("model.layers.{l}.mlp.gate.weight"),
+            Dtype::BF16,
+            vec![256, 7168],
+        ));
+        tensors.push(OutputTensor::new(
+            format!("model.layers.{l}.input_layernorm.weight"),
+            Dtype::BF16,
+            vec![7168],
+        ));
     }
     let plan = ShardPlan::new(tensors.clone(), 4_000_000_000).expect("plan");
     let writer = ShardWriter::create(dir, &plan).expect("writer");
@@ -82,15 +105,25 @@ fn deepseek_fp8(dir: &Path, layers: usize) {
                 let n: usize = t.shape.iter().product();
                 let mut s = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let bytes: Vec<u8> = match t.dtype {
-                    Dtype::F32 => (0..n).flat_map(|k| (1e-3f32 * (1.0 + (k % 7) as f32)).to_le_bytes()).collect(),
-                    Dtype::BF16 => (0..n).flat_map(|k| half::bf16::from_f32(0.01 * ((k % 13) as f32 - 6.0)).to_le_bytes()).collect(),
+                    Dtype::F32 => (0..n)
+                        .flat_map(|k| (1e-3f32 * (1.0 + (k % 7) as f32)).to_le_bytes())
+                        .collect(),
+                    Dtype::BF16 => (0..n)
+                        .flat_map(|k| {
+                            half::bf16::from_f32(0.01 * ((k % 13) as f32 - 6.0)).to_le_bytes()
+                        })
+                        .collect(),
                     _ => (0..n)
                         .map(|_| {
                             s ^= s << 13;
                             s ^= s >> 7;
                             s ^= s << 17;
                             let b = (s >> 32) as u8;
-                            if b & 0x7F == 0x7F { b & 0xFE } else { b }
+                            if b & 0x7F == 0x7F {
+                                b & 0xFE
+                            } else {
+                                b
+                            }
                         })
                         .collect(),
                 };
@@ -104,9 +137,24 @@ fn deepseek_fp8(dir: &Path, layers: usize) {
         "num_hidden_layers": layers, "n_routed_experts": 256, "dtype": "bfloat16",
         "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).expect("config");
-    let data: Vec<(String, Vec<u8>)> = amax.into_iter().map(|(k, v)| (k, v.to_le_bytes().to_vec())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        data.iter().map(|(k, b)| (k.clone(), safetensors::tensor::TensorView::new(Dtype::F32, vec![], b).unwrap())).collect();
-    safetensors::serialize_to_file(views, None, &dir.with_extension("amax.safetensors")).expect("amax");
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .expect("config");
+    let data: Vec<(String, Vec<u8>)> = amax
+        .into_iter()
+        .map(|(k, v)| (k, v.to_le_bytes().to_vec()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![], b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.with_extension("amax.safetensors"))
+        .expect("amax");
 }

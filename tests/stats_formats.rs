@@ -131,9 +131,15 @@ fn deepseek_amax_dumps_merge_ranks_and_map_native_names() {
 }
 
 fn qwen3moe_names() -> ModelNames {
-    let ckpt =
-        shardquant::checkpoint::Checkpoint::open(&fixtures().join("golden/qwen3moe_nvfp4/input"))
-            .unwrap();
+    names_of("qwen3moe_nvfp4")
+}
+
+/// Module names and shapes of a golden case's input, as the planner gives them to importers.
+fn names_of(case: &str) -> ModelNames {
+    let ckpt = shardquant::checkpoint::Checkpoint::open(
+        &fixtures().join("golden").join(case).join("input"),
+    )
+    .unwrap();
     let mut names = ModelNames::default();
     for t in ckpt.tensors() {
         let Some(m) = t.name.strip_suffix(".weight") else {
@@ -475,5 +481,92 @@ fn kv_cache_scales_survive_a_round_trip_through_an_export() {
     assert!(scales.iter().any(|k| k.ends_with("k_scale")));
     for k in scales {
         assert_eq!(a[k].2, b[k].2, "{k}");
+    }
+}
+
+/// The statistics a model uses, in a comparable form (per module: input amax, token count,
+/// per-channel lengths and sums).
+fn summary(stats: &ActivationStats) -> Vec<String> {
+    stats
+        .modules
+        .iter()
+        .map(|(m, s)| {
+            let sum = |v: &Option<Vec<f64>>| {
+                v.as_ref()
+                    .map(|v| (v.len(), v.iter().sum::<f64>().to_bits()))
+            };
+            let sum32 = |v: &Option<Vec<f32>>| {
+                v.as_ref()
+                    .map(|v| (v.len(), v.iter().map(|x| *x as f64).sum::<f64>().to_bits()))
+            };
+            format!(
+                "{m} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                s.input_amax.map(f32::to_bits),
+                s.token_count,
+                sum(&s.input_sum_sq),
+                sum32(&s.input_mean_sq),
+                sum32(&s.input_amax_ch),
+                s.k_cache_amax,
+                s.v_cache_amax
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_format_round_trips_through_the_canonical_schema() {
+    let tmp = TempDir::new("roundtrip");
+    let cases: Vec<(Vec<PathBuf>, &str, ModelNames)> = vec![
+        (
+            vec![stats_fixture("llama.act_scales.pt")],
+            "llama",
+            names_of("llama_nvfp4"),
+        ),
+        (
+            vec![stats_fixture("qwen3moe.imatrix.gguf")],
+            "qwen3_moe",
+            qwen3moe_names(),
+        ),
+        (
+            vec![stats_fixture("qwen3moe.imatrix.dat")],
+            "qwen3_moe",
+            qwen3moe_names(),
+        ),
+        (
+            vec![fixtures().join("golden/qwen3moe_nvfp4/amax.safetensors")],
+            "qwen3_moe",
+            qwen3moe_names(),
+        ),
+        (
+            vec![
+                stats_fixture("deepseek.amax_dict_rank0-mp2.pt"),
+                stats_fixture("deepseek.amax_dict_rank1-mp2.pt"),
+            ],
+            "deepseek_v3",
+            deepseek_names(),
+        ),
+    ];
+    for (k, (files, layout_name, names)) in cases.into_iter().enumerate() {
+        let lay = layout(layout_name);
+        let direct = ActivationStats::load_with(&files, &lay, &names, false).unwrap();
+        for compress in [false, true] {
+            let out = tmp.join(&format!(
+                "{k}-{compress}.stats.safetensors{}",
+                if compress { ".zst" } else { "" }
+            ));
+            let meta = shardquant::stats::native::NativeMeta {
+                source_format: "test".into(),
+                source_files: vec![],
+                notes: vec![],
+                expert_input_amax: "unknown".into(),
+            };
+            shardquant::stats::native::write_native(&out, &direct, &meta, compress).unwrap();
+            let back = ActivationStats::load_with(&[out], &lay, &names, false).unwrap();
+            assert_eq!(
+                summary(&back),
+                summary(&direct),
+                "{files:?} compress={compress}"
+            );
+        }
     }
 }
