@@ -194,19 +194,32 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
         "  per-channel statistics: {with_channels} of {}",
         linears.len()
     );
-    // Uncalibrated experts: token count 0, or no usable input amax while the layer has some.
+    // Uncalibrated experts: token count 0, or no usable input amax while a peer of the same
+    // layer and projection has one (files without amax, like an imatrix, say nothing then).
+    let proj_of = |p: ExpertProj| {
+        if p == ExpertProj::Down {
+            "down"
+        } else {
+            "gate/up"
+        }
+    };
+    let has_amax =
+        |l: &crate::plan::Linear| stats.module(&l.module).and_then(|s| s.input_amax).is_some();
+    let mut any_amax: std::collections::BTreeSet<(usize, &str)> = std::collections::BTreeSet::new();
+    for l in linears.iter().filter(|l| has_amax(l)) {
+        if let Some((_, p)) = l.expert {
+            any_amax.insert((l.layer, proj_of(p)));
+        }
+    }
     let mut dead: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
     for l in &linears {
         let Some((e, proj)) = l.expert else { continue };
-        let s = stats.module(&l.module);
-        let no_tokens = s.is_some_and(|s| s.token_count == Some(0));
-        let no_amax = s.and_then(|s| s.input_amax).is_none();
+        let p = proj_of(proj);
+        let no_tokens = stats
+            .module(&l.module)
+            .is_some_and(|s| s.token_count == Some(0));
+        let no_amax = !has_amax(l) && any_amax.contains(&(l.layer, p));
         if no_tokens || no_amax {
-            let p = if proj == ExpertProj::Down {
-                "down"
-            } else {
-                "gate/up"
-            };
             let list = dead.entry((l.layer, p)).or_default();
             if !list.contains(&e) {
                 list.push(e);

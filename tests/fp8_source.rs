@@ -214,6 +214,47 @@ fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
             dequant,
         ));
     }
+    // An MTP layer past num_hidden_layers (DeepSeek's layer 61): stays unquantized, and its FP8
+    // weight is dequantized like any other.
+    {
+        let (rows, cols) = (HIDDEN, 2 * HIDDEN);
+        let (w, scales) = fp8_weight(rows, cols, 0.75, &mut rng);
+        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut dequant = vec![0u8; rows * cols * 2];
+        quant::dequantize_fp8_block(
+            &w,
+            &scale_bytes,
+            rows,
+            cols,
+            DequantPrecision::Bf16,
+            &mut dequant,
+        );
+        let (sr, sc) = quant::scale_inv_shape(rows, cols);
+        fp8_tensors.push((
+            OutputTensor::new(
+                "model.layers.2.eh_proj.weight",
+                Dtype::F8_E4M3,
+                vec![rows, cols],
+            ),
+            w,
+        ));
+        fp8_tensors.push((
+            OutputTensor::new(
+                "model.layers.2.eh_proj.weight_scale_inv",
+                Dtype::F32,
+                vec![sr, sc],
+            ),
+            scale_bytes,
+        ));
+        bf16_tensors.push((
+            OutputTensor::new(
+                "model.layers.2.eh_proj.weight",
+                Dtype::BF16,
+                vec![rows, cols],
+            ),
+            dequant,
+        ));
+    }
     let fp8_dir = tmp.join("fp8");
     let bf16_dir = tmp.join("bf16");
     let q = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
@@ -279,6 +320,15 @@ fn fp8_source_converts_like_its_bf16_dequantization() {
     assert!(
         excluded.contains(&"model.layers.1.mlp.gate"),
         "{excluded:?}"
+    );
+    assert_eq!(
+        excluded.last(),
+        Some(&"model.layers.2*"),
+        "MTP layer listed last: {excluded:?}"
+    );
+    assert_eq!(
+        t["model.layers.2.eh_proj.weight"].0, "BF16",
+        "MTP FP8 weight dequantized"
     );
 }
 

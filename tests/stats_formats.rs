@@ -570,3 +570,49 @@ fn every_format_round_trips_through_the_canonical_schema() {
         }
     }
 }
+
+#[test]
+fn a_larger_plain_amax_beats_an_exact_exported_one() {
+    let dir = fixtures().join("golden/llama_nvfp4");
+    let tmp = TempDir::new("exactmerge");
+    let module = "model.layers.0.mlp.down_proj";
+    let reference = load_tensors(&dir.join("modelopt"));
+    let s = f32::from_le_bytes(
+        reference[&format!("{module}.input_scale")].2[..4]
+            .try_into()
+            .unwrap(),
+    );
+    let big = 4.0 * s * 2688.0;
+    let bytes = big.to_le_bytes().to_vec();
+    let key = format!("{module}.input_quantizer._amax");
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &bytes).unwrap();
+    let file = tmp.join("big.safetensors");
+    safetensors::serialize_to_file(vec![(key, view)], None, &file).unwrap();
+    let mut o = Options::new(QuantFormat::Nvfp4);
+    o.numerics = Numerics::ModeloptCpu;
+    o.stats = vec![dir.join("modelopt"), file];
+    o.quiet = true;
+    shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+    let t = load_tensors(&tmp.join("out"));
+    assert_eq!(
+        t[&format!("{module}.input_scale")].2,
+        (big / 2688.0).to_le_bytes().to_vec()
+    );
+}
+
+#[test]
+fn an_imatrix_alone_names_only_the_experts_without_tokens() {
+    let model = fixtures().join("golden/qwen3moe_nvfp4/input");
+    let imatrix = stats_fixture("qwen3moe.imatrix.gguf");
+    let (code, out, err) = common::run(&[
+        "stats",
+        "inspect",
+        imatrix.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("layer 1 gate/up: experts [2, 5]"), "{out}");
+    assert!(!out.contains("layer 0 gate/up"), "{out}");
+}

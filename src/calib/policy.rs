@@ -117,6 +117,7 @@ pub fn resolve_input_amax(
                     .collect();
                 // gate and up of an expert are listed once
                 let mut ids_unique = ids.clone();
+                ids_unique.sort_by_key(|id| id.parse::<usize>().unwrap_or(usize::MAX));
                 ids_unique.dedup();
                 match uncalibrated {
                     UncalibratedExperts::Error => dead.push(format!("layer {layer} ({proj}): experts {}", ids_unique.join(", "))),

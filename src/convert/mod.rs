@@ -198,7 +198,8 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
         .max()
         .unwrap_or(0);
     let gpu_bound = (options.max_gpu_memory as f64 / (GPU_SLOTS as f64 * 2.25)) as usize;
-    let host_bound = (options.max_memory / (2 * GPU_SLOTS as u64)) as usize;
+    // Pinned staging (2 x capacity per slot) takes at most half of --max-memory.
+    let host_bound = (options.max_memory / (4 * GPU_SLOTS as u64)) as usize;
     let capacity = largest.min(gpu_bound).min(host_bound);
     if capacity < largest {
         info(options, &format!("units larger than {capacity} bytes run on the CPU (raise --max-gpu-memory / --max-memory)"));

@@ -106,6 +106,17 @@ impl GpuPool {
         slots * (2 * self.capacity + (self.capacity / 16 + 1) + 4 * (self.capacity / 32 + 1) + 4)
     }
 
+    /// Pinned host memory held by the slots, in bytes (counted in `--max-memory`).
+    pub fn pinned_bytes(&self) -> usize {
+        let slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(1);
+        slots * 2 * self.capacity
+    }
+
     /// The GPU.
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu

@@ -141,7 +141,14 @@ pub fn run(
 ) -> Result<RunStats> {
     let gpu_units = AtomicUsize::new(0);
     let threads = options.threads.max(1);
-    let budget = Budget::new(options.max_memory);
+    // The GPU slots' pinned staging buffers live for the whole run: they come out of the budget.
+    let pinned = gpu.map_or(0, |p| p.pinned_bytes() as u64);
+    let budget = Budget::new(
+        options
+            .max_memory
+            .saturating_sub(pinned)
+            .max(options.max_memory / 4),
+    );
     let cancelled = AtomicBool::new(false);
     let (work_tx, work_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = bounded::<Result<Written>>(threads * 2);

@@ -145,19 +145,27 @@ pub fn classify(
     let mut routers = BTreeSet::new();
     let mut unclaimed = Vec::new();
     for (idx, t) in ckpt.tensors().iter().enumerate() {
+        // A weight_scale_inv belongs to its FP8 weight (dequantized or kept together with it).
+        if let Some(weight) = t.name.strip_suffix("_scale_inv") {
+            if ckpt.get(weight).is_some_and(|w| w.dtype == Dtype::F8_E4M3) {
+                out.fp8_scales.push(idx);
+                continue;
+            }
+        }
         let layer = layout.layer_of(&t.name);
         if let (Some(l), Some(limit)) = (layer, mtp_limit) {
             if l >= limit {
                 if !out.mtp_layers.contains(&l) {
                     out.mtp_layers.push(l);
                 }
-                out.passthrough.push(idx);
-                continue;
-            }
-        }
-        if let Some(weight) = t.name.strip_suffix("_scale_inv") {
-            if ckpt.get(weight).is_some_and(|w| w.dtype == Dtype::F8_E4M3) {
-                out.fp8_scales.push(idx);
+                // MTP layers stay unquantized; FP8 ones are dequantized like any other.
+                match fp8_scale_of(ckpt, idx) {
+                    Ok(Some(scale)) if t.dtype == Dtype::F8_E4M3 => {
+                        out.fp8_other.push((idx, scale))
+                    }
+                    Err(problem) if t.dtype == Dtype::F8_E4M3 => out.problems.push(problem),
+                    _ => out.passthrough.push(idx),
+                }
                 continue;
             }
         }
@@ -300,7 +308,8 @@ fn fused_linears(
     let file = ckpt.shards()[t.shard].path.display();
     let Some(dtype) = source_dtype(t.dtype) else {
         problems.push(format!(
-            "{file}: tensor '{}' has dtype {:?}; fused expert weights must be BF16, F16 or F32",
+            "{file}: tensor '{}' has dtype {:?}; fused expert weights must be BF16, F16 or F32 \
+             (fused FP8 experts are not supported; per-expert FP8 tensors are)",
             t.name, t.dtype
         ));
         return Some(Vec::new());

@@ -355,15 +355,17 @@ struct UnitBuilder {
 }
 
 impl UnitBuilder {
-    /// Adds a unit that reads the byte ranges `reads` (tensor, offset, length).
+    /// Adds a unit that reads `reads` (tensor, offset, length) and holds `extra` more bytes
+    /// while it works (the dequantized copy of FP8 sources).
     fn push(
         &mut self,
         key: (usize, u8),
         job: Job,
         reads: Vec<(usize, usize, usize)>,
+        extra: u64,
         outputs: Vec<OutputTensor>,
     ) {
-        let in_bytes: u64 = reads.iter().map(|r| r.2 as u64).sum();
+        let in_bytes: u64 = reads.iter().map(|r| r.2 as u64).sum::<u64>() + extra;
         let out_bytes: u64 = outputs.iter().map(|o| o.byte_len() as u64).sum();
         let mut inputs: Vec<usize> = reads.iter().map(|r| r.0).collect();
         inputs.sort_unstable();
@@ -424,6 +426,7 @@ fn build_units(
                 len: e.len,
             },
             vec![(t, 0, e.len)],
+            0,
             vec![out],
         );
     }
@@ -449,6 +452,7 @@ fn build_units(
                         len: x.len,
                     },
                     vec![(i, 0, x.len)],
+                    0,
                     vec![out],
                 );
             }
@@ -466,6 +470,7 @@ fn build_units(
                 (t, 0),
                 Job::Dequant { tensor: t, scale },
                 vec![(t, 0, e.len), (scale, 0, se.len)],
+                dequantized_len(options, e),
                 vec![out],
             );
         }
@@ -492,6 +497,7 @@ fn build_units(
                 len: s.byte_len(),
             },
             vec![read],
+            0,
             vec![out],
         );
     }
@@ -528,7 +534,13 @@ fn build_units(
             }
         }
         let key = reads.iter().map(|r| r.0).min().unwrap_or(0);
-        b.push((key, 0), Job::Quantize(members), reads, outs);
+        let fp8_extra: u64 = members
+            .iter()
+            .map(|&i| &linears[i].source)
+            .filter(|src| src.fp8_scale.is_some())
+            .map(|src| (src.rows * src.cols * src.dtype.size()) as u64)
+            .sum();
+        b.push((key, 0), Job::Quantize(members), reads, fp8_extra, outs);
     }
 }
 
@@ -580,7 +592,7 @@ fn kv_units(
             exact.map_or(fp8_scale(amax, options.numerics), |x| (x / 448.0) as f32)
         };
         let values = vec![scale(k, exact.0), scale(v, exact.1)];
-        b.push((l.source.tensor, 1), Job::Scalars(values), vec![], outs);
+        b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
     }
     if !missing.is_empty() {
         problems.push(format!(
@@ -596,6 +608,11 @@ fn kv_units(
                 .to_string(),
         );
     }
+}
+
+/// Bytes of the dequantized copy of an FP8 tensor.
+fn dequantized_len(options: &Options, e: &crate::checkpoint::TensorEntry) -> u64 {
+    (e.len * options.fp8_dequant.dtype().size()) as u64
 }
 
 /// `exclude_modules` as ModelOpt summarises it; MTP layer prefixes are appended after the

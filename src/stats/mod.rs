@@ -140,6 +140,7 @@ impl StatsFormat {
             StatsFormat::Native,
             StatsFormat::TorchPt,
             StatsFormat::Imatrix,
+            StatsFormat::Exported,
         ]
         .into_iter()
         .find(|f| f.name() == name)
@@ -248,6 +249,13 @@ impl ActivationStats {
     pub fn merge_input(&mut self, module: &str, amax: f32) {
         let entry = self.modules.entry(module.to_string()).or_default();
         entry.input_amax = Some(entry.input_amax.map_or(amax, |a| a.max(amax)));
+        // An exact value stays only while it is the max.
+        if entry
+            .input_amax_exact
+            .is_some_and(|x| Some(x as f32) != entry.input_amax)
+        {
+            entry.input_amax_exact = None;
+        }
     }
 
     /// Merges a weight amax (max of per-tensor values; element-wise max of block values, taken
@@ -336,37 +344,56 @@ impl ActivationStats {
         }
         if let Some(n) = other.token_count {
             entry.token_count = Some(entry.token_count.unwrap_or(0) + n);
+        } else if entry.token_count == Some(0)
+            && (other.input_mean_sq.is_some()
+                || other.input_sum_sq.is_some()
+                || other.input_amax_ch.is_some())
+        {
+            // Another file saw tokens here, without counting them: calibrated, count unknown.
+            entry.token_count = None;
         }
         Ok(())
     }
 
     /// Merges an input amax recovered exactly from an exported scale.
     pub fn merge_input_exact(&mut self, module: &str, amax: f64) {
-        self.merge_input(module, amax as f32);
         let entry = self.modules.entry(module.to_string()).or_default();
+        let had_plain_only = entry.input_amax.is_some() && entry.input_amax_exact.is_none();
         entry.input_amax_exact = Some(entry.input_amax_exact.map_or(amax, |a| a.max(amax)));
+        // A plain value already merged that is at least as large wins: no exactness then.
+        if had_plain_only && entry.input_amax >= Some(amax as f32) {
+            entry.input_amax_exact = None;
+        }
+        self.merge_input(module, amax as f32);
     }
 
     /// Merges a K/V-cache amax recovered exactly from an exported scale.
     pub fn merge_kv_exact(&mut self, module: &str, is_k: bool, amax: f64) {
-        self.merge_kv(module, is_k, amax as f32);
         let entry = self.modules.entry(module.to_string()).or_default();
-        let slot = if is_k {
-            &mut entry.kv_cache_amax_exact.0
+        let (plain, exact) = if is_k {
+            (entry.k_cache_amax, &mut entry.kv_cache_amax_exact.0)
         } else {
-            &mut entry.kv_cache_amax_exact.1
+            (entry.v_cache_amax, &mut entry.kv_cache_amax_exact.1)
         };
-        *slot = Some(slot.map_or(amax, |a| a.max(amax)));
+        let had_plain_only = plain.is_some() && exact.is_none();
+        *exact = Some(exact.map_or(amax, |a| a.max(amax)));
+        if had_plain_only && plain >= Some(amax as f32) {
+            *exact = None;
+        }
+        self.merge_kv(module, is_k, amax as f32);
     }
-
     /// Merges a KV-cache amax into an attention module's entry.
     pub fn merge_kv(&mut self, module: &str, is_k: bool, amax: f32) {
         let entry = self.modules.entry(module.to_string()).or_default();
-        let slot = if is_k {
-            &mut entry.k_cache_amax
+        let (slot, exact) = if is_k {
+            (&mut entry.k_cache_amax, &mut entry.kv_cache_amax_exact.0)
         } else {
-            &mut entry.v_cache_amax
+            (&mut entry.v_cache_amax, &mut entry.kv_cache_amax_exact.1)
         };
         *slot = Some(slot.map_or(amax, |a| a.max(amax)));
+        // An exact value stays only while it is the max.
+        if exact.is_some_and(|x| Some(x as f32) != *slot) {
+            *exact = None;
+        }
     }
 }
