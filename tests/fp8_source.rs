@@ -139,6 +139,49 @@ fn write_checkpoint(
     .unwrap();
 }
 
+type Tensors = Vec<(OutputTensor, Vec<u8>)>;
+
+/// Adds `module.weight` in FP8 (with its `weight_scale_inv`) to `fp8`, and the same weight
+/// dequantized to BF16 to `bf16`.
+fn push_fp8(
+    module: &str,
+    rows: usize,
+    cols: usize,
+    amax: f32,
+    rng: &mut Rng,
+    fp8: &mut Tensors,
+    bf16: &mut Tensors,
+) {
+    let (w, scales) = fp8_weight(rows, cols, amax, rng);
+    let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut dequant = vec![0u8; rows * cols * 2];
+    quant::dequantize_fp8_block(
+        &w,
+        &scale_bytes,
+        rows,
+        cols,
+        DequantPrecision::Bf16,
+        &mut dequant,
+    );
+    let (sr, sc) = quant::scale_inv_shape(rows, cols);
+    fp8.push((
+        OutputTensor::new(format!("{module}.weight"), Dtype::F8_E4M3, vec![rows, cols]),
+        w,
+    ));
+    fp8.push((
+        OutputTensor::new(
+            format!("{module}.weight_scale_inv"),
+            Dtype::F32,
+            vec![sr, sc],
+        ),
+        scale_bytes,
+    ));
+    bf16.push((
+        OutputTensor::new(format!("{module}.weight"), Dtype::BF16, vec![rows, cols]),
+        dequant,
+    ));
+}
+
 /// Writes the FP8 checkpoint and a BF16 checkpoint holding the same weights dequantized.
 fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
     let recorded = recorded_weight_amax();
@@ -185,76 +228,27 @@ fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
     common_tensors.push(bf16_tensor("lm_head.weight", vec![256, HIDDEN], &mut rng));
     for (module, rows, cols) in linears() {
         let amax = recorded.get(&module).copied().unwrap_or(0.5);
-        let (w, scales) = fp8_weight(rows, cols, amax, &mut rng);
-        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let mut dequant = vec![0u8; rows * cols * 2];
-        quant::dequantize_fp8_block(
-            &w,
-            &scale_bytes,
+        push_fp8(
+            &module,
             rows,
             cols,
-            DequantPrecision::Bf16,
-            &mut dequant,
+            amax,
+            &mut rng,
+            &mut fp8_tensors,
+            &mut bf16_tensors,
         );
-        let (sr, sc) = quant::scale_inv_shape(rows, cols);
-        fp8_tensors.push((
-            OutputTensor::new(format!("{module}.weight"), Dtype::F8_E4M3, vec![rows, cols]),
-            w,
-        ));
-        fp8_tensors.push((
-            OutputTensor::new(
-                format!("{module}.weight_scale_inv"),
-                Dtype::F32,
-                vec![sr, sc],
-            ),
-            scale_bytes,
-        ));
-        bf16_tensors.push((
-            OutputTensor::new(format!("{module}.weight"), Dtype::BF16, vec![rows, cols]),
-            dequant,
-        ));
     }
     // An MTP layer past num_hidden_layers (DeepSeek's layer 61): stays unquantized, and its FP8
     // weight is dequantized like any other.
-    {
-        let (rows, cols) = (HIDDEN, 2 * HIDDEN);
-        let (w, scales) = fp8_weight(rows, cols, 0.75, &mut rng);
-        let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
-        let mut dequant = vec![0u8; rows * cols * 2];
-        quant::dequantize_fp8_block(
-            &w,
-            &scale_bytes,
-            rows,
-            cols,
-            DequantPrecision::Bf16,
-            &mut dequant,
-        );
-        let (sr, sc) = quant::scale_inv_shape(rows, cols);
-        fp8_tensors.push((
-            OutputTensor::new(
-                "model.layers.2.eh_proj.weight",
-                Dtype::F8_E4M3,
-                vec![rows, cols],
-            ),
-            w,
-        ));
-        fp8_tensors.push((
-            OutputTensor::new(
-                "model.layers.2.eh_proj.weight_scale_inv",
-                Dtype::F32,
-                vec![sr, sc],
-            ),
-            scale_bytes,
-        ));
-        bf16_tensors.push((
-            OutputTensor::new(
-                "model.layers.2.eh_proj.weight",
-                Dtype::BF16,
-                vec![rows, cols],
-            ),
-            dequant,
-        ));
-    }
+    push_fp8(
+        "model.layers.2.eh_proj",
+        HIDDEN,
+        2 * HIDDEN,
+        0.75,
+        &mut rng,
+        &mut fp8_tensors,
+        &mut bf16_tensors,
+    );
     let fp8_dir = tmp.join("fp8");
     let bf16_dir = tmp.join("bf16");
     let q = serde_json::json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
