@@ -93,28 +93,25 @@ pub struct StatsImportArgs {
     pub force: bool,
 }
 
+/// Options for the `stats` subcommands: a layout override and a forced statistics format.
+fn stats_options(layout: &Option<PathBuf>, stats_format: &Option<String>) -> Options {
+    let mut o = Options::new(QuantFormat::Nvfp4);
+    o.layout = layout.clone();
+    o.stats_format = stats_format.as_deref().and_then(StatsFormat::from_name);
+    o
+}
+
 impl StatsInspectArgs {
     /// Options carrying the layout and format choices.
     pub fn to_options(&self) -> Options {
-        let mut o = Options::new(QuantFormat::Nvfp4);
-        o.layout = self.layout.clone();
-        o.stats_format = self
-            .stats_format
-            .as_deref()
-            .and_then(StatsFormat::from_name);
-        o
+        stats_options(&self.layout, &self.stats_format)
     }
 }
 
 impl StatsImportArgs {
     /// Options carrying the layout, format and --force choices.
     pub fn to_options(&self) -> Options {
-        let mut o = Options::new(QuantFormat::Nvfp4);
-        o.layout = self.layout.clone();
-        o.stats_format = self
-            .stats_format
-            .as_deref()
-            .and_then(StatsFormat::from_name);
+        let mut o = stats_options(&self.layout, &self.stats_format);
         o.force = self.force;
         o
     }
