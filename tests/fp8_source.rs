@@ -404,3 +404,19 @@ fn fp8_source_gives_the_same_bytes_on_the_gpu() {
         std::fs::remove_dir_all(&b).unwrap();
     }
 }
+
+#[test]
+fn f32_dequantization_still_accepts_amax_recorded_on_bf16_weights() {
+    // The DeepSeek dumps recorded max|W| of BF16-dequantized weights; with --fp8-dequant f32 the
+    // computed max is compared after rounding to BF16, so the same statistics are accepted.
+    let tmp = TempDir::new("fp8f32");
+    let (fp8_dir, _) = make_checkpoints(&tmp);
+    let mut o = options();
+    o.fp8_dequant = DequantPrecision::F32;
+    shardquant::convert::convert(&fp8_dir, &tmp.join("out"), &o).unwrap();
+    let t = load_tensors(&tmp.join("out"));
+    assert_eq!(
+        t["model.layers.2.eh_proj.weight"].0, "F32",
+        "unquantized FP8 written in the chosen precision"
+    );
+}

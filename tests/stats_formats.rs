@@ -616,3 +616,29 @@ fn an_imatrix_alone_names_only_the_experts_without_tokens() {
     assert!(out.contains("layer 1 gate/up: experts [2, 5]"), "{out}");
     assert!(!out.contains("layer 0 gate/up"), "{out}");
 }
+
+#[test]
+fn an_expert_without_tokens_in_one_file_is_calibrated_by_another() {
+    // Legacy .dat imatrices only know "no tokens" (count 0) or "some" (count unknown).
+    let mut stats = ActivationStats::default();
+    let module = "model.layers.1.mlp.experts.2.gate_proj";
+    let dead = shardquant::stats::ModuleStats {
+        token_count: Some(0),
+        ..Default::default()
+    };
+    let seen = shardquant::stats::ModuleStats {
+        input_mean_sq: Some(vec![1.0; 4]),
+        ..Default::default()
+    };
+    stats.merge_channels(module, &dead).unwrap();
+    stats.merge_channels(module, &seen).unwrap();
+    assert_eq!(stats.module(module).unwrap().token_count, None);
+    // Counted files add up.
+    let counted = shardquant::stats::ModuleStats {
+        token_count: Some(5),
+        ..Default::default()
+    };
+    stats.merge_channels("m", &dead).unwrap();
+    stats.merge_channels("m", &counted).unwrap();
+    assert_eq!(stats.module("m").unwrap().token_count, Some(5));
+}
