@@ -38,6 +38,20 @@ pub enum Command {
     /// Activation-statistics files: what they hold, how they cover a model, conversion.
     #[command(subcommand)]
     Stats(StatsCommand),
+    /// Re-read a ModelOpt-format checkpoint and check what serving engines rely on (exit 3 on
+    /// any problem); with --source, the quantization error against the source weights.
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
+}
+
+/// `verify` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The quantized checkpoint directory.
+    pub dir: PathBuf,
+    /// The checkpoint it was made from: dequantize and compare every quantized linear.
+    #[arg(long, value_name = "INPUT_DIR")]
+    pub source: Option<PathBuf>,
 }
 
 /// `stats` subcommands.

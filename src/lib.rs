@@ -39,3 +39,4 @@ pub mod quant;
 pub mod stats;
 pub mod stats_cmd;
 pub mod synthetic;
+pub mod verify;

@@ -23,6 +23,18 @@ fn main() -> ExitCode {
         Command::Stats(StatsCommand::Import(args)) => {
             shardquant::stats_cmd::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| print!("{text}"))
         }
+        Command::Verify(args) => shardquant::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
+            print!("{}", v.report());
+            if v.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(shardquant::error::Error::bad_input(format!(
+                    "{}: verification found {} problem(s)",
+                    args.dir.display(),
+                    v.problems.len()
+                )))
+            }
+        }),
         Command::Inspect(args) => args
             .plan
             .to_options()

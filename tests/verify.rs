@@ -1,0 +1,120 @@
+//! `shardquant verify`: ModelOpt's own exports and ours pass; each broken invariant is found.
+
+mod common;
+
+use common::{copy_dir, fixtures, TempDir};
+use shardquant::checkpoint::Checkpoint;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+fn golden(case: &str) -> std::path::PathBuf {
+    fixtures().join("golden").join(case)
+}
+
+/// Overwrites the first bytes of tensor `name` in the checkpoint at `dir`.
+fn poke(dir: &Path, name: &str, bytes: &[u8]) {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let t = ckpt.get(name).unwrap().clone();
+    let path = ckpt.shards()[t.shard].path.clone();
+    drop(ckpt);
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(t.start as u64)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn modelopt_exports_pass_with_a_small_error_against_their_source() {
+    for case in [
+        "llama_nvfp4",
+        "llama_fp8",
+        "qwen3moe_nvfp4",
+        "mixtral_nvfp4",
+        "llama_fp8_gpu",
+    ] {
+        let dir = golden(case);
+        let v =
+            shardquant::verify::verify(&dir.join("modelopt"), Some(&dir.join("input"))).unwrap();
+        assert!(v.problems.is_empty(), "{case}: {:?}", v.problems);
+        assert!(v.linears >= 14 && v.errors.len() == v.linears, "{case}");
+        assert!(
+            v.errors.iter().all(|e| e.1 > 0.0 && e.1 < 0.15),
+            "{case}: {:?}",
+            v.errors
+        );
+    }
+}
+
+#[test]
+fn broken_invariants_are_found() {
+    let tmp = TempDir::new("verify");
+    let out = tmp.join("ckpt");
+    copy_dir(&golden("llama_nvfp4").join("modelopt"), &out);
+    // k_proj's global scale differs from q/v's: engines fuse them (vLLM #54974).
+    poke(
+        &out,
+        "model.layers.0.self_attn.k_proj.weight_scale_2",
+        &1.0f32.to_le_bytes(),
+    );
+    // A NaN block scale and a zero input scale.
+    poke(&out, "model.layers.1.mlp.down_proj.weight_scale", &[0x7F]);
+    poke(
+        &out,
+        "model.layers.1.self_attn.o_proj.input_scale",
+        &0.0f32.to_le_bytes(),
+    );
+    let v = shardquant::verify::verify(&out, None).unwrap();
+    let text = v.problems.join("\n");
+    assert!(text.contains("different weight_scale_2"), "{text}");
+    assert!(
+        text.contains("model.layers.1.mlp.down_proj: 1 block scale(s) are NaN"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model.layers.1.self_attn.o_proj: input_scale is 0"),
+        "{text}"
+    );
+    // Through the CLI: exit 3 and the report on stdout.
+    let (code, stdout, stderr) = common::run(&["verify", out.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stdout.contains("FAILED") && stderr.contains("problem(s)"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn exclude_modules_must_agree_with_the_tensors() {
+    let tmp = TempDir::new("verify-excl");
+    let out = tmp.join("ckpt");
+    copy_dir(&golden("llama_fp8").join("modelopt"), &out);
+    let path = out.join("hf_quant_config.json");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "\"lm_head\",",
+        "\"lm_head\",\n            \"model.layers.0.mlp*\",",
+    );
+    std::fs::write(&path, text).unwrap();
+    // And an FP8 weight with a NaN code.
+    poke(&out, "model.layers.1.mlp.up_proj.weight", &[0xFF]);
+    let v = shardquant::verify::verify(&out, None).unwrap();
+    let text = v.problems.join("\n");
+    assert!(
+        text.contains("model.layers.0.mlp.gate_proj is quantized but exclude_modules lists it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model.layers.1.mlp.up_proj: 1 FP8 weight byte(s) are NaN codes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn our_own_output_passes() {
+    let case = golden("qwen3moe_nvfp4");
+    let tmp = TempDir::new("verify-ours");
+    let mut o = shardquant::options::Options::new(shardquant::quant::QuantFormat::Nvfp4);
+    o.stats = vec![case.join("amax.safetensors")];
+    o.quiet = true;
+    shardquant::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
+    let v = shardquant::verify::verify(&tmp.join("out"), Some(&case.join("input"))).unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+}
