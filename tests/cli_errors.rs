@@ -1578,3 +1578,28 @@ fn sigterm_stops_cleanly_with_exit_143() {
     assert!(!out.exists());
     assert_no_sibling(&out);
 }
+
+#[test]
+fn a_second_run_on_the_same_output_is_refused() {
+    use std::os::fd::AsRawFd;
+    let sb = Sandbox::new("llama_nvfp4", "locked");
+    // Another run holds the lock (this test process plays it).
+    let lock_path = sb.out.parent().unwrap().join(".out.shardquant.lock");
+    std::fs::write(&lock_path, "4242").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(1, &["another shardquant run (pid 4242)", "hint: "]);
+    assert_no_output(&sb.out);
+    drop(file);
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_success();
+}

@@ -3,7 +3,7 @@
 mod publish;
 mod report;
 
-pub use publish::{replaceable, sync_dir, write_file, Staging};
+pub use publish::{replaceable, sync_dir, write_file, OutputLock, Staging};
 pub use report::{quant_summary, Report};
 
 use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
@@ -211,6 +211,7 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
     check_paths(input, output, options)?;
+    let _lock = OutputLock::acquire(output)?;
     let (ckpt, config_text, mut plan) = prepare(input, options)?;
     for w in &plan.warnings {
         info(options, &format!("warning: {w}"));

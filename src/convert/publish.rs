@@ -152,3 +152,56 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::io("writing", path, e))
 }
+
+/// An advisory lock on an output path, held for a whole conversion: a second run on the same
+/// output is refused, naming the process that holds it. The lock file
+/// (`.NAME.shardquant.lock` beside the output) stays; the lock goes with the process.
+#[derive(Debug)]
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+impl OutputLock {
+    /// Takes the lock for `target`, or says who holds it.
+    pub fn acquire(target: &Path) -> Result<OutputLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        let name = target.file_name().ok_or_else(|| {
+            Error::usage(format!(
+                "output path {} has no directory name",
+                target.display()
+            ))
+        })?;
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let path = parent.join(format!(".{}.shardquant.lock", name.to_string_lossy()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("creating the lock file", &path, e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::other(format!(
+                "another shardquant run (pid {}) is writing {}",
+                holder.trim(),
+                target.display()
+            ))
+            .with_hint(format!(
+                "wait for it to finish, or remove {} if no such process exists",
+                path.display()
+            )));
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(OutputLock { _file: file })
+    }
+}
