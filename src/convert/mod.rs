@@ -3,7 +3,9 @@
 mod publish;
 mod report;
 
-pub use publish::{replaceable, sync_dir, write_file, OutputLock, Staging};
+pub use publish::{
+    check_free_space, free_bytes, replaceable, sync_dir, write_file, OutputLock, Staging,
+};
 pub use report::{quant_summary, Report};
 
 use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
@@ -236,6 +238,17 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     });
     info(options, &format!("device: {device}"));
     let preflight_s = started.elapsed().as_secs_f64();
+    let copied: u64 = ckpt
+        .other_files()?
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_free_space(parent, shard_plan.total_bytes() + copied)?;
     let staging = Staging::create(output)?;
     let writer = ShardWriter::create(staging.path(), &shard_plan)?;
     let total: u64 = plan.units.iter().map(|u| u.bytes).sum();

@@ -205,3 +205,43 @@ impl OutputLock {
         Ok(OutputLock { _file: file })
     }
 }
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir` (statvfs).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Pre-flight: refuses to start when the filesystem of `dir` cannot hold `needed` bytes, so a
+/// long run does not die at the end with a full disk.
+pub fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
+    match free_bytes(dir) {
+        Some(free) if free < needed => Err(Error::other(format!(
+            "not enough free space in {}: the output needs {:.2} GB, {:.2} GB are free",
+            dir.display(),
+            needed as f64 / 1e9,
+            free as f64 / 1e9
+        ))
+        .with_hint("free some space or write the output to another filesystem")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_checked_before_writing() {
+        let dir = std::env::temp_dir();
+        assert!(free_bytes(&dir).is_some_and(|f| f > 0));
+        check_free_space(&dir, 1).unwrap();
+        let err = check_free_space(&dir, u64::MAX / 2).unwrap_err();
+        assert!(err.to_string().contains("not enough free space"), "{err}");
+        assert!(err.hint().is_some());
+    }
+}
