@@ -12,7 +12,8 @@ use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
 use crate::convert::read_config;
 use crate::error::{Error, Result};
 use crate::layout::{glob_match, ExpertProj, Layout};
-use crate::quant::{e2m1_to_f32, e4m3_to_f32, load_f32, SourceDtype};
+use crate::plan::source_dtype;
+use crate::quant::{e2m1_to_f32, e4m3_to_f32, load_f32};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -280,15 +281,6 @@ fn check_excludes(hf: &serde_json::Value, q: &BTreeMap<&str, Found>, problems: &
     }
 }
 
-fn dtype_of(d: Dtype) -> Option<SourceDtype> {
-    match d {
-        Dtype::BF16 => Some(SourceDtype::Bf16),
-        Dtype::F16 => Some(SourceDtype::F16),
-        Dtype::F32 => Some(SourceDtype::F32),
-        _ => None,
-    }
-}
-
 /// Dequantizes each linear and measures ||W - W_q|| / ||W|| against the source weight.
 fn compare_with_source(
     ckpt: &Checkpoint,
@@ -306,7 +298,7 @@ fn compare_with_source(
         let Some(s) = src.get(&format!("{m}.weight")) else {
             continue;
         };
-        let (Some(dtype), [rows, cols]) = (dtype_of(s.dtype), s.shape.as_slice()) else {
+        let (Some(dtype), [rows, cols]) = (source_dtype(s.dtype), s.shape.as_slice()) else {
             continue;
         };
         let source = src.bytes(s);

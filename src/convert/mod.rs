@@ -4,7 +4,8 @@ mod publish;
 mod report;
 
 pub use publish::{
-    check_free_space, free_bytes, replaceable, sync_dir, write_file, OutputLock, Staging,
+    check_free_space, free_bytes, parent_dir, replaceable, sync_dir, write_file, OutputLock,
+    Staging,
 };
 pub use report::{quant_summary, Report};
 
@@ -37,6 +38,11 @@ const WEIGHT_EXTENSIONS: &[&str] = &[
     ".h5",
     ".msgpack",
 ];
+
+/// Whether a file is weights of another format (never copied into the output).
+fn is_weight_file(name: &str) -> bool {
+    WEIGHT_EXTENSIONS.iter().any(|ext| name.ends_with(ext))
+}
 
 /// Files of the input that the conversion writes itself instead of copying.
 const REWRITTEN: &[&str] = &[
@@ -91,10 +97,7 @@ pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, P
         ))
         .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
     }
-    let layout = match &options.layout {
-        Some(path) => Layout::from_file(path)?,
-        None => Layout::detect(&config, &input.join("config.json"))?,
-    };
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input)?;
     let plan = Plan::build(&ckpt, layout, &config, options)?;
     Ok((ckpt, config_text, plan))
 }
@@ -110,10 +113,7 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     let canon_in = input
         .canonicalize()
         .map_err(|e| Error::io("reading", input, e))?;
-    let out_parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let out_parent = parent_dir(output);
     let canon_parent = out_parent.canonicalize().map_err(|e| {
         Error::usage(format!(
             "output parent directory {}: {e}",
@@ -138,10 +138,7 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
         .with_hint("remove it or choose another OUTPUT_DIR"));
     }
     if let Some(report) = &options.report {
-        let parent = report
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let parent = parent_dir(report);
         if !parent.is_dir() {
             return Err(Error::usage(format!(
                 "--report {}: directory {} does not exist",
@@ -238,16 +235,18 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     });
     info(options, &format!("device: {device}"));
     let preflight_s = started.elapsed().as_secs_f64();
+    // Only what will be copied: weights of other formats are left behind.
     let copied: u64 = ckpt
         .other_files()?
         .iter()
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| is_weight_file(&n.to_string_lossy()))
+        })
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = parent_dir(output);
     check_free_space(parent, shard_plan.total_bytes() + copied)?;
     let staging = Staging::create(output)?;
     let writer = ShardWriter::create(staging.path(), &shard_plan)?;
@@ -321,10 +320,7 @@ fn copy_tree(src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
         let target = dest.join(name);
         if path.is_dir() {
             copy_tree(&path, &target, notes)?;
-        } else if WEIGHT_EXTENSIONS
-            .iter()
-            .any(|ext| name.to_string_lossy().ends_with(ext))
-        {
+        } else if is_weight_file(&name.to_string_lossy()) {
             notes.push(format!(
                 "not copied: {} (weights outside the checkpoint's index)",
                 path.display()
@@ -398,7 +394,7 @@ fn write_metadata(
         {
             continue;
         }
-        if WEIGHT_EXTENSIONS.iter().any(|ext| name.ends_with(ext)) {
+        if is_weight_file(&name) {
             notes.push(format!(
                 "not copied: {name} (weights outside the checkpoint's index)"
             ));

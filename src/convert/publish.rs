@@ -12,22 +12,26 @@ pub struct Staging {
     published: bool,
 }
 
-fn sibling(target: &Path, tag: &str) -> Result<PathBuf> {
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `.<name>.<suffix>` beside `target`: where shardquant keeps its temporary and lock files.
+fn beside(target: &Path, suffix: &str) -> Result<PathBuf> {
     let name = target.file_name().ok_or_else(|| {
         Error::usage(format!(
             "output path {} has no directory name",
             target.display()
         ))
     })?;
-    let parent = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(parent.join(format!(
-        ".{}.shardquant-{tag}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
+    Ok(parent_dir(target).join(format!(".{}.{suffix}", name.to_string_lossy())))
+}
+
+fn sibling(target: &Path, tag: &str) -> Result<PathBuf> {
+    beside(target, &format!("shardquant-{tag}-{}", std::process::id()))
 }
 
 impl Staging {
@@ -73,9 +77,7 @@ impl Staging {
         std::fs::rename(&self.dir, &self.target)
             .map_err(|e| Error::io("renaming into place", &self.target, e))?;
         self.published = true;
-        if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        sync_dir(parent_dir(&self.target))?;
         if let Some(old) = old {
             std::fs::remove_dir_all(&old)
                 .map_err(|e| Error::io("removing the replaced output", &old, e))?;
@@ -96,14 +98,10 @@ impl Drop for Staging {
 /// process no longer exists). Only temporary directories are touched, never a moved-aside
 /// previous output.
 fn remove_stale(target: &Path) {
-    let (Some(name), Some(parent)) = (target.file_name(), target.parent()) else {
+    let Some(name) = target.file_name() else {
         return;
     };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
+    let parent = parent_dir(target);
     let prefix = format!(".{}.shardquant-tmp-", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -166,17 +164,7 @@ impl OutputLock {
     pub fn acquire(target: &Path) -> Result<OutputLock> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
-        let name = target.file_name().ok_or_else(|| {
-            Error::usage(format!(
-                "output path {} has no directory name",
-                target.display()
-            ))
-        })?;
-        let parent = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let path = parent.join(format!(".{}.shardquant.lock", name.to_string_lossy()));
+        let path = beside(target, "shardquant.lock")?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

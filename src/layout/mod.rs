@@ -336,6 +336,19 @@ impl Layout {
         ))
     }
 
+    /// The layout of the checkpoint in `dir`: the `--layout` file when one is given, else the
+    /// built-in one its `config.json` names.
+    pub fn for_checkpoint(
+        override_file: Option<&Path>,
+        config: &serde_json::Value,
+        dir: &Path,
+    ) -> Result<Layout> {
+        match override_file {
+            Some(path) => Layout::from_file(path),
+            None => Layout::detect(config, &dir.join("config.json")),
+        }
+    }
+
     /// The dense linear whose full module name is `module`, with its captured layer.
     pub fn match_linear(&self, module: &str) -> Option<(&LinearSpec, usize)> {
         self.linears

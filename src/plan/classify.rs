@@ -88,7 +88,8 @@ pub struct Classified {
     pub problems: Vec<String>,
 }
 
-fn source_dtype(dtype: Dtype) -> Option<SourceDtype> {
+/// The kernels' element type for a stored dtype (BF16, F16, F32; None for anything else).
+pub fn source_dtype(dtype: Dtype) -> Option<SourceDtype> {
     match dtype {
         Dtype::BF16 => Some(SourceDtype::Bf16),
         Dtype::F16 => Some(SourceDtype::F16),

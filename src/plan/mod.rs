@@ -7,7 +7,7 @@
 
 mod classify;
 
-pub use classify::{classify, Classified, Linear, WeightSource};
+pub use classify::{classify, source_dtype, Classified, Linear, WeightSource};
 
 use crate::calib::policy;
 use crate::checkpoint::{Checkpoint, Dtype, OutputTensor};
