@@ -303,23 +303,39 @@ fn compare_with_source(
         };
         let source = src.bytes(s);
         let (weight, scales) = (ckpt.bytes(f.weight), ckpt.bytes(f.scale));
+        let n = rows * cols;
+        let sizes_match = if nvfp4 {
+            weight.len() * 2 == n && scales.len() * 16 == n
+        } else {
+            weight.len() == n
+        };
+        if !sizes_match {
+            v.problems.push(format!(
+                "{m}: the quantized tensors do not match the source weight's shape {:?}",
+                s.shape
+            ));
+            continue;
+        }
+        // The per-tensor scale (weight_scale_2 or FP8 weight_scale); check_linear reports a bad one.
+        let tensor_scale = if nvfp4 {
+            f.scale_2.and_then(|t| scalar_f32(ckpt, t))
+        } else {
+            scalar_f32(ckpt, f.scale)
+        };
+        let Some(tensor_scale) = tensor_scale.map(f64::from) else {
+            continue;
+        };
         let (mut num, mut den) = (0.0f64, 0.0f64);
-        for i in 0..rows * cols {
+        for i in 0..n {
             let w = f64::from(load_f32(source, dtype, i));
             let wq = if nvfp4 {
-                let Some(s2) = f.scale_2.and_then(|t| scalar_f32(ckpt, t)) else {
-                    break;
-                };
                 let nibble = (weight[i / 2] >> (4 * (i % 2))) & 0xF;
                 let block = (i / cols) * (cols / 16) + (i % cols) / 16;
                 f64::from(e2m1_to_f32(nibble))
                     * f64::from(e4m3_to_f32(scales[block]))
-                    * f64::from(s2)
+                    * tensor_scale
             } else {
-                let Some(ws) = scalar_f32(ckpt, f.scale) else {
-                    break;
-                };
-                f64::from(e4m3_to_f32(weight[i])) * f64::from(ws)
+                f64::from(e4m3_to_f32(weight[i])) * tensor_scale
             };
             num += (w - wq) * (w - wq);
             den += w * w;

@@ -118,3 +118,27 @@ fn our_own_output_passes() {
     let v = shardquant::verify::verify(&tmp.join("out"), Some(&case.join("input"))).unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
+
+#[test]
+fn a_source_of_another_shape_is_a_problem_not_a_crash() {
+    use shardquant::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+    let tmp = TempDir::new("verify-shape");
+    let src = tmp.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let t = OutputTensor::new(
+        "model.layers.0.self_attn.q_proj.weight",
+        Dtype::BF16,
+        vec![32, 64],
+    );
+    let plan = ShardPlan::new(vec![t], 1 << 20).unwrap();
+    let w = ShardWriter::create(&src, &plan).unwrap();
+    w.write(0, &vec![0x3Fu8; 32 * 64 * 2]).unwrap();
+    w.finish().unwrap();
+    let v =
+        shardquant::verify::verify(&golden("llama_nvfp4").join("modelopt"), Some(&src)).unwrap();
+    let text = v.problems.join("\n");
+    assert!(
+        text.contains("model.layers.0.self_attn.q_proj: the quantized tensors do not match"),
+        "{text}"
+    );
+}
