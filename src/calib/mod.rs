@@ -5,4 +5,5 @@
 //! tie scales together: shared-input groups, MoE experts of a layer, experts that saw no tokens.
 
 pub mod backend;
+pub mod mse;
 pub mod policy;

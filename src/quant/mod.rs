@@ -35,7 +35,7 @@ pub use nvfp4::{
 };
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests_codec;
 #[cfg(test)]

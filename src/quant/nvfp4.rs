@@ -153,7 +153,8 @@ pub fn pack_nvfp4(
 /// `_cast_per_block_scale_to_fp8`: a tiny block gets 2^-9, never 0), round to E4M3. NaN stays
 /// NaN, as `torch.clamp` leaves it, and encodes as `0x7F`. The callers replace a zero scale by
 /// 1.0 first, each at the step where ModelOpt does it.
-fn block_scale_byte(scale: f32) -> u8 {
+/// `e4m3(clamp(scale, 2^-9, 448))`: the E4M3 byte of an NVFP4 block scale.
+pub(crate) fn block_scale_byte(scale: f32) -> u8 {
     e4m3_from_f32(scale.clamp(E4M3_MIN_SUBNORMAL, E4M3_MAX))
 }
 

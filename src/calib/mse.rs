@@ -1,0 +1,369 @@
+//! MSE weight calibration: ModelOpt's searches for the weight amax that minimises the
+//! quantization error of the weight itself (`modelopt-format.md` §5), on the CPU; the GPU
+//! twins in `kernels/mse.cu` compute the same numbers bit for bit.
+//!
+//! Two searches:
+//! - **Multiplier search** (`--calib mse`, [`MseTarget`]): candidates `amax0 · m_k` for the 39
+//!   multipliers of `torch.linspace(0.25, 4.0, 39)` ([`multipliers`]); each candidate's
+//!   fake-quant is the format's own export arithmetic; the loss `Σ (w − wq)²` is reduced over the
+//!   whole tensor (per-tensor FP8 scale, NVFP4 global amax); the first minimum wins.
+//! - **FP8 scale sweep** (`--calib mse-fp8-sweep`, NVFP4 only): per 16-block, each of the 126
+//!   positive finite E4M3 scale codes `k` is tried with the export's denominator
+//!   `f32(e4m3(k) · weight_scale_2)`; the block keeps the first code with the least squared error
+//!   and its amax `global · c_k` ([`sweep_scale`]) maps back to code `k` in the static export.
+//!
+//! Deterministic reduction: losses are summed in a fixed tree that does not depend on threads
+//! or GPU scheduling. Elements are taken in row-major order in groups of [`GROUP`] (summed one
+//! after another), [`CHUNK_GROUPS`] group sums form a chunk (summed by the pairwise tree of a
+//! 256-thread block: stride 128, 64, …, 1), and the chunk sums are added in order in f64 on the
+//! host ([`pick`]). With importance weights ([`Importance`]) each squared error is multiplied by
+//! its input channel's weight before it is summed (`(d · d) · imp`, ModelOpt's `wmse` order).
+
+use crate::quant::codec::{
+    e2m1_nibble, e2m1_to_f32, e4m3_from_f32, e4m3_to_f32, E2M1_MAX, E4M3_MAX,
+};
+use crate::quant::numerics::{load_f32_into, Numerics, SourceDtype};
+use crate::quant::nvfp4::{block_scale_byte, nvfp4_global_scale, NVFP4_BLOCK_SIZE};
+use crate::stats::ModuleStats;
+
+/// How weight amax is calibrated (`--calib`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalibMethod {
+    /// max |W| (ModelOpt's max calibration).
+    Max,
+    /// The multiplier search around max |W| (per-tensor FP8 amax, NVFP4 global amax).
+    Mse,
+    /// The per-block FP8 scale sweep of static NVFP4.
+    MseFp8Sweep,
+}
+
+impl CalibMethod {
+    /// The `--calib` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CalibMethod::Max => "max",
+            CalibMethod::Mse => "mse",
+            CalibMethod::MseFp8Sweep => "mse-fp8-sweep",
+        }
+    }
+}
+
+/// Number of multipliers of the multiplier search: `ceil((4.0 - 0.25) / 0.1) + 1`.
+pub const MSE_STEPS: usize = 39;
+/// Elements summed one after another before the tree (one NVFP4 block).
+pub const GROUP: usize = 16;
+/// Group sums per chunk: the leaves of one pairwise tree.
+pub const CHUNK_GROUPS: usize = 256;
+/// Elements per chunk.
+pub const CHUNK: usize = GROUP * CHUNK_GROUPS;
+/// The E4M3 codes the FP8 scale sweep tries: 0x01 (2^-9) ..= 0x7E (448).
+pub const SWEEP_CODES: std::ops::RangeInclusive<u8> = 1..=126;
+/// Number of candidates of the FP8 scale sweep.
+pub const SWEEP_STEPS: usize = 126;
+/// Smallest importance weight after normalisation (mean weight = 1): a channel that saw no
+/// activation still counts a little, so all-zero-importance blocks keep a sensible scale.
+pub const IMPORTANCE_FLOOR: f64 = 1e-6;
+
+/// The multipliers of ModelOpt's `MseCalibrator`: `torch.linspace(0.25, 4.0, 39)` in f32, as
+/// ATen computes it (`step = (end − start) / (steps − 1)`; the first half counts up from the
+/// start, the second half down from the end).
+pub fn multipliers() -> [f32; MSE_STEPS] {
+    let (start, end) = (0.25f32, 4.0f32);
+    let step = (end - start) / (MSE_STEPS - 1) as f32;
+    let halfway = MSE_STEPS / 2;
+    std::array::from_fn(|i| {
+        if i < halfway {
+            start + step * i as f32
+        } else {
+            end - step * (MSE_STEPS - i - 1) as f32
+        }
+    })
+}
+
+/// The sweep's normalised scale of E4M3 code `code`: `e4m3(code) / 448` (ModelOpt's
+/// `fp8_scale_candidates`, a tensor divided by a Python float: [`Numerics::div_const`]).
+pub fn sweep_scale(code: u8, numerics: Numerics) -> f32 {
+    numerics.div_const(e4m3_to_f32(code), E4M3_MAX)
+}
+
+/// What the multiplier search fake-quantizes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MseTarget {
+    /// NVFP4 with dynamic block scales: the candidate is the global amax.
+    Nvfp4(Numerics),
+    /// FP8 per-tensor: the candidate is the tensor amax.
+    Fp8,
+}
+
+/// Per-candidate constants of the multiplier search, computed once on the host and used by
+/// both the CPU kernel and the GPU kernel (so both see the same f32 values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// What is fake-quantized.
+    pub target: MseTarget,
+    /// The candidate amax `amax0 · m_k`.
+    pub amax: Vec<f32>,
+    /// NVFP4: `weight_scale_2`; FP8: `448 / amax` (IEEE, as ModelOpt's `fake_e4m3fy`).
+    pub a: Vec<f32>,
+    /// NVFP4: `f32(6 · weight_scale_2)`; FP8: `1 / (448 / amax)`.
+    pub b: Vec<f32>,
+}
+
+impl Candidates {
+    /// The candidates around the max-calibrated amax `amax0`.
+    pub fn new(target: MseTarget, amax0: f32) -> Candidates {
+        let amax: Vec<f32> = multipliers().iter().map(|m| amax0 * m).collect();
+        let (a, b) = match target {
+            MseTarget::Nvfp4(numerics) => amax
+                .iter()
+                .map(|&g| {
+                    let ws2 = nvfp4_global_scale(g, numerics);
+                    (ws2, E2M1_MAX * ws2)
+                })
+                .unzip(),
+            MseTarget::Fp8 => amax
+                .iter()
+                .map(|&g| {
+                    let scale = E4M3_MAX / g;
+                    (scale, 1.0 / scale)
+                })
+                .unzip(),
+        };
+        Candidates { target, amax, a, b }
+    }
+}
+
+/// Per-input-channel weights of the squared error (`--importance stats`): the channel's mean
+/// squared activation `E[x²]`, normalised to mean 1 and floored at [`IMPORTANCE_FLOOR`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Importance {
+    /// One weight per input channel (column of the weight).
+    pub weights: Vec<f32>,
+}
+
+impl Importance {
+    /// From a module's statistics: `input_sum_sq / token_count` when both are there and the
+    /// count is positive, else `input_mean_sq`. `None` when the statistics have neither, the
+    /// length is not `cols`, or every channel is zero.
+    pub fn from_stats(stats: &ModuleStats, cols: usize) -> Option<Importance> {
+        let mean_sq: Vec<f64> = match (&stats.input_sum_sq, stats.token_count) {
+            (Some(sum_sq), Some(count)) if count > 0 => {
+                sum_sq.iter().map(|s| s / count as f64).collect()
+            }
+            _ => stats
+                .input_mean_sq
+                .as_ref()?
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+        };
+        Importance::from_mean_sq(&mean_sq, cols)
+    }
+
+    /// From `E[x²]` per channel (see [`Importance::from_stats`]).
+    pub fn from_mean_sq(mean_sq: &[f64], cols: usize) -> Option<Importance> {
+        if mean_sq.len() != cols || mean_sq.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return None;
+        }
+        let mean = mean_sq.iter().sum::<f64>() / cols as f64;
+        if mean <= 0.0 {
+            return None;
+        }
+        let weights = mean_sq
+            .iter()
+            .map(|v| (v / mean).max(IMPORTANCE_FLOOR) as f32)
+            .collect();
+        Some(Importance { weights })
+    }
+}
+
+/// The squared error of one element, weighted by its channel's importance.
+#[inline]
+fn weighted(d: f32, imp: Option<&[f32]>, col: usize) -> f32 {
+    let e = d * d;
+    match imp {
+        Some(w) => e * w[col],
+        None => e,
+    }
+}
+
+/// One group's error sums, one per candidate (`sums[k]`), for the elements `w` starting at flat
+/// index `first` of a tensor with `cols` columns.
+fn group_losses(
+    w: &[f32],
+    first: usize,
+    cols: usize,
+    c: &Candidates,
+    dtype: SourceDtype,
+    imp: Option<&[f32]>,
+    sums: &mut [f32; MSE_STEPS],
+) {
+    match c.target {
+        MseTarget::Nvfp4(_) => {
+            // A group is one NVFP4 block (cols is a multiple of 16).
+            let block_max = w
+                .iter()
+                .fold(0.0f32, |m, x| if x.abs() > m { x.abs() } else { m });
+            for ((sum, ws2), six_ws2) in sums.iter_mut().zip(&c.a).zip(&c.b) {
+                let s = block_max / six_ws2;
+                let code = block_scale_byte(if s == 0.0 { 1.0 } else { s });
+                let den = e4m3_to_f32(code) * ws2;
+                *sum = 0.0;
+                for (j, &x) in w.iter().enumerate() {
+                    let xq = e2m1_to_f32(e2m1_nibble(x / den)) * den;
+                    *sum += weighted(x - xq, imp, (first + j) % cols);
+                }
+            }
+        }
+        MseTarget::Fp8 => {
+            for ((sum, scale), inverse) in sums.iter_mut().zip(&c.a).zip(&c.b) {
+                *sum = 0.0;
+                for (j, &x) in w.iter().enumerate() {
+                    let y = (x * scale).clamp(-E4M3_MAX, E4M3_MAX);
+                    let xq = dtype.round(e4m3_to_f32(e4m3_from_f32(y)) * inverse);
+                    *sum += weighted(x - xq, imp, (first + j) % cols);
+                }
+            }
+        }
+    }
+}
+
+/// The pairwise tree of one chunk: `v` holds [`CHUNK_GROUPS`] leaves (zeros past the end).
+fn tree_sum(v: &mut [f32; CHUNK_GROUPS]) -> f32 {
+    let mut stride = CHUNK_GROUPS / 2;
+    while stride > 0 {
+        for t in 0..stride {
+            v[t] += v[t + stride];
+        }
+        stride /= 2;
+    }
+    v[0]
+}
+
+/// Number of chunks of a tensor of `n` elements.
+pub fn chunk_count(n: usize) -> usize {
+    n.div_ceil(CHUNK).max(1)
+}
+
+/// The CPU kernel of the multiplier search: per candidate `k` and chunk `c`, the chunk's loss
+/// at `out[k · chunks + c]` (see the module doc for the order). `src` is a row-major weight with
+/// `cols` columns in `dtype`; `imp` has `cols` weights.
+pub fn chunk_losses(
+    src: &[u8],
+    dtype: SourceDtype,
+    cols: usize,
+    c: &Candidates,
+    imp: Option<&[f32]>,
+) -> Vec<f32> {
+    let n = src.len() / dtype.size();
+    let chunks = chunk_count(n);
+    let mut out = vec![0.0f32; MSE_STEPS * chunks];
+    let mut values = vec![0.0f32; CHUNK];
+    let mut leaves = vec![[0.0f32; CHUNK_GROUPS]; MSE_STEPS];
+    let mut sums = [0.0f32; MSE_STEPS];
+    for chunk in 0..chunks {
+        let first = chunk * CHUNK;
+        let len = CHUNK.min(n.saturating_sub(first));
+        let bytes = &src[first * dtype.size()..(first + len) * dtype.size()];
+        load_f32_into(bytes, dtype, &mut values[..len]);
+        leaves.iter_mut().for_each(|l| l.fill(0.0));
+        for (g, w) in values[..len].chunks(GROUP).enumerate() {
+            group_losses(w, first + g * GROUP, cols, c, dtype, imp, &mut sums);
+            for k in 0..MSE_STEPS {
+                leaves[k][g] = sums[k];
+            }
+        }
+        for (k, leaf) in leaves.iter_mut().enumerate() {
+            out[k * chunks + chunk] = tree_sum(leaf);
+        }
+    }
+    out
+}
+
+/// The chosen candidate: chunk losses summed in order in f64 per candidate, then the first
+/// strict minimum (a NaN loss is never chosen; candidate 0 if all are NaN).
+pub fn pick(partials: &[f32], steps: usize) -> usize {
+    let chunks = partials.len() / steps;
+    let mut best = (0, f64::INFINITY);
+    for k in 0..steps {
+        let loss: f64 = partials[k * chunks..(k + 1) * chunks]
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum();
+        if loss < best.1 {
+            best = (k, loss);
+        }
+    }
+    best.0
+}
+
+/// The MSE amax of a weight: [`chunk_losses`] then [`pick`]; `amax0` (the max calibration)
+/// when it is zero.
+pub fn mse_amax(
+    src: &[u8],
+    dtype: SourceDtype,
+    cols: usize,
+    target: MseTarget,
+    amax0: f32,
+    imp: Option<&[f32]>,
+) -> f32 {
+    if amax0 == 0.0 {
+        return amax0;
+    }
+    let c = Candidates::new(target, amax0);
+    c.amax[pick(&chunk_losses(src, dtype, cols, &c, imp), MSE_STEPS)]
+}
+
+/// The sweep's denominators `f32(e4m3(k) · weight_scale_2)` for codes 1..=126 (index k − 1),
+/// with `weight_scale_2` of the export's static path.
+pub fn sweep_denominators(global: f32, numerics: Numerics) -> [f32; SWEEP_STEPS] {
+    let ws2 = nvfp4_global_scale(global, numerics);
+    std::array::from_fn(|i| e4m3_to_f32(i as u8 + 1) * ws2)
+}
+
+/// The winning code (1..=126) of one 16-block `w` whose first column is `col0`.
+fn sweep_block(w: &[f32], col0: usize, dens: &[f32; SWEEP_STEPS], imp: Option<&[f32]>) -> u8 {
+    let mut best = (0usize, f32::INFINITY);
+    for (k, &den) in dens.iter().enumerate() {
+        let mut loss = 0.0f32;
+        for (j, &x) in w.iter().enumerate() {
+            let a = x.abs();
+            let d = a - e2m1_to_f32(e2m1_nibble(a / den)) * den;
+            loss += weighted(d, imp, col0 + j);
+        }
+        if loss < best.1 {
+            best = (k, loss);
+        }
+    }
+    best.0 as u8 + 1
+}
+
+/// The CPU kernel of the FP8 scale sweep: the chosen per-block amax `global · c_k`, row-major
+/// `[rows, cols/16]`, of a weight with `cols` columns (a multiple of 16).
+pub fn sweep_block_amax(
+    src: &[u8],
+    dtype: SourceDtype,
+    cols: usize,
+    global: f32,
+    numerics: Numerics,
+    imp: Option<&[f32]>,
+) -> Vec<f32> {
+    let dens = sweep_denominators(global, numerics);
+    let amax_of: [f32; SWEEP_STEPS] =
+        std::array::from_fn(|i| global * sweep_scale(i as u8 + 1, numerics));
+    let row_bytes = cols * dtype.size();
+    let mut row = vec![0.0f32; cols];
+    let mut out = Vec::with_capacity(src.len() / dtype.size() / NVFP4_BLOCK_SIZE);
+    for bytes in src.chunks_exact(row_bytes) {
+        load_f32_into(bytes, dtype, &mut row);
+        for (b, w) in row.chunks_exact(NVFP4_BLOCK_SIZE).enumerate() {
+            let code = sweep_block(w, b * NVFP4_BLOCK_SIZE, &dens, imp);
+            out.push(amax_of[usize::from(code) - 1]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "mse_tests.rs"]
+mod tests;
