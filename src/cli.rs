@@ -1,5 +1,6 @@
 //! The command line: clap definitions and their translation into [`Options`].
 
+use crate::calib::mse::CalibMethod;
 use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
 use crate::checkpoint::parse_size;
 use crate::error::{Error, Result};
@@ -199,6 +200,27 @@ pub enum KvCacheArg {
     Fp8,
 }
 
+/// `--calib` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CalibArg {
+    /// max |W|.
+    Max,
+    /// Multiplier search of the per-tensor amax.
+    Mse,
+    /// Per-block FP8 scale sweep (NVFP4 only).
+    #[value(name = "mse-fp8-sweep")]
+    MseFp8Sweep,
+}
+
+/// `--importance` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportanceArg {
+    /// Every element's squared error counts the same.
+    None,
+    /// Per input channel, the mean squared activation from the statistics.
+    Stats,
+}
+
 /// Options shared by `convert` and `inspect`.
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
@@ -236,6 +258,15 @@ pub struct PlanArgs {
     /// Where weight amax comes from.
     #[arg(long, value_enum, default_value = "compute")]
     pub weight_amax: WeightAmaxArg,
+    /// Weight calibration: max |W|; mse (ModelOpt's multiplier search of the per-tensor FP8
+    /// amax or the NVFP4 global amax); mse-fp8-sweep (NVFP4: per-block search over all 126 FP8
+    /// scale codes, exported as static NVFP4).
+    #[arg(long, value_enum, default_value = "max")]
+    pub calib: CalibArg,
+    /// Weight the MSE search's squared errors by each input channel's mean squared activation
+    /// (input_sum_sq / token_count, e.g. from a llama.cpp imatrix given with --stats).
+    #[arg(long, value_enum, default_value = "none")]
+    pub importance: ImportanceArg,
     /// Which linears to quantize.
     #[arg(long, value_enum, default_value = "all")]
     pub scope: ScopeArg,
@@ -353,6 +384,41 @@ impl PlanArgs {
         if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
             return Err(Error::usage("--weight-amax stats needs a --stats file"));
         }
+        o.calib = match self.calib {
+            CalibArg::Max => CalibMethod::Max,
+            CalibArg::Mse => CalibMethod::Mse,
+            CalibArg::MseFp8Sweep => CalibMethod::MseFp8Sweep,
+        };
+        o.importance = self.importance == ImportanceArg::Stats;
+        check_calib(&o)?;
         Ok(o)
     }
+}
+
+/// The combinations of `--calib`, `--importance`, `--format` and `--weight-amax` that mean
+/// something.
+fn check_calib(o: &Options) -> Result<()> {
+    if o.calib == CalibMethod::MseFp8Sweep && !o.format.is_nvfp4() {
+        return Err(Error::usage(format!(
+            "--calib mse-fp8-sweep searches NVFP4 block scales; --format {} has none (use --calib mse)",
+            o.format.cli_name()
+        )));
+    }
+    if o.calib != CalibMethod::Max && o.weight_amax == WeightAmaxMode::Stats {
+        return Err(Error::usage(format!(
+            "--calib {} computes the weight amax from the weights; it cannot be combined with --weight-amax stats",
+            o.calib.name()
+        )));
+    }
+    if o.importance && o.calib == CalibMethod::Max {
+        return Err(Error::usage(
+            "--importance stats weights the errors of an MSE search; add --calib mse or --calib mse-fp8-sweep",
+        ));
+    }
+    if o.importance && o.stats.is_empty() {
+        return Err(Error::usage(
+            "--importance stats needs --stats files with per-channel activation sums (e.g. a llama.cpp imatrix)",
+        ));
+    }
+    Ok(())
 }

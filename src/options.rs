@@ -1,5 +1,6 @@
 //! Conversion options, as resolved from the command line (or set by a library user).
 
+use crate::calib::mse::CalibMethod;
 use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
 use crate::gpu::DeviceChoice;
 use crate::quant::{DequantPrecision, Numerics, QuantFormat};
@@ -82,6 +83,11 @@ pub struct Options {
     pub fp8_dequant: DequantPrecision,
     /// Leave unquantized FP8 source tensors in FP8 with their block scales (instead of BF16).
     pub keep_fp8_source: bool,
+    /// How weight amax is calibrated.
+    pub calib: CalibMethod,
+    /// Weight the MSE searches' squared errors by each input channel's mean squared activation
+    /// from the statistics (`--importance stats`).
+    pub importance: bool,
 }
 
 impl Options {
@@ -109,6 +115,8 @@ impl Options {
             stats_format: None,
             fp8_dequant: DequantPrecision::Bf16,
             keep_fp8_source: false,
+            calib: CalibMethod::Max,
+            importance: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use shardquant::calib::backend::{CpuCompute, UnitCompute};
+use shardquant::calib::mse::{CalibMethod, Candidates, Importance, MseTarget};
 use shardquant::gpu::{DeviceChoice, Gpu, GpuPool};
 use shardquant::options::Options;
 use shardquant::quant::{Numerics, QuantFormat, SourceDtype};
@@ -147,6 +148,80 @@ fn kernels_match_the_cpu_bit_for_bit() {
 }
 
 #[test]
+fn mse_kernels_match_the_cpu_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 2, 8 << 20).unwrap();
+    // One group, a partial chunk, several chunks and a partial last group (FP8 only).
+    let shapes = [
+        (1usize, 32usize),
+        (3, 48),
+        (64, 64),
+        (257, 128),
+        (300, 1024),
+        (5, 37),
+    ];
+    for dtype in [SourceDtype::Bf16, SourceDtype::F16, SourceDtype::F32] {
+        for (k, &(rows, cols)) in shapes.iter().enumerate() {
+            let w = weights(dtype, rows * cols, 7 + k as u64 * 13, k + 3);
+            let amax = shardquant::quant::amax(&w, dtype).unwrap();
+            let mean_sq: Vec<f64> = (0..cols)
+                .map(|c| {
+                    if c % 11 == 4 {
+                        0.0
+                    } else {
+                        ((c * 29) % 17) as f64 + 0.5
+                    }
+                })
+                .collect();
+            let imp = Importance::from_mean_sq(&mean_sq, cols).unwrap();
+            for importance in [None, Some(imp.weights.as_slice())] {
+                for target in [
+                    MseTarget::Nvfp4(Numerics::ModeloptCuda),
+                    MseTarget::Nvfp4(Numerics::ModeloptCpu),
+                    MseTarget::Fp8,
+                ] {
+                    if cols % 16 != 0 && target != MseTarget::Fp8 {
+                        continue;
+                    }
+                    let cand = Candidates::new(target, amax);
+                    let (a, b) = both(&pool, &w, dtype, |c| {
+                        c.mse_chunk_losses(0, cols, &cand, importance)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    });
+                    assert!(
+                        a == b,
+                        "mse losses {dtype:?} {rows}x{cols} {target:?} weighted {}",
+                        importance.is_some()
+                    );
+                }
+                if cols % 16 != 0 {
+                    continue;
+                }
+                for numerics in [Numerics::ModeloptCpu, Numerics::ModeloptCuda] {
+                    for global in [amax, amax * 1.7] {
+                        let (a, b) = both(&pool, &w, dtype, |c| {
+                            c.sweep_block_amax(0, cols, global, numerics, importance)
+                                .unwrap()
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect::<Vec<_>>()
+                        });
+                        assert!(
+                            a == b,
+                            "sweep {dtype:?} {rows}x{cols} {numerics:?} weighted {}",
+                            importance.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn fp8_block_dequantization_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let pool = GpuPool::new(gpu, 1, 4 << 20).unwrap();
@@ -216,7 +291,28 @@ fn convert(
     stats: Option<&std::path::Path>,
     device: DeviceChoice,
 ) {
+    convert_calib(
+        input,
+        out,
+        format,
+        numerics,
+        stats,
+        device,
+        CalibMethod::Max,
+    );
+}
+
+fn convert_calib(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    format: QuantFormat,
+    numerics: Numerics,
+    stats: Option<&std::path::Path>,
+    device: DeviceChoice,
+    calib: CalibMethod,
+) {
     let mut o = Options::new(format);
+    o.calib = calib;
     o.numerics = numerics;
     o.stats = stats.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
     o.quiet = true;
@@ -274,21 +370,34 @@ fn synthetic_models_give_the_same_bytes_on_cpu_and_gpu() {
     spec.write(&input).unwrap();
     let amax = tmp.join("amax.safetensors");
     spec.write_amax(&amax).unwrap();
-    for format in [
-        QuantFormat::Nvfp4,
-        QuantFormat::Fp8,
-        QuantFormat::W4a16Nvfp4,
+    for (format, calib) in [
+        (QuantFormat::Nvfp4, CalibMethod::Max),
+        (QuantFormat::Fp8, CalibMethod::Max),
+        (QuantFormat::W4a16Nvfp4, CalibMethod::Max),
+        (QuantFormat::Nvfp4, CalibMethod::Mse),
+        (QuantFormat::Nvfp4, CalibMethod::MseFp8Sweep),
+        (QuantFormat::Fp8, CalibMethod::Mse),
     ] {
         for numerics in [Numerics::ModeloptCuda, Numerics::ModeloptCpu] {
             let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
-            convert(&input, &a, format, numerics, Some(&amax), DeviceChoice::Cpu);
-            convert(
+            let stats = Some(amax.as_path());
+            convert_calib(
+                &input,
+                &a,
+                format,
+                numerics,
+                stats,
+                DeviceChoice::Cpu,
+                calib,
+            );
+            convert_calib(
                 &input,
                 &b,
                 format,
                 numerics,
-                Some(&amax),
+                stats,
                 DeviceChoice::Cuda(0),
+                calib,
             );
             common::assert_same_tensors(&b, &a);
             std::fs::remove_dir_all(&a).unwrap();

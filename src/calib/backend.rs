@@ -2,6 +2,7 @@
 //! (`crate::gpu::GpuCompute`), with bit-identical results. The scale policy that decides what
 //! to compute lives in the pipeline's worker and is shared by both.
 
+use crate::calib::mse::{self, Candidates};
 use crate::error::Result;
 use crate::quant::{self, DequantPrecision, Numerics, SourceDtype};
 use std::borrow::Cow;
@@ -46,6 +47,23 @@ pub trait UnitCompute<'a> {
     ) -> Result<f32>;
     /// FP8 per-tensor of member `m` (see [`quant::quantize_fp8`]).
     fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()>;
+    /// The multiplier search's chunk losses of member `m` (see [`mse::chunk_losses`]).
+    fn mse_chunk_losses(
+        &mut self,
+        m: usize,
+        cols: usize,
+        candidates: &Candidates,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>>;
+    /// The FP8 scale sweep's per-block amax of member `m` (see [`mse::sweep_block_amax`]).
+    fn sweep_block_amax(
+        &mut self,
+        m: usize,
+        cols: usize,
+        global: f32,
+        numerics: Numerics,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>>;
 }
 
 /// The CPU reference path: calls the kernels of [`crate::quant`] directly.
@@ -113,5 +131,30 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         quant::quantize_fp8(src, dtype, scale, numerics, out);
         Ok(())
+    }
+
+    fn mse_chunk_losses(
+        &mut self,
+        m: usize,
+        cols: usize,
+        candidates: &Candidates,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(mse::chunk_losses(src, dtype, cols, candidates, importance))
+    }
+
+    fn sweep_block_amax(
+        &mut self,
+        m: usize,
+        cols: usize,
+        global: f32,
+        numerics: Numerics,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(mse::sweep_block_amax(
+            src, dtype, cols, global, numerics, importance,
+        ))
     }
 }

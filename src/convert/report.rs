@@ -13,21 +13,32 @@ use std::time::Instant;
 /// unquantized linears.
 pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> String {
     let mut out = format!(
-        "# shardquant {} quantization summary: format {}, numerics {}\n",
+        "# shardquant {} quantization summary: format {}, numerics {}, calib {}{}\n",
         env!("CARGO_PKG_VERSION"),
         options.format.cli_name(),
-        options.numerics.name()
+        options.numerics.name(),
+        options.calib.name(),
+        if options.importance {
+            " (importance-weighted)"
+        } else {
+            ""
+        }
     );
     out.push_str("# module  format  weight_amax  input_amax  weight_scale(_2)\n");
     for l in lines {
         let input = l.input_amax.map_or("-".to_string(), |a| format!("{a:.6e}"));
         out.push_str(&format!(
-            "{:80} {} weight_amax={:.6e}{} input_amax={} weight_scale={:.6e}\n",
+            "{:80} {} weight_amax={:.6e}{}{} input_amax={} weight_scale={:.6e}\n",
             l.module,
             options.format.quant_algo(),
             l.weight_amax,
             if l.static_blocks {
                 " (static per-block)"
+            } else {
+                ""
+            },
+            if l.importance_weighted {
+                " (weighted)"
             } else {
                 ""
             },
@@ -56,6 +67,27 @@ fn options_json(options: &Options) -> serde_json::Value {
         "kv_cache": if options.kv_cache_fp8 { "fp8" } else { "none" },
         "fp8_dequant": options.fp8_dequant.name(),
         "keep_fp8_source": options.keep_fp8_source,
+        "calib": options.calib.name(),
+        "importance": if options.importance { "stats" } else { "none" },
+    })
+}
+
+/// Which calibration each quantized linear got: the method, and with `--importance stats`
+/// which linears' searches were weighted by activation statistics and which were not.
+fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Value {
+    let (weighted, unweighted): (Vec<&SummaryLine>, Vec<&SummaryLine>) =
+        lines.iter().partition(|l| l.importance_weighted);
+    let names = |v: &[&SummaryLine]| v.iter().map(|l| l.module.clone()).collect::<Vec<_>>();
+    json!({
+        "method": options.calib.name(),
+        "importance": if options.importance {
+            json!({
+                "weighted": names(&weighted),
+                "unweighted": names(&unweighted),
+            })
+        } else {
+            serde_json::Value::Null
+        },
     })
 }
 
@@ -123,6 +155,7 @@ impl Report {
             "layout": plan.layout.name,
             "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "options": options_json(options),
+            "calibration": calibration_json(options, &run.summary),
             "threads": options.threads,
             "max_memory": options.max_memory,
             "counts": {

@@ -11,8 +11,13 @@ use cudarc::nvrtc::{self, Ptx};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-/// The kernel source, compiled into the binary.
-pub const KERNEL_SOURCE: &str = include_str!("../../kernels/quant.cu");
+/// The kernel source, compiled into the binary: the quantization kernels, then the MSE
+/// calibration kernels that use their codecs.
+pub const KERNEL_SOURCE: &str = concat!(
+    include_str!("../../kernels/quant.cu"),
+    "\n",
+    include_str!("../../kernels/mse.cu")
+);
 
 /// A usable GPU with the kernels loaded.
 pub struct Gpu {
@@ -32,6 +37,8 @@ pub struct Gpu {
     pub(crate) nvfp4_pack: CudaFunction,
     pub(crate) fp8_quantize: CudaFunction,
     pub(crate) fp8_block_dequant: CudaFunction,
+    pub(crate) mse_chunk_losses: CudaFunction,
+    pub(crate) nvfp4_sweep: CudaFunction,
 }
 
 /// Runs `f`, turning a panic into an error message without printing it.
@@ -94,7 +101,7 @@ fn compile_cubin(arch: (i32, i32)) -> Result<Vec<u8>, String> {
         // SAFETY: as above; the program is not used afterwards.
         let _ = unsafe { nvrtc::result::destroy_program(prog) };
         return Err(format!(
-            "NVRTC could not compile kernels/quant.cu: {e:?}\n{log}"
+            "NVRTC could not compile kernels/quant.cu + kernels/mse.cu: {e:?}\n{log}"
         ));
     }
     let mut size = 0usize;
@@ -159,6 +166,8 @@ impl Gpu {
             nvfp4_pack: f("nvfp4_pack")?,
             fp8_quantize: f("fp8_quantize")?,
             fp8_block_dequant: f("fp8_block_dequant")?,
+            mse_chunk_losses: f("mse_chunk_losses")?,
+            nvfp4_sweep: f("nvfp4_sweep")?,
             _module: module,
             ctx,
             ordinal,

@@ -9,6 +9,7 @@
 
 use super::Gpu;
 use crate::calib::backend::UnitCompute;
+use crate::calib::mse::{self, Candidates, MseTarget};
 use crate::error::{Error, Result};
 use crate::quant::codec::E2M1_MAX;
 use crate::quant::{self, DequantPrecision, Numerics, SourceDtype};
@@ -503,5 +504,123 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         }
         .map_err(|e| cuda("fp8 kernel", e))?;
         self.fetch(out.len(), out, None)
+    }
+
+    fn mse_chunk_losses(
+        &mut self,
+        m: usize,
+        cols: usize,
+        candidates: &Candidates,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
+        let gpu = self.pool.gpu.clone();
+        let n = len / dtype.size();
+        let chunks = mse::chunk_count(n);
+        let (n64, cols64, chunks64) = (n as u64, cols as u64, chunks as u64);
+        let target = match candidates.target {
+            MseTarget::Nvfp4(_) => 0i32,
+            MseTarget::Fp8 => 1i32,
+        };
+        let code = dtype_code(dtype);
+        let slot = self.slot();
+        let stream = slot.stream.clone();
+        let upload = |v: &[f32]| stream.clone_htod(v).map_err(|e| cuda("copy to GPU", e));
+        let a = upload(&candidates.a)?;
+        let b = upload(&candidates.b)?;
+        let has_imp = i32::from(importance.is_some());
+        let imp = upload(importance.unwrap_or(&[0.0]))?;
+        let mut out = stream
+            .alloc_zeros::<f32>(mse::MSE_STEPS * chunks)
+            .map_err(|e| cuda("device memory", e))?;
+        let src = slot.dev_in.slice(off..off + len);
+        // SAFETY: n elements of `src`, MSE_STEPS values of `a` and `b`, `cols` importance
+        // weights (when has_imp) are read; MSE_STEPS * chunks losses are written.
+        unsafe {
+            stream
+                .launch_builder(&gpu.mse_chunk_losses)
+                .arg(&src)
+                .arg(&code)
+                .arg(&n64)
+                .arg(&cols64)
+                .arg(&target)
+                .arg(&a)
+                .arg(&b)
+                .arg(&imp)
+                .arg(&has_imp)
+                .arg(&chunks64)
+                .arg(&mut out)
+                .launch(LaunchConfig {
+                    grid_dim: (chunks as u32, 1, 1),
+                    block_dim: (mse::CHUNK_GROUPS as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+        }
+        .map_err(|e| cuda("mse kernel", e))?;
+        let mut partials = vec![0.0f32; mse::MSE_STEPS * chunks];
+        stream
+            .memcpy_dtoh(&out, &mut partials)
+            .map_err(|e| cuda("copy to host", e))?;
+        stream.synchronize().map_err(|e| cuda("synchronise", e))?;
+        Ok(partials)
+    }
+
+    fn sweep_block_amax(
+        &mut self,
+        m: usize,
+        cols: usize,
+        global: f32,
+        numerics: Numerics,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (off, len, dtype) = (
+            self.members[m].0,
+            self.members[m].1.len(),
+            self.members[m].2,
+        );
+        let gpu = self.pool.gpu.clone();
+        let nblocks = len / dtype.size() / 16;
+        let (nblocks64, cols64) = (nblocks as u64, cols as u64);
+        let dens = mse::sweep_denominators(global, numerics);
+        let amax_of: Vec<f32> = mse::SWEEP_CODES
+            .map(|code| global * mse::sweep_scale(code, numerics))
+            .collect();
+        let code = dtype_code(dtype);
+        let slot = self.slot();
+        let stream = slot.stream.clone();
+        let upload = |v: &[f32]| stream.clone_htod(v).map_err(|e| cuda("copy to GPU", e));
+        let dens = upload(&dens)?;
+        let amax_of = upload(&amax_of)?;
+        let has_imp = i32::from(importance.is_some());
+        let imp = upload(importance.unwrap_or(&[0.0]))?;
+        let src = slot.dev_in.slice(off..off + len);
+        // SAFETY: nblocks 16-element blocks of `src`, 126 denominators and amax, `cols`
+        // importance weights (when has_imp) are read; nblocks amax are written into the slot's
+        // block buffer (capacity / 32 + 1 values, at least nblocks for 2-byte weights).
+        unsafe {
+            stream
+                .launch_builder(&gpu.nvfp4_sweep)
+                .arg(&src)
+                .arg(&code)
+                .arg(&nblocks64)
+                .arg(&cols64)
+                .arg(&dens)
+                .arg(&amax_of)
+                .arg(&imp)
+                .arg(&has_imp)
+                .arg(&mut slot.dev_blocks)
+                .launch(per_block(nblocks))
+        }
+        .map_err(|e| cuda("nvfp4 sweep kernel", e))?;
+        let mut blocks = vec![0.0f32; nblocks];
+        stream
+            .memcpy_dtoh(&slot.dev_blocks.slice(..nblocks), &mut blocks)
+            .map_err(|e| cuda("copy to host", e))?;
+        stream.synchronize().map_err(|e| cuda("synchronise", e))?;
+        Ok(blocks)
     }
 }

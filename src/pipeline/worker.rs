@@ -1,6 +1,7 @@
 //! Executing one unit of work: amax, scales and quantized bytes of its linears.
 
 use crate::calib::backend::UnitCompute;
+use crate::calib::mse::{self, CalibMethod, Candidates, Importance, MseTarget};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -38,6 +39,8 @@ pub struct SummaryLine {
     pub input_amax: Option<f32>,
     /// `weight_scale_2` (NVFP4) or `weight_scale` (FP8).
     pub weight_scale: f32,
+    /// Whether the MSE search weighted its errors by activation statistics.
+    pub importance_weighted: bool,
 }
 
 /// The outputs of a unit, in the unit's output order.
@@ -208,14 +211,8 @@ fn quantize_group<'a>(
         )));
     }
     // ModelOpt unifies the weight amax (or static global amax) over the group at export.
-    let group_amax = amaxes
-        .iter()
-        .map(|a| match a {
-            WeightAmax::Tensor(v) => *v,
-            WeightAmax::Blocks { global, .. } => *global,
-        })
-        .fold(0.0f32, f32::max);
-    if group_amax == 0.0 {
+    let max_amax = group_max(&amaxes);
+    if max_amax == 0.0 {
         let l = &plan.linears[members[0]];
         return Err(Error::bad_input(format!(
             "{}: the weight of {} is all zeros, so ModelOpt's scale formulas are undefined",
@@ -227,7 +224,43 @@ fn quantize_group<'a>(
             l.module
         )));
     }
-    check_against_stats(plan, ckpt, members, group_amax)?;
+    check_against_stats(plan, ckpt, members, max_amax)?;
+    let importance: Vec<Option<Importance>> = members
+        .iter()
+        .map(|&i| {
+            let l = &plan.linears[i];
+            options
+                .importance
+                .then(|| plan.stats.module(&l.module))
+                .flatten()
+                .and_then(|s| Importance::from_stats(s, l.source.cols))
+        })
+        .collect();
+    let imp = |m: usize| importance[m].as_ref().map(|i| i.weights.as_slice());
+    // `--calib mse`: each member's own search (ModelOpt calibrates each weight quantizer), then
+    // the same group unification as for max.
+    let amaxes = if options.calib == CalibMethod::Mse {
+        let target = match options.format {
+            QuantFormat::Fp8 => MseTarget::Fp8,
+            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => MseTarget::Nvfp4(options.numerics),
+        };
+        let mut searched = Vec::with_capacity(amaxes.len());
+        for (m, (&i, a)) in members.iter().zip(&amaxes).enumerate() {
+            searched.push(match a {
+                WeightAmax::Tensor(a0) if *a0 > 0.0 => {
+                    let c = Candidates::new(target, *a0);
+                    let partials =
+                        compute.mse_chunk_losses(m, plan.linears[i].source.cols, &c, imp(m))?;
+                    WeightAmax::Tensor(c.amax[mse::pick(&partials, mse::MSE_STEPS)])
+                }
+                other => other.clone(),
+            });
+        }
+        searched
+    } else {
+        amaxes
+    };
+    let group_amax = group_max(&amaxes);
     let mut payloads = Vec::new();
     let mut summary = Vec::new();
     for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
@@ -255,6 +288,27 @@ fn quantize_group<'a>(
                         &mut packed,
                         &mut scales,
                     )?,
+                    // The sweep runs against the group's shared global amax (ModelOpt's
+                    // SharedWeightGlobalAmaxState), then exports as static NVFP4.
+                    WeightAmax::Tensor(_) if options.calib == CalibMethod::MseFp8Sweep => {
+                        let blocks = compute.sweep_block_amax(
+                            m,
+                            cols,
+                            group_amax,
+                            options.numerics,
+                            imp(m),
+                        )?;
+                        compute.nvfp4_static(
+                            m,
+                            rows,
+                            cols,
+                            &blocks,
+                            group_amax,
+                            options.numerics,
+                            &mut packed,
+                            &mut scales,
+                        )?
+                    }
                     WeightAmax::Tensor(_) => {
                         let ws2 = quant::nvfp4_global_scale(group_amax, options.numerics);
                         compute.nvfp4(m, rows, cols, ws2, &mut packed, &mut scales)?;
@@ -299,12 +353,24 @@ fn quantize_group<'a>(
         summary.push(SummaryLine {
             module: l.module.clone(),
             weight_amax: group_amax,
-            static_blocks: is_static,
+            static_blocks: is_static || options.calib == CalibMethod::MseFp8Sweep,
             input_amax,
             weight_scale,
+            importance_weighted: importance[m].is_some(),
         });
     }
     Ok((payloads, summary))
+}
+
+/// The group's unified amax: the max of the members' per-tensor (or static global) amax.
+fn group_max(amaxes: &[WeightAmax]) -> f32 {
+    amaxes
+        .iter()
+        .map(|a| match a {
+            WeightAmax::Tensor(v) => *v,
+            WeightAmax::Blocks { global, .. } => *global,
+        })
+        .fold(0.0f32, f32::max)
 }
 
 /// Statistics that carry a weight amax must have been made on this checkpoint: ModelOpt's

@@ -9,6 +9,7 @@ mod classify;
 
 pub use classify::{classify, source_dtype, Classified, Linear, WeightSource};
 
+use crate::calib::mse::Importance;
 use crate::calib::policy;
 use crate::checkpoint::{Checkpoint, Dtype, OutputTensor};
 use crate::error::{Error, Result};
@@ -220,6 +221,9 @@ impl Plan {
                 w
             }
         };
+        if options.importance {
+            importance_coverage(&linears, &stats, &mut problems, &mut warnings);
+        }
         let mut builder = UnitBuilder::default();
         build_units(ckpt, &linears, &classified, options, &mut builder);
         if options.kv_cache_fp8 {
@@ -310,6 +314,39 @@ fn dtype_mismatch(config: &serde_json::Value, linears: &[Linear]) -> Option<Stri
              quantize them after casting to {declared}, shardquant quantizes the stored values, so bytes may differ from a ModelOpt export"
         )
     })
+}
+
+/// `--importance stats`: every quantized linear should have per-channel activation sums; none
+/// at all is an error (the option would do nothing), some missing is a warning (those searches
+/// are unweighted, and the report lists them).
+fn importance_coverage(
+    linears: &[Linear],
+    stats: &ActivationStats,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let quantized: Vec<&Linear> = linears.iter().filter(|l| l.excluded.is_none()).collect();
+    let missing: Vec<&str> = quantized
+        .iter()
+        .filter(|l| {
+            stats
+                .module(&l.module)
+                .and_then(|m| Importance::from_stats(m, l.source.cols))
+                .is_none()
+        })
+        .map(|l| l.module.as_str())
+        .collect();
+    if !quantized.is_empty() && missing.len() == quantized.len() {
+        problems.push(
+            "--importance stats: the statistics hold no per-channel activation sums (input_sum_sq with token_count, or input_mean_sq) for any quantized linear; pass a llama.cpp imatrix or a shardquant statistics file with them".to_string(),
+        );
+    } else if !missing.is_empty() {
+        warnings.push(format!(
+            "--importance stats: {} linear(s) have no usable per-channel activation statistics (or saw no tokens); their MSE search is unweighted: {}",
+            missing.len(),
+            missing.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+        ));
+    }
 }
 
 /// "the statistics (a.safetensors, b.safetensors)" or "the statistics (no --stats file given)".

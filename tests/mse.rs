@@ -1,0 +1,454 @@
+//! `--calib mse`, `--calib mse-fp8-sweep` and `--importance stats` through the converter:
+//! the exported bytes equal the library's searches applied by hand, the error goes down, the
+//! output is deterministic, and the option combinations that make no sense are refused.
+
+mod common;
+
+use common::{fixtures, load_tensors, run, TempDir};
+use shardquant::calib::mse::{self, Importance, MseTarget};
+use shardquant::quant::{
+    self, fp8_scale, quantize_nvfp4_static, Numerics, QuantFormat, SourceDtype,
+};
+use shardquant::synthetic::SyntheticSpec;
+use std::path::Path;
+
+fn synthetic(dir: &Path, experts: usize) {
+    SyntheticSpec {
+        layers: 2,
+        hidden: 128,
+        intermediate: 256,
+        experts,
+        moe_intermediate: 64,
+        shard_size: 200_000,
+        ..Default::default()
+    }
+    .write(dir)
+    .unwrap();
+    if experts == 0 {
+        SyntheticSpec {
+            layers: 2,
+            hidden: 128,
+            intermediate: 256,
+            ..Default::default()
+        }
+        .write_amax(&dir.join("amax.safetensors"))
+        .unwrap();
+    }
+}
+
+fn convert(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "convert",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--force",
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    (code, err)
+}
+
+/// The weight of `module` in the input checkpoint as raw BF16 bytes.
+fn weight(input: &Path, module: &str) -> (Vec<u8>, usize, usize) {
+    let t = load_tensors(input);
+    let (_, shape, bytes) = &t[&format!("{module}.weight")];
+    (bytes.clone(), shape[0], shape[1])
+}
+
+#[test]
+fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
+    let dir = TempDir::new("mse-sweep");
+    let input = dir.join("in");
+    synthetic(&input, 0);
+    let out = dir.join("out");
+    let stats = input.join("amax.safetensors");
+    let (code, err) = convert(
+        &input,
+        &out,
+        &[
+            "--format",
+            "nvfp4",
+            "--stats",
+            stats.to_str().unwrap(),
+            "--calib",
+            "mse-fp8-sweep",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tensors = load_tensors(&out);
+    // q/k/v share one global amax: the max over the three weights.
+    let p = "model.layers.1.self_attn";
+    let members: Vec<_> = ["q_proj", "k_proj", "v_proj"]
+        .iter()
+        .map(|m| weight(&input, &format!("{p}.{m}")))
+        .collect();
+    let global = members
+        .iter()
+        .map(|(b, _, _)| quant::amax(b, SourceDtype::Bf16).unwrap())
+        .fold(0.0f32, f32::max);
+    for (name, (bytes, rows, cols)) in ["q_proj", "k_proj", "v_proj"].iter().zip(&members) {
+        let blocks = mse::sweep_block_amax(
+            bytes,
+            SourceDtype::Bf16,
+            *cols,
+            global,
+            Numerics::ModeloptCuda,
+            None,
+        );
+        let mut packed = vec![0u8; rows * cols / 2];
+        let mut scales = vec![0u8; rows * cols / 16];
+        let ws2 = quantize_nvfp4_static(
+            bytes,
+            SourceDtype::Bf16,
+            *rows,
+            *cols,
+            &blocks,
+            global,
+            Numerics::ModeloptCuda,
+            &mut packed,
+            &mut scales,
+        );
+        let m = format!("{p}.{name}");
+        assert_eq!(tensors[&format!("{m}.weight")].2, packed, "{m}");
+        assert_eq!(tensors[&format!("{m}.weight_scale")].2, scales, "{m}");
+        assert_eq!(
+            tensors[&format!("{m}.weight_scale_2")].2,
+            ws2.to_le_bytes(),
+            "{m}"
+        );
+    }
+    let summary = std::fs::read_to_string(out.join(".quant_summary.txt")).unwrap();
+    assert!(summary.contains("calib mse-fp8-sweep"), "{summary}");
+    assert!(summary.contains("(static per-block)"));
+}
+
+#[test]
+fn fp8_mse_exports_each_weights_searched_scale() {
+    let dir = TempDir::new("mse-fp8");
+    let input = dir.join("in");
+    synthetic(&input, 0);
+    let out = dir.join("out");
+    let stats = input.join("amax.safetensors");
+    let (code, err) = convert(
+        &input,
+        &out,
+        &[
+            "--format",
+            "fp8",
+            "--stats",
+            stats.to_str().unwrap(),
+            "--calib",
+            "mse",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tensors = load_tensors(&out);
+    // FP8 does not unify gate/up (ModelOpt's export does not): each weight keeps its own.
+    let p = "model.layers.0.mlp";
+    for m in ["gate_proj", "up_proj", "down_proj"] {
+        let (bytes, _, cols) = weight(&input, &format!("{p}.{m}"));
+        let a0 = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
+        let searched = mse::mse_amax(&bytes, SourceDtype::Bf16, cols, MseTarget::Fp8, a0, None);
+        let scale = fp8_scale(searched, Numerics::ModeloptCuda);
+        assert_eq!(
+            tensors[&format!("{p}.{m}.weight_scale")].2,
+            scale.to_le_bytes(),
+            "{m}"
+        );
+    }
+    // The search moved at least one amax away from max|W| somewhere in the model, or the test
+    // proves nothing about the plumbing.
+    let max_run = dir.join("max");
+    assert_eq!(
+        convert(
+            &input,
+            &max_run,
+            &["--format", "fp8", "--stats", stats.to_str().unwrap()]
+        )
+        .0,
+        0
+    );
+    assert_ne!(load_tensors(&max_run), tensors);
+}
+
+#[test]
+fn mse_lowers_the_weight_error_and_outputs_verify() {
+    let dir = TempDir::new("mse-error");
+    let input = dir.join("in");
+    synthetic(&input, 0);
+    let stats = input.join("amax.safetensors");
+    let mut mean_error = Vec::new();
+    let mut per_tensor = Vec::new();
+    for calib in ["max", "mse", "mse-fp8-sweep"] {
+        let out = dir.join(calib);
+        let (code, err) = convert(
+            &input,
+            &out,
+            &[
+                "--format",
+                "nvfp4",
+                "--stats",
+                stats.to_str().unwrap(),
+                "--calib",
+                calib,
+            ],
+        );
+        assert_eq!(code, 0, "{calib}: {err}");
+        let v = shardquant::verify::verify(&out, Some(&input)).unwrap();
+        assert!(v.problems.is_empty(), "{calib}: {:?}", v.problems);
+        mean_error.push(v.errors.iter().map(|e| e.1).sum::<f64>() / v.errors.len() as f64);
+        per_tensor.push(v.errors);
+    }
+    // The sweep tries the max calibration's block scale among its candidates, per block:
+    // it can only lower each tensor's error.
+    for (sweep, max) in per_tensor[2].iter().zip(&per_tensor[0]) {
+        assert_eq!(sweep.0, max.0);
+        assert!(
+            sweep.1 <= max.1 * (1.0 + 1e-9),
+            "{}: {} > {}",
+            sweep.0,
+            sweep.1,
+            max.1
+        );
+    }
+    assert!(mean_error[2] < mean_error[0], "{mean_error:?}");
+    assert!(mean_error[1] <= mean_error[0] * 1.001, "{mean_error:?}");
+}
+
+#[test]
+fn mse_output_does_not_depend_on_threads_or_shards() {
+    let dir = TempDir::new("mse-determinism");
+    let input = dir.join("in");
+    synthetic(&input, 4);
+    let mut outputs = Vec::new();
+    for (threads, shard) in [("1", "5GB"), ("3", "100KB")] {
+        let out = dir.join(&format!("out-{threads}"));
+        let (code, err) = convert(
+            &input,
+            &out,
+            &[
+                "--format",
+                "w4a16_nvfp4",
+                "--calib",
+                "mse-fp8-sweep",
+                "--threads",
+                threads,
+                "--max-shard-size",
+                shard,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        outputs.push(load_tensors(&out));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+fn stats_fixture(name: &str) -> std::path::PathBuf {
+    fixtures().join("golden").join("stats").join(name)
+}
+
+#[test]
+fn importance_weights_the_search_with_the_imatrix_and_the_report_says_where() {
+    let dir = TempDir::new("mse-importance");
+    let input = fixtures().join("golden/qwen3moe_nvfp4/input");
+    let imatrix = stats_fixture("qwen3moe.imatrix.gguf");
+    let report = dir.join("report.json");
+    let weighted = dir.join("weighted");
+    let (code, err) = convert(
+        &input,
+        &weighted,
+        &[
+            "--format",
+            "w4a16_nvfp4",
+            "--stats",
+            imatrix.to_str().unwrap(),
+            "--calib",
+            "mse-fp8-sweep",
+            "--importance",
+            "stats",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // Experts 2 and 5 of layer 1 saw no tokens: unweighted, with a warning.
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("--importance stats:")),
+        "{}",
+        report["warnings"]
+    );
+    let cal = &report["calibration"];
+    assert_eq!(cal["method"], "mse-fp8-sweep");
+    let unweighted: Vec<&str> = cal["importance"]["unweighted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(unweighted.contains(&"model.layers.1.mlp.experts.2.down_proj"));
+    assert!(!unweighted.iter().any(|m| m.contains("layers.0.")));
+    let weighted_names = cal["importance"]["weighted"].as_array().unwrap();
+    assert!(!weighted_names.is_empty());
+
+    // The bytes are the library's weighted sweep of that tensor.
+    let mut options = shardquant::options::Options::new(QuantFormat::W4a16Nvfp4);
+    options.stats = vec![imatrix.clone()];
+    let (_, _, plan) = shardquant::convert::prepare(&input, &options).unwrap();
+    let module = "model.layers.0.mlp.experts.1.down_proj";
+    let (bytes, rows, cols) = weight(&input, module);
+    let imp = Importance::from_stats(plan.stats.module(module).unwrap(), cols).unwrap();
+    let global = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
+    let blocks = mse::sweep_block_amax(
+        &bytes,
+        SourceDtype::Bf16,
+        cols,
+        global,
+        Numerics::ModeloptCuda,
+        Some(&imp.weights),
+    );
+    let mut packed = vec![0u8; rows * cols / 2];
+    let mut scales = vec![0u8; rows * cols / 16];
+    quantize_nvfp4_static(
+        &bytes,
+        SourceDtype::Bf16,
+        rows,
+        cols,
+        &blocks,
+        global,
+        Numerics::ModeloptCuda,
+        &mut packed,
+        &mut scales,
+    );
+    let out = load_tensors(&weighted);
+    assert_eq!(out[&format!("{module}.weight_scale")].2, scales);
+    assert_eq!(out[&format!("{module}.weight")].2, packed);
+
+    // And the weighting changed something against the unweighted sweep.
+    let plain = dir.join("plain");
+    let (code, err) = convert(
+        &input,
+        &plain,
+        &["--format", "w4a16_nvfp4", "--calib", "mse-fp8-sweep"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(load_tensors(&plain), out);
+}
+
+#[test]
+fn meaningless_combinations_are_refused_before_any_work() {
+    let dir = TempDir::new("mse-usage");
+    let input = fixtures().join("golden/llama_nvfp4/input");
+    let amax = fixtures().join("golden/llama_nvfp4/amax.safetensors");
+    let amax = amax.to_str().unwrap();
+    let out = dir.join("out");
+    for (args, code, needle) in [
+        (
+            vec![
+                "--format",
+                "fp8",
+                "--stats",
+                amax,
+                "--calib",
+                "mse-fp8-sweep",
+            ],
+            2,
+            "--calib mse-fp8-sweep searches NVFP4 block scales",
+        ),
+        (
+            vec![
+                "--format",
+                "nvfp4",
+                "--stats",
+                amax,
+                "--importance",
+                "stats",
+            ],
+            2,
+            "add --calib mse",
+        ),
+        (
+            vec![
+                "--format",
+                "w4a16_nvfp4",
+                "--calib",
+                "mse",
+                "--importance",
+                "stats",
+            ],
+            2,
+            "--importance stats needs --stats",
+        ),
+        (
+            vec![
+                "--format",
+                "nvfp4",
+                "--stats",
+                amax,
+                "--weight-amax",
+                "stats",
+                "--calib",
+                "mse",
+            ],
+            2,
+            "cannot be combined with --weight-amax stats",
+        ),
+        (
+            // A ModelOpt amax file has no per-channel sums.
+            vec![
+                "--format",
+                "nvfp4",
+                "--stats",
+                amax,
+                "--calib",
+                "mse",
+                "--importance",
+                "stats",
+            ],
+            3,
+            "hold no per-channel activation sums",
+        ),
+    ] {
+        let (got, err) = convert(&input, &out, &args);
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} left an output");
+    }
+}
+
+#[test]
+fn non_finite_weights_are_an_error_naming_the_tensor_under_mse() {
+    let dir = TempDir::new("mse-nan");
+    let input = dir.join("in");
+    synthetic(&input, 0);
+    // Poison one element of one weight with a bf16 NaN.
+    let ckpt = shardquant::checkpoint::Checkpoint::open(&input).unwrap();
+    let t = ckpt
+        .get("model.layers.1.mlp.up_proj.weight")
+        .unwrap()
+        .clone();
+    let path = ckpt.shards()[t.shard].path.clone();
+    drop(ckpt);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[t.start + 2 * 37] = 0xC0;
+    bytes[t.start + 2 * 37 + 1] = 0x7F;
+    std::fs::write(&path, bytes).unwrap();
+    for calib in ["mse", "mse-fp8-sweep"] {
+        let out = dir.join(calib);
+        let (code, err) = convert(&input, &out, &["--format", "w4a16_nvfp4", "--calib", calib]);
+        assert_eq!(code, 3, "{calib}: {err}");
+        assert!(
+            err.contains("model.layers.1.mlp.up_proj") && err.contains("NaN"),
+            "{calib}: {err}"
+        );
+        assert!(!out.exists());
+    }
+}
