@@ -9,10 +9,20 @@
 #define SWEEP_STEPS 126
 #define CHUNK_GROUPS 256
 
-__device__ __forceinline__ float e2m1_value(u8 nibble) {
-    const float values[16] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-    return values[nibble & 0xF];
+// |E2M1 value| of e2m1_nibble(a) for a >= 0 or NaN (codec.rs: the same rounding bounds), without
+// a table: a local array here would cost local-memory traffic in the hottest loop.
+__device__ __forceinline__ float e2m1_magnitude(float a) {
+    if (a != a) return 6.0f;
+    int halves = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f);
+    int ones = (a > 2.5f) + (a >= 3.5f);
+    int twos = (a > 5.0f);
+    return __fadd_rn(__fadd_rn(__fmul_rn(0.5f, (float)halves), (float)ones), __fmul_rn(2.0f, (float)twos));
+}
+
+// e2m1_to_f32(e2m1_nibble(t)): the signed value (a negative t that rounds to zero gives -0).
+__device__ __forceinline__ float e2m1_round(float t) {
+    float m = e2m1_magnitude(fabsf(t));
+    return t < 0.0f ? -m : m;
 }
 
 // mse.rs weighted: (d * d) * importance[col]
@@ -73,7 +83,7 @@ extern "C" __global__ void mse_chunk_losses(const u8* __restrict__ src, int dtyp
                 u8 code = e4m3_from_f32(clamp_scale(s == 0.0f ? 1.0f : s));
                 float den = __fmul_rn(e4m3_to_f32(code), a[k]);
                 for (int j = 0; j < len; ++j) {
-                    float xq = __fmul_rn(e2m1_value(e2m1_nibble(__fdiv_rn(w[j], den))), den);
+                    float xq = __fmul_rn(e2m1_round(__fdiv_rn(w[j], den)), den);
                     sum = __fadd_rn(sum, weighted_sq(__fsub_rn(w[j], xq), imp, has_imp, (first + j) % cols));
                 }
             }
@@ -109,7 +119,7 @@ extern "C" __global__ void nvfp4_sweep(const u8* __restrict__ src, int dtype, u6
         float loss = 0.0f;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
-            float d = __fsub_rn(w[j], __fmul_rn(e2m1_value(e2m1_nibble(__fdiv_rn(w[j], den))), den));
+            float d = __fsub_rn(w[j], __fmul_rn(e2m1_magnitude(__fdiv_rn(w[j], den)), den));
             loss = __fadd_rn(loss, weighted_sq(d, imp, has_imp, col0 + j));
         }
         if (loss < best_loss) {

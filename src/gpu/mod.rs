@@ -3,6 +3,7 @@
 //! several units are in flight on the GPU at once while their weights are copied in and out.
 
 mod device;
+mod mse;
 mod slot;
 
 pub use device::{Gpu, KERNEL_SOURCE};

@@ -9,7 +9,7 @@
 
 use super::Gpu;
 use crate::calib::backend::UnitCompute;
-use crate::calib::mse::{self, Candidates, MseTarget};
+use crate::calib::mse::Candidates;
 use crate::error::{Error, Result};
 use crate::quant::codec::E2M1_MAX;
 use crate::quant::{self, DequantPrecision, Numerics, SourceDtype};
@@ -20,24 +20,24 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Member weights start at multiples of this in the staging buffers (aligned loads).
 const ALIGN: usize = 256;
 
-fn cuda(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(super) fn cuda(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::other(format!("GPU: {what}: {e:?}"))
 }
 
-struct Slot {
-    stream: Arc<CudaStream>,
-    host_in: PinnedHostSlice<u8>,
-    host_out: PinnedHostSlice<u8>,
-    dev_in: CudaSlice<u8>,
-    dev_out: CudaSlice<u8>,
-    dev_scales: CudaSlice<u8>,
-    dev_blocks: CudaSlice<f32>,
-    dev_amax: CudaSlice<u32>,
+pub(super) struct Slot {
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) host_in: PinnedHostSlice<u8>,
+    pub(super) host_out: PinnedHostSlice<u8>,
+    pub(super) dev_in: CudaSlice<u8>,
+    pub(super) dev_out: CudaSlice<u8>,
+    pub(super) dev_scales: CudaSlice<u8>,
+    pub(super) dev_blocks: CudaSlice<f32>,
+    pub(super) dev_amax: CudaSlice<u32>,
 }
 
 /// A fixed set of slots on one GPU.
 pub struct GpuPool {
-    gpu: Arc<Gpu>,
+    pub(super) gpu: Arc<Gpu>,
     capacity: usize,
     slots: Mutex<Vec<Slot>>,
     freed: Condvar,
@@ -149,10 +149,10 @@ impl GpuPool {
 
 /// One unit's work on a GPU slot; gives the slot back when dropped.
 pub struct GpuCompute<'p, 'a> {
-    pool: &'p GpuPool,
+    pub(super) pool: &'p GpuPool,
     slot: Option<Slot>,
     /// (offset in the staging buffer, weights, dtype)
-    members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
+    pub(super) members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
 }
 
 impl Drop for GpuCompute<'_, '_> {
@@ -170,7 +170,7 @@ impl Drop for GpuCompute<'_, '_> {
     }
 }
 
-fn dtype_code(dtype: SourceDtype) -> i32 {
+pub(super) fn dtype_code(dtype: SourceDtype) -> i32 {
     match dtype {
         SourceDtype::Bf16 => 0,
         SourceDtype::F16 => 1,
@@ -178,7 +178,7 @@ fn dtype_code(dtype: SourceDtype) -> i32 {
     }
 }
 
-fn per_block(nblocks: usize) -> LaunchConfig {
+pub(super) fn per_block(nblocks: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (nblocks.div_ceil(256).max(1) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -195,7 +195,7 @@ fn grid_stride(n: usize) -> LaunchConfig {
 }
 
 impl GpuCompute<'_, '_> {
-    fn slot(&mut self) -> &mut Slot {
+    pub(super) fn slot(&mut self) -> &mut Slot {
         self.slot
             .as_mut()
             .expect("a GpuCompute holds its slot until dropped")
@@ -513,60 +513,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         candidates: &Candidates,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
-        let gpu = self.pool.gpu.clone();
-        let n = len / dtype.size();
-        let chunks = mse::chunk_count(n);
-        let (n64, cols64, chunks64) = (n as u64, cols as u64, chunks as u64);
-        let target = match candidates.target {
-            MseTarget::Nvfp4(_) => 0i32,
-            MseTarget::Fp8 => 1i32,
-        };
-        let code = dtype_code(dtype);
-        let slot = self.slot();
-        let stream = slot.stream.clone();
-        let upload = |v: &[f32]| stream.clone_htod(v).map_err(|e| cuda("copy to GPU", e));
-        let a = upload(&candidates.a)?;
-        let b = upload(&candidates.b)?;
-        let has_imp = i32::from(importance.is_some());
-        let imp = upload(importance.unwrap_or(&[0.0]))?;
-        let mut out = stream
-            .alloc_zeros::<f32>(mse::MSE_STEPS * chunks)
-            .map_err(|e| cuda("device memory", e))?;
-        let src = slot.dev_in.slice(off..off + len);
-        // SAFETY: n elements of `src`, MSE_STEPS values of `a` and `b`, `cols` importance
-        // weights (when has_imp) are read; MSE_STEPS * chunks losses are written.
-        unsafe {
-            stream
-                .launch_builder(&gpu.mse_chunk_losses)
-                .arg(&src)
-                .arg(&code)
-                .arg(&n64)
-                .arg(&cols64)
-                .arg(&target)
-                .arg(&a)
-                .arg(&b)
-                .arg(&imp)
-                .arg(&has_imp)
-                .arg(&chunks64)
-                .arg(&mut out)
-                .launch(LaunchConfig {
-                    grid_dim: (chunks as u32, 1, 1),
-                    block_dim: (mse::CHUNK_GROUPS as u32, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-        }
-        .map_err(|e| cuda("mse kernel", e))?;
-        let mut partials = vec![0.0f32; mse::MSE_STEPS * chunks];
-        stream
-            .memcpy_dtoh(&out, &mut partials)
-            .map_err(|e| cuda("copy to host", e))?;
-        stream.synchronize().map_err(|e| cuda("synchronise", e))?;
-        Ok(partials)
+        self.mse_chunk_losses_on_gpu(m, cols, candidates, importance)
     }
 
     fn sweep_block_amax(
@@ -577,50 +524,6 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         numerics: Numerics,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
-        let gpu = self.pool.gpu.clone();
-        let nblocks = len / dtype.size() / 16;
-        let (nblocks64, cols64) = (nblocks as u64, cols as u64);
-        let dens = mse::sweep_denominators(global, numerics);
-        let amax_of: Vec<f32> = mse::SWEEP_CODES
-            .map(|code| global * mse::sweep_scale(code, numerics))
-            .collect();
-        let code = dtype_code(dtype);
-        let slot = self.slot();
-        let stream = slot.stream.clone();
-        let upload = |v: &[f32]| stream.clone_htod(v).map_err(|e| cuda("copy to GPU", e));
-        let dens = upload(&dens)?;
-        let amax_of = upload(&amax_of)?;
-        let has_imp = i32::from(importance.is_some());
-        let imp = upload(importance.unwrap_or(&[0.0]))?;
-        let src = slot.dev_in.slice(off..off + len);
-        // SAFETY: nblocks 16-element blocks of `src`, 126 denominators and amax, `cols`
-        // importance weights (when has_imp) are read; nblocks amax are written into the slot's
-        // block buffer (capacity / 32 + 1 values, at least nblocks for 2-byte weights).
-        unsafe {
-            stream
-                .launch_builder(&gpu.nvfp4_sweep)
-                .arg(&src)
-                .arg(&code)
-                .arg(&nblocks64)
-                .arg(&cols64)
-                .arg(&dens)
-                .arg(&amax_of)
-                .arg(&imp)
-                .arg(&has_imp)
-                .arg(&mut slot.dev_blocks)
-                .launch(per_block(nblocks))
-        }
-        .map_err(|e| cuda("nvfp4 sweep kernel", e))?;
-        let mut blocks = vec![0.0f32; nblocks];
-        stream
-            .memcpy_dtoh(&slot.dev_blocks.slice(..nblocks), &mut blocks)
-            .map_err(|e| cuda("copy to host", e))?;
-        stream.synchronize().map_err(|e| cuda("synchronise", e))?;
-        Ok(blocks)
+        self.sweep_block_amax_on_gpu(m, cols, global, numerics, importance)
     }
 }
