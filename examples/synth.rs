@@ -1,4 +1,5 @@
-//! Writes a synthetic checkpoint (and a matching ModelOpt amax file) for benchmarks.
+//! Writes a synthetic checkpoint (and a matching ModelOpt amax file, and per-channel activation
+//! sums `DIR.sums.stats.safetensors` for `--importance stats`) for benchmarks.
 //!
 //! `cargo run --release --example synth -- DIR LAYERS [HIDDEN] [EXPERTS] [MOE_INTERMEDIATE]`
 //! `cargo run --release --example synth -- --deepseek-fp8 DIR LAYERS`: a DeepSeek-V3-shaped FP8
@@ -39,6 +40,8 @@ fn main() {
     spec.write(&dir).expect("writing the checkpoint");
     spec.write_amax(&dir.with_extension("amax.safetensors"))
         .expect("writing the amax file");
+    spec.write_channel_stats(&dir.with_extension("sums.stats.safetensors"))
+        .expect("writing the per-channel statistics");
 }
 
 /// DeepSeek-V3 layer shapes: (module, rows, cols) of every linear of MoE layer `l`.

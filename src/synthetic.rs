@@ -194,6 +194,55 @@ impl SyntheticSpec {
         Ok(())
     }
 
+    /// Writes a shardquant statistics file (schema v1) with per-input-channel sums of squares
+    /// and a token count for every linear, as an imatrix would give: mostly moderate channels
+    /// and a few outlier channels 100x larger (as LLM activations have). Linears that share an
+    /// input (q/k/v, gate/up) get the same sums.
+    pub fn write_channel_stats(&self, path: &Path) -> Result<()> {
+        use crate::stats::{native, ActivationStats, ModuleStats};
+        let mut rng = Rng(self.seed.wrapping_add(11).max(1));
+        let tokens = 4096u64;
+        let mut channel_sums = |cols: usize| -> Vec<f64> {
+            (0..cols)
+                .map(|_| {
+                    let r = rng.next();
+                    let base = f64::from(rng.normal(1.0)).powi(2) + 0.05;
+                    let outlier = if r % 97 == 0 { 100.0 } else { 1.0 };
+                    base * outlier * tokens as f64
+                })
+                .collect()
+        };
+        let mut stats = ActivationStats::default();
+        let mut shared: Option<(String, Vec<f64>)> = None;
+        for (module, _, cols) in self.linears() {
+            // The input a linear reads: q/k/v share one, gate/up share one.
+            let input = module
+                .trim_end_matches("q_proj")
+                .trim_end_matches("k_proj")
+                .trim_end_matches("v_proj")
+                .trim_end_matches("gate_proj")
+                .trim_end_matches("up_proj")
+                .to_string();
+            let sums = match &shared {
+                Some((key, sums)) if *key == input && input != module => sums.clone(),
+                _ => {
+                    let sums = channel_sums(cols);
+                    shared = Some((input, sums.clone()));
+                    sums
+                }
+            };
+            stats.modules.insert(
+                module,
+                ModuleStats {
+                    input_sum_sq: Some(sums),
+                    token_count: Some(tokens),
+                    ..Default::default()
+                },
+            );
+        }
+        native::write_native(path, &stats, &native::NativeMeta::default(), false)
+    }
+
     /// Writes a ModelOpt-style amax file (`*.input_quantizer._amax`, and the fused-experts
     /// names for MoE) with deterministic input amax for every linear.
     pub fn write_amax(&self, path: &Path) -> Result<()> {

@@ -30,7 +30,13 @@ pub struct Verification {
     pub linears: usize,
     /// Per-tensor relative error against the source, when one was given: (module, error).
     pub errors: Vec<(String, f64)>,
+    /// Per-tensor importance-weighted relative error `sqrt(Σ imp_c (w − wq)² / Σ imp_c w²)`,
+    /// for the linears that [`verify_weighted`]'s importance gave weights for.
+    pub weighted_errors: Vec<(String, f64)>,
 }
+
+/// Per-input-channel weights of a linear's error: (module, cols) → weights, or `None`.
+pub type ChannelWeights<'a> = &'a dyn Fn(&str, usize) -> Option<Vec<f32>>;
 
 impl Verification {
     /// A human-readable report.
@@ -84,6 +90,17 @@ struct Found<'a> {
 
 /// Verifies the checkpoint in `dir`; `source` is the checkpoint it was made from.
 pub fn verify(dir: &Path, source: Option<&Path>) -> Result<Verification> {
+    verify_weighted(dir, source, &|_, _| None)
+}
+
+/// [`verify`], and with a source also the importance-weighted error of every linear that
+/// `importance` has channel weights for (e.g. [`crate::calib::mse::Importance`] from an
+/// imatrix): the error that `--importance stats` minimises.
+pub fn verify_weighted(
+    dir: &Path,
+    source: Option<&Path>,
+    importance: ChannelWeights,
+) -> Result<Verification> {
     let ckpt = Checkpoint::open(dir)?;
     let (_, config) = read_config(dir)?;
     let hf: serde_json::Value = std::fs::read_to_string(dir.join("hf_quant_config.json"))
@@ -145,7 +162,8 @@ pub fn verify(dir: &Path, source: Option<&Path>) -> Result<Verification> {
     }
     check_excludes(&hf, &quantized, &mut v.problems);
     if let Some(src) = source {
-        compare_with_source(&ckpt, &Checkpoint::open(src)?, &quantized, nvfp4, &mut v);
+        let src = Checkpoint::open(src)?;
+        compare_with_source(&ckpt, &src, &quantized, nvfp4, importance, &mut v);
     }
     Ok(v)
 }
@@ -287,6 +305,7 @@ fn compare_with_source(
     src: &Checkpoint,
     q: &BTreeMap<&str, Found>,
     nvfp4: bool,
+    importance: ChannelWeights,
     v: &mut Verification,
 ) {
     let bound = if nvfp4 {
@@ -325,7 +344,9 @@ fn compare_with_source(
         let Some(tensor_scale) = tensor_scale.map(f64::from) else {
             continue;
         };
+        let channel = importance(m, *cols);
         let (mut num, mut den) = (0.0f64, 0.0f64);
+        let (mut wnum, mut wden) = (0.0f64, 0.0f64);
         for i in 0..n {
             let w = f64::from(load_f32(source, dtype, i));
             let wq = if nvfp4 {
@@ -339,6 +360,19 @@ fn compare_with_source(
             };
             num += (w - wq) * (w - wq);
             den += w * w;
+            if let Some(c) = &channel {
+                let imp = f64::from(c[i % cols]);
+                wnum += imp * (w - wq) * (w - wq);
+                wden += imp * w * w;
+            }
+        }
+        if channel.is_some() {
+            let weighted = if wden > 0.0 {
+                (wnum / wden).sqrt()
+            } else {
+                0.0
+            };
+            v.weighted_errors.push((m.to_string(), weighted));
         }
         let error = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
         if error.is_nan() || error > bound {
