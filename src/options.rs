@@ -15,6 +15,16 @@ pub enum WeightAmaxMode {
     Stats,
 }
 
+impl WeightAmaxMode {
+    /// The `--weight-amax` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightAmaxMode::Compute => "compute",
+            WeightAmaxMode::Stats => "stats",
+        }
+    }
+}
+
 /// Which quantized linears to convert (`--scope`), as ModelOpt's recipes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -82,6 +92,8 @@ pub struct Options {
     pub fp8_dequant: DequantPrecision,
     /// Leave unquantized FP8 source tensors in FP8 with their block scales (instead of BF16).
     pub keep_fp8_source: bool,
+    /// Continue the partial conversion that a stopped run left beside the output.
+    pub resume: bool,
 }
 
 impl Options {
@@ -109,6 +121,50 @@ impl Options {
             stats_format: None,
             fp8_dequant: DequantPrecision::Bf16,
             keep_fp8_source: false,
+            resume: false,
         }
+    }
+
+    /// The options that decide the output bytes, by name, with their values as the command line
+    /// spells them: recorded in `shardquant.json` and in the resume journal, and compared to
+    /// decide whether an output is up to date. **Every new option that changes what is written
+    /// must get a line here.** Options that only decide how the work runs (threads, device,
+    /// memory bounds, --quiet, --report, --force, --resume) are left out: they never change the
+    /// bytes (the CPU and the GPU write the same). The statistics files and a layout file are
+    /// recorded by content, in their own manifest sections.
+    pub fn output_options(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let mut m = serde_json::Map::new();
+        let mut put = |name: &str, value: serde_json::Value| {
+            m.insert(name.to_string(), value);
+        };
+        put("format", json!(self.format.cli_name()));
+        put("numerics", json!(self.numerics.name()));
+        put("weight_amax", json!(self.weight_amax.name()));
+        put("scope", json!(self.scope.name()));
+        put("exclude", json!(self.excludes));
+        put(
+            "kv_cache",
+            json!(if self.kv_cache_fp8 { "fp8" } else { "none" }),
+        );
+        put("fp8_dequant", json!(self.fp8_dequant.name()));
+        put("keep_fp8_source", json!(self.keep_fp8_source));
+        put(
+            "uncalibrated_experts",
+            json!(match self.uncalibrated_experts {
+                UncalibratedExperts::PeerMax => "peer-max",
+                UncalibratedExperts::Error => "error",
+            }),
+        );
+        put(
+            "expert_input_amax",
+            json!(match self.expert_input_amax {
+                ExpertInputAmax::LayerMax => "layer-max",
+                ExpertInputAmax::PerExpert => "per-expert",
+            }),
+        );
+        put("stats_format", json!(self.stats_format.map(|f| f.name())));
+        put("max_shard_size", json!(self.max_shard_size));
+        m
     }
 }
