@@ -9,7 +9,7 @@
 //! `exclude_modules` agreeing with the tensors present.
 
 use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
-use crate::convert::read_config;
+use crate::convert::{check_checksums, read_config, ChecksumCheck, MANIFEST_FILE};
 use crate::error::{Error, Result};
 use crate::layout::{glob_match, ExpertProj, Layout};
 use crate::plan::source_dtype;
@@ -30,12 +30,32 @@ pub struct Verification {
     pub linears: usize,
     /// Per-tensor relative error against the source, when one was given: (module, error).
     pub errors: Vec<(String, f64)>,
+    /// What the comparison with the checksums of `shardquant.json` found.
+    pub checksums: Option<ChecksumCheck>,
 }
 
 impl Verification {
     /// A human-readable report.
     pub fn report(&self) -> String {
         let mut w = String::new();
+        match &self.checksums {
+            Some(ChecksumCheck::Checked { files, problems }) => {
+                let _ = writeln!(
+                    w,
+                    "{} of {files} files match the checksums in {MANIFEST_FILE}",
+                    files - problems.len().min(*files)
+                );
+            }
+            Some(ChecksumCheck::NoChecksums) => {
+                let _ = writeln!(
+                    w,
+                    "{MANIFEST_FILE} lists no output checksums (an older shardquant): files not checked"
+                );
+            }
+            Some(ChecksumCheck::NoManifest) | None => {
+                let _ = writeln!(w, "no {MANIFEST_FILE}: file checksums not checked");
+            }
+        }
         let _ = writeln!(w, "{} quantized linears checked", self.linears);
         if !self.errors.is_empty() {
             let mean = self.errors.iter().map(|e| e.1).sum::<f64>() / self.errors.len() as f64;
@@ -84,7 +104,16 @@ struct Found<'a> {
 
 /// Verifies the checkpoint in `dir`; `source` is the checkpoint it was made from.
 pub fn verify(dir: &Path, source: Option<&Path>) -> Result<Verification> {
-    let ckpt = Checkpoint::open(dir)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let checksums = check_checksums(dir, threads);
+    let corrupt = match &checksums {
+        ChecksumCheck::Checked { problems, .. } => problems.clone(),
+        _ => Vec::new(),
+    };
+    let ckpt = Checkpoint::open(dir).map_err(|e| match corrupt.is_empty() {
+        true => e,
+        false => e.context(&format!("also: {}", corrupt.join("; "))),
+    })?;
     let (_, config) = read_config(dir)?;
     let hf: serde_json::Value = std::fs::read_to_string(dir.join("hf_quant_config.json"))
         .ok()
@@ -93,7 +122,11 @@ pub fn verify(dir: &Path, source: Option<&Path>) -> Result<Verification> {
             Error::bad_input(format!("{}: no readable hf_quant_config.json", dir.display()))
                 .with_hint("verify checks ModelOpt-format checkpoints (hf_quant_config.json + quantization_config)")
         })?;
-    let mut v = Verification::default();
+    let mut v = Verification {
+        problems: corrupt,
+        checksums: Some(checksums),
+        ..Verification::default()
+    };
     let algo = hf
         .pointer("/quantization/quant_algo")
         .and_then(|a| a.as_str())
