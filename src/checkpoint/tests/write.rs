@@ -253,7 +253,7 @@ fn sealed_shards_survive_and_a_resumed_writer_completes_the_same_bytes() {
             .into_iter()
             .map(|(n, _)| n)
             .collect::<Vec<_>>(),
-        [name.clone()],
+        std::slice::from_ref(name),
         "only the sealed shard is left"
     );
 
