@@ -3,12 +3,14 @@
 //!
 //! - `SHARDQUANT_CRASH_AT=POINT:N` aborts the process (SIGABRT: no destructor, no signal
 //!   handler, no cleanup runs, as after `kill -9` or a power loss) when the counter of `POINT`
-//!   reaches `N`. Points: `bytes` (bytes of tensor data written to output shards), `sealed`
+//!   reaches `N`. Points: `bytes` (checked after each write of tensor data: bytes written to
+//!   the output so far, small files included), `sealed`
 //!   (output shards synced and renamed, before the resume journal records them), `journaled`
 //!   (shards recorded in the journal), `publish` (reached once, just before the finished
 //!   output is renamed into place; `publish:1`).
-//! - `SHARDQUANT_FAIL_WRITE_AFTER=N`: tensor-data writes fail with ENOSPC ("No space left on
-//!   device") once `N` bytes have been written, as on a full disk.
+//! - `SHARDQUANT_FAIL_WRITE_AFTER=N`: writes of tensor data and of the small output files
+//!   (metadata, manifest, journal) fail with ENOSPC ("No space left on device") once `N` bytes
+//!   of them have been written, as on a full disk.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -33,7 +35,7 @@ fn faults() -> &'static Faults {
     })
 }
 
-/// Bytes of tensor data written or reserved so far (for `bytes` and the write limit).
+/// Bytes written or reserved so far: tensor data and small files (for `bytes` and the limit).
 static DATA_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Aborts the process if the crash point `point` is set and `count` reached it.
@@ -46,9 +48,9 @@ pub fn crash_point(point: &str, count: u64) {
     }
 }
 
-/// Before writing `len` bytes of tensor data: how many of them fit before the simulated disk
+/// Before writing `len` bytes to the output: how many of them fit before the simulated disk
 /// is full (`len` when no limit is set). The bytes are counted as written.
-pub fn data_write_allowance(len: usize) -> usize {
+pub fn write_allowance(len: usize) -> usize {
     let f = faults();
     if f.crash.is_none() && f.fail_write_after.is_none() {
         return len;

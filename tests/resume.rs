@@ -336,6 +336,44 @@ fn disk_full_is_a_clear_error_and_resumable_once_space_is_freed() {
     );
     assert_eq!(journaled_shards(&staging_dirs(&out)[0]), journaled);
     resume_and_compare(&input, &out, shard, &reference);
+
+    // Full while writing the metadata, after every shard was sealed: the metadata written so
+    // far goes, the shards stay, and the resume only writes the metadata.
+    let out = tmp.join("out-meta");
+    let limit = (total_size(&reference) + 4096).to_string();
+    let o = run_env(
+        &args(&input, &out, shard, &[]),
+        &[("SHARDQUANT_FAIL_WRITE_AFTER", &limit)],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("--resume"),
+        "{err}"
+    );
+    let dirs = staging_dirs(&out);
+    let journaled = journaled_shards(&dirs[0]);
+    let shards = std::fs::read_dir(&reference)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "safetensors")
+        })
+        .count();
+    assert_eq!(journaled.len(), shards, "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(&dirs[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected = journaled;
+    expected.push(".shardquant-journal.jsonl".into());
+    expected.sort();
+    assert_eq!(names, expected, "{err}");
+    resume_and_compare(&input, &out, shard, &reference);
 }
 
 #[test]

@@ -288,7 +288,7 @@ impl ShardWriter {
         while start < bytes.len() || (start == 0 && bytes.is_empty()) {
             let end = bytes.len().min(start.saturating_add(chunk));
             let piece = &bytes[start..end];
-            let allowed = fault::data_write_allowance(piece.len());
+            let allowed = fault::write_allowance(piece.len());
             file.write_all_at(&piece[..allowed], offset + start as u64)
                 .and_then(|_| match allowed < piece.len() {
                     true => Err(fault::disk_full()),

@@ -369,13 +369,25 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
 /// its journal records completed shards (unless the input is at fault: a run on the same input
 /// would stop again), and removed otherwise. Returns `e`, saying which.
 fn stopped(e: Error, staging: Staging, shards: usize) -> Error {
-    let kept = JournalState::read(staging.path()).map_or(0, |j| j.shards.len());
+    let journal = JournalState::read(staging.path());
+    let kept = journal.as_ref().map_or(0, |j| j.shards.len());
     if kept > 0 && e.kind() != ErrorKind::BadInput {
-        let dir = staging.keep();
-        let e = e.context(&format!(
-            "{kept} of {shards} output shard(s) are complete and kept in {} for --resume",
-            dir.display()
-        ));
+        let mut keep: Vec<String> = journal
+            .into_iter()
+            .flat_map(|j| j.shards)
+            .map(|d| d.path)
+            .collect();
+        keep.push(JOURNAL_FILE.to_string());
+        let shown = staging.path().display().to_string();
+        let e = match staging.keep(&keep) {
+            Ok(_) => e.context(&format!(
+                "{kept} of {shards} output shard(s) are complete and kept in {shown} for --resume"
+            )),
+            Err(cleanup) => e.context(&format!(
+                "{kept} of {shards} output shard(s) are complete in {shown}, but {}",
+                cleanup.message()
+            )),
+        };
         if e.hint().is_some() {
             e
         } else {

@@ -72,22 +72,7 @@ impl Staging {
             target: target.to_path_buf(),
             published: false,
         };
-        let entries =
-            std::fs::read_dir(&staging.dir).map_err(|e| Error::io("reading", &staging.dir, e))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name) {
-                continue;
-            }
-            let path = entry.path();
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(|e| Error::io("removing", &path, e))?;
-        }
-        sync_dir(&staging.dir)?;
+        prune(&staging.dir, keep)?;
         Ok(staging)
     }
 
@@ -96,10 +81,14 @@ impl Staging {
         &self.dir
     }
 
-    /// Leaves the directory where it is (what it holds can be resumed); returns its path.
-    pub fn keep(mut self) -> PathBuf {
+    /// Leaves the directory where it is, with only the files named in `keep` (what can be
+    /// resumed: nothing else there may look complete); returns its path. The directory stays
+    /// even when removing the rest fails.
+    pub fn keep(mut self, keep: &[String]) -> Result<PathBuf> {
         self.published = true;
-        std::mem::take(&mut self.dir)
+        let dir = std::mem::take(&mut self.dir);
+        prune(&dir, keep)?;
+        Ok(dir)
     }
 
     /// Moves the finished directory into place, replacing an existing one when `replace`.
@@ -136,6 +125,25 @@ impl Drop for Staging {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Removes every entry of `dir` except the files named in `keep`, and syncs it.
+fn prune(dir: &Path, keep: &[String]) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("reading", dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io("removing", &path, e))?;
+    }
+    sync_dir(dir)
 }
 
 /// The temporary directories (`.NAME.shardquant-tmp-PID`) that earlier runs on `target` left
@@ -179,12 +187,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("syncing", dir, e))
 }
 
-/// Writes a small file and fsyncs it.
+/// Writes a small file and fsyncs it (through the disk-full injection of [`crate::fault`]).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("writing", path, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    let allowed = crate::fault::write_allowance(bytes.len());
+    f.write_all(&bytes[..allowed])
+        .and_then(|_| match allowed < bytes.len() {
+            true => Err(crate::fault::disk_full()),
+            false => f.sync_all(),
+        })
         .map_err(|e| Error::io("writing", path, e))
 }
 
