@@ -250,7 +250,8 @@ pub fn check(input: &Path, output: &Path, options: &Options) -> Result<Freshness
 /// An output that is up to date (its manifest records this conversion: same inputs,
 /// statistics, byte-affecting options and version, and its files are all there) is left alone,
 /// even with `--force`. A stopped run's partial conversion beside the output is continued
-/// (`--resume`), discarded (`--force`) or makes the run refuse to start (see [`resume`]).
+/// (`--resume`), discarded (`--force`) or makes the run refuse to start (see the README,
+/// "Running unattended").
 /// When this run stops on an error or a signal, the output shards it completed are kept for
 /// `--resume`, unless the input itself is at fault.
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
