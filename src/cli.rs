@@ -13,10 +13,13 @@ use std::path::PathBuf;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  any other failure (I/O error on the output, internal error)
-  2  usage error (bad option, output exists without --force)
-  3  bad input (checkpoint, statistics file or layout unusable); nothing is written";
+  0    success (convert: also when the output was already up to date)
+  1    any other failure (I/O error on the output, disk full, internal error)
+  2    usage error (bad option, output exists without --force, a stopped run's partial
+       conversion is there without --resume or --force)
+  3    bad input (checkpoint, statistics file or layout unusable); nothing is written
+  10   convert --check: the output is not up to date
+  130  interrupted by SIGINT, 143 by SIGTERM (completed output shards are kept for --resume)";
 
 /// Convert HuggingFace safetensors checkpoints to ModelOpt-compatible NVFP4 / FP8 checkpoints.
 #[derive(Debug, Parser)]
@@ -309,9 +312,19 @@ pub struct ConvertArgs {
     /// No progress or info output.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Replace an existing output directory (after the new one is complete).
+    /// Replace an existing output directory that is not up to date (after the new one is
+    /// complete), and discard a stopped run's partial conversion when --resume is not given.
     #[arg(long)]
     pub force: bool,
+    /// Continue the partial conversion that a stopped run (killed, out of disk, interrupted)
+    /// left beside the output, from its last completed output shards (checked by SHA-256),
+    /// if it was made from the same inputs, statistics and options; else start over.
+    #[arg(long)]
+    pub resume: bool,
+    /// Only report whether OUTPUT_DIR is up to date (exit 0) or not (exit 10): made by this
+    /// version from the same inputs, statistics and options. Writes nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `inspect` arguments.

@@ -32,6 +32,10 @@ impl ErrorKind {
     }
 }
 
+/// Exit code of `convert --check` when the output is not up to date (missing, or made from
+/// other inputs, statistics, options or another shardquant version).
+pub const EXIT_NOT_UP_TO_DATE: u8 = 10;
+
 /// A failure with a human-readable message and an optional hint.
 #[derive(Debug, Clone)]
 pub struct Error {
@@ -75,8 +79,7 @@ impl Error {
     pub fn interrupted(signal: i32) -> Self {
         Error {
             kind: ErrorKind::Interrupted(u8::try_from(signal).unwrap_or(0)),
-            message: "interrupted; nothing was published and the temporary output was removed"
-                .to_string(),
+            message: "interrupted; nothing was published".to_string(),
             hint: None,
         }
     }
@@ -84,9 +87,10 @@ impl Error {
     /// An I/O error on `path`, while doing `what` (e.g. "reading", "writing").
     ///
     /// Reading a missing or unreadable input is bad input (exit 3); other I/O failures are
-    /// exit 1.
+    /// exit 1. A full disk (ENOSPC, or EDQUOT for a full quota) says so and how to go on.
     pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
-        let kind = if what.starts_with("reading") || what.starts_with("opening") {
+        let disk_full = matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        let kind = if (what.starts_with("reading") || what.starts_with("opening")) && !disk_full {
             ErrorKind::BadInput
         } else {
             ErrorKind::Other
@@ -94,8 +98,18 @@ impl Error {
         Error {
             kind,
             message: format!("{} {}: {}", what, path.display(), err),
-            hint: None,
+            hint: disk_full.then(|| {
+                "the output's filesystem is full: free some space, then run the same command \
+                 again with --resume (it reuses the output shards completed so far)"
+                    .to_string()
+            }),
         }
+    }
+
+    /// Appends `text` to the message (after "; "), keeping the kind and the hint.
+    pub fn context(mut self, text: &str) -> Self {
+        self.message = format!("{}; {text}", self.message);
+        self
     }
 
     /// Adds a hint: what the user can do to fix the problem.

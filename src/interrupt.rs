@@ -1,6 +1,7 @@
-//! Ctrl-C and SIGTERM: the first one asks the conversion to stop cleanly (the staging
-//! directory is removed and the exit code is 128 + the signal: 130 for SIGINT, 143 for
-//! SIGTERM); a second one ends the process at once.
+//! Ctrl-C and SIGTERM: the first one asks the conversion to stop cleanly (no new unit of work
+//! starts; the output shards that the units in flight complete are sealed and journaled, and the
+//! staging directory is kept for `--resume` when it holds any, removed otherwise; the exit code
+//! is 128 + the signal: 130 for SIGINT, 143 for SIGTERM); a second one ends the process at once.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

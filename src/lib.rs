@@ -11,8 +11,10 @@
 //!   [`calib`] holds the scale-sharing rules;
 //! - [`quant`] holds the formats and the bit-exact kernels;
 //! - [`pipeline`] streams units through reader → workers → writer under a memory budget;
-//! - [`export`] writes ModelOpt's metadata files; [`convert`] ties it together and publishes
-//!   the output atomically.
+//! - [`export`] writes ModelOpt's metadata files; [`convert`] ties it together, publishes the
+//!   output atomically with its `shardquant.json` manifest, decides whether an output is up to
+//!   date, and resumes stopped runs from their journal; [`digest`] hashes and fingerprints
+//!   files; [`fault`] injects crashes and full disks for the tests.
 //!
 //! ```no_run
 //! use shardquant::{options::Options, quant::QuantFormat};
@@ -24,8 +26,10 @@ pub mod calib;
 pub mod checkpoint;
 pub mod cli;
 pub mod convert;
+pub mod digest;
 pub mod error;
 pub mod export;
+pub mod fault;
 pub mod gpu;
 pub mod inspect;
 pub mod interrupt;

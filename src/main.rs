@@ -2,6 +2,8 @@
 
 use clap::Parser;
 use shardquant::cli::{Cli, Command, StatsCommand};
+use shardquant::convert::Freshness;
+use shardquant::error::EXIT_NOT_UP_TO_DATE;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -10,23 +12,40 @@ fn main() -> ExitCode {
         Command::Convert(args) if args.plan.format.is_none() => Err(shardquant::error::Error::usage(
             "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
         )),
+        Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
+            match shardquant::convert::check(&args.input_dir, &args.output_dir, &o)? {
+                Freshness::UpToDate => println!("up to date: {}", args.output_dir.display()),
+                Freshness::Stale(why) => {
+                    println!("not up to date: {why}");
+                    return Ok(ExitCode::from(EXIT_NOT_UP_TO_DATE));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
             shardquant::interrupt::install();
             o.quiet = args.quiet;
             o.force = args.force;
+            o.resume = args.resume;
             o.report = args.report.clone();
-            shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ())
+            shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).map(|text| print!("{text}"))
+            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            })
         }
         Command::Stats(StatsCommand::Import(args)) => {
-            shardquant::stats_cmd::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| print!("{text}"))
+            shardquant::stats_cmd::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            })
         }
         Command::Verify(args) => shardquant::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
             print!("{}", v.report());
             if v.problems.is_empty() {
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             } else {
                 Err(shardquant::error::Error::bad_input(format!(
                     "{}: verification found {} problem(s)",
@@ -39,10 +58,13 @@ fn main() -> ExitCode {
             .plan
             .to_options()
             .and_then(|o| shardquant::inspect::inspect(&args.dir, &o))
-            .map(|text| print!("{text}")),
+            .map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("shardquant: error: {e}");
             ExitCode::from(e.kind().exit_code())

@@ -16,6 +16,16 @@ pub enum WeightAmaxMode {
     Stats,
 }
 
+impl WeightAmaxMode {
+    /// The `--weight-amax` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightAmaxMode::Compute => "compute",
+            WeightAmaxMode::Stats => "stats",
+        }
+    }
+}
+
 /// Which quantized linears to convert (`--scope`), as ModelOpt's recipes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -88,6 +98,8 @@ pub struct Options {
     /// Weight the MSE searches' squared errors by each input channel's mean squared activation
     /// from the statistics (`--importance stats`).
     pub importance: bool,
+    /// Continue the partial conversion that a stopped run left beside the output.
+    pub resume: bool,
 }
 
 impl Options {
@@ -117,6 +129,55 @@ impl Options {
             keep_fp8_source: false,
             calib: CalibMethod::Max,
             importance: false,
+            resume: false,
         }
+    }
+
+    /// The options that decide the output bytes, by name, with their values as the command line
+    /// spells them: recorded in `shardquant.json` and in the resume journal, and compared to
+    /// decide whether an output is up to date. **Every new option that changes what is written
+    /// must get a line here.** Options that only decide how the work runs (threads, device,
+    /// memory bounds, --quiet, --report, --force, --resume) are left out: they never change the
+    /// bytes (the CPU and the GPU write the same). The statistics files and a layout file are
+    /// recorded by content, in their own manifest sections.
+    pub fn output_options(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let mut m = serde_json::Map::new();
+        let mut put = |name: &str, value: serde_json::Value| {
+            m.insert(name.to_string(), value);
+        };
+        put("format", json!(self.format.cli_name()));
+        put("numerics", json!(self.numerics.name()));
+        put("weight_amax", json!(self.weight_amax.name()));
+        put("scope", json!(self.scope.name()));
+        put("exclude", json!(self.excludes));
+        put(
+            "kv_cache",
+            json!(if self.kv_cache_fp8 { "fp8" } else { "none" }),
+        );
+        put("fp8_dequant", json!(self.fp8_dequant.name()));
+        put("keep_fp8_source", json!(self.keep_fp8_source));
+        put(
+            "uncalibrated_experts",
+            json!(match self.uncalibrated_experts {
+                UncalibratedExperts::PeerMax => "peer-max",
+                UncalibratedExperts::Error => "error",
+            }),
+        );
+        put(
+            "expert_input_amax",
+            json!(match self.expert_input_amax {
+                ExpertInputAmax::LayerMax => "layer-max",
+                ExpertInputAmax::PerExpert => "per-expert",
+            }),
+        );
+        put("stats_format", json!(self.stats_format.map(|f| f.name())));
+        put("max_shard_size", json!(self.max_shard_size));
+        put("calib", json!(self.calib.name()));
+        put(
+            "importance",
+            json!(if self.importance { "stats" } else { "none" }),
+        );
+        m
     }
 }

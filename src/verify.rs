@@ -9,7 +9,7 @@
 //! `exclude_modules` agreeing with the tensors present.
 
 use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
-use crate::convert::read_config;
+use crate::convert::{check_checksums, read_config, ChecksumCheck, MANIFEST_FILE};
 use crate::error::{Error, Result};
 use crate::layout::{glob_match, ExpertProj, Layout};
 use crate::plan::source_dtype;
@@ -33,6 +33,8 @@ pub struct Verification {
     /// Per-tensor importance-weighted relative error `sqrt(Σ imp_c (w − wq)² / Σ imp_c w²)`,
     /// for the linears that [`verify_weighted`]'s importance gave weights for.
     pub weighted_errors: Vec<(String, f64)>,
+    /// What the comparison with the checksums of `shardquant.json` found.
+    pub checksums: Option<ChecksumCheck>,
 }
 
 /// Per-input-channel weights of a linear's error: (module, cols) → weights, or `None`.
@@ -42,6 +44,24 @@ impl Verification {
     /// A human-readable report.
     pub fn report(&self) -> String {
         let mut w = String::new();
+        match &self.checksums {
+            Some(ChecksumCheck::Checked { files, problems }) => {
+                let _ = writeln!(
+                    w,
+                    "{} of {files} files match the checksums in {MANIFEST_FILE}",
+                    files - problems.len().min(*files)
+                );
+            }
+            Some(ChecksumCheck::NoChecksums) => {
+                let _ = writeln!(
+                    w,
+                    "{MANIFEST_FILE} lists no output checksums (an older shardquant): files not checked"
+                );
+            }
+            Some(ChecksumCheck::NoManifest) | None => {
+                let _ = writeln!(w, "no {MANIFEST_FILE}: file checksums not checked");
+            }
+        }
         let _ = writeln!(w, "{} quantized linears checked", self.linears);
         if !self.errors.is_empty() {
             let mean = self.errors.iter().map(|e| e.1).sum::<f64>() / self.errors.len() as f64;
@@ -101,7 +121,16 @@ pub fn verify_weighted(
     source: Option<&Path>,
     importance: ChannelWeights,
 ) -> Result<Verification> {
-    let ckpt = Checkpoint::open(dir)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let checksums = check_checksums(dir, threads);
+    let corrupt = match &checksums {
+        ChecksumCheck::Checked { problems, .. } => problems.clone(),
+        _ => Vec::new(),
+    };
+    let ckpt = Checkpoint::open(dir).map_err(|e| match corrupt.is_empty() {
+        true => e,
+        false => e.context(&format!("also: {}", corrupt.join("; "))),
+    })?;
     let (_, config) = read_config(dir)?;
     let hf: serde_json::Value = std::fs::read_to_string(dir.join("hf_quant_config.json"))
         .ok()
@@ -110,7 +139,11 @@ pub fn verify_weighted(
             Error::bad_input(format!("{}: no readable hf_quant_config.json", dir.display()))
                 .with_hint("verify checks ModelOpt-format checkpoints (hf_quant_config.json + quantization_config)")
         })?;
-    let mut v = Verification::default();
+    let mut v = Verification {
+        problems: corrupt,
+        checksums: Some(checksums),
+        ..Verification::default()
+    };
     let algo = hf
         .pointer("/quantization/quant_algo")
         .and_then(|a| a.as_str())

@@ -244,6 +244,27 @@ fn mse_output_does_not_depend_on_threads_or_shards() {
         outputs.push(load_tensors(&out));
     }
     assert_eq!(outputs[0], outputs[1]);
+    // The calibration options are part of what makes an output up to date.
+    let out = dir.join("out-1");
+    let check = |calib: &str| {
+        convert(
+            &input,
+            &out,
+            &[
+                "--format",
+                "w4a16_nvfp4",
+                "--calib",
+                calib,
+                "--max-shard-size",
+                "5GB",
+                "--check",
+            ],
+        )
+        .0
+    };
+    assert_eq!(check("mse-fp8-sweep"), 0);
+    assert_eq!(check("max"), 10);
+    assert_eq!(check("mse"), 10);
 }
 
 fn stats_fixture(name: &str) -> std::path::PathBuf {

@@ -130,6 +130,12 @@ impl Checkpoint {
         })
     }
 
+    /// Names (relative to [`Checkpoint::dir`]) of the files that hold the weights: the shards,
+    /// the index, and a redundant single `model.safetensors` when there is one.
+    pub fn weight_files(&self) -> &[String] {
+        &self.weight_files
+    }
+
     /// The directory this checkpoint was opened from.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,26 +1,33 @@
-//! `shardquant convert`: pre-flight, plan, stream, write metadata, publish.
+//! `shardquant convert`: pre-flight, up-to-date check, plan, stream, write metadata and
+//! manifest, publish; and `convert --check`.
 
+mod journal;
+mod manifest;
+mod metadata;
 mod publish;
 mod report;
+mod resume;
 
+pub use journal::{Journal, JournalState, JOURNAL_FILE};
+pub use manifest::{
+    check_checksums, freshness, ChecksumCheck, Freshness, Provenance, MANIFEST_FILE,
+};
 pub use publish::{
-    check_free_space, free_bytes, parent_dir, replaceable, sync_dir, write_file, OutputLock,
-    Staging,
+    check_free_space, free_bytes, leftovers, parent_dir, replaceable, sync_dir, write_file,
+    OutputLock, Staging,
 };
 pub use report::{quant_summary, Report};
 
 use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
-use crate::error::{Error, Result};
-use crate::export::{
-    export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
-};
+use crate::digest::{hash_files, FileDigest};
+use crate::error::{Error, ErrorKind, Result};
 use crate::gpu::{DeviceChoice, Gpu, GpuPool};
 use crate::layout::Layout;
 use crate::options::Options;
 use crate::pipeline;
 use crate::plan::Plan;
 use crate::progress::Progress;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// The ModelOpt version whose export format shardquant reproduces.
@@ -40,7 +47,7 @@ const WEIGHT_EXTENSIONS: &[&str] = &[
 ];
 
 /// Whether a file is weights of another format (never copied into the output).
-fn is_weight_file(name: &str) -> bool {
+pub(crate) fn is_weight_file(name: &str) -> bool {
     WEIGHT_EXTENSIONS.iter().any(|ext| name.ends_with(ext))
 }
 
@@ -81,6 +88,12 @@ pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
 /// Opens a checkpoint and plans its conversion (everything before any weight is read).
 pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, Plan)> {
     let ckpt = Checkpoint::open(input)?;
+    let (config_text, plan) = plan_checkpoint(&ckpt, input, options)?;
+    Ok((ckpt, config_text, plan))
+}
+
+/// Plans the conversion of an opened checkpoint; returns its `config.json` text and the plan.
+fn plan_checkpoint(ckpt: &Checkpoint, input: &Path, options: &Options) -> Result<(String, Plan)> {
     let (config_text, config) = read_config(input)?;
     // An FP8 block-scaled source (DeepSeek-V3 style) is converted; any other quantized input is
     // refused: its weights are not the original ones.
@@ -98,11 +111,11 @@ pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, P
         .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
     }
     let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input)?;
-    let plan = Plan::build(&ckpt, layout, &config, options)?;
-    Ok((ckpt, config_text, plan))
+    let plan = Plan::build(ckpt, layout, &config, options)?;
+    Ok((config_text, plan))
 }
 
-fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
+fn check_input_dir(input: &Path) -> Result<()> {
     if !input.is_dir() {
         return Err(
             Error::bad_input(format!("{} is not a directory", input.display())).with_hint(
@@ -110,6 +123,11 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             ),
         );
     }
+    Ok(())
+}
+
+fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
+    check_input_dir(input)?;
     let canon_in = input
         .canonicalize()
         .map_err(|e| Error::io("reading", input, e))?;
@@ -157,10 +175,6 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             "--force only replaces an empty directory or a previous checkpoint; check the path",
         ));
     }
-    if output.exists() && !options.force {
-        return Err(Error::usage(format!("output directory {} already exists", output.display()))
-            .with_hint("pass --force to replace it (the old one is removed only after the new one is complete)"));
-    }
     Ok(())
 }
 
@@ -206,12 +220,75 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
     GpuPool::new(gpu, GPU_SLOTS, capacity).map(Some)
 }
 
+/// Whether a file of the input (by name) is copied or rewritten into the output.
+fn is_copied(name: &str) -> bool {
+    !is_weight_file(name)
+}
+
+/// `convert --check`: whether `output` is up to date for converting `input` with `options`.
+/// Reads the input's headers, its small files and samples of its large ones, and the output's
+/// manifest and file sizes; writes nothing and takes no lock.
+pub fn check(input: &Path, output: &Path, options: &Options) -> Result<Freshness> {
+    check_input_dir(input)?;
+    let ckpt = Checkpoint::open(input)?;
+    let provenance = Provenance::compute(&ckpt, options, &is_copied)?;
+    let key = provenance.key();
+    Ok(match freshness(output, &key) {
+        Freshness::Stale(why) => match resume::resumable(output, &key) {
+            Some((dir, n)) => Freshness::Stale(format!(
+                "{why}; the partial conversion in {} ({n} output shard(s) complete) can be continued with --resume",
+                dir.display()
+            )),
+            None => Freshness::Stale(why),
+        },
+        fresh => fresh,
+    })
+}
+
 /// Converts `input` into `output`. Nothing appears at `output` unless the conversion succeeds.
+///
+/// An output that is up to date (its manifest records this conversion: same inputs,
+/// statistics, byte-affecting options and version, and its files are all there) is left alone,
+/// even with `--force`. A stopped run's partial conversion beside the output is continued
+/// (`--resume`), discarded (`--force`) or makes the run refuse to start (see the README,
+/// "Running unattended").
+/// When this run stops on an error or a signal, the output shards it completed are kept for
+/// `--resume`, unless the input itself is at fault.
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
     check_paths(input, output, options)?;
     let _lock = OutputLock::acquire(output)?;
-    let (ckpt, config_text, mut plan) = prepare(input, options)?;
+    let ckpt = Checkpoint::open(input)?;
+    let provenance = Provenance::compute(&ckpt, options, &is_copied)?;
+    let key = provenance.key();
+    match freshness(output, &key) {
+        Freshness::UpToDate => {
+            info(
+                options,
+                &format!(
+                    "{} is up to date (its {MANIFEST_FILE} records this input, statistics and options); nothing to do",
+                    output.display()
+                ),
+            );
+            let report = Report::up_to_date(input, output, options, started);
+            if let Some(path) = &options.report {
+                write_file(path, report.to_json().as_bytes())?;
+            }
+            return Ok(report);
+        }
+        Freshness::Stale(why) if output.exists() && !options.force => {
+            return Err(Error::usage(format!(
+                "output directory {} already exists and is not up to date: {why}",
+                output.display()
+            ))
+            .with_hint(
+                "pass --force to replace it (the old one is removed only after the new one is complete)",
+            ));
+        }
+        Freshness::Stale(_) => {}
+    }
+    resume::refuse_unasked(output, options)?;
+    let (config_text, mut plan) = plan_checkpoint(&ckpt, input, options)?;
     for w in &plan.warnings {
         info(options, &format!("warning: {w}"));
     }
@@ -235,48 +312,30 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     });
     info(options, &format!("device: {device}"));
     let preflight_s = started.elapsed().as_secs_f64();
-    // Only what will be copied: weights of other formats are left behind.
-    let copied: u64 = ckpt
-        .other_files()?
-        .iter()
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| is_weight_file(&n.to_string_lossy()))
-        })
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    let parent = parent_dir(output);
-    check_free_space(parent, shard_plan.total_bytes() + copied)?;
-    let staging = Staging::create(output)?;
-    let writer = ShardWriter::create(staging.path(), &shard_plan)?;
-    let total: u64 = plan.units.iter().map(|u| u.bytes).sum();
-    let progress = Progress::new(total, options.quiet);
-    let run_started = Instant::now();
-    let run = pipeline::run(&plan, &ckpt, &writer, options, &progress, gpu.as_ref());
-    progress.finish();
-    let mut run = run?;
+    let (staging, state, done) = resume::staging_for(output, &key, &shard_plan, options)?;
+    let job = Job {
+        input,
+        options,
+        ckpt: &ckpt,
+        plan: &plan,
+        shard_plan: &shard_plan,
+        config_text: &config_text,
+        provenance: &provenance,
+        gpu: gpu.as_ref(),
+    };
+    let (mut run, mut files, notes, convert_s) = match job.run(&staging, &state, done) {
+        Ok(done) => done,
+        Err(e) => return Err(stopped(e, staging, shard_plan.shard_count())),
+    };
+    if crate::interrupt::interrupted() {
+        let e = Error::interrupted(crate::interrupt::signal());
+        return Err(stopped(e, staging, shard_plan.shard_count()));
+    }
     run.device = device;
     run.gpu_memory_bytes = gpu.as_ref().map_or(0, |p| p.device_bytes() as u64);
-    let mut files = writer.finish()?;
-    let convert_s = run_started.elapsed().as_secs_f64();
-    let mut notes = Vec::new();
-    files.extend(write_metadata(
-        input,
-        staging.path(),
-        &ckpt,
-        &config_text,
-        &plan,
-        options,
-        &run,
-        &mut notes,
-    )?);
-    for n in &notes {
-        info(options, n);
-    }
-    if crate::interrupt::interrupted() {
-        return Err(Error::interrupted(crate::interrupt::signal()));
-    }
+    crate::fault::crash_point("publish", 1);
+    std::fs::remove_file(staging.path().join(JOURNAL_FILE))
+        .map_err(|e| Error::io("removing", &staging.path().join(JOURNAL_FILE), e))?;
     staging.publish(options.force)?;
     files.sort();
     let report = Report::new(
@@ -307,112 +366,161 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     Ok(report)
 }
 
-/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files.
-fn copy_tree(src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
-    let entries = std::fs::read_dir(src).map_err(|e| Error::io("reading", src, e))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        let Some(name) = path.file_name() else {
-            continue;
+/// What a run that stopped with `e` leaves: its staging directory is kept for `--resume` when
+/// its journal records completed shards (unless the input is at fault: a run on the same input
+/// would stop again), and removed otherwise. Returns `e`, saying which.
+fn stopped(e: Error, staging: Staging, shards: usize) -> Error {
+    let journal = JournalState::read(staging.path());
+    let kept = journal.as_ref().map_or(0, |j| j.shards.len());
+    if kept > 0 && e.kind() != ErrorKind::BadInput {
+        let mut keep: Vec<String> = journal
+            .into_iter()
+            .flat_map(|j| j.shards)
+            .map(|d| d.path)
+            .collect();
+        keep.push(JOURNAL_FILE.to_string());
+        let shown = staging.path().display().to_string();
+        let e = match staging.keep(&keep) {
+            Ok(_) => e.context(&format!(
+                "{kept} of {shards} output shard(s) are complete and kept in {shown} for --resume"
+            )),
+            Err(cleanup) => e.context(&format!(
+                "{kept} of {shards} output shard(s) are complete in {shown}, but {}",
+                cleanup.message()
+            )),
         };
-        let target = dest.join(name);
-        if path.is_dir() {
-            copy_tree(&path, &target, notes)?;
-        } else if is_weight_file(&name.to_string_lossy()) {
-            notes.push(format!(
-                "not copied: {} (weights outside the checkpoint's index)",
-                path.display()
-            ));
+        if e.hint().is_some() {
+            e
         } else {
-            std::fs::copy(&path, &target).map_err(|e| Error::io("copying", &path, e))?;
+            e.with_hint("run the same command again with --resume to continue from them")
+        }
+    } else {
+        drop(staging);
+        match e.kind() {
+            ErrorKind::Interrupted(_) => e.context("the temporary output was removed"),
+            _ => e,
         }
     }
-    Ok(())
 }
 
-/// Writes the metadata files into the staging directory; returns their names.
-#[allow(clippy::too_many_arguments)]
-fn write_metadata(
-    input: &Path,
-    dir: &Path,
-    ckpt: &Checkpoint,
-    config_text: &str,
-    plan: &Plan,
-    options: &Options,
-    run: &pipeline::RunStats,
-    notes: &mut Vec<String>,
-) -> Result<Vec<String>> {
-    let mut written = Vec::new();
-    let meta = QuantMetadata {
-        quant_algo: options.format.quant_algo().to_string(),
-        group_size: options.format.group_size(),
-        kv_cache_fp8: options.kv_cache_fp8,
-        exclude_modules: plan.exclude_modules.clone(),
-        producer_version: MODELOPT_VERSION.to_string(),
-    };
-    let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
-        write_file(&dir.join(name), bytes)?;
-        written.push(name.to_string());
-        Ok(())
-    };
-    put(
-        "hf_quant_config.json",
-        hf_quant_config_json(&meta).as_bytes(),
-    )?;
-    let config_path = input.join("config.json");
-    put(
-        "config.json",
-        export_config_json(config_text, &config_path, &meta)?.as_bytes(),
-    )?;
-    let gen_path = input.join("generation_config.json");
-    if gen_path.exists() {
-        let text =
-            std::fs::read_to_string(&gen_path).map_err(|e| Error::io("reading", &gen_path, e))?;
-        let sanitized = sanitize_generation_config(&text, &gen_path)?;
-        if let Some(change) = &sanitized.changed {
-            notes.push(format!("generation_config.json: {change}"));
-        }
-        put("generation_config.json", sanitized.text.as_bytes())?;
-    }
-    put(
-        ".quant_summary.txt",
-        quant_summary(plan, options, &run.summary).as_bytes(),
-    )?;
-    put(
-        "shardquant.json",
-        report::manifest(input, plan, options).as_bytes(),
-    )?;
-    for path in ckpt.other_files()? {
-        let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
-            continue;
+/// A planned conversion, ready to run in a staging directory.
+struct Job<'a> {
+    input: &'a Path,
+    options: &'a Options,
+    ckpt: &'a Checkpoint,
+    plan: &'a Plan,
+    shard_plan: &'a ShardPlan,
+    config_text: &'a str,
+    provenance: &'a Provenance,
+    gpu: Option<&'a GpuPool>,
+}
+
+/// What [`Job::run`] gives back: run statistics, files written, notes, conversion seconds.
+type Ran = (pipeline::RunStats, Vec<String>, Vec<String>, f64);
+
+impl Job<'_> {
+    /// Writes the shards that `done` does not hold (journaling each as it is sealed), then the
+    /// index, the metadata files and the manifest, into the staging directory.
+    fn run(
+        &self,
+        staging: &Staging,
+        state: &JournalState,
+        done: Vec<Option<FileDigest>>,
+    ) -> Result<Ran> {
+        let (options, plan) = (self.options, self.plan);
+        // Only what will be copied: weights of other formats are left behind.
+        let copied: u64 = self
+            .ckpt
+            .other_files()?
+            .iter()
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| is_weight_file(&n.to_string_lossy()))
+            })
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let pending: u64 = (0..done.len())
+            .filter(|&s| done[s].is_none())
+            .map(|s| self.shard_plan.file_len(s))
+            .sum();
+        check_free_space(parent_dir(staging.path()), pending + copied)?;
+        let journal = Journal::start(staging.path(), state)?;
+        let sealed_before: Vec<bool> = done.iter().map(Option::is_some).collect();
+        let writer = ShardWriter::resume(staging.path(), self.shard_plan, done)?;
+        let total: u64 = plan.units.iter().map(|u| u.bytes).sum();
+        let progress = Progress::new(total, options.quiet);
+        let run_started = Instant::now();
+        let on_sealed = |digest: FileDigest, units: &[(usize, Vec<pipeline::SummaryLine>)]| {
+            journal.record(digest, units)
         };
-        if REWRITTEN.contains(&name.as_str())
-            || name == ".quant_summary.txt"
-            || name == "shardquant.json"
-        {
-            continue;
-        }
-        if is_weight_file(&name) {
-            notes.push(format!(
-                "not copied: {name} (weights outside the checkpoint's index)"
-            ));
-            continue;
-        }
-        let dest: PathBuf = dir.join(&name);
-        std::fs::copy(&path, &dest).map_err(|e| Error::io("copying", &path, e))?;
-        std::fs::File::open(&dest)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("syncing", &dest, e))?;
-        written.push(name);
-    }
-    for sub in ckpt.other_dirs()? {
-        let Some(name) = sub.file_name() else {
-            continue;
+        let sealing = pipeline::Sealing {
+            done: &sealed_before,
+            summaries: &state.units,
+            on_sealed: &on_sealed,
         };
-        copy_tree(&sub, &dir.join(name), notes)?;
-        written.push(format!("{}/", name.to_string_lossy()));
+        let run = pipeline::run(
+            plan, self.ckpt, &writer, options, &progress, self.gpu, &sealing,
+        );
+        progress.finish();
+        let run = run?;
+        if run.units_skipped > 0 {
+            info(
+                options,
+                &format!(
+                    "skipped {} of {} units of work: their output shards were complete",
+                    run.units_skipped,
+                    plan.units.len()
+                ),
+            );
+        }
+        let shards = writer.finish_hashed()?;
+        let convert_s = run_started.elapsed().as_secs_f64();
+        let mut notes = Vec::new();
+        let mut files: Vec<String> = shards.iter().map(|d| d.path.clone()).collect();
+        files.extend(metadata::write_metadata(
+            self.input,
+            staging.path(),
+            self.ckpt,
+            self.config_text,
+            plan,
+            options,
+            &run,
+            &mut notes,
+        )?);
+        for n in &notes {
+            info(options, n);
+        }
+        let outputs = output_digests(staging.path(), shards, options.threads)?;
+        write_file(
+            &staging.path().join(MANIFEST_FILE),
+            manifest::manifest_json(self.provenance, self.input, plan, &outputs).as_bytes(),
+        )?;
+        files.push(MANIFEST_FILE.to_string());
+        Ok((run, files, notes, convert_s))
     }
-    Ok(written)
+}
+
+/// Size and SHA-256 of every file in the staging directory `dir` but the manifest and the
+/// journal, sorted by path; `known` are the shards' and index's, hashed already.
+fn output_digests(dir: &Path, known: Vec<FileDigest>, threads: usize) -> Result<Vec<FileDigest>> {
+    let all = manifest::files_under(dir, &|name| {
+        name == MANIFEST_FILE || name.starts_with(JOURNAL_FILE)
+    })?;
+    let (mut digests, rest): (Vec<FileDigest>, Vec<(String, std::path::PathBuf)>) = {
+        let mut rest = Vec::new();
+        let mut digests = Vec::new();
+        for (rel, full) in all {
+            match known.iter().find(|d| d.path == rel) {
+                Some(d) => digests.push(d.clone()),
+                None => rest.push((rel, full)),
+            }
+        }
+        (digests, rest)
+    };
+    for d in hash_files(&rest, threads) {
+        digests.push(d?);
+    }
+    digests.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(digests)
 }

@@ -1,10 +1,12 @@
 //! Writing into a temporary directory beside the output and renaming it into place, so an
-//! interrupted run never leaves something that looks like a finished checkpoint.
+//! interrupted run never leaves something that looks like a finished checkpoint; finding the
+//! temporary directories that stopped runs left (for `--resume`); the output lock; the
+//! free-space pre-flight.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// A temporary output directory, removed on drop unless published.
+/// A temporary output directory, removed on drop unless published or kept for `--resume`.
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
@@ -36,8 +38,8 @@ fn sibling(target: &Path, tag: &str) -> Result<PathBuf> {
 
 impl Staging {
     /// Creates `.<name>.shardquant-tmp-<pid>` next to `target` (whose parent must exist).
+    /// Directories that earlier runs left are the caller's business ([`leftovers`]).
     pub fn create(target: &Path) -> Result<Staging> {
-        remove_stale(target);
         let dir = sibling(target, "tmp")?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing stale", &dir, e))?;
@@ -53,9 +55,40 @@ impl Staging {
         })
     }
 
+    /// Takes over `dir`, the temporary directory a stopped run left for `target`: renames it to
+    /// this run's name and removes every entry except the files named in `keep` (files of the
+    /// stopped run that may be half written go; what is kept was checked by the caller).
+    pub fn adopt(target: &Path, dir: &Path, keep: &[String]) -> Result<Staging> {
+        let ours = sibling(target, "tmp")?;
+        if dir != ours {
+            if ours.exists() {
+                std::fs::remove_dir_all(&ours)
+                    .map_err(|e| Error::io("removing stale", &ours, e))?;
+            }
+            std::fs::rename(dir, &ours).map_err(|e| Error::io("renaming", dir, e))?;
+        }
+        let staging = Staging {
+            dir: ours,
+            target: target.to_path_buf(),
+            published: false,
+        };
+        prune(&staging.dir, keep)?;
+        Ok(staging)
+    }
+
     /// The temporary directory.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Leaves the directory where it is, with only the files named in `keep` (what can be
+    /// resumed: nothing else there may look complete); returns its path. The directory stays
+    /// even when removing the rest fails.
+    pub fn keep(mut self, keep: &[String]) -> Result<PathBuf> {
+        self.published = true;
+        let dir = std::mem::take(&mut self.dir);
+        prune(&dir, keep)?;
+        Ok(dir)
     }
 
     /// Moves the finished directory into place, replacing an existing one when `replace`.
@@ -94,36 +127,48 @@ impl Drop for Staging {
     }
 }
 
-/// Removes `.NAME.shardquant-tmp-PID` directories left by runs that were killed (their
-/// process no longer exists). Only temporary directories are touched, never a moved-aside
-/// previous output.
-fn remove_stale(target: &Path) {
-    let Some(name) = target.file_name() else {
-        return;
-    };
-    let parent = parent_dir(target);
-    let prefix = format!(".{}.shardquant-tmp-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
+/// Removes every entry of `dir` except the files named in `keep`, and syncs it.
+fn prune(dir: &Path, keep: &[String]) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("reading", dir, e))?;
     for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = file_name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
             continue;
-        };
-        if pid != std::process::id() as i32 && !process_alive(pid) {
-            let _ = std::fs::remove_dir_all(entry.path());
         }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io("removing", &path, e))?;
     }
+    sync_dir(dir)
 }
 
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+/// The temporary directories (`.NAME.shardquant-tmp-PID`) that earlier runs on `target` left
+/// (this process has none yet):
+/// runs that were killed, lost power, ran out of disk or were interrupted. Call it with the
+/// [`OutputLock`] held: then no other run is writing any of them, whatever their PIDs (after a
+/// reboot, a stopped run's PID may belong to another process).
+pub fn leftovers(target: &Path) -> Vec<PathBuf> {
+    let Some(name) = target.file_name() else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.shardquant-tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent_dir(target)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
 }
 
 /// Whether `dir` may be replaced by `--force`: it must be empty or look like a checkpoint
@@ -142,12 +187,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("syncing", dir, e))
 }
 
-/// Writes a small file and fsyncs it.
+/// Writes a small file and fsyncs it (through the disk-full injection of [`crate::fault`]).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io("writing", path, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    let allowed = crate::fault::write_allowance(bytes.len());
+    f.write_all(&bytes[..allowed])
+        .and_then(|_| match allowed < bytes.len() {
+            true => Err(crate::fault::disk_full()),
+            false => f.sync_all(),
+        })
         .map_err(|e| Error::io("writing", path, e))
 }
 

@@ -1,8 +1,8 @@
-//! What a conversion tells its users: `.quant_summary.txt`, the `shardquant.json` manifest in
-//! the output (deterministic: no times, no thread counts), and the `--report` JSON.
+//! What a conversion tells its users: `.quant_summary.txt` and the `--report` JSON (the
+//! `shardquant.json` manifest is [`super::manifest`]'s).
 
 use crate::checkpoint::Checkpoint;
-use crate::options::{Options, WeightAmaxMode};
+use crate::options::Options;
 use crate::pipeline::{RunStats, SummaryLine};
 use crate::plan::Plan;
 use serde_json::json;
@@ -57,21 +57,6 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
     out
 }
 
-fn options_json(options: &Options) -> serde_json::Value {
-    json!({
-        "format": options.format.cli_name(),
-        "numerics": options.numerics.name(),
-        "weight_amax": match options.weight_amax { WeightAmaxMode::Compute => "compute", WeightAmaxMode::Stats => "stats" },
-        "scope": options.scope.name(),
-        "exclude": options.excludes,
-        "kv_cache": if options.kv_cache_fp8 { "fp8" } else { "none" },
-        "fp8_dequant": options.fp8_dequant.name(),
-        "keep_fp8_source": options.keep_fp8_source,
-        "calib": options.calib.name(),
-        "importance": if options.importance { "stats" } else { "none" },
-    })
-}
-
 /// Which calibration each quantized linear got: the method, and with `--importance stats`
 /// which linears' searches were weighted by activation statistics and which were not.
 fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Value {
@@ -89,27 +74,6 @@ fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Val
             serde_json::Value::Null
         },
     })
-}
-
-/// The `shardquant.json` provenance manifest written into the output.
-pub fn manifest(input: &Path, plan: &Plan, options: &Options) -> String {
-    let stats: Vec<String> = options
-        .stats
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let value = json!({
-        "tool": "shardquant",
-        "version": env!("CARGO_PKG_VERSION"),
-        "modelopt_format_version": super::MODELOPT_VERSION,
-        "input": input.display().to_string(),
-        "layout": plan.layout.name,
-        "stats": stats,
-        "options": options_json(options),
-        "quantized_linears": plan.quantized_count(),
-        "unquantized_linears": plan.linears.len() - plan.quantized_count(),
-    });
-    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
 }
 
 /// Peak resident set size of this process in bytes (getrusage).
@@ -154,7 +118,7 @@ impl Report {
             "gpu_units": run.gpu_units,
             "layout": plan.layout.name,
             "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "options": options_json(options),
+            "options": options.output_options(),
             "calibration": calibration_json(options, &run.summary),
             "threads": options.threads,
             "max_memory": options.max_memory,
@@ -169,6 +133,7 @@ impl Report {
                 "fp8_source_linears": plan.linears.iter().filter(|l| l.source.fp8_scale.is_some()).count(),
                 "fp8_source_unquantized": plan.classified.fp8_other.len(),
                 "units": plan.units.len(),
+                "units_skipped": run.units_skipped,
             },
             "timings_s": {
                 "preflight": preflight_s,
@@ -184,6 +149,19 @@ impl Report {
             "warnings": plan.warnings,
             "notes": notes,
             "files": files,
+        });
+        Report { value }
+    }
+
+    /// The report of a run that found the output up to date and wrote nothing.
+    pub fn up_to_date(input: &Path, output: &Path, options: &Options, started: Instant) -> Report {
+        let value = json!({
+            "status": "up_to_date",
+            "input": input.display().to_string(),
+            "output": output.display().to_string(),
+            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "options": options.output_options(),
+            "timings_s": { "total": started.elapsed().as_secs_f64() },
         });
         Report { value }
     }

@@ -4,12 +4,18 @@
 //! - The reader walks the plan's units in streaming order, waits for budget, advises the kernel
 //!   to read the unit's input pages ahead, and hands the unit to the workers.
 //! - Workers compute amax, scales and quantized bytes ([`worker::execute`]).
-//! - The writer (the calling thread) writes each output at its planned offset, so the output
-//!   bytes do not depend on which worker finishes first; then it drops the input pages that no
-//!   later unit needs and returns the unit's budget.
+//! - Workers write each output at its planned offset, so the output bytes do not depend on
+//!   which worker finishes first. The collector (the calling thread) then drops the input pages
+//!   that no later unit needs, returns the unit's budget, and counts the output shards' tensors:
+//!   a shard whose tensors are all written goes to the sealing thread, which syncs, hashes and
+//!   renames it and records it (the resume journal), so a run stopped later keeps it.
+//! - A resumed run skips the units whose outputs all lie in shards sealed before.
+//! - On an error or a signal, no new unit starts; units in flight finish, and the shards they
+//!   complete are still sealed before the run returns.
 
 pub mod budget;
 pub mod pages;
+pub mod seal;
 pub mod worker;
 
 use crate::calib::backend::CpuCompute;
@@ -21,7 +27,9 @@ use crate::options::Options;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use budget::Budget;
-use crossbeam_channel::{bounded, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, RecvTimeoutError};
+use seal::ShardTracker;
+pub use seal::{OnSealed, Sealing};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,6 +55,8 @@ pub struct RunStats {
     pub device: String,
     /// GPU memory held by the work slots (0 on the CPU).
     pub gpu_memory_bytes: u64,
+    /// Units skipped because a previous run had completed their output shards.
+    pub units_skipped: usize,
 }
 
 /// Reads one byte of every page of `bytes`, so that page faults (disk reads) happen now.
@@ -67,16 +77,23 @@ struct Written {
 }
 
 /// Writes a unit's outputs at their planned offsets (from the worker thread: writes run in
-/// parallel, and the bytes do not depend on the order).
+/// parallel, and the bytes do not depend on the order). Outputs in shards sealed before this
+/// run (`sealed`) are already there.
 fn write_outputs(
     plan: &Plan,
     ckpt: &Checkpoint,
     writer: &ShardWriter,
+    sealed: &[bool],
     done: UnitResult,
 ) -> Result<Written> {
     let unit = &plan.units[done.unit];
     let mut bytes = 0u64;
+    let mut tensors = 0;
     for (&out, payload) in unit.outputs.iter().zip(&done.payloads) {
+        if sealed[writer.shard_of(out)] {
+            continue;
+        }
+        tensors += 1;
         let len = match payload {
             Payload::Owned(b) => {
                 writer.write(out, b)?;
@@ -102,7 +119,7 @@ fn write_outputs(
         unit: done.unit,
         summary: done.summary,
         bytes,
-        tensors: unit.outputs.len(),
+        tensors,
     })
 }
 
@@ -130,7 +147,9 @@ fn compute_unit(
     }
 }
 
-/// Runs every unit of `plan`, writing through `writer`; numeric work goes to `gpu` when given.
+/// Runs the units of `plan`, writing through `writer`; numeric work goes to `gpu` when given.
+/// Units whose outputs all lie in shards sealed before (`sealing.done`) are skipped; every
+/// shard completed is sealed and reported to `sealing.on_sealed`.
 pub fn run(
     plan: &Plan,
     ckpt: &Checkpoint,
@@ -138,6 +157,7 @@ pub fn run(
     options: &Options,
     progress: &Progress,
     gpu: Option<&GpuPool>,
+    sealing: &Sealing,
 ) -> Result<RunStats> {
     let gpu_units = AtomicUsize::new(0);
     let threads = options.threads.max(1);
@@ -152,14 +172,52 @@ pub fn run(
     let cancelled = AtomicBool::new(false);
     let (work_tx, work_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = bounded::<Result<Written>>(threads * 2);
+    let (seal_tx, seal_rx) = unbounded::<(usize, Vec<(usize, Vec<SummaryLine>)>)>();
     let mut summaries: Vec<Vec<SummaryLine>> = vec![Vec::new(); plan.units.len()];
     let mut pages = pages::PageReleaser::new(ckpt, plan.tensor_users.clone());
+    let mut tracker = ShardTracker::new(plan, writer, sealing.done);
     let mut stats = RunStats::default();
+    let mut todo = Vec::with_capacity(plan.units.len());
+    for (u, unit) in plan.units.iter().enumerate() {
+        if ShardTracker::skippable(plan, writer, sealing, u) {
+            summaries[u] = sealing.summaries[&u].clone();
+            pages.unit_done(unit);
+            progress.advance(unit.bytes);
+            stats.units_skipped += 1;
+        } else {
+            todo.push(u);
+        }
+    }
+    for s in tracker.empty_shards(sealing.done) {
+        let _ = seal_tx.send((s, Vec::new()));
+    }
 
     let outcome = std::thread::scope(|scope| -> Result<()> {
-        let (budget, cancelled, gpu_units) = (&budget, &cancelled, &gpu_units);
+        let (budget, cancelled, gpu_units, todo) = (&budget, &cancelled, &gpu_units, &todo);
+        let stop = || {
+            cancelled.store(true, Ordering::Relaxed);
+            budget.cancel();
+        };
+        let sealer = scope.spawn(move || -> Result<()> {
+            let mut count = 0u64;
+            for (s, units) in seal_rx.iter() {
+                let sealed = writer.seal(s).and_then(|digest| {
+                    count += 1;
+                    crate::fault::crash_point("sealed", count);
+                    (sealing.on_sealed)(digest, &units)?;
+                    crate::fault::crash_point("journaled", count);
+                    Ok(())
+                });
+                if sealed.is_err() {
+                    stop();
+                    return sealed;
+                }
+            }
+            Ok(())
+        });
         scope.spawn(move || {
-            for (i, unit) in plan.units.iter().enumerate() {
+            for &i in todo {
+                let unit = &plan.units[i];
                 let stop = cancelled.load(Ordering::Relaxed) || interrupt::interrupted();
                 if stop || !budget.acquire(budget.charge(unit.bytes)) {
                     break;
@@ -182,7 +240,7 @@ pub fn run(
                     // A panic would leave its unit's budget taken and hang the others: turn it
                     // into an error that stops the run.
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        compute_unit(plan, ckpt, options, i, gpu, gpu_units).and_then(|done| write_outputs(plan, ckpt, writer, done))
+                        compute_unit(plan, ckpt, options, i, gpu, gpu_units).and_then(|done| write_outputs(plan, ckpt, writer, sealing.done, done))
                     }))
                     .unwrap_or_else(|_| {
                         Err(Error::other(format!(
@@ -196,40 +254,62 @@ pub fn run(
             });
         }
         drop((work_rx, done_tx));
-        let mut remaining = plan.units.len();
-        let result = (|| -> Result<()> {
-            while remaining > 0 {
-                let done = loop {
-                    if interrupt::interrupted() {
-                        return Err(Error::interrupted(interrupt::signal()));
-                    }
-                    match done_rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(done) => break done?,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            return Err(Error::other(
-                                "internal error: the worker threads stopped early",
-                            ))
-                        }
-                    }
-                };
-                let unit = &plan.units[done.unit];
-                stats.bytes_written += done.bytes;
-                stats.tensors_written += done.tensors;
-                pages.unit_done(unit);
-                summaries[done.unit] = done.summary;
-                budget.release(budget.charge(unit.bytes));
-                progress.advance(unit.bytes);
-                remaining -= 1;
+        // Collects results until every unit is in; after an error or a signal, until the
+        // workers have finished what they had started, so its shards are still sealed.
+        let mut first_error: Option<Error> = None;
+        let mut remaining = todo.len();
+        while remaining > 0 {
+            if first_error.is_none() && interrupt::interrupted() {
+                first_error = Some(Error::interrupted(interrupt::signal()));
+                stop();
             }
-            Ok(())
-        })();
-        if result.is_err() {
-            cancelled.store(true, Ordering::Relaxed);
-            budget.cancel();
+            let done = match done_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => {
+                    remaining -= 1;
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                        stop();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if !cancelled.load(Ordering::Relaxed) && first_error.is_none() {
+                        first_error = Some(Error::other(
+                            "internal error: the worker threads stopped early",
+                        ));
+                    }
+                    break;
+                }
+            };
+            remaining -= 1;
+            let unit = &plan.units[done.unit];
+            stats.bytes_written += done.bytes;
+            stats.tensors_written += done.tensors;
+            pages.unit_done(unit);
+            summaries[done.unit] = done.summary;
+            budget.release(budget.charge(unit.bytes));
+            progress.advance(unit.bytes);
+            for s in tracker.unit_written(plan, writer, sealing.done, done.unit) {
+                let units = tracker
+                    .units_of(s)
+                    .iter()
+                    .map(|&u| (u, summaries[u].clone()))
+                    .collect();
+                // The sealer only goes away after an error of its own, which stops the run.
+                let _ = seal_tx.send((s, units));
+            }
         }
         drop(done_rx);
-        result
+        drop(seal_tx);
+        let sealed = sealer
+            .join()
+            .unwrap_or_else(|_| Err(Error::other("internal error: the sealing thread panicked")));
+        match first_error {
+            Some(e) => Err(e),
+            None => sealed,
+        }
     });
     outcome?;
     stats.peak_in_flight = budget.peak();

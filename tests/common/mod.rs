@@ -137,3 +137,89 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         }
     }
 }
+
+/// Every file under `dir` (recursively), sorted by `/`-separated relative path, with its
+/// bytes: two directories with equal trees are byte-identical.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), dir.to_path_buf())];
+    while let Some((prefix, path)) = stack.pop() {
+        for e in std::fs::read_dir(&path).unwrap() {
+            let e = e.unwrap();
+            let rel = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.file_type().unwrap().is_dir() {
+                stack.push((format!("{rel}/"), e.path()));
+            } else {
+                out.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts that two output directories hold the same files with the same bytes, naming the
+/// files that differ.
+pub fn assert_same_tree(got: &Path, want: &Path) {
+    let (a, b) = (tree(got), tree(want));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&a),
+        names(&b),
+        "{} vs {}",
+        got.display(),
+        want.display()
+    );
+    let differ: Vec<&String> = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| &x.0)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} differs from {} in {differ:?}",
+        got.display(),
+        want.display()
+    );
+}
+
+/// Runs the binary with extra environment variables; returns its output (status included).
+pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("SHARDQUANT_CRASH_AT")
+        .env_remove("SHARDQUANT_FAIL_WRITE_AFTER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The `.NAME.shardquant-tmp-*` directories beside the output `out`.
+pub fn staging_dirs(out: &Path) -> Vec<PathBuf> {
+    let prefix = format!(
+        ".{}.shardquant-tmp-",
+        out.file_name().unwrap().to_string_lossy()
+    );
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The shard files a staging directory's resume journal records as complete.
+pub fn journaled_shards(staging: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(staging.join(".shardquant-journal.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .map_while(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["shard"]["path"].as_str().map(str::to_string))
+        .collect()
+}

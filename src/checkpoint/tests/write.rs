@@ -208,3 +208,70 @@ fn finish_replaces_existing_files_without_touching_their_old_inode() {
     let ckpt = Checkpoint::open(dir.path()).unwrap();
     assert_eq!(ckpt.bytes(ckpt.get("x").unwrap()), [5, 6]);
 }
+
+/// A shard sealed as soon as it is complete survives a writer that is dropped unfinished (a
+/// stopped run); a resumed writer skips it and the result is the one-shot result, byte for byte.
+#[test]
+fn sealed_shards_survive_and_a_resumed_writer_completes_the_same_bytes() {
+    let mut rng = Rng::new(11);
+    let tensors = random_tensors(&mut rng, 40);
+    let total: usize = tensors.iter().map(|(t, _)| t.byte_len()).sum();
+    let max = (total / 4) as u64;
+    let reference = TempDir::new("seal-ref");
+    write_all(reference.path(), &tensors, max, 1, 1);
+    let plan = ShardPlan::new(tensors.iter().map(|(t, _)| t.clone()).collect(), max).unwrap();
+    assert!(plan.shard_count() >= 3);
+
+    let dir = TempDir::new("seal");
+    let w = ShardWriter::create(dir.path(), &plan).unwrap();
+    let plan_ref = &plan;
+    let in_shard = |s: usize| (0..tensors.len()).filter(move |&i| plan_ref.location(i).0 == s);
+    for i in in_shard(1) {
+        w.write(i, &tensors[i].1).unwrap();
+    }
+    let err = w.seal(0).unwrap_err();
+    assert!(err.message().contains("never written"), "{err}");
+    let digest = w.seal(1).unwrap();
+    assert!(w.is_sealed(1) && !w.is_sealed(0));
+    assert!(w.seal(1).unwrap_err().message().contains("sealed twice"));
+    let name = &plan.file_names()[1];
+    let on_disk = std::fs::read(dir.path().join(name)).unwrap();
+    assert_eq!(
+        (digest.path.as_str(), digest.size, digest.sha256.as_str()),
+        (
+            name.as_str(),
+            on_disk.len() as u64,
+            crate::digest::sha256_hex(&on_disk).as_str()
+        )
+    );
+    // Half of shard 0, then the run stops.
+    let first = in_shard(0).next().unwrap();
+    w.write(first, &tensors[first].1).unwrap();
+    drop(w);
+    assert_eq!(
+        files_of(dir.path())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(name),
+        "only the sealed shard is left"
+    );
+
+    let mut done = vec![None; plan.shard_count()];
+    done[1] = Some(digest.clone());
+    let w = ShardWriter::resume(dir.path(), &plan, done).unwrap();
+    let other = in_shard(1).next().unwrap();
+    let err = w.write(other, &tensors[other].1).unwrap_err();
+    assert!(err.message().contains("complete before this run"), "{err}");
+    for i in (0..tensors.len()).filter(|&i| plan.location(i).0 != 1) {
+        w.write(i, &tensors[i].1).unwrap();
+    }
+    let digests = w.finish_hashed().unwrap();
+    assert_eq!(digests[1], digest, "the resumed shard keeps its digest");
+    assert_eq!(files_of(dir.path()), files_of(reference.path()));
+    for d in &digests {
+        let bytes = std::fs::read(dir.path().join(&d.path)).unwrap();
+        assert_eq!(d.sha256, crate::digest::sha256_hex(&bytes), "{}", d.path);
+    }
+    assert_eq!(digests.last().unwrap().path, "model.safetensors.index.json");
+}
