@@ -10,7 +10,7 @@ use shardquant::quant::{
     self, fp8_scale, quantize_nvfp4_static, Numerics, QuantFormat, SourceDtype,
 };
 use shardquant::synthetic::SyntheticSpec;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn synthetic(dir: &Path, experts: usize) {
     SyntheticSpec {
@@ -58,26 +58,56 @@ fn weight(input: &Path, module: &str) -> (Vec<u8>, usize, usize) {
     (bytes.clone(), shape[0], shape[1])
 }
 
-#[test]
-fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
-    let dir = TempDir::new("mse-sweep");
+/// A dense synthetic checkpoint converted with its amax file; (temp dir, input, output).
+fn dense_conversion(tag: &str, format: &str, calib: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = TempDir::new(tag);
     let input = dir.join("in");
     synthetic(&input, 0);
     let out = dir.join("out");
     let stats = input.join("amax.safetensors");
-    let (code, err) = convert(
-        &input,
-        &out,
-        &[
-            "--format",
-            "nvfp4",
-            "--stats",
-            stats.to_str().unwrap(),
-            "--calib",
-            "mse-fp8-sweep",
-        ],
-    );
+    let args = [
+        "--format",
+        format,
+        "--stats",
+        stats.to_str().unwrap(),
+        "--calib",
+        calib,
+    ];
+    let (code, err) = convert(&input, &out, &args);
     assert_eq!(code, 0, "{err}");
+    (dir, input, out)
+}
+
+/// The library's sweep and static NVFP4 export of one BF16 weight: (packed, scales, ws2).
+fn swept(
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    global: f32,
+    imp: Option<&[f32]>,
+) -> (Vec<u8>, Vec<u8>, f32) {
+    let dtype = SourceDtype::Bf16;
+    let numerics = Numerics::ModeloptCuda;
+    let blocks = mse::sweep_block_amax(bytes, dtype, cols, global, numerics, imp);
+    let mut packed = vec![0u8; rows * cols / 2];
+    let mut scales = vec![0u8; rows * cols / 16];
+    let ws2 = quantize_nvfp4_static(
+        bytes,
+        dtype,
+        rows,
+        cols,
+        &blocks,
+        global,
+        numerics,
+        &mut packed,
+        &mut scales,
+    );
+    (packed, scales, ws2)
+}
+
+#[test]
+fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
+    let (_dir, input, out) = dense_conversion("mse-sweep", "nvfp4", "mse-fp8-sweep");
     let tensors = load_tensors(&out);
     // q/k/v share one global amax: the max over the three weights.
     let p = "model.layers.1.self_attn";
@@ -90,27 +120,7 @@ fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
         .map(|(b, _, _)| quant::amax(b, SourceDtype::Bf16).unwrap())
         .fold(0.0f32, f32::max);
     for (name, (bytes, rows, cols)) in ["q_proj", "k_proj", "v_proj"].iter().zip(&members) {
-        let blocks = mse::sweep_block_amax(
-            bytes,
-            SourceDtype::Bf16,
-            *cols,
-            global,
-            Numerics::ModeloptCuda,
-            None,
-        );
-        let mut packed = vec![0u8; rows * cols / 2];
-        let mut scales = vec![0u8; rows * cols / 16];
-        let ws2 = quantize_nvfp4_static(
-            bytes,
-            SourceDtype::Bf16,
-            *rows,
-            *cols,
-            &blocks,
-            global,
-            Numerics::ModeloptCuda,
-            &mut packed,
-            &mut scales,
-        );
+        let (packed, scales, ws2) = swept(bytes, *rows, *cols, global, None);
         let m = format!("{p}.{name}");
         assert_eq!(tensors[&format!("{m}.weight")].2, packed, "{m}");
         assert_eq!(tensors[&format!("{m}.weight_scale")].2, scales, "{m}");
@@ -127,24 +137,8 @@ fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
 
 #[test]
 fn fp8_mse_exports_each_weights_searched_scale() {
-    let dir = TempDir::new("mse-fp8");
-    let input = dir.join("in");
-    synthetic(&input, 0);
-    let out = dir.join("out");
+    let (dir, input, out) = dense_conversion("mse-fp8", "fp8", "mse");
     let stats = input.join("amax.safetensors");
-    let (code, err) = convert(
-        &input,
-        &out,
-        &[
-            "--format",
-            "fp8",
-            "--stats",
-            stats.to_str().unwrap(),
-            "--calib",
-            "mse",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
     let tensors = load_tensors(&out);
     // FP8 does not unify gate/up (ModelOpt's export does not): each weight keeps its own.
     let p = "model.layers.0.mlp";
@@ -328,27 +322,7 @@ fn importance_weights_the_search_with_the_imatrix_and_the_report_says_where() {
     let (bytes, rows, cols) = weight(&input, module);
     let imp = Importance::from_stats(plan.stats.module(module).unwrap(), cols).unwrap();
     let global = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
-    let blocks = mse::sweep_block_amax(
-        &bytes,
-        SourceDtype::Bf16,
-        cols,
-        global,
-        Numerics::ModeloptCuda,
-        Some(&imp.weights),
-    );
-    let mut packed = vec![0u8; rows * cols / 2];
-    let mut scales = vec![0u8; rows * cols / 16];
-    quantize_nvfp4_static(
-        &bytes,
-        SourceDtype::Bf16,
-        rows,
-        cols,
-        &blocks,
-        global,
-        Numerics::ModeloptCuda,
-        &mut packed,
-        &mut scales,
-    );
+    let (packed, scales, _) = swept(&bytes, rows, cols, global, Some(&imp.weights));
     let out = load_tensors(&weighted);
     assert_eq!(out[&format!("{module}.weight_scale")].2, scales);
     assert_eq!(out[&format!("{module}.weight")].2, packed);
