@@ -171,10 +171,12 @@ fn killed_at_any_point_then_resumed_is_byte_identical() {
             let expect = point
                 .strip_prefix("journaled:")
                 .map_or(shards, |k| k.parse().unwrap());
-            assert_eq!(
-                journaled_inodes(&out).len() as u64,
-                expect,
-                "{point}: shards journaled"
+            // Shards are sealed by up to 4 threads: when one stops at its k-th record, the
+            // others may have recorded theirs too.
+            let journaled = journaled_inodes(&out).len() as u64;
+            assert!(
+                (expect..=(expect + 3).min(shards)).contains(&journaled),
+                "{point}: {journaled} shards journaled, expected {expect} (+ up to 3 in flight)"
             );
         }
         resume_and_compare(&input, &out, shard, &reference);
@@ -191,7 +193,12 @@ fn killed_at_any_point_then_resumed_is_byte_identical() {
     };
     crash("journaled:3", &[]);
     crash("journaled:2", &["--resume"]);
-    assert_eq!(journaled_inodes(&out).len(), 5, "3 + 2 shards journaled");
+    // 3 + 2 records, plus up to 3 more per run from the other sealing threads.
+    let journaled = journaled_inodes(&out).len();
+    assert!(
+        (5..=11).contains(&journaled),
+        "{journaled} shards journaled, expected 3 + 2 (+ up to 3 in flight per run)"
+    );
     resume_and_compare(&input, &out, shard, &reference);
 }
 

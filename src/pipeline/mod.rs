@@ -31,7 +31,10 @@ use crossbeam_channel::{bounded, unbounded, RecvTimeoutError};
 use seal::ShardTracker;
 pub use seal::{OnSealed, Sealing};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Threads that seal completed output shards.
+const SEALERS: usize = 4;
 use std::time::Duration;
 pub use worker::{Payload, SummaryLine, UnitResult};
 
@@ -170,6 +173,7 @@ pub fn run(
             .max(options.max_memory / 4),
     );
     let cancelled = AtomicBool::new(false);
+    let (sealed_count, journaled_count) = (AtomicU64::new(0), AtomicU64::new(0));
     let (work_tx, work_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = bounded::<Result<Written>>(threads * 2);
     let (seal_tx, seal_rx) = unbounded::<(usize, Vec<(usize, Vec<SummaryLine>)>)>();
@@ -194,27 +198,37 @@ pub fn run(
 
     let outcome = std::thread::scope(|scope| -> Result<()> {
         let (budget, cancelled, gpu_units, todo) = (&budget, &cancelled, &gpu_units, &todo);
+        let (sealed_count, journaled_count) = (&sealed_count, &journaled_count);
         let stop = || {
             cancelled.store(true, Ordering::Relaxed);
             budget.cancel();
         };
-        let sealer = scope.spawn(move || -> Result<()> {
-            let mut count = 0u64;
-            for (s, units) in seal_rx.iter() {
-                let sealed = writer.seal(s).and_then(|digest| {
-                    count += 1;
-                    crate::fault::crash_point("sealed", count);
-                    (sealing.on_sealed)(digest, &units)?;
-                    crate::fault::crash_point("journaled", count);
+        // Sealing (fsync, SHA-256 read-back, rename) runs on a few threads: shards that
+        // complete together (often at the end of a fast run) are hashed in parallel.
+        let sealers: Vec<_> = (0..SEALERS.min(writer.shard_count()).max(1))
+            .map(|_| {
+                let seal_rx = seal_rx.clone();
+                scope.spawn(move || -> Result<()> {
+                    for (s, units) in seal_rx.iter() {
+                        let sealed = writer.seal(s).and_then(|digest| {
+                            let count = sealed_count.fetch_add(1, Ordering::SeqCst) + 1;
+                            crate::fault::crash_point("sealed", count);
+                            (sealing.on_sealed)(digest, &units)?;
+                            // Counted after the record: at the k-th, k records are complete.
+                            let count = journaled_count.fetch_add(1, Ordering::SeqCst) + 1;
+                            crate::fault::crash_point("journaled", count);
+                            Ok(())
+                        });
+                        if sealed.is_err() {
+                            stop();
+                            return sealed;
+                        }
+                    }
                     Ok(())
-                });
-                if sealed.is_err() {
-                    stop();
-                    return sealed;
-                }
-            }
-            Ok(())
-        });
+                })
+            })
+            .collect();
+        drop(seal_rx);
         scope.spawn(move || {
             for &i in todo {
                 let unit = &plan.units[i];
@@ -303,9 +317,14 @@ pub fn run(
         }
         drop(done_rx);
         drop(seal_tx);
-        let sealed = sealer
-            .join()
-            .unwrap_or_else(|_| Err(Error::other("internal error: the sealing thread panicked")));
+        // Every sealer drains the channel before it ends; the first error wins.
+        let mut sealed = Ok(());
+        for h in sealers {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::other("internal error: a sealing thread panicked")));
+            sealed = sealed.and(r);
+        }
         match first_error {
             Some(e) => Err(e),
             None => sealed,
