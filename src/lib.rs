@@ -29,6 +29,7 @@ pub mod export;
 pub mod gpu;
 pub mod inspect;
 pub mod interrupt;
+mod json_keys;
 pub mod layout;
 pub mod options;
 pub mod pipeline;

@@ -9,7 +9,7 @@ pub use publish::{
 };
 pub use report::{quant_summary, Report};
 
-use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
+use crate::checkpoint::{Checkpoint, Lane, Resolved, ShardPlan, ShardWriter};
 use crate::error::{Error, Result};
 use crate::export::{
     export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
@@ -58,12 +58,27 @@ pub fn info(options: &Options, msg: &str) {
     }
 }
 
-/// Reads and parses `config.json` of a checkpoint directory.
+/// The largest `config.json` or `generation_config.json` read (real ones are a few KB).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads and parses `config.json` of a checkpoint directory. It must be a regular file inside
+/// the directory (a link out of it is refused, see [`Lane`]).
 pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::io("reading", &path, e)
-            .with_hint("a HuggingFace checkpoint directory needs its config.json")
+    let needed = |e: Error| e.with_hint("a HuggingFace checkpoint directory needs its config.json");
+    let lane = Lane::new(dir).map_err(|e| needed(Error::io("reading", dir, e)))?;
+    let bytes = lane
+        .read_small("config.json", MAX_CONFIG_BYTES)?
+        .ok_or_else(|| {
+            needed(Error::io(
+                "reading",
+                &path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::bad_input(format!("{}: is not UTF-8 text", path.display()))
+            .with_hint("restore config.json from the model's original repository")
     })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::bad_input(format!("{}: invalid JSON: {e}", path.display()))
@@ -102,6 +117,33 @@ pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, P
     Ok((ckpt, config_text, plan))
 }
 
+/// Where `path` is once symbolic links and `..` are resolved, whether or not it exists yet:
+/// the canonical path when it exists, else its canonical parent joined with its name.
+fn resolved_path(path: &Path) -> Result<PathBuf> {
+    if path.symlink_metadata().is_ok() {
+        if let Ok(p) = path.canonicalize() {
+            return Ok(p);
+        }
+    }
+    let parent = parent_dir(path);
+    let canon_parent = parent.canonicalize().map_err(|e| {
+        Error::usage(format!(
+            "parent directory {} of {}: {e}",
+            parent.display(),
+            path.display()
+        ))
+        .with_hint("create the parent directory first")
+    })?;
+    Ok(match path.file_name() {
+        Some(name) => canon_parent.join(name),
+        None => canon_parent,
+    })
+}
+
+/// Pre-flight checks of the paths: the input is a directory; the output (and `--report`) is
+/// outside it, does not contain it, and is not the input itself, also through links and `..`;
+/// an existing output is replaced only with `--force`, and only when it is empty or a
+/// previous checkpoint.
 fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     if !input.is_dir() {
         return Err(
@@ -113,20 +155,19 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     let canon_in = input
         .canonicalize()
         .map_err(|e| Error::io("reading", input, e))?;
-    let out_parent = parent_dir(output);
-    let canon_parent = out_parent.canonicalize().map_err(|e| {
-        Error::usage(format!(
-            "output parent directory {}: {e}",
-            out_parent.display()
-        ))
-        .with_hint("create the parent directory first")
-    })?;
-    let canon_out = canon_parent.join(output.file_name().unwrap_or_default());
+    let canon_out = resolved_path(output)?;
     if canon_out.starts_with(&canon_in) || canon_in.starts_with(&canon_out) {
         return Err(Error::usage(format!(
-            "output {} and input {} overlap",
+            "output {} and input {} overlap{}",
             output.display(),
-            input.display()
+            input.display(),
+            if canon_out == canon_in {
+                " (they are the same directory)"
+            } else if canon_out.starts_with(&canon_in) {
+                " (the output would be inside the input)"
+            } else {
+                " (the output contains the input)"
+            }
         ))
         .with_hint("write the output to a directory outside the input"));
     }
@@ -147,6 +188,14 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             ))
             .with_hint("create the directory or choose another report path"));
         }
+        if resolved_path(report)?.starts_with(&canon_in) {
+            return Err(Error::usage(format!(
+                "--report {}: is inside the input directory {}, which shardquant never writes to",
+                report.display(),
+                input.display()
+            ))
+            .with_hint("write the report outside the input directory"));
+        }
     }
     if output.is_dir() && options.force && !replaceable(output) {
         return Err(Error::usage(format!(
@@ -157,7 +206,7 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
             "--force only replaces an empty directory or a previous checkpoint; check the path",
         ));
     }
-    if output.exists() && !options.force {
+    if output.symlink_metadata().is_ok() && !options.force {
         return Err(Error::usage(format!("output directory {} already exists", output.display()))
             .with_hint("pass --force to replace it (the old one is removed only after the new one is complete)"));
     }
@@ -307,26 +356,29 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     Ok(report)
 }
 
-/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files.
-fn copy_tree(src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files and, with a
+/// warning, whatever [`Lane::list`] leaves out (links out of the input, links to directories,
+/// FIFOs, sockets, devices).
+fn copy_tree(lane: &Lane, src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
-    let entries = std::fs::read_dir(src).map_err(|e| Error::io("reading", src, e))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
+    let listing = lane.list(src, |_| false)?;
+    notes.extend(listing.skipped.iter().map(|s| format!("warning: {s}")));
+    for dir in &listing.dirs {
+        if let Some(name) = dir.file_name() {
+            copy_tree(lane, dir, &dest.join(name), notes)?;
+        }
+    }
+    for path in &listing.files {
         let Some(name) = path.file_name() else {
             continue;
         };
-        let target = dest.join(name);
-        if path.is_dir() {
-            copy_tree(&path, &target, notes)?;
-        } else if is_weight_file(&name.to_string_lossy()) {
+        if is_weight_file(&name.to_string_lossy()) {
             notes.push(format!(
                 "not copied: {} (weights outside the checkpoint's index)",
                 path.display()
             ));
         } else {
-            std::fs::copy(&path, &target).map_err(|e| Error::io("copying", &path, e))?;
+            std::fs::copy(path, dest.join(name)).map_err(|e| Error::io("copying", path, e))?;
         }
     }
     Ok(())
@@ -367,9 +419,22 @@ fn write_metadata(
         export_config_json(config_text, &config_path, &meta)?.as_bytes(),
     )?;
     let gen_path = input.join("generation_config.json");
-    if gen_path.exists() {
-        let text =
-            std::fs::read_to_string(&gen_path).map_err(|e| Error::io("reading", &gen_path, e))?;
+    let gen_text = match ckpt.lane().resolve(&gen_path) {
+        Resolved::Missing => None,
+        Resolved::File { .. } => ckpt
+            .lane()
+            .read_small("generation_config.json", MAX_CONFIG_BYTES)?,
+        other => {
+            notes.push(format!(
+                "warning: not copied: {}",
+                ckpt.lane().refusal(&gen_path, &other).message()
+            ));
+            None
+        }
+    };
+    if let Some(bytes) = gen_text {
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::bad_input(format!("{}: is not UTF-8 text", gen_path.display())))?;
         let sanitized = sanitize_generation_config(&text, &gen_path)?;
         if let Some(change) = &sanitized.changed {
             notes.push(format!("generation_config.json: {change}"));
@@ -384,7 +449,9 @@ fn write_metadata(
         "shardquant.json",
         report::manifest(input, plan, options).as_bytes(),
     )?;
-    for path in ckpt.other_files()? {
+    let others = ckpt.other_entries()?;
+    notes.extend(others.skipped.iter().map(|s| format!("warning: {s}")));
+    for path in others.files {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
             continue;
         };
@@ -407,11 +474,11 @@ fn write_metadata(
             .map_err(|e| Error::io("syncing", &dest, e))?;
         written.push(name);
     }
-    for sub in ckpt.other_dirs()? {
+    for sub in others.dirs {
         let Some(name) = sub.file_name() else {
             continue;
         };
-        copy_tree(&sub, &dir.join(name), notes)?;
+        copy_tree(ckpt.lane(), &sub, &dir.join(name), notes)?;
         written.push(format!("{}/", name.to_string_lossy()));
     }
     Ok(written)
