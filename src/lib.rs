@@ -26,6 +26,7 @@ pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod export;
+pub mod fuzzing;
 pub mod gpu;
 pub mod inspect;
 pub mod interrupt;

@@ -35,3 +35,5 @@ pub use reader::{Checkpoint, Shard, TensorEntry};
 pub use safetensors::Dtype;
 pub use size::parse_size;
 pub use writer::ShardWriter;
+
+pub(crate) use validate::{parse_header, parse_index};
