@@ -78,7 +78,10 @@ pub fn import_exported(dir: &Path, model: &ModelNames, stats: &mut ActivationSta
             stats.ignored.push(format!("{}: not an F32 scalar", t.name));
             continue;
         };
-        if !(s.is_finite() && s > 0.0) {
+        if super::is_corrupt(s) {
+            return Err(super::corrupt_value(dir, &t.name, s));
+        }
+        if s == 0.0 {
             stats
                 .invalid
                 .push(format!("{} = {s} ({})", t.name, dir.display()));

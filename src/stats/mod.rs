@@ -102,8 +102,30 @@ pub struct ActivationStats {
     /// Keys understood but not used (e.g. output quantizers, or weight amax when they are not
     /// wanted), with the reason.
     pub ignored: Vec<String>,
-    /// Values that were present but unusable (zero, NaN, negative), treated as missing.
+    /// Values that were present but zero (an amax of 0 says the module saw no tokens, or only
+    /// zeros), treated as missing. NaN, infinite and negative values are errors instead
+    /// ([`corrupt_value`]).
     pub invalid: Vec<String>,
+}
+
+/// Whether an amax or scale read from a statistics file is damaged: NaN, infinite or negative.
+/// Such a value can only come from a broken file or a diverged calibration, so importers
+/// refuse the file (a zero is different: it is recorded in [`ActivationStats::invalid`] and
+/// treated as missing).
+pub fn is_corrupt(v: f32) -> bool {
+    !v.is_finite() || v < 0.0
+}
+
+/// The error for a NaN, infinite or negative `value` of `key` in the statistics file `path`.
+pub fn corrupt_value(path: &Path, key: &str, value: impl std::fmt::Display) -> Error {
+    Error::bad_input(format!(
+        "{}: '{key}' is {value}; an amax or scale must be finite and not negative",
+        path.display()
+    ))
+    .with_hint(
+        "the statistics file is damaged, or the calibration diverged (NaN/inf activations): \
+         calibrate again, or leave this file out",
+    )
 }
 
 /// A statistics file format, detected from content (`--stats-format` forces one).
