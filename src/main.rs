@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             shardquant::interrupt::install();
             o.quiet = args.quiet;
             o.force = args.force;
+            o.allow_nonfinite = args.allow_nonfinite;
             o.report = args.report.clone();
             shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ())
         }),

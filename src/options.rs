@@ -82,6 +82,10 @@ pub struct Options {
     pub fp8_dequant: DequantPrecision,
     /// Leave unquantized FP8 source tensors in FP8 with their block scales (instead of BF16).
     pub keep_fp8_source: bool,
+    /// Quantize weights holding NaN / infinite elements instead of refusing them: the
+    /// elements are left out of the scales and written as NaN or saturated
+    /// ([`crate::quant::nonfinite`]).
+    pub allow_nonfinite: bool,
 }
 
 impl Options {
@@ -109,6 +113,7 @@ impl Options {
             stats_format: None,
             fp8_dequant: DequantPrecision::Bf16,
             keep_fp8_source: false,
+            allow_nonfinite: false,
         }
     }
 }

@@ -7,7 +7,7 @@ pub use publish::{
     check_free_space, free_bytes, parent_dir, replaceable, sync_dir, write_file, OutputLock,
     Staging,
 };
-pub use report::{quant_summary, Report};
+pub use report::{nonfinite_warnings, quant_summary, Report};
 
 use crate::checkpoint::{Checkpoint, Lane, Resolved, ShardPlan, ShardWriter};
 use crate::error::{Error, Result};
@@ -309,7 +309,7 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     run.gpu_memory_bytes = gpu.as_ref().map_or(0, |p| p.device_bytes() as u64);
     let mut files = writer.finish()?;
     let convert_s = run_started.elapsed().as_secs_f64();
-    let mut notes = Vec::new();
+    let mut notes = nonfinite_warnings(&run.summary);
     files.extend(write_metadata(
         input,
         staging.path(),

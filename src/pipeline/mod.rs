@@ -25,7 +25,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-pub use worker::{Payload, SummaryLine, UnitResult};
+pub use worker::{NonFiniteWeight, Payload, SummaryLine, UnitResult};
 
 /// Pass-through tensors are copied in pieces of this size, releasing each piece's input pages.
 const COPY_CHUNK: usize = 64 << 20;

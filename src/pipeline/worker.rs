@@ -5,7 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::plan::{Job, Linear, Plan, Unit};
-use crate::quant::{self, QuantFormat};
+use crate::quant::{self, nonfinite, QuantFormat, SourceDtype};
 use crate::stats::WeightAmax;
 use std::borrow::Cow;
 
@@ -38,6 +38,19 @@ pub struct SummaryLine {
     pub input_amax: Option<f32>,
     /// `weight_scale_2` (NVFP4) or `weight_scale` (FP8).
     pub weight_scale: f32,
+    /// NaN / infinite elements passed through (`--allow-nonfinite`).
+    pub nonfinite: Option<NonFiniteWeight>,
+}
+
+/// A quantized weight whose NaN / infinite elements were passed through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFiniteWeight {
+    /// The input tensor that holds the weight.
+    pub tensor: String,
+    /// How many elements of each kind.
+    pub counts: nonfinite::NonFinite,
+    /// [row, column] of the first one.
+    pub first: [usize; 2],
 }
 
 /// The outputs of a unit, in the unit's output order.
@@ -138,32 +151,46 @@ fn where_is(ckpt: &Checkpoint, l: &Linear) -> String {
     )
 }
 
-/// The weight amax of member `m` (plan linear `i`): from statistics, or max |W|.
+/// The weight amax of member `m` (plan linear `i`): from statistics, or max |W|; `Err` with
+/// the index of the first NaN or infinite element. The weight is scanned in both cases, so a
+/// non-finite weight is found even when its amax comes from the statistics.
 fn member_amax(
     plan: &Plan,
-    ckpt: &Checkpoint,
     i: usize,
     m: usize,
     compute: &mut dyn UnitCompute,
-) -> Result<WeightAmax> {
-    if let Some(a) = &plan.weight_stats[i] {
-        return Ok(a.clone());
-    }
-    let l = &plan.linears[i];
-    compute.amax(m)?.map(WeightAmax::Tensor).map_err(|at| {
-        let (r, c) = (at / l.source.cols, at % l.source.cols);
-        Error::bad_input(format!("{}: element [{r}, {c}] of {} is NaN or infinite", where_is(ckpt, l), l.module))
-            .with_hint("the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it")
+) -> Result<std::result::Result<WeightAmax, usize>> {
+    let scanned = compute.amax(m)?;
+    Ok(match (&plan.weight_stats[i], scanned) {
+        (_, Err(at)) => Err(at),
+        (Some(a), Ok(_)) => Ok(a.clone()),
+        (None, Ok(v)) => Ok(WeightAmax::Tensor(v)),
     })
 }
 
-fn quantize_group<'a>(
+/// The error for a non-finite element at index `at` of linear `l`.
+fn nonfinite_error(ckpt: &Checkpoint, l: &Linear, at: usize) -> Error {
+    let (r, c) = (at / l.source.cols, at % l.source.cols);
+    Error::bad_input(format!(
+        "{}: element [{r}, {c}] of {} is NaN or infinite",
+        where_is(ckpt, l),
+        l.module
+    ))
+    .with_hint(
+        "the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it \
+         (or pass --allow-nonfinite to quantize it anyway, the NaN/inf elements left out of the \
+         scales and written as NaN or saturated)",
+    )
+}
+
+/// The members' weights as the kernels see them (FP8 block-scaled sources dequantized).
+fn member_weights<'a>(
     plan: &Plan,
     ckpt: &'a Checkpoint,
     options: &Options,
     members: &[usize],
     compute: &mut dyn UnitCompute<'a>,
-) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+) -> Result<Vec<(Cow<'a, [u8]>, SourceDtype)>> {
     let mut weights = Vec::with_capacity(members.len());
     for &i in members {
         let l = &plan.linears[i];
@@ -184,12 +211,79 @@ fn quantize_group<'a>(
         };
         weights.push((data, l.source.dtype));
     }
+    Ok(weights)
+}
+
+/// A weight whose NaN / infinite elements are passed through: the weight as it was (to patch
+/// the output codes from) and what it holds.
+struct PassThrough<'a> {
+    original: Cow<'a, [u8]>,
+    dtype: SourceDtype,
+    found: nonfinite::NonFinite,
+}
+
+/// Loads the members' weights into `compute` and takes their weight amax. With
+/// `--allow-nonfinite`, a member holding NaN / infinite elements is loaded again as a copy with
+/// those elements zeroed (see [`quant::nonfinite`]); its [`PassThrough`] is returned.
+#[allow(clippy::type_complexity)]
+fn load_and_amax<'a>(
+    plan: &Plan,
+    ckpt: &'a Checkpoint,
+    options: &Options,
+    members: &[usize],
+    compute: &mut dyn UnitCompute<'a>,
+) -> Result<(Vec<WeightAmax>, Vec<Option<PassThrough<'a>>>)> {
+    let weights = member_weights(plan, ckpt, options, members, compute)?;
     compute.load(weights)?;
-    let amaxes = members
-        .iter()
-        .enumerate()
-        .map(|(m, &i)| member_amax(plan, ckpt, i, m, compute))
-        .collect::<Result<Vec<_>>>()?;
+    let mut amaxes = Vec::with_capacity(members.len());
+    let mut bad = Vec::new();
+    for (m, &i) in members.iter().enumerate() {
+        match member_amax(plan, i, m, compute)? {
+            Ok(a) => amaxes.push(Some(a)),
+            Err(_) if options.allow_nonfinite => {
+                bad.push(m);
+                amaxes.push(None);
+            }
+            Err(at) => return Err(nonfinite_error(ckpt, &plan.linears[i], at)),
+        }
+    }
+    let mut passed: Vec<Option<PassThrough<'a>>> = members.iter().map(|_| None).collect();
+    if !bad.is_empty() {
+        let mut weights = member_weights(plan, ckpt, options, members, compute)?;
+        for &m in &bad {
+            let (data, dtype) = &mut weights[m];
+            let original = data.clone();
+            let found = nonfinite::zero_nonfinite(data.to_mut(), *dtype).ok_or_else(|| {
+                Error::other(format!(
+                    "internal error: {} was reported non-finite, but holds no NaN or infinity",
+                    plan.linears[members[m]].module
+                ))
+            })?;
+            passed[m] = Some(PassThrough {
+                original,
+                dtype: *dtype,
+                found,
+            });
+        }
+        compute.load(weights)?;
+        for &m in &bad {
+            let i = members[m];
+            let amax = member_amax(plan, i, m, compute)?
+                .map_err(|at| nonfinite_error(ckpt, &plan.linears[i], at))?;
+            amaxes[m] = Some(amax);
+        }
+    }
+    Ok((amaxes.into_iter().flatten().collect(), passed))
+}
+
+fn quantize_group<'a>(
+    plan: &Plan,
+    ckpt: &'a Checkpoint,
+    options: &Options,
+    members: &[usize],
+    compute: &mut dyn UnitCompute<'a>,
+) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+    let (amaxes, passed) = load_and_amax(plan, ckpt, options, members, compute)?;
     let is_static = amaxes
         .iter()
         .any(|a| matches!(a, WeightAmax::Blocks { .. }));
@@ -217,8 +311,13 @@ fn quantize_group<'a>(
         .fold(0.0f32, f32::max);
     if group_amax == 0.0 {
         let l = &plan.linears[members[0]];
+        let finite = if passed.iter().any(Option::is_some) {
+            " (its finite elements: the others are NaN or infinite)"
+        } else {
+            ""
+        };
         return Err(Error::bad_input(format!(
-            "{}: the weight of {} is all zeros, so ModelOpt's scale formulas are undefined",
+            "{}: the weight of {} is all zeros{finite}, so ModelOpt's scale formulas are undefined",
             where_is(ckpt, l),
             l.module
         ))
@@ -261,6 +360,9 @@ fn quantize_group<'a>(
                         ws2
                     }
                 };
+                if let Some(p) = &passed[m] {
+                    nonfinite::patch_nvfp4(&p.original, p.dtype, &mut packed);
+                }
                 payloads.push(Payload::Owned(packed));
                 payloads.push(Payload::Owned(scales));
                 payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
@@ -285,6 +387,9 @@ fn quantize_group<'a>(
                 }
                 let mut out = vec![0u8; rows * cols];
                 compute.fp8(m, ws, options.numerics, &mut out)?;
+                if let Some(p) = &passed[m] {
+                    nonfinite::patch_fp8(&p.original, p.dtype, &mut out);
+                }
                 payloads.push(Payload::Owned(out));
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
@@ -302,6 +407,11 @@ fn quantize_group<'a>(
             static_blocks: is_static,
             input_amax,
             weight_scale,
+            nonfinite: passed[m].as_ref().map(|p| NonFiniteWeight {
+                tensor: ckpt.tensors()[l.source.tensor].name.clone(),
+                counts: p.found,
+                first: [p.found.first / cols, p.found.first % cols],
+            }),
         });
     }
     Ok((payloads, summary))

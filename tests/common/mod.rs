@@ -131,3 +131,4 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         }
     }
 }
+pub mod cli;
