@@ -95,6 +95,8 @@ pub struct Checkpoint {
     total_bytes: u64,
     /// `dir`, resolved: what else may be read of it.
     lane: Lane,
+    /// Canonical paths of the shards, to recognise them behind links.
+    real_shards: std::collections::HashSet<PathBuf>,
 }
 
 impl Checkpoint {
@@ -122,7 +124,13 @@ impl Checkpoint {
             by_name.insert(t.name.clone(), i);
         }
         let total_bytes = loaded.tensors.iter().map(|t| t.len as u64).sum();
+        let real_shards = loaded
+            .shards
+            .iter()
+            .filter_map(|s| s.path.canonicalize().ok())
+            .collect();
         Ok(Checkpoint {
+            real_shards,
             dir: dir.to_path_buf(),
             shards: loaded.shards,
             tensors: loaded.tensors,
@@ -291,6 +299,13 @@ impl Checkpoint {
         self.lane.list(&self.dir, |name| {
             self.weight_files.iter().any(|w| w == name)
         })
+    }
+
+    /// Whether `path` is one of the shards, possibly through links (e.g. the file a shard
+    /// link points to, seen again in a subdirectory).
+    pub fn is_shard(&self, path: &Path) -> bool {
+        path.canonicalize()
+            .is_ok_and(|real| self.real_shards.contains(&real))
     }
 
     /// The regular files of [`Checkpoint::other_entries`].

@@ -359,20 +359,20 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
 /// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files and, with a
 /// warning, whatever [`Lane::list`] leaves out (links out of the input, links to directories,
 /// FIFOs, sockets, devices).
-fn copy_tree(lane: &Lane, src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+fn copy_tree(ckpt: &Checkpoint, src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
-    let listing = lane.list(src, |_| false)?;
+    let listing = ckpt.lane().list(src, |_| false)?;
     notes.extend(listing.skipped.iter().map(|s| format!("warning: {s}")));
     for dir in &listing.dirs {
         if let Some(name) = dir.file_name() {
-            copy_tree(lane, dir, &dest.join(name), notes)?;
+            copy_tree(ckpt, dir, &dest.join(name), notes)?;
         }
     }
     for path in &listing.files {
         let Some(name) = path.file_name() else {
             continue;
         };
-        if is_weight_file(&name.to_string_lossy()) {
+        if is_weight_file(&name.to_string_lossy()) || ckpt.is_shard(path) {
             notes.push(format!(
                 "not copied: {} (weights outside the checkpoint's index)",
                 path.display()
@@ -461,7 +461,7 @@ fn write_metadata(
         {
             continue;
         }
-        if is_weight_file(&name) {
+        if is_weight_file(&name) || ckpt.is_shard(&path) {
             notes.push(format!(
                 "not copied: {name} (weights outside the checkpoint's index)"
             ));
@@ -478,7 +478,7 @@ fn write_metadata(
         let Some(name) = sub.file_name() else {
             continue;
         };
-        copy_tree(ckpt.lane(), &sub, &dir.join(name), notes)?;
+        copy_tree(ckpt, &sub, &dir.join(name), notes)?;
         written.push(format!("{}/", name.to_string_lossy()));
     }
     Ok(written)
