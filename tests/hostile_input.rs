@@ -506,3 +506,24 @@ fn report_lists_no_nonfinite_weight_when_there_is_none() {
     assert_eq!(v["options"]["allow_nonfinite"], false);
     assert!(Path::new(&sb.out).join("shardquant.json").is_file());
 }
+
+/// Statistics and layout files named on the command line that are FIFOs are refused, never
+/// opened (opening a FIFO blocks until a writer comes: the run would hang).
+#[test]
+fn fifo_statistics_and_layout_files_are_refused_without_hanging() {
+    let sb = Sandbox::new("llama_nvfp4", "fifostats");
+    let fifo = sb.tmp.join("amax.safetensors");
+    mkfifo(&fifo);
+    for extra in [&[][..], &["--stats-format", "modelopt"][..]] {
+        let mut args = vec!["--format", "nvfp4", "--stats", s(&fifo)];
+        args.extend_from_slice(extra);
+        sb.convert(&args)
+            .expect_error(BAD_INPUT, &[s(&fifo), "not a regular file"]);
+        assert_no_output(&sb.out);
+    }
+    let r = sq(&["stats", "inspect", s(&fifo), "--stats-format", "modelopt"]);
+    r.expect_error(BAD_INPUT, &[s(&fifo), "not a regular file"]);
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--layout", s(&fifo)]);
+    r.expect_error(BAD_INPUT, &[s(&fifo), "not a regular file"]);
+    assert_no_output(&sb.out);
+}

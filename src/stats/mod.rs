@@ -169,6 +169,19 @@ impl StatsFormat {
     }
 }
 
+/// Refuses a statistics path that is neither a regular file nor a directory: opening a FIFO
+/// for reading blocks until a writer comes, so it is never opened.
+pub fn refuse_special(path: &Path) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Err(Error::bad_input(format!(
+            "{}: is not a regular file (a FIFO, socket or device?)",
+            path.display()
+        ))
+        .with_hint("pass the statistics file itself"));
+    }
+    Ok(())
+}
+
 /// Detects a statistics file's format from its first bytes.
 pub fn detect_format(path: &Path) -> Result<StatsFormat> {
     use std::io::Read;
@@ -239,6 +252,7 @@ impl ActivationStats {
         let mut sorted: Vec<&PathBuf> = paths.iter().collect();
         sorted.sort();
         for path in sorted {
+            refuse_special(path)?;
             let format = match forced {
                 Some(f) => f,
                 None => detect_format(path)?,
