@@ -222,17 +222,21 @@ struct PassThrough<'a> {
     found: nonfinite::NonFinite,
 }
 
+/// Per member of a unit: its weight amax, and how its non-finite elements pass through.
+type Amaxes<'a> = (Vec<WeightAmax>, Vec<Option<PassThrough<'a>>>);
+
 /// Loads the members' weights into `compute` and takes their weight amax. With
 /// `--allow-nonfinite`, a member holding NaN / infinite elements is loaded again as a copy with
-/// those elements zeroed (see [`quant::nonfinite`]); its [`PassThrough`] is returned.
-#[allow(clippy::type_complexity)]
+/// those elements zeroed (see [`quant::nonfinite`]); its [`PassThrough`] is returned. The copy
+/// is one more weight-sized buffer for that unit, outside the `--max-memory` budget: rare, and
+/// the price of leaving the kernels (CPU and GPU) untouched.
 fn load_and_amax<'a>(
     plan: &Plan,
     ckpt: &'a Checkpoint,
     options: &Options,
     members: &[usize],
     compute: &mut dyn UnitCompute<'a>,
-) -> Result<(Vec<WeightAmax>, Vec<Option<PassThrough<'a>>>)> {
+) -> Result<Amaxes<'a>> {
     let weights = member_weights(plan, ckpt, options, members, compute)?;
     compute.load(weights)?;
     let mut amaxes = Vec::with_capacity(members.len());
