@@ -28,8 +28,9 @@ pub struct Target {
     pub name: &'static str,
     /// What it reads.
     pub what: &'static str,
-    /// Runs the reader on arbitrary bytes; errors are expected and ignored, panics are bugs.
-    pub run: fn(&[u8]),
+    /// Runs the reader on arbitrary bytes and says whether it accepted them. Errors are
+    /// expected; panics are bugs.
+    pub run: fn(&[u8]) -> bool,
 }
 
 /// Every fuzz target.
@@ -81,73 +82,81 @@ pub fn target(name: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|t| t.name == name)
 }
 
-fn safetensors_header(data: &[u8]) {
+fn safetensors_header(data: &[u8]) -> bool {
     let path = Path::new("fuzz.safetensors");
-    if let Ok((start, entries)) = crate::checkpoint::parse_header(path, data) {
-        // Every validated tensor must lie inside the buffer.
-        let mut sum = 0u8;
-        for (_, info) in &entries {
-            let (s, e) = info.data_offsets;
-            let bytes = &data[start + s..start + e];
-            sum = sum.wrapping_add(bytes.first().copied().unwrap_or(0));
-        }
-        std::hint::black_box(sum);
+    let Ok((start, entries)) = crate::checkpoint::parse_header(path, data) else {
+        return false;
+    };
+    // Every validated tensor must lie inside the buffer.
+    let mut sum = 0u8;
+    for (_, info) in &entries {
+        let (s, e) = info.data_offsets;
+        let bytes = &data[start + s..start + e];
+        sum = sum.wrapping_add(bytes.first().copied().unwrap_or(0));
     }
+    std::hint::black_box(sum);
+    true
 }
 
-fn index_json(data: &[u8]) {
-    let _ = crate::checkpoint::parse_index(Path::new("model.safetensors.index.json"), data);
+fn index_json(data: &[u8]) -> bool {
+    crate::checkpoint::parse_index(Path::new("model.safetensors.index.json"), data).is_ok()
 }
 
-fn stats_modelopt(data: &[u8]) {
+fn stats_modelopt(data: &[u8]) -> bool {
     with_file("amax.safetensors", data, |path| {
         let Ok(file) = stats::StatsFile::open(path) else {
-            return;
+            return false;
         };
+        let mut accepted = true;
         for weights in [false, true] {
             let mut stats = ActivationStats::default();
-            if stats::modelopt::import(&file, layout(), model(), weights, &mut stats).is_ok() {
+            let imported = stats::modelopt::import(&file, layout(), model(), weights, &mut stats);
+            if imported.is_ok() {
                 decode_blocks(&stats);
             }
+            accepted &= imported.is_ok();
         }
-    });
+        accepted
+    })
 }
 
-fn stats_native(data: &[u8]) {
+fn stats_native(data: &[u8]) -> bool {
     with_file("fuzz.stats.safetensors", data, |path| {
         let mut stats = ActivationStats::default();
         let _ = stats::native::is_native(path);
-        if stats::native::read_native(path, layout(), model(), &mut stats).is_ok() {
+        let read = stats::native::read_native(path, layout(), model(), &mut stats);
+        if read.is_ok() {
             decode_blocks(&stats);
         }
-    });
+        read.is_ok()
+    })
 }
 
-fn imatrix_dat(data: &[u8]) {
+fn imatrix_dat(data: &[u8]) -> bool {
     with_file("imatrix.dat", data, |path| {
-        let _ = stats::foreign::import_imatrix(path, layout(), model(), &mut Default::default());
-    });
+        stats::foreign::import_imatrix(path, layout(), model(), &mut Default::default()).is_ok()
+    })
 }
 
-fn imatrix_gguf(data: &[u8]) {
+fn imatrix_gguf(data: &[u8]) -> bool {
     with_file("imatrix.gguf", data, |path| {
         if let Ok(g) = stats::gguf::GgufFile::open(path) {
             for t in g.tensors() {
                 let _ = g.tensor_f32(&t.name);
             }
         }
-        let _ = stats::foreign::import_imatrix(path, layout(), model(), &mut Default::default());
-    });
+        stats::foreign::import_imatrix(path, layout(), model(), &mut Default::default()).is_ok()
+    })
 }
 
-fn torch_pt(data: &[u8]) {
+fn torch_pt(data: &[u8]) -> bool {
     with_file("fuzz.pt", data, |path| {
-        let _ = stats::foreign::import_pt(path, layout(), model(), true, &mut Default::default());
-    });
+        stats::foreign::import_pt(path, layout(), model(), true, &mut Default::default()).is_ok()
+    })
 }
 
-fn pickle(data: &[u8]) {
-    let _ = stats::pickle::load(data, "fuzz.pkl");
+fn pickle(data: &[u8]) -> bool {
+    stats::pickle::load(data, "fuzz.pkl").is_ok()
 }
 
 /// Reads every per-block weight amax, as the worker that quantizes the weight would.
@@ -161,7 +170,8 @@ fn decode_blocks(stats: &ActivationStats) {
 
 /// Runs `f` on a temporary file holding `data`, removed afterwards. The name keeps `name`'s
 /// extension (some readers detect the format by it) and is unique per process and thread.
-fn with_file(name: &str, data: &[u8], f: impl FnOnce(&Path)) {
+/// Panics if the file cannot be written: a fuzz run that tests nothing must not pass.
+fn with_file<R>(name: &str, data: &[u8], f: impl FnOnce(&Path) -> R) -> R {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let shm = Path::new("/dev/shm");
@@ -176,10 +186,12 @@ fn with_file(name: &str, data: &[u8], f: impl FnOnce(&Path)) {
         std::process::id(),
         std::thread::current().id()
     ));
-    if std::fs::write(&path, data).is_ok() {
-        f(&path);
+    if let Err(e) = std::fs::write(&path, data) {
+        panic!("cannot write the fuzz input to {}: {e}", path.display());
     }
+    let result = f(&path);
     let _ = std::fs::remove_file(&path);
+    result
 }
 
 /// The layout the statistics targets map names with (Qwen3-MoE: attention, dense MLP in
@@ -341,11 +353,10 @@ fn native_seeds() -> Vec<(String, Vec<u8>)> {
         } else {
             "native.stats.safetensors"
         };
-        let mut bytes = None;
-        with_file(name, &[], |path| {
+        let bytes = with_file(name, &[], |path| {
             let meta = stats::native::NativeMeta::default();
             match stats::native::write_native(path, &stats, &meta, compress) {
-                Ok(()) => bytes = std::fs::read(path).ok(),
+                Ok(()) => std::fs::read(path).ok(),
                 Err(e) => panic!("the native seed cannot be written: {e}"),
             }
         });

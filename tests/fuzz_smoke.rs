@@ -191,21 +191,22 @@ fn failure_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-smoke")
 }
 
-/// Runs `target` on `input`; a panic or a huge allocation is written out and described.
-fn check(target: &Target, label: &str, input: &[u8]) -> Option<String> {
+/// Runs `target` on `input`: whether the reader accepted it, or the description of a panic or
+/// a huge allocation (the input is written out).
+fn check(target: &Target, label: &str, input: &[u8]) -> Result<bool, String> {
     LARGEST.with(|l| l.set(0));
     let outcome = catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
     let largest = LARGEST.with(Cell::get);
     let problem = match outcome {
         Err(_) => "panicked".to_string(),
-        Ok(()) if largest > HUGE => format!("allocated {largest} bytes at once"),
-        Ok(()) => return None,
+        Ok(_) if largest > HUGE => format!("allocated {largest} bytes at once"),
+        Ok(accepted) => return Ok(accepted),
     };
     let dir = failure_dir();
     let _ = std::fs::create_dir_all(&dir);
     let file = dir.join(format!("{}-{}.bin", target.name, label.replace('/', "_")));
     let _ = std::fs::write(&file, input);
-    Some(format!(
+    Err(format!(
         "{} {problem} on {label} (input written to {})",
         target.name,
         file.display()
@@ -231,32 +232,55 @@ fn regressions(target: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Seeds that a reader refuses by design: they test its errors.
+const REFUSED_SEEDS: &[&str] = &[
+    "golden/stats/forbidden-global.pt",
+    "forbidden-global.pt.pkl",
+];
+
 fn fuzz_target(name: &str) {
     let target = shardquant::fuzzing::target(name).expect("a fuzz target");
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let corpus = seeds(name, &fixtures);
     assert!(!corpus.is_empty(), "{name}: no seed found");
     let mut failures = Vec::new();
-    for (label, input) in corpus.iter().chain(&regressions(name)) {
-        failures.extend(check(target, label, input));
+    // Every seed but the refused-by-design ones is accepted: the target reaches the code
+    // that handles valid input, so the mutations start from there.
+    for (label, input) in &corpus {
+        match check(target, label, input) {
+            Ok(accepted) => assert_eq!(
+                accepted,
+                !REFUSED_SEEDS.contains(&label.as_str()),
+                "{name}: seed {label} accepted: {accepted}"
+            ),
+            Err(e) => failures.push(e),
+        }
+    }
+    for (label, input) in &regressions(name) {
+        failures.extend(check(target, label, input).err());
     }
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ name.len() as u64);
+    let mut accepted = 0;
     for i in 0..MUTATIONS {
         let (seed_name, seed) = &corpus[i % corpus.len()];
         let mut data = seed.clone();
         for _ in 0..1 + rng.below(4) {
             mutate_once(&mut rng, &mut data);
         }
-        failures.extend(check(
-            target,
-            &format!("mutation {i} of {seed_name}"),
-            &data,
-        ));
+        match check(target, &format!("mutation {i} of {seed_name}"), &data) {
+            Ok(ok) => accepted += usize::from(ok),
+            Err(e) => failures.push(e),
+        }
         if failures.len() >= 5 {
             break;
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Mutations are neither all refused (only the first checks would run) nor all accepted.
+    assert!(
+        accepted > 0 && accepted < MUTATIONS,
+        "{name}: {accepted} of {MUTATIONS} mutated inputs accepted"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    (shardquant::fuzzing::target("imatrix_dat")
+    let _ = (shardquant::fuzzing::target("imatrix_dat")
         .expect("a fuzz target")
-        .run)(data)
+        .run)(data);
 });

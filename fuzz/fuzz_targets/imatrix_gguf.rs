@@ -2,7 +2,7 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    (shardquant::fuzzing::target("imatrix_gguf")
+    let _ = (shardquant::fuzzing::target("imatrix_gguf")
         .expect("a fuzz target")
-        .run)(data)
+        .run)(data);
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    (shardquant::fuzzing::target("stats_native")
+    let _ = (shardquant::fuzzing::target("stats_native")
         .expect("a fuzz target")
-        .run)(data)
+        .run)(data);
 });
