@@ -325,6 +325,11 @@ pub struct ConvertArgs {
     /// version from the same inputs, statistics and options. Writes nothing.
     #[arg(long)]
     pub check: bool,
+    /// Quantize weights that hold NaN or infinite elements instead of stopping (exit 3): the
+    /// elements are left out of the scales and written as NaN (FP8) or 0 (NVFP4), infinities
+    /// saturated to the largest value; a warning and the report name the tensors.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 /// `inspect` arguments.

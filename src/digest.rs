@@ -65,10 +65,23 @@ pub fn hash_open_file(file: &File, len: u64) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Opens `path` for reading if it is a regular file (links followed). Anything else is refused
+/// before it is opened: opening a FIFO for reading would block until a writer appears.
+fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+    if !meta.is_file() {
+        return Err(
+            Error::bad_input(format!("{}: not a regular file", path.display()))
+                .with_hint("pass a regular file (not a FIFO, socket, device or directory)"),
+        );
+    }
+    File::open(path).map_err(|e| Error::io("reading", path, e))
+}
+
 /// Size and SHA-256 of the whole file at `path`; `name` is what the digest calls it.
 pub fn hash_file(path: &Path, name: &str) -> Result<FileDigest> {
     let read_err = |e| Error::io("reading", path, e);
-    let file = File::open(path).map_err(read_err)?;
+    let file = open_regular(path)?;
     let size = file.metadata().map_err(read_err)?.len();
     let sha256 = hash_open_file(&file, size).map_err(read_err)?;
     Ok(FileDigest {
@@ -134,7 +147,7 @@ pub struct Fingerprint {
 /// The [`Fingerprint`] of the file at `path` (symbolic links followed).
 pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     let read_err = |e| Error::io("reading", path, e);
-    let file = File::open(path).map_err(read_err)?;
+    let file = open_regular(path)?;
     let meta = file.metadata().map_err(read_err)?;
     let size = meta.len();
     if size <= FULL_HASH_LIMIT {

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             o.quiet = args.quiet;
             o.force = args.force;
             o.resume = args.resume;
+            o.allow_nonfinite = args.allow_nonfinite;
             o.report = args.report.clone();
             shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),

@@ -100,6 +100,10 @@ pub struct Options {
     pub importance: bool,
     /// Continue the partial conversion that a stopped run left beside the output.
     pub resume: bool,
+    /// Quantize weights holding NaN / infinite elements instead of refusing them: the
+    /// elements are left out of the scales and written as NaN or saturated
+    /// ([`crate::quant::nonfinite`]).
+    pub allow_nonfinite: bool,
 }
 
 impl Options {
@@ -130,6 +134,7 @@ impl Options {
             calib: CalibMethod::Max,
             importance: false,
             resume: false,
+            allow_nonfinite: false,
         }
     }
 
@@ -173,6 +178,7 @@ impl Options {
         );
         put("stats_format", json!(self.stats_format.map(|f| f.name())));
         put("max_shard_size", json!(self.max_shard_size));
+        put("allow_nonfinite", json!(self.allow_nonfinite));
         put("calib", json!(self.calib.name()));
         put(
             "importance",

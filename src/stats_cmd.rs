@@ -35,6 +35,7 @@ fn open_model(dir: &Path, options: &Options) -> Result<Model> {
 }
 
 fn format_of(path: &Path, options: &Options) -> Result<StatsFormat> {
+    crate::stats::refuse_special(path)?;
     match options.stats_format {
         Some(f) => Ok(f),
         None => detect_format(path),

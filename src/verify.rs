@@ -132,9 +132,11 @@ pub fn verify_weighted(
         false => e.context(&format!("also: {}", corrupt.join("; "))),
     })?;
     let (_, config) = read_config(dir)?;
-    let hf: serde_json::Value = std::fs::read_to_string(dir.join("hf_quant_config.json"))
+    let hf: serde_json::Value = crate::checkpoint::Lane::new(dir)
         .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
+        .and_then(|lane| lane.read_small("hf_quant_config.json", 16 << 20).ok())
+        .flatten()
+        .and_then(|t| serde_json::from_slice(&t).ok())
         .ok_or_else(|| {
             Error::bad_input(format!("{}: no readable hf_quant_config.json", dir.display()))
                 .with_hint("verify checks ModelOpt-format checkpoints (hf_quant_config.json + quantization_config)")

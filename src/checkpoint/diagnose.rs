@@ -10,11 +10,12 @@ pub(super) const MAX_NAMES: usize = 3;
 
 /// What the user can do about a problem; becomes the error's hint.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Fix {
+pub(crate) enum Fix {
     Redownload,
     LfsPointer,
     Mismatch,
     Ambiguous,
+    Lane,
 }
 
 impl Fix {
@@ -36,6 +37,7 @@ impl Fix {
                 "keep only one copy of the weights: delete model.safetensors, or the index and its shards, \
                  whichever is stale"
             }
+            Fix::Lane => super::lane::OUTSIDE_HINT,
         }
     }
 }

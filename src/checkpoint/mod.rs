@@ -13,8 +13,13 @@
 //! scheduling.
 //!
 //! [`parse_size`] reads a shard size such as `5GB` the way HuggingFace does.
+//!
+//! Nothing outside the input directory is read: [`Lane`] resolves every name the checkpoint
+//! uses, and symbolic links that lead out of the directory (except into a HuggingFace cache
+//! snapshot's own `blobs/`) are refused for weights and skipped for the other files.
 
 mod diagnose;
+mod lane;
 mod plan;
 mod reader;
 mod size;
@@ -24,8 +29,11 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use lane::{Lane, Resolved, OUTSIDE_HINT};
 pub use plan::{OutputTensor, ShardPlan, INDEX_FILE_NAME, SINGLE_FILE_NAME};
 pub use reader::{Checkpoint, Shard, TensorEntry};
 pub use safetensors::Dtype;
 pub use size::parse_size;
 pub use writer::ShardWriter;
+
+pub(crate) use validate::{parse_header, parse_index};

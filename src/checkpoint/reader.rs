@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use safetensors::Dtype;
 
+use super::lane::{Lane, Listing};
 use super::validate;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One tensor of the input checkpoint.
 #[derive(Debug, Clone)]
@@ -92,6 +93,10 @@ pub struct Checkpoint {
     /// File names in `dir` that hold the weights (shards, index, a redundant single file).
     weight_files: Vec<String>,
     total_bytes: u64,
+    /// `dir`, resolved: what else may be read of it.
+    lane: Lane,
+    /// Canonical paths of the shards, to recognise them behind links.
+    real_shards: std::collections::HashSet<PathBuf>,
 }
 
 impl Checkpoint {
@@ -119,7 +124,13 @@ impl Checkpoint {
             by_name.insert(t.name.clone(), i);
         }
         let total_bytes = loaded.tensors.iter().map(|t| t.len as u64).sum();
+        let real_shards = loaded
+            .shards
+            .iter()
+            .filter_map(|s| s.path.canonicalize().ok())
+            .collect();
         Ok(Checkpoint {
+            real_shards,
             dir: dir.to_path_buf(),
             shards: loaded.shards,
             tensors: loaded.tensors,
@@ -127,6 +138,7 @@ impl Checkpoint {
             index_metadata: loaded.index_metadata,
             weight_files: loaded.weight_files,
             total_bytes,
+            lane: loaded.lane,
         })
     }
 
@@ -271,54 +283,45 @@ impl Checkpoint {
         self.total_bytes
     }
 
-    /// Full paths of the regular files in the checkpoint directory that are not weights
-    /// (`config.json`, `generation_config.json`, tokenizer files, `README.md`, ...), sorted by
-    /// name. Not recursive; symbolic links (as in a HuggingFace cache snapshot) are followed.
+    /// The input directory, resolved: every other file of it is read through this, so that
+    /// nothing outside the directory is (see [`Lane`]).
+    pub fn lane(&self) -> &Lane {
+        &self.lane
+    }
+
+    /// The entries of the checkpoint directory that are not weights, sorted by name: regular
+    /// files (`config.json`, `generation_config.json`, tokenizer files, `README.md`, ...),
+    /// real subdirectories, and what is left out and why. Not recursive.
+    ///
+    /// Symbolic links are followed only to regular files inside the directory (or, for a
+    /// HuggingFace cache snapshot, inside its repository's `blobs/`); links that lead
+    /// elsewhere, links to directories, FIFOs, sockets and devices are left out and listed in
+    /// [`Listing::skipped`]. A dangling link is an error.
     ///
     /// The shards, the index and a `model.safetensors` that duplicates the shards are left out.
     /// Other `.safetensors` files that the checkpoint does not use (e.g. Mistral's
     /// `consolidated.safetensors`) *are* listed: the caller decides whether to copy them.
-    /// Subdirectories are listed by [`Checkpoint::other_dirs`].
+    pub fn other_entries(&self) -> Result<Listing> {
+        self.lane.list(&self.dir, |name| {
+            self.weight_files.iter().any(|w| w == name)
+        })
+    }
+
+    /// Whether `path` is one of the shards, possibly through links (e.g. the file a shard
+    /// link points to, seen again in a subdirectory).
+    pub fn is_shard(&self, path: &Path) -> bool {
+        path.canonicalize()
+            .is_ok_and(|real| self.real_shards.contains(&real))
+    }
+
+    /// The regular files of [`Checkpoint::other_entries`].
     pub fn other_files(&self) -> Result<Vec<PathBuf>> {
-        Ok(self.list_dir()?.0)
+        Ok(self.other_entries()?.files)
     }
 
-    /// Full paths of the subdirectories of the checkpoint directory (e.g. `original/`,
-    /// `.cache/`), sorted by name. Not recursive.
+    /// The subdirectories of [`Checkpoint::other_entries`] (e.g. `original/`, `.cache/`).
     pub fn other_dirs(&self) -> Result<Vec<PathBuf>> {
-        Ok(self.list_dir()?.1)
-    }
-
-    /// Non-weight files and subdirectories of `dir`.
-    fn list_dir(&self) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-        let read_err = |e| Error::io("reading", &self.dir, e);
-        let mut files = Vec::new();
-        let mut dirs = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(read_err)? {
-            let entry = entry.map_err(read_err)?;
-            let path = entry.path();
-            let name = entry.file_name();
-            if name
-                .to_str()
-                .is_some_and(|n| self.weight_files.iter().any(|w| w == n))
-            {
-                continue;
-            }
-            // Follows symbolic links: a HuggingFace cache snapshot is made of links to blobs.
-            let meta = std::fs::metadata(&path).map_err(|e| {
-                Error::bad_input(format!("{}: cannot read it: {}", path.display(), e)).with_hint(
-                    "a broken symbolic link usually means an incomplete download: download the file again",
-                )
-            })?;
-            if meta.is_dir() {
-                dirs.push(path);
-            } else if meta.is_file() {
-                files.push(path);
-            }
-        }
-        files.sort();
-        dirs.sort();
-        Ok((files, dirs))
+        Ok(self.other_entries()?.dirs)
     }
 }
 

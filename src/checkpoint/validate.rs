@@ -8,12 +8,18 @@ use safetensors::SafeTensors;
 use serde_json::{Map, Value};
 
 use super::diagnose::{describe_header_error, list_names, list_plain, Fix, MAX_NAMES};
+use super::lane::{Lane, Resolved};
 use super::plan::{INDEX_FILE_NAME, SINGLE_FILE_NAME};
 use super::reader::{Shard, TensorEntry};
 use crate::error::{Error, Result};
+use crate::json_keys::first_duplicate;
 
 /// How many problems one error lists before it only counts the rest.
 const MAX_LISTED: usize = 20;
+
+/// The largest `model.safetensors.index.json` read: real ones are a few MB (DeepSeek-V3's,
+/// with 91,000 tensors, is 9 MB), so anything larger is not an index.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// A validated checkpoint, ready to become a [`super::Checkpoint`].
 pub(super) struct Loaded {
@@ -22,6 +28,8 @@ pub(super) struct Loaded {
     pub index_metadata: Option<Map<String, Value>>,
     /// File names in the directory that hold the weights.
     pub weight_files: Vec<String>,
+    /// The directory, resolved: what else may be read of it.
+    pub lane: Lane,
 }
 
 /// Problems found so far.
@@ -85,15 +93,26 @@ pub(super) fn load(dir: &Path) -> Result<Loaded> {
                 .with_hint("pass the directory that holds config.json and the .safetensors files"),
         );
     }
+    let lane = Lane::new(dir).map_err(|e| Error::io("opening", dir, e))?;
     let has_index = dir.join(INDEX_FILE_NAME).symlink_metadata().is_ok();
     let has_single = dir.join(SINGLE_FILE_NAME).symlink_metadata().is_ok();
     if has_index {
-        load_sharded(dir, has_single)
+        load_sharded(lane, has_single)
     } else if has_single {
-        load_single(dir)
+        load_single(lane)
     } else {
         Err(neither(dir))
     }
+}
+
+/// What a weight file that resolved to `what` (anything but a regular file inside the
+/// directory) is, and what to do about it.
+fn refusal(lane: &Lane, path: &Path, what: &Resolved) -> (String, Fix) {
+    let fix = match what {
+        Resolved::Outside { .. } | Resolved::LinkedDir { .. } => Fix::Lane,
+        _ => Fix::Redownload,
+    };
+    (lane.refusal(path, what).message().to_owned(), fix)
 }
 
 /// The error for a directory with neither an index nor a `model.safetensors`.
@@ -123,10 +142,13 @@ fn neither(dir: &Path) -> Error {
 }
 
 /// A single-file checkpoint.
-fn load_single(dir: &Path) -> Result<Loaded> {
-    let path = dir.join(SINGLE_FILE_NAME);
-    let parsed = parse_shard(path)
-        .map_err(|(message, fix)| Error::bad_input(message).with_hint(fix.hint()))?;
+fn load_single(lane: Lane) -> Result<Loaded> {
+    let path = lane.dir().join(SINGLE_FILE_NAME);
+    let parsed = match lane.resolve(&path) {
+        Resolved::File { .. } => parse_shard(path),
+        other => Err(refusal(&lane, &path, &other)),
+    }
+    .map_err(|(message, fix)| Error::bad_input(message).with_hint(fix.hint()))?;
     if parsed.entries.is_empty() {
         return Err(
             Error::bad_input(format!("{}: holds no tensors", parsed.shard.path.display()))
@@ -137,13 +159,25 @@ fn load_single(dir: &Path) -> Result<Loaded> {
         vec![parsed],
         None,
         vec![SINGLE_FILE_NAME.to_owned()],
+        lane,
     ))
 }
 
 /// A sharded checkpoint: the index and every shard it names.
-fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
+fn load_sharded(lane: Lane, has_single: bool) -> Result<Loaded> {
+    let dir = lane.dir();
     let index_path = dir.join(INDEX_FILE_NAME);
-    let (weight_map, index_metadata) = read_index(&index_path)?;
+    let text = lane
+        .read_small(INDEX_FILE_NAME, MAX_INDEX_BYTES)?
+        .ok_or_else(|| {
+            Error::io(
+                "reading",
+                &index_path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+            .with_hint(Fix::Redownload.hint())
+        })?;
+    let (weight_map, index_metadata) = parse_index(&index_path, &text)?;
     // file name -> tensor names the index puts there; sorted by file name.
     let mut files: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (name, file) in &weight_map {
@@ -175,8 +209,8 @@ fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
             parsed.push(None);
             continue;
         }
-        match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match lane.resolve(&path) {
+            Resolved::Missing => {
                 problems.push(
                     format!(
                         "{}: shard file is missing; the index lists {} tensor(s) in it: {}",
@@ -188,7 +222,7 @@ fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
                 );
                 parsed.push(None);
             }
-            _ => match parse_shard(path) {
+            Resolved::File { .. } => match parse_shard(path) {
                 Ok(p) if names.is_empty() && p.entries.is_empty() => {
                     problems.push(
                         format!(
@@ -206,6 +240,24 @@ fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
                     parsed.push(None);
                 }
             },
+            other => {
+                let (message, fix) = refusal(&lane, &path, &other);
+                problems.push(
+                    if names.is_empty() {
+                        message
+                    } else {
+                        format!(
+                            "{} names the shard {:?} for {}, but {}",
+                            index_path.display(),
+                            file,
+                            list_names(names, MAX_NAMES),
+                            message
+                        )
+                    },
+                    fix,
+                );
+                parsed.push(None);
+            }
         }
     }
 
@@ -309,7 +361,7 @@ fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
     weight_files.push(INDEX_FILE_NAME.to_owned());
     if has_single && !files.contains_key(SINGLE_FILE_NAME) && problems.0.is_empty() {
         let shards: Vec<&Parsed> = parsed.iter().flatten().collect();
-        if check_single_agrees(dir, &shards, &mut problems) {
+        if check_single_agrees(&lane, &shards, &mut problems) {
             weight_files.push(SINGLE_FILE_NAME.to_owned());
         }
     }
@@ -319,13 +371,20 @@ fn load_sharded(dir: &Path, has_single: bool) -> Result<Loaded> {
         parsed.into_iter().flatten().collect(),
         index_metadata,
         weight_files,
+        lane,
     ))
 }
 
 /// Both an index and a `model.safetensors` it does not use: the two must hold the same tensors.
 /// Returns whether they agree (otherwise a problem has been recorded).
-fn check_single_agrees(dir: &Path, shards: &[&Parsed], problems: &mut Problems) -> bool {
-    let single = match parse_shard(dir.join(SINGLE_FILE_NAME)) {
+fn check_single_agrees(lane: &Lane, shards: &[&Parsed], problems: &mut Problems) -> bool {
+    let dir = lane.dir();
+    let path = dir.join(SINGLE_FILE_NAME);
+    let single = match lane.resolve(&path) {
+        Resolved::File { .. } => parse_shard(path),
+        other => Err(refusal(lane, &path, &other)),
+    };
+    let single = match single {
         Ok(p) => p,
         Err((message, fix)) => {
             problems.push(
@@ -379,16 +438,29 @@ fn check_single_agrees(dir: &Path, shards: &[&Parsed], problems: &mut Problems) 
     false
 }
 
-/// Reads `model.safetensors.index.json`: its `weight_map` (in file order) and `metadata`.
-type WeightMap = Vec<(String, String)>;
-fn read_index(path: &Path) -> Result<(WeightMap, Option<Map<String, Value>>)> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::io("reading", path, e).with_hint(Fix::Redownload.hint()))?;
+/// An index's `weight_map` (tensor name, file name), in file order.
+pub(crate) type WeightMap = Vec<(String, String)>;
+
+/// Parses the text of `model.safetensors.index.json` (read from `path`): its `weight_map`
+/// (in file order) and `metadata`. A key given twice (a tensor, or `weight_map` itself) is an
+/// error: JSON readers would silently keep the last one.
+pub(crate) fn parse_index(
+    path: &Path,
+    text: &[u8],
+) -> Result<(WeightMap, Option<Map<String, Value>>)> {
     let bad = |what: String| {
         Error::bad_input(format!("{}: {}", path.display(), what)).with_hint(Fix::Redownload.hint())
     };
     let root: Value =
-        serde_json::from_slice(&text).map_err(|e| bad(format!("invalid JSON: {}", e)))?;
+        serde_json::from_slice(text).map_err(|e| bad(format!("invalid JSON: {}", e)))?;
+    if let Some(key) = first_duplicate(text, &[]) {
+        return Err(bad(format!("gives the key \"{key}\" twice")));
+    }
+    if let Some(name) = first_duplicate(text, &["weight_map"]) {
+        return Err(bad(format!(
+            "\"weight_map\" lists tensor `{name}` twice, so which shard holds it is ambiguous"
+        )));
+    }
     let Value::Object(mut root) = root else {
         return Err(bad("is not a JSON object".into()));
     };
@@ -458,22 +530,46 @@ fn parse_shard(path: PathBuf) -> std::result::Result<Parsed, (String, Fix)> {
             Fix::Redownload,
         )
     })?;
-    let bytes = shard.bytes();
+    let (data_start, entries) = parse_header(&path, shard.bytes())?;
+    Ok(Parsed {
+        data_start,
+        entries,
+        shard,
+    })
+}
+
+/// A safetensors file's tensors, validated (offsets contiguous and inside `bytes`, byte
+/// lengths matching dtype and shape, no name twice) and ordered by data offset, with the
+/// offset of its data section; on failure, a message that names `path` and the tensor.
+pub(crate) type Header = (usize, Vec<(String, TensorInfo)>);
+
+/// Validates the safetensors file `bytes` read from `path` (see [`Header`]).
+pub(crate) fn parse_header(
+    path: &Path,
+    bytes: &[u8],
+) -> std::result::Result<Header, (String, Fix)> {
     match SafeTensors::read_metadata(bytes) {
         Ok((n, metadata)) => {
+            if let Some(name) = first_duplicate(&bytes[8..8 + n], &[]) {
+                return Err((
+                    format!(
+                        "{}: invalid safetensors file: the header gives `{}` twice, and readers \
+                         disagree on which entry counts",
+                        path.display(),
+                        name
+                    ),
+                    Fix::Redownload,
+                ));
+            }
             let mut entries: Vec<(String, TensorInfo)> = metadata
                 .tensors()
                 .into_iter()
                 .map(|(name, info)| (name, info.clone()))
                 .collect();
             entries.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
-            Ok(Parsed {
-                data_start: n + 8,
-                entries,
-                shard,
-            })
+            Ok((n + 8, entries))
         }
-        Err(err) => Err(describe_header_error(&path, bytes, &err)),
+        Err(err) => Err(describe_header_error(path, bytes, &err)),
     }
 }
 
@@ -482,6 +578,7 @@ fn assemble(
     parsed: Vec<Parsed>,
     index_metadata: Option<Map<String, Value>>,
     weight_files: Vec<String>,
+    lane: Lane,
 ) -> Loaded {
     let mut shards = Vec::with_capacity(parsed.len());
     let mut tensors = Vec::new();
@@ -504,5 +601,6 @@ fn assemble(
         tensors,
         index_metadata,
         weight_files,
+        lane,
     }
 }

@@ -15,7 +15,8 @@
 
 use crate::digest::FileDigest;
 use crate::error::{Error, Result};
-use crate::pipeline::SummaryLine;
+use crate::pipeline::{NonFiniteWeight, SummaryLine};
+use crate::quant::nonfinite::NonFinite;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -37,6 +38,9 @@ struct SummaryRecord {
     weight_scale_bits: u32,
     #[serde(default)]
     importance_weighted: bool,
+    /// `--allow-nonfinite`: (input tensor, NaN count, inf count, first index, [row, col]).
+    #[serde(default)]
+    nonfinite: Option<(String, usize, usize, usize, [usize; 2])>,
 }
 
 impl From<&SummaryLine> for SummaryRecord {
@@ -48,6 +52,15 @@ impl From<&SummaryLine> for SummaryRecord {
             input_amax_bits: l.input_amax.map(f32::to_bits),
             weight_scale_bits: l.weight_scale.to_bits(),
             importance_weighted: l.importance_weighted,
+            nonfinite: l.nonfinite.as_ref().map(|n| {
+                (
+                    n.tensor.clone(),
+                    n.counts.nan,
+                    n.counts.inf,
+                    n.counts.first,
+                    n.first,
+                )
+            }),
         }
     }
 }
@@ -61,6 +74,13 @@ impl From<SummaryRecord> for SummaryLine {
             input_amax: r.input_amax_bits.map(f32::from_bits),
             weight_scale: f32::from_bits(r.weight_scale_bits),
             importance_weighted: r.importance_weighted,
+            nonfinite: r
+                .nonfinite
+                .map(|(tensor, nan, inf, first, at)| NonFiniteWeight {
+                    tensor,
+                    counts: NonFinite { nan, inf, first },
+                    first: at,
+                }),
         }
     }
 }
@@ -242,6 +262,15 @@ mod tests {
             input_amax: Some(f32::MIN_POSITIVE / 3.0),
             weight_scale: 1.0e-30,
             importance_weighted: true,
+            nonfinite: Some(NonFiniteWeight {
+                tensor: "model.layers.0.mlp.up_proj.weight".into(),
+                counts: NonFinite {
+                    nan: 2,
+                    inf: 1,
+                    first: 70,
+                },
+                first: [1, 6],
+            }),
         };
         journal
             .record(digest("a"), &[(3, vec![line.clone()]), (4, vec![])])

@@ -55,8 +55,12 @@ pub fn files_under(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<(Strin
             let name = e.file_name().to_string_lossy().into_owned();
             let full = e.path();
             let rel = format!("{prefix}{name}");
-            if std::fs::metadata(&full).is_ok_and(|m| m.is_dir()) {
+            let kind = e.file_type().map_err(|e| Error::io("reading", &full, e))?;
+            if kind.is_dir() {
                 stack.push((format!("{rel}/"), full));
+            } else if kind.is_symlink() && std::fs::metadata(&full).is_ok_and(|m| m.is_dir()) {
+                // A link to a directory is never followed: it can loop.
+                continue;
             } else if !skip(&name) {
                 out.push((rel, full));
             }
@@ -64,6 +68,29 @@ pub fn files_under(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<(Strin
     }
     out.sort();
     Ok(out)
+}
+
+/// The files under input subdirectory `dir` that the output copies (see [`Provenance::compute`]),
+/// named `prefix` + relative path.
+fn lane_files(
+    ckpt: &Checkpoint,
+    dir: &Path,
+    prefix: &str,
+    copied: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<()> {
+    let listing = ckpt.lane().list(dir, |_| false)?;
+    for sub in &listing.dirs {
+        let name = sub.file_name().unwrap_or_default().to_string_lossy();
+        lane_files(ckpt, sub, &format!("{prefix}{name}/"), copied, out)?;
+    }
+    for path in &listing.files {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if copied(&name) {
+            out.push((format!("{prefix}{name}"), path.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Fingerprints of a `--stats` or `--layout` path (a directory: every file in it); one that
@@ -111,17 +138,18 @@ impl Provenance {
             .map(|n| (n.clone(), dir.join(n)))
             .filter(|(_, p)| p.is_file())
             .collect();
-        for path in ckpt.other_files()? {
+        // Exactly what the output copies: the lane's listing (regular files inside the input,
+        // no links out of it or to directories, no FIFOs), as `metadata::write_metadata` does.
+        let others = ckpt.other_entries()?;
+        for path in &others.files {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             if copied(&name) {
                 files.push((name.into_owned(), path.clone()));
             }
         }
-        for sub in ckpt.other_dirs()? {
+        for sub in &others.dirs {
             let name = sub.file_name().unwrap_or_default().to_string_lossy();
-            for (rel, full) in files_under(&sub, &|n| !copied(n))? {
-                files.push((format!("{name}/{rel}"), full));
-            }
+            lane_files(ckpt, sub, &format!("{name}/"), copied, &mut files)?;
         }
         files.sort();
         files.dedup();

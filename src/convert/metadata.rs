@@ -3,7 +3,7 @@
 //! every other file of the input (weights of other formats excepted).
 
 use super::{is_weight_file, quant_summary, write_file, REWRITTEN};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Resolved};
 use crate::error::{Error, Result};
 use crate::export::{
     export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
@@ -21,26 +21,29 @@ fn copy_synced(src: &Path, dest: &Path) -> Result<()> {
         .map_err(|e| Error::io("syncing", dest, e))
 }
 
-/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files.
-fn copy_tree(src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
+/// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files and, with a
+/// warning, whatever [`crate::checkpoint::Lane::list`] leaves out (links out of the input,
+/// links to directories, FIFOs, sockets, devices).
+fn copy_tree(ckpt: &Checkpoint, src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
-    let entries = std::fs::read_dir(src).map_err(|e| Error::io("reading", src, e))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
+    let listing = ckpt.lane().list(src, |_| false)?;
+    notes.extend(listing.skipped.iter().map(|s| format!("warning: {s}")));
+    for dir in &listing.dirs {
+        if let Some(name) = dir.file_name() {
+            copy_tree(ckpt, dir, &dest.join(name), notes)?;
+        }
+    }
+    for path in &listing.files {
         let Some(name) = path.file_name() else {
             continue;
         };
-        let target = dest.join(name);
-        if path.is_dir() {
-            copy_tree(&path, &target, notes)?;
-        } else if is_weight_file(&name.to_string_lossy()) {
+        if is_weight_file(&name.to_string_lossy()) || ckpt.is_shard(path) {
             notes.push(format!(
                 "not copied: {} (weights outside the checkpoint's index)",
                 path.display()
             ));
         } else {
-            copy_synced(&path, &target)?;
+            copy_synced(path, &dest.join(name))?;
         }
     }
     Ok(())
@@ -81,9 +84,22 @@ pub(super) fn write_metadata(
         export_config_json(config_text, &config_path, &meta)?.as_bytes(),
     )?;
     let gen_path = input.join("generation_config.json");
-    if gen_path.exists() {
-        let text =
-            std::fs::read_to_string(&gen_path).map_err(|e| Error::io("reading", &gen_path, e))?;
+    let gen_text = match ckpt.lane().resolve(&gen_path) {
+        Resolved::Missing => None,
+        Resolved::File { .. } => ckpt
+            .lane()
+            .read_small("generation_config.json", super::MAX_CONFIG_BYTES)?,
+        other => {
+            notes.push(format!(
+                "warning: not copied: {}",
+                ckpt.lane().refusal(&gen_path, &other).message()
+            ));
+            None
+        }
+    };
+    if let Some(bytes) = gen_text {
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::bad_input(format!("{}: is not UTF-8 text", gen_path.display())))?;
         let sanitized = sanitize_generation_config(&text, &gen_path)?;
         if let Some(change) = &sanitized.changed {
             notes.push(format!("generation_config.json: {change}"));
@@ -94,7 +110,9 @@ pub(super) fn write_metadata(
         ".quant_summary.txt",
         quant_summary(plan, options, &run.summary).as_bytes(),
     )?;
-    for path in ckpt.other_files()? {
+    let others = ckpt.other_entries()?;
+    notes.extend(others.skipped.iter().map(|s| format!("warning: {s}")));
+    for path in others.files {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
             continue;
         };
@@ -104,7 +122,7 @@ pub(super) fn write_metadata(
         {
             continue;
         }
-        if is_weight_file(&name) {
+        if is_weight_file(&name) || ckpt.is_shard(&path) {
             notes.push(format!(
                 "not copied: {name} (weights outside the checkpoint's index)"
             ));
@@ -114,11 +132,11 @@ pub(super) fn write_metadata(
         copy_synced(&path, &dest)?;
         written.push(name);
     }
-    for sub in ckpt.other_dirs()? {
+    for sub in others.dirs {
         let Some(name) = sub.file_name() else {
             continue;
         };
-        copy_tree(&sub, &dir.join(name), notes)?;
+        copy_tree(ckpt, &sub, &dir.join(name), notes)?;
         written.push(format!("{}/", name.to_string_lossy()));
     }
     Ok(written)

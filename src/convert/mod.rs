@@ -16,9 +16,9 @@ pub use publish::{
     check_free_space, free_bytes, leftovers, parent_dir, replaceable, sync_dir, write_file,
     OutputLock, Staging,
 };
-pub use report::{quant_summary, Report};
+pub use report::{nonfinite_warnings, quant_summary, Report};
 
-use crate::checkpoint::{Checkpoint, ShardPlan, ShardWriter};
+use crate::checkpoint::{Checkpoint, Lane, ShardPlan, ShardWriter};
 use crate::digest::{hash_files, FileDigest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gpu::{DeviceChoice, Gpu, GpuPool};
@@ -27,7 +27,7 @@ use crate::options::Options;
 use crate::pipeline;
 use crate::plan::Plan;
 use crate::progress::Progress;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The ModelOpt version whose export format shardquant reproduces.
@@ -65,12 +65,27 @@ pub fn info(options: &Options, msg: &str) {
     }
 }
 
-/// Reads and parses `config.json` of a checkpoint directory.
+/// The largest `config.json` or `generation_config.json` read (real ones are a few KB).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads and parses `config.json` of a checkpoint directory. It must be a regular file inside
+/// the directory (a link out of it is refused, see [`Lane`]).
 pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::io("reading", &path, e)
-            .with_hint("a HuggingFace checkpoint directory needs its config.json")
+    let needed = |e: Error| e.with_hint("a HuggingFace checkpoint directory needs its config.json");
+    let lane = Lane::new(dir).map_err(|e| needed(Error::io("reading", dir, e)))?;
+    let bytes = lane
+        .read_small("config.json", MAX_CONFIG_BYTES)?
+        .ok_or_else(|| {
+            needed(Error::io(
+                "reading",
+                &path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::bad_input(format!("{}: is not UTF-8 text", path.display()))
+            .with_hint("restore config.json from the model's original repository")
     })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::bad_input(format!("{}: invalid JSON: {e}", path.display()))
@@ -126,25 +141,51 @@ fn check_input_dir(input: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where `path` is once symbolic links and `..` are resolved, whether or not it exists yet:
+/// the canonical path when it exists, else its canonical parent joined with its name.
+fn resolved_path(path: &Path) -> Result<PathBuf> {
+    if path.symlink_metadata().is_ok() {
+        if let Ok(p) = path.canonicalize() {
+            return Ok(p);
+        }
+    }
+    let parent = parent_dir(path);
+    let canon_parent = parent.canonicalize().map_err(|e| {
+        Error::usage(format!(
+            "parent directory {} of {}: {e}",
+            parent.display(),
+            path.display()
+        ))
+        .with_hint("create the parent directory first")
+    })?;
+    Ok(match path.file_name() {
+        Some(name) => canon_parent.join(name),
+        None => canon_parent,
+    })
+}
+
+/// Pre-flight checks of the paths: the input is a directory; the output (and `--report`) is
+/// outside it, does not contain it, and is not the input itself, also through links and `..`;
+/// an existing output is replaced only with `--force`, and only when it is empty or a
+/// previous checkpoint.
 fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     check_input_dir(input)?;
     let canon_in = input
         .canonicalize()
         .map_err(|e| Error::io("reading", input, e))?;
-    let out_parent = parent_dir(output);
-    let canon_parent = out_parent.canonicalize().map_err(|e| {
-        Error::usage(format!(
-            "output parent directory {}: {e}",
-            out_parent.display()
-        ))
-        .with_hint("create the parent directory first")
-    })?;
-    let canon_out = canon_parent.join(output.file_name().unwrap_or_default());
+    let canon_out = resolved_path(output)?;
     if canon_out.starts_with(&canon_in) || canon_in.starts_with(&canon_out) {
         return Err(Error::usage(format!(
-            "output {} and input {} overlap",
+            "output {} and input {} overlap{}",
             output.display(),
-            input.display()
+            input.display(),
+            if canon_out == canon_in {
+                " (they are the same directory)"
+            } else if canon_out.starts_with(&canon_in) {
+                " (the output would be inside the input)"
+            } else {
+                " (the output contains the input)"
+            }
         ))
         .with_hint("write the output to a directory outside the input"));
     }
@@ -164,6 +205,14 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
                 parent.display()
             ))
             .with_hint("create the directory or choose another report path"));
+        }
+        if resolved_path(report)?.starts_with(&canon_in) {
+            return Err(Error::usage(format!(
+                "--report {}: is inside the input directory {}, which shardquant never writes to",
+                report.display(),
+                input.display()
+            ))
+            .with_hint("write the report outside the input directory"));
         }
     }
     if output.is_dir() && options.force && !replaceable(output) {
@@ -276,7 +325,7 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
             }
             return Ok(report);
         }
-        Freshness::Stale(why) if output.exists() && !options.force => {
+        Freshness::Stale(why) if output.symlink_metadata().is_ok() && !options.force => {
             return Err(Error::usage(format!(
                 "output directory {} already exists and is not up to date: {why}",
                 output.display()
@@ -476,7 +525,7 @@ impl Job<'_> {
         }
         let shards = writer.finish_hashed()?;
         let convert_s = run_started.elapsed().as_secs_f64();
-        let mut notes = Vec::new();
+        let mut notes = nonfinite_warnings(&run.summary);
         let mut files: Vec<String> = shards.iter().map(|d| d.path.clone()).collect();
         files.extend(metadata::write_metadata(
             self.input,

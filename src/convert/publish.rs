@@ -102,6 +102,14 @@ impl Staging {
                         .with_hint("pass --force to replace it"),
                 );
             }
+            // Checked again here: something else may have appeared there during the run.
+            if self.target.is_dir() && !replaceable(&self.target) {
+                return Err(Error::usage(format!(
+                    "refusing to replace {}: it is not empty and holds no config.json or shardquant.json",
+                    self.target.display()
+                ))
+                .with_hint("--force only replaces an empty directory or a previous checkpoint; the new output is not published"));
+            }
             let aside = sibling(&self.target, "old")?;
             std::fs::rename(&self.target, &aside)
                 .map_err(|e| Error::io("moving aside", &self.target, e))?;

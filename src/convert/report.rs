@@ -27,8 +27,16 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
     out.push_str("# module  format  weight_amax  input_amax  weight_scale(_2)\n");
     for l in lines {
         let input = l.input_amax.map_or("-".to_string(), |a| format!("{a:.6e}"));
+        let nonfinite = l.nonfinite.as_ref().map_or(String::new(), |n| {
+            format!(
+                " nonfinite={} (NaN {}, inf {}; passed through)",
+                n.counts.count(),
+                n.counts.nan,
+                n.counts.inf
+            )
+        });
         out.push_str(&format!(
-            "{:80} {} weight_amax={:.6e}{}{} input_amax={} weight_scale={:.6e}\n",
+            "{:80} {} weight_amax={:.6e}{}{} input_amax={} weight_scale={:.6e}{nonfinite}\n",
             l.module,
             options.format.quant_algo(),
             l.weight_amax,
@@ -74,6 +82,40 @@ fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Val
             serde_json::Value::Null
         },
     })
+}
+
+/// The weights whose NaN / infinite elements were passed through (`--allow-nonfinite`), in
+/// output order.
+fn nonfinite_json(lines: &[SummaryLine]) -> serde_json::Value {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let n = l.nonfinite.as_ref()?;
+            Some(json!({
+                "tensor": n.tensor,
+                "module": l.module,
+                "nan": n.counts.nan,
+                "inf": n.counts.inf,
+                "first": n.first,
+            }))
+        })
+        .collect()
+}
+
+/// The warnings of the weights whose NaN / infinite elements were passed through, one line
+/// each, naming the tensor.
+pub fn nonfinite_warnings(lines: &[SummaryLine]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let n = l.nonfinite.as_ref()?;
+            Some(format!(
+                "warning: --allow-nonfinite: tensor '{}' ({}) has {} NaN and {} infinite element(s), first at [{}, {}]; \
+                 left out of the scales and passed through",
+                n.tensor, l.module, n.counts.nan, n.counts.inf, n.first[0], n.first[1]
+            ))
+        })
+        .collect()
 }
 
 /// Peak resident set size of this process in bytes (getrusage).
@@ -147,6 +189,7 @@ impl Report {
                 "gpu_memory_bytes": run.gpu_memory_bytes,
             },
             "warnings": plan.warnings,
+            "nonfinite_weights": nonfinite_json(&run.summary),
             "notes": notes,
             "files": files,
         });

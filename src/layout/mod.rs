@@ -273,6 +273,12 @@ impl Layout {
 
     /// Loads a layout file given with `--layout`.
     pub fn from_file(path: &Path) -> Result<Layout> {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(
+                Error::bad_input(format!("{}: is not a regular file", path.display()))
+                    .with_hint("--layout takes the path of a layout JSON file"),
+            );
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::io("reading layout", path, e)
                 .with_hint("--layout takes the path of a layout JSON file")

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 /// Threads that seal completed output shards.
 const SEALERS: usize = 4;
 use std::time::Duration;
-pub use worker::{Payload, SummaryLine, UnitResult};
+pub use worker::{NonFiniteWeight, Payload, SummaryLine, UnitResult};
 
 /// Pass-through tensors are copied in pieces of this size, releasing each piece's input pages.
 const COPY_CHUNK: usize = 64 << 20;

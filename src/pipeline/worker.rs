@@ -6,7 +6,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::plan::{Job, Linear, Plan, Unit};
-use crate::quant::{self, QuantFormat};
+use crate::quant::{self, nonfinite, QuantFormat, SourceDtype};
 use crate::stats::WeightAmax;
 use std::borrow::Cow;
 
@@ -41,6 +41,19 @@ pub struct SummaryLine {
     pub weight_scale: f32,
     /// Whether the MSE search weighted its errors by activation statistics.
     pub importance_weighted: bool,
+    /// NaN / infinite elements passed through (`--allow-nonfinite`).
+    pub nonfinite: Option<NonFiniteWeight>,
+}
+
+/// A quantized weight whose NaN / infinite elements were passed through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFiniteWeight {
+    /// The input tensor that holds the weight.
+    pub tensor: String,
+    /// How many elements of each kind.
+    pub counts: nonfinite::NonFinite,
+    /// [row, column] of the first one.
+    pub first: [usize; 2],
 }
 
 /// The outputs of a unit, in the unit's output order.
@@ -141,32 +154,46 @@ fn where_is(ckpt: &Checkpoint, l: &Linear) -> String {
     )
 }
 
-/// The weight amax of member `m` (plan linear `i`): from statistics, or max |W|.
+/// The weight amax of member `m` (plan linear `i`): from statistics, or max |W|; `Err` with
+/// the index of the first NaN or infinite element. The weight is scanned in both cases, so a
+/// non-finite weight is found even when its amax comes from the statistics.
 fn member_amax(
     plan: &Plan,
-    ckpt: &Checkpoint,
     i: usize,
     m: usize,
     compute: &mut dyn UnitCompute,
-) -> Result<WeightAmax> {
-    if let Some(a) = &plan.weight_stats[i] {
-        return Ok(a.clone());
-    }
-    let l = &plan.linears[i];
-    compute.amax(m)?.map(WeightAmax::Tensor).map_err(|at| {
-        let (r, c) = (at / l.source.cols, at % l.source.cols);
-        Error::bad_input(format!("{}: element [{r}, {c}] of {} is NaN or infinite", where_is(ckpt, l), l.module))
-            .with_hint("the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it")
+) -> Result<std::result::Result<WeightAmax, usize>> {
+    let scanned = compute.amax(m)?;
+    Ok(match (&plan.weight_stats[i], scanned) {
+        (_, Err(at)) => Err(at),
+        (Some(a), Ok(_)) => Ok(a.clone()),
+        (None, Ok(v)) => Ok(WeightAmax::Tensor(v)),
     })
 }
 
-fn quantize_group<'a>(
+/// The error for a non-finite element at index `at` of linear `l`.
+fn nonfinite_error(ckpt: &Checkpoint, l: &Linear, at: usize) -> Error {
+    let (r, c) = (at / l.source.cols, at % l.source.cols);
+    Error::bad_input(format!(
+        "{}: element [{r}, {c}] of {} is NaN or infinite",
+        where_is(ckpt, l),
+        l.module
+    ))
+    .with_hint(
+        "the checkpoint is corrupt or was saved after a diverged run; re-download or re-export it \
+         (or pass --allow-nonfinite to quantize it anyway, the NaN/inf elements left out of the \
+         scales and written as NaN or saturated)",
+    )
+}
+
+/// The members' weights as the kernels see them (FP8 block-scaled sources dequantized).
+fn member_weights<'a>(
     plan: &Plan,
     ckpt: &'a Checkpoint,
     options: &Options,
     members: &[usize],
     compute: &mut dyn UnitCompute<'a>,
-) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+) -> Result<Vec<(Cow<'a, [u8]>, SourceDtype)>> {
     let mut weights = Vec::with_capacity(members.len());
     for &i in members {
         let l = &plan.linears[i];
@@ -187,12 +214,83 @@ fn quantize_group<'a>(
         };
         weights.push((data, l.source.dtype));
     }
+    Ok(weights)
+}
+
+/// A weight whose NaN / infinite elements are passed through: the weight as it was (to patch
+/// the output codes from) and what it holds.
+struct PassThrough<'a> {
+    original: Cow<'a, [u8]>,
+    dtype: SourceDtype,
+    found: nonfinite::NonFinite,
+}
+
+/// Per member of a unit: its weight amax, and how its non-finite elements pass through.
+type Amaxes<'a> = (Vec<WeightAmax>, Vec<Option<PassThrough<'a>>>);
+
+/// Loads the members' weights into `compute` and takes their weight amax. With
+/// `--allow-nonfinite`, a member holding NaN / infinite elements is loaded again as a copy with
+/// those elements zeroed (see [`quant::nonfinite`]); its [`PassThrough`] is returned. The copy
+/// is one more weight-sized buffer for that unit, outside the `--max-memory` budget: rare, and
+/// the price of leaving the kernels (CPU and GPU) untouched.
+fn load_and_amax<'a>(
+    plan: &Plan,
+    ckpt: &'a Checkpoint,
+    options: &Options,
+    members: &[usize],
+    compute: &mut dyn UnitCompute<'a>,
+) -> Result<Amaxes<'a>> {
+    let weights = member_weights(plan, ckpt, options, members, compute)?;
     compute.load(weights)?;
-    let amaxes = members
-        .iter()
-        .enumerate()
-        .map(|(m, &i)| member_amax(plan, ckpt, i, m, compute))
-        .collect::<Result<Vec<_>>>()?;
+    let mut amaxes = Vec::with_capacity(members.len());
+    let mut bad = Vec::new();
+    for (m, &i) in members.iter().enumerate() {
+        match member_amax(plan, i, m, compute)? {
+            Ok(a) => amaxes.push(Some(a)),
+            Err(_) if options.allow_nonfinite => {
+                bad.push(m);
+                amaxes.push(None);
+            }
+            Err(at) => return Err(nonfinite_error(ckpt, &plan.linears[i], at)),
+        }
+    }
+    let mut passed: Vec<Option<PassThrough<'a>>> = members.iter().map(|_| None).collect();
+    if !bad.is_empty() {
+        let mut weights = member_weights(plan, ckpt, options, members, compute)?;
+        for &m in &bad {
+            let (data, dtype) = &mut weights[m];
+            let original = data.clone();
+            let found = nonfinite::zero_nonfinite(data.to_mut(), *dtype).ok_or_else(|| {
+                Error::other(format!(
+                    "internal error: {} was reported non-finite, but holds no NaN or infinity",
+                    plan.linears[members[m]].module
+                ))
+            })?;
+            passed[m] = Some(PassThrough {
+                original,
+                dtype: *dtype,
+                found,
+            });
+        }
+        compute.load(weights)?;
+        for &m in &bad {
+            let i = members[m];
+            let amax = member_amax(plan, i, m, compute)?
+                .map_err(|at| nonfinite_error(ckpt, &plan.linears[i], at))?;
+            amaxes[m] = Some(amax);
+        }
+    }
+    Ok((amaxes.into_iter().flatten().collect(), passed))
+}
+
+fn quantize_group<'a>(
+    plan: &Plan,
+    ckpt: &'a Checkpoint,
+    options: &Options,
+    members: &[usize],
+    compute: &mut dyn UnitCompute<'a>,
+) -> Result<(Vec<Payload>, Vec<SummaryLine>)> {
+    let (amaxes, passed) = load_and_amax(plan, ckpt, options, members, compute)?;
     let is_static = amaxes
         .iter()
         .any(|a| matches!(a, WeightAmax::Blocks { .. }));
@@ -214,8 +312,13 @@ fn quantize_group<'a>(
     let max_amax = group_max(&amaxes);
     if max_amax == 0.0 {
         let l = &plan.linears[members[0]];
+        let finite = if passed.iter().any(Option::is_some) {
+            " (its finite elements: the others are NaN or infinite)"
+        } else {
+            ""
+        };
         return Err(Error::bad_input(format!(
-            "{}: the weight of {} is all zeros, so ModelOpt's scale formulas are undefined",
+            "{}: the weight of {} is all zeros{finite}, so ModelOpt's scale formulas are undefined",
             where_is(ckpt, l),
             l.module
         ))
@@ -315,6 +418,9 @@ fn quantize_group<'a>(
                         ws2
                     }
                 };
+                if let Some(p) = &passed[m] {
+                    nonfinite::patch_nvfp4(&p.original, p.dtype, &mut packed);
+                }
                 payloads.push(Payload::Owned(packed));
                 payloads.push(Payload::Owned(scales));
                 payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
@@ -339,6 +445,9 @@ fn quantize_group<'a>(
                 }
                 let mut out = vec![0u8; rows * cols];
                 compute.fp8(m, ws, options.numerics, &mut out)?;
+                if let Some(p) = &passed[m] {
+                    nonfinite::patch_fp8(&p.original, p.dtype, &mut out);
+                }
                 payloads.push(Payload::Owned(out));
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
@@ -357,6 +466,11 @@ fn quantize_group<'a>(
             input_amax,
             weight_scale,
             importance_weighted: importance[m].is_some(),
+            nonfinite: passed[m].as_ref().map(|p| NonFiniteWeight {
+                tensor: ckpt.tensors()[l.source.tensor].name.clone(),
+                counts: p.found,
+                first: [p.found.first / cols, p.found.first % cols],
+            }),
         });
     }
     Ok((payloads, summary))

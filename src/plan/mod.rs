@@ -172,6 +172,20 @@ impl Plan {
                     first.join(", "),
                     if missing.len() > first.len() { ", ..." } else { "" }
                 ));
+                if !stats.invalid.is_empty() {
+                    let zeros: Vec<&str> =
+                        stats.invalid.iter().take(5).map(String::as_str).collect();
+                    problems.push(format!(
+                        "  the statistics give zero, treated as missing, for {} value(s): {}{}",
+                        stats.invalid.len(),
+                        zeros.join(", "),
+                        if stats.invalid.len() > zeros.len() {
+                            ", ..."
+                        } else {
+                            ""
+                        }
+                    ));
+                }
                 problems.push(
                     "  fix: pass a ModelOpt amax file with --stats FILE, or use --format w4a16_nvfp4 (weight-only, needs no statistics)"
                         .to_string(),

@@ -10,6 +10,7 @@
 //! - [`amax`](mod@amax): exact max |x| of a raw tensor.
 //! - [`nvfp4`]: dynamic and static NVFP4 weight quantization and scales.
 //! - [`fp8`]: per-tensor FP8 weight quantization and scales.
+//! - [`nonfinite`]: NaN / infinite weight elements passed through (`--allow-nonfinite`).
 //!
 //! The formulas are those of `shared/golden/README.md` (verified against ModelOpt's bytes) and
 //! `shared/docs/modelopt-format.md` §1–§2. Every function here works on little-endian byte
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod format;
 pub mod fp8;
 pub mod fp8_block;
+pub mod nonfinite;
 pub mod numerics;
 pub mod nvfp4;
 

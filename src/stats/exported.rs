@@ -12,8 +12,10 @@ use std::path::Path;
 
 /// The divisor the exporter used for input scales: 448 (FP8) or 2688 (NVFP4).
 fn input_bound(dir: &Path) -> Result<f64> {
+    let lane = crate::checkpoint::Lane::new(dir).ok();
     let read = |name: &str| -> Option<Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+        let bytes = lane.as_ref()?.read_small(name, 16 << 20).ok()??;
+        serde_json::from_slice(&bytes).ok()
     };
     let algo = read("hf_quant_config.json")
         .and_then(|v| {
@@ -78,7 +80,10 @@ pub fn import_exported(dir: &Path, model: &ModelNames, stats: &mut ActivationSta
             stats.ignored.push(format!("{}: not an F32 scalar", t.name));
             continue;
         };
-        if !(s.is_finite() && s > 0.0) {
+        if super::is_corrupt(s) {
+            return Err(super::corrupt_value(dir, &t.name, s));
+        }
+        if s == 0.0 {
             stats
                 .invalid
                 .push(format!("{} = {s} ({})", t.name, dir.display()));

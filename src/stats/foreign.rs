@@ -55,12 +55,12 @@ pub fn import_pt(
             ))
             .with_hint("the statistics were made for another model"));
         }
-        if t.values.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            stats.invalid.push(format!(
-                "{}: per-channel max has NaN, infinite or negative values",
-                t.key
+        if let Some(&v) = t.values.iter().find(|&&v| super::is_corrupt(v)) {
+            return Err(super::corrupt_value(
+                path,
+                &t.key,
+                format!("a per-channel max holding {v}"),
             ));
-            continue;
         }
         let max = t.values.iter().copied().fold(0.0f32, f32::max);
         if max > 0.0 {

@@ -102,8 +102,30 @@ pub struct ActivationStats {
     /// Keys understood but not used (e.g. output quantizers, or weight amax when they are not
     /// wanted), with the reason.
     pub ignored: Vec<String>,
-    /// Values that were present but unusable (zero, NaN, negative), treated as missing.
+    /// Values that were present but zero (an amax of 0 says the module saw no tokens, or only
+    /// zeros), treated as missing. NaN, infinite and negative values are errors instead
+    /// ([`corrupt_value`]).
     pub invalid: Vec<String>,
+}
+
+/// Whether an amax or scale read from a statistics file is damaged: NaN, infinite or negative.
+/// Such a value can only come from a broken file or a diverged calibration, so importers
+/// refuse the file (a zero is different: it is recorded in [`ActivationStats::invalid`] and
+/// treated as missing).
+pub fn is_corrupt(v: f32) -> bool {
+    !v.is_finite() || v < 0.0
+}
+
+/// The error for a NaN, infinite or negative `value` of `key` in the statistics file `path`.
+pub fn corrupt_value(path: &Path, key: &str, value: impl std::fmt::Display) -> Error {
+    Error::bad_input(format!(
+        "{}: '{key}' is {value}; an amax or scale must be finite and not negative",
+        path.display()
+    ))
+    .with_hint(
+        "the statistics file is damaged, or the calibration diverged (NaN/inf activations): \
+         calibrate again, or leave this file out",
+    )
 }
 
 /// A statistics file format, detected from content (`--stats-format` forces one).
@@ -145,6 +167,19 @@ impl StatsFormat {
         .into_iter()
         .find(|f| f.name() == name)
     }
+}
+
+/// Refuses a statistics path that is neither a regular file nor a directory: opening a FIFO
+/// for reading blocks until a writer comes, so it is never opened.
+pub fn refuse_special(path: &Path) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Err(Error::bad_input(format!(
+            "{}: is not a regular file (a FIFO, socket or device?)",
+            path.display()
+        ))
+        .with_hint("pass the statistics file itself"));
+    }
+    Ok(())
 }
 
 /// Detects a statistics file's format from its first bytes.
@@ -217,6 +252,7 @@ impl ActivationStats {
         let mut sorted: Vec<&PathBuf> = paths.iter().collect();
         sorted.sort();
         for path in sorted {
+            refuse_special(path)?;
             let format = match forced {
                 Some(f) => f,
                 None => detect_format(path)?,

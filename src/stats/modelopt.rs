@@ -17,7 +17,10 @@
 //! otherwise they are listed as ignored, unchecked. Per-block amax are never decoded here:
 //! they become [`super::BlockAmax`] handles on the file's mapping.
 
-use super::{ActivationStats, BlockAmax, ModelNames, StatsEntry, StatsFile, WeightAmax};
+use super::{
+    corrupt_value, is_corrupt, ActivationStats, BlockAmax, ModelNames, StatsEntry, StatsFile,
+    WeightAmax,
+};
 use crate::error::{Error, Result};
 use crate::layout::{ExpertProj, Layout};
 use std::collections::HashMap;
@@ -271,9 +274,13 @@ fn valid(v: f32) -> bool {
     v.is_finite() && v > 0.0
 }
 
-/// A per-tensor amax, or None (recorded as invalid) when zero / NaN / negative / infinite.
+/// A per-tensor amax, or None (recorded as invalid) when zero; an error when NaN, infinite or
+/// negative.
 fn usable(path: &Path, e: &StatsEntry, stats: &mut ActivationStats) -> Result<Option<f32>> {
     let v = scalar(path, e)?;
+    if is_corrupt(v) {
+        return Err(corrupt_value(path, &e.key, v));
+    }
     if valid(v) {
         Ok(Some(v))
     } else {
@@ -307,11 +314,20 @@ fn weight_amax(
     let global_value = scalar(path, global)?;
     let blocks = BlockAmax::new(file.map().clone(), e.range.start, e.len(), file.dtype(e)?)
         .expect("the safetensors header was validated against the file length");
-    if !valid(global_value) || !blocks.all_usable() {
-        stats.invalid.push(format!(
-            "{}: global amax {global_value} or a block amax is not usable",
-            e.key
+    if is_corrupt(global_value) {
+        return Err(corrupt_value(path, &global.key, global_value));
+    }
+    if !blocks.all_usable() {
+        return Err(corrupt_value(
+            path,
+            &e.key,
+            "a per-block amax with a NaN, infinite or negative value",
         ));
+    }
+    if !valid(global_value) {
+        stats
+            .invalid
+            .push(format!("{} = {global_value}", global.key));
         return Ok(None);
     }
     Ok(Some(WeightAmax::Blocks {
@@ -405,6 +421,9 @@ pub fn import_scalars(
             ));
             continue;
         };
+        if is_corrupt(v) {
+            return Err(corrupt_value(path, key, v));
+        }
         if !valid(v) {
             stats
                 .invalid

@@ -43,6 +43,15 @@ pub const FORMAT_VERSION: &str = "1";
 pub const ZSTD_LEVEL: i32 = 10;
 /// The most a compressed statistics file may decompress to (64 GiB).
 pub const MAX_DECOMPRESSED: u64 = 64 << 30;
+/// The most a compressed statistics file may decompress to per compressed byte, above
+/// [`RATIO_FLOOR`]: real statistics compress a few times, while a few kilobytes of crafted zstd
+/// can claim gigabytes ("decompression bomb").
+pub const MAX_RATIO: u64 = 4096;
+/// Every compressed file may decompress to this much, whatever its size.
+pub const RATIO_FLOOR: u64 = 256 << 20;
+/// The most memory reserved up front for the decompressed bytes: a frame's declared size is
+/// only a claim, so larger files grow the buffer as data actually arrives.
+const MAX_RESERVE: u64 = 64 << 20;
 /// The values `meta.expert_input_amax` may take.
 pub const EXPERT_INPUT_AMAX: [&str; 4] =
     ["per_expert", "peer_max_synced", "shared_grouped", "unknown"];
@@ -380,14 +389,21 @@ fn load(path: &Path, limit: u64) -> Result<Bytes> {
         let map = unsafe { memmap2::Mmap::map(&open()?) };
         return Ok(Bytes::Map(map.map_err(|e| Error::io("mapping", path, e))?));
     }
+    let compressed = std::fs::metadata(path)
+        .map_err(|e| Error::io("reading", path, e))?
+        .len();
+    let limit = limit.min(compressed.saturating_mul(MAX_RATIO).max(RATIO_FLOOR));
     let too_big = || {
         let limit = match limit {
             l if l >= 1 << 30 => format!("{} GiB", l >> 30),
+            l if l >= 1 << 20 => format!("{} MiB", l >> 20),
             l => format!("{l} bytes"),
         };
         Error::bad_input(format!(
-            "{}: decompresses to more than {limit}, the limit for compressed statistics",
-            path.display()
+            "{}: decompresses to more than {limit}, the limit for compressed statistics \
+             ({} GiB, and {MAX_RATIO} times the compressed size)",
+            path.display(),
+            MAX_DECOMPRESSED >> 30
         ))
         .with_hint("decompress it with `zstd -d` and pass the .stats.safetensors file")
     };
@@ -397,7 +413,7 @@ fn load(path: &Path, limit: u64) -> Result<Bytes> {
     if declared.is_some_and(|n| n > limit) {
         return Err(too_big());
     }
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(MAX_RESERVE) as usize);
     zstd::Decoder::new(open()?)
         .and_then(|d| d.take(limit + 1).read_to_end(&mut buf))
         .map_err(|e| {

@@ -618,6 +618,37 @@ fn decompression_is_bounded() {
     read_native_limited(&streamed, &qwen(), &model(), &mut s, limit).unwrap();
 }
 
+/// A zstd frame header claiming a huge content size reserves nothing of that size, and a
+/// small file may not decompress to more than RATIO_FLOOR or MAX_RATIO times its size.
+#[test]
+fn a_declared_size_is_only_a_claim() {
+    // Single-segment frame header: magic, descriptor 0xE0 (8-byte content size), size 60 GiB,
+    // then nothing: the claim alone must not allocate 60 GiB.
+    let mut bytes = ZSTD_MAGIC.to_vec();
+    bytes.push(0xE0);
+    bytes.extend_from_slice(&(60u64 << 30).to_le_bytes());
+    let claim = tmp("claim.zst");
+    std::fs::write(&claim, &bytes).unwrap();
+    let mut s = ActivationStats::default();
+    let e = read_native(&claim, &qwen(), &model(), &mut s).unwrap_err();
+    assert!(e.message().contains("decompresses to more than 256"), "{e}");
+    // 300 MiB of zeros compress to a few KB: above the floor and the ratio, refused.
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    enc.include_contentsize(false).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..300 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let bomb = tmp("bomb.zst");
+    std::fs::write(&bomb, enc.finish().unwrap()).unwrap();
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 64 << 10);
+    let e = read_native(&bomb, &qwen(), &model(), &mut s).unwrap_err();
+    assert!(
+        e.message().contains("4096 times the compressed size"),
+        "{e}"
+    );
+}
+
 #[test]
 fn merging_two_files_is_order_independent() {
     let mut a = ActivationStats::default();

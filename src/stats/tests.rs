@@ -370,7 +370,7 @@ fn unsupported_dtype_is_an_error() {
 }
 
 #[test]
-fn unusable_block_values_are_recorded_as_invalid() {
+fn nan_block_values_are_refused() {
     let tmp = TempDir::new("nan");
     let f = tmp.join("a.safetensors");
     let key = format!("{ATTN}.o_proj.weight_quantizer");
@@ -386,10 +386,20 @@ fn unusable_block_values_are_recorded_as_invalid() {
             scalar(&format!("{key}._global_amax"), 1.0),
         ],
     );
-    let stats = load(&[f], &layout("llama"), &llama(1, 64), true);
-    assert!(stats.module(&format!("{ATTN}.o_proj")).is_none());
-    assert_eq!(stats.invalid.len(), 1, "{:?}", stats.invalid);
-    assert!(stats.invalid[0].contains(&key));
+    let err = load_err(
+        std::slice::from_ref(&f),
+        &layout("llama"),
+        &llama(1, 64),
+        true,
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&key) && msg.contains("NaN") && msg.contains(&f.display().to_string()),
+        "{msg}"
+    );
+    // Not read at all when weight amax are not wanted.
+    let stats = load(&[f], &layout("llama"), &llama(1, 64), false);
+    assert!(stats.invalid.is_empty());
 }
 
 /// Rows × cols of the "large" o_proj: 4096 × 16384 → 4 Mi blocks, 16 MiB of F32 amax.

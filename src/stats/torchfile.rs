@@ -156,6 +156,22 @@ pub fn read_pt_tensors(path: &Path) -> Result<(Vec<PtTensor>, Vec<String>)> {
     Ok((tensors, skipped))
 }
 
+/// The pickle of a `torch.save` archive (its `<folder>/data.pkl` entry), checked against its
+/// CRC. For the fuzzing seed corpus ([`crate::fuzzing`]), which fuzzes the pickle reader alone.
+pub(crate) fn read_data_pkl(path: &Path) -> Result<Vec<u8>> {
+    let archive = zip::Archive::open(path)?;
+    let entry = archive
+        .entries()
+        .iter()
+        .find(|e| {
+            e.name
+                .split_once('/')
+                .is_some_and(|(_, rest)| rest == "data.pkl")
+        })
+        .ok_or_else(|| Error::bad_input(format!("{}: no data.pkl entry", path.display())))?;
+    archive.read(entry)
+}
+
 /// Splits a dict into tensors (with joined keys) and the keys of everything else.
 fn flatten(
     items: Vec<(Object, Object)>,

@@ -137,6 +137,7 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         }
     }
 }
+pub mod cli;
 
 /// Every file under `dir` (recursively), sorted by `/`-separated relative path, with its
 /// bytes: two directories with equal trees are byte-identical.

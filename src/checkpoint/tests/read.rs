@@ -85,11 +85,13 @@ fn other_files_are_the_non_weight_files() {
     );
     assert!(ckpt.other_dirs().unwrap().is_empty());
 
-    // Subdirectories are listed apart; symbolic links are followed.
+    // Subdirectories are listed apart; symbolic links are followed to files inside the
+    // directory only: a link out of it, or to a directory, is left out and said why.
     let copy = copy_dir(&dir, "other-files");
     std::fs::create_dir(copy.path().join("original")).unwrap();
-    std::os::unix::fs::symlink(dir.join("config.json"), copy.path().join("tokenizer.json"))
-        .unwrap();
+    std::os::unix::fs::symlink("config.json", copy.path().join("tokenizer.json")).unwrap();
+    std::os::unix::fs::symlink(dir.join("config.json"), copy.path().join("outside.json")).unwrap();
+    std::os::unix::fs::symlink("original", copy.path().join("linked-dir")).unwrap();
     let ckpt = Checkpoint::open(copy.path()).unwrap();
     let names: Vec<String> = ckpt
         .other_files()
@@ -105,6 +107,10 @@ fn other_files_are_the_non_weight_files() {
         ckpt.other_dirs().unwrap(),
         vec![copy.path().join("original")]
     );
+    let skipped = ckpt.other_entries().unwrap().skipped;
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].contains("linked-dir") && skipped[0].contains("not followed"));
+    assert!(skipped[1].contains("outside.json") && skipped[1].contains("outside the input"));
 
     // A broken link is an error, not a silently missing tokenizer.
     std::os::unix::fs::symlink(copy.path().join("nowhere"), copy.path().join("vocab.json"))
