@@ -61,6 +61,15 @@ impl Outcome {
         );
     }
 
+    /// Asserts that stderr carries a hint (`hint:`) or a fix line (`fix:`).
+    pub fn expect_hint(&self) {
+        assert!(
+            self.stderr.contains("hint: ") || self.stderr.contains("fix: "),
+            "the error carries no hint or fix\nstderr:\n{}",
+            self.stderr
+        );
+    }
+
     /// Asserts that stderr contains every string in `needles`.
     pub fn expect_mentions(&self, needles: &[&str]) {
         for n in needles {
@@ -140,18 +149,16 @@ pub fn assert_no_output(out: &Path) {
     assert_no_sibling(out);
 }
 
-/// Asserts that no `.NAME.shardquant-tmp-*` / `-old-*` sibling of `out` exists.
+/// Asserts that no `.NAME.shardquant-*` sibling of `out` exists (staging, set-aside old
+/// output; the `.NAME.shardquant.lock` file stays by design).
 pub fn assert_no_sibling(out: &Path) {
     let name = out.file_name().unwrap().to_string_lossy().into_owned();
-    let prefixes = [
-        format!(".{name}.shardquant-tmp-"),
-        format!(".{name}.shardquant-old-"),
-    ];
+    let prefix = format!(".{name}.shardquant-");
     let parent = out.parent().unwrap();
     let leftovers: Vec<String> = std::fs::read_dir(parent)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+        .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -359,3 +366,5 @@ pub fn mkfifo(path: &Path) {
 
 /// The hint every broken-download error carries.
 pub const REDOWNLOAD: &str = "download it again";
+/// The hint of an index that disagrees with its shards.
+pub const MISMATCH: &str = "download the index and all shards again";
