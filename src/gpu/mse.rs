@@ -26,11 +26,7 @@ impl GpuCompute<'_, '_> {
         candidates: &Candidates,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let n = len / dtype.size();
         let chunks = mse::chunk_count(n);
@@ -97,11 +93,7 @@ impl GpuCompute<'_, '_> {
         numerics: Numerics,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let nblocks = len / dtype.size() / 16;
         let (nblocks64, cols64) = (nblocks as u64, cols as u64);

@@ -152,7 +152,7 @@ pub struct GpuCompute<'p, 'a> {
     pub(super) pool: &'p GpuPool,
     slot: Option<Slot>,
     /// (offset in the staging buffer, weights, dtype)
-    pub(super) members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
+    members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
 }
 
 impl Drop for GpuCompute<'_, '_> {
@@ -195,6 +195,12 @@ fn grid_stride(n: usize) -> LaunchConfig {
 }
 
 impl GpuCompute<'_, '_> {
+    /// Member `m`'s (offset in the staging and device buffers, byte length, dtype).
+    pub(super) fn member(&self, m: usize) -> (usize, usize, SourceDtype) {
+        let (off, bytes, dtype) = &self.members[m];
+        (*off, bytes.len(), *dtype)
+    }
+
     pub(super) fn slot(&mut self) -> &mut Slot {
         self.slot
             .as_mut()
@@ -329,11 +335,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
     }
 
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let slot = self.slot();
         slot.stream
@@ -388,11 +390,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let nblocks = (rows * cols / 16) as u64;
         let six_ws2 = E2M1_MAX * ws2;
@@ -428,11 +426,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<f32> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let nblocks = (rows * cols / 16) as u64;
         let ws2 = quant::nvfp4_global_scale(global, numerics);
@@ -477,11 +471,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
     }
 
     fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()> {
-        let (off, len, dtype) = (
-            self.members[m].0,
-            self.members[m].1.len(),
-            self.members[m].2,
-        );
+        let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let n = (len / dtype.size()) as u64;
         let divisor = match numerics {
