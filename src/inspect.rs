@@ -22,7 +22,7 @@ fn gb(bytes: u64) -> String {
 pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
     let ckpt = Checkpoint::open(dir)?;
     let (_, config) = read_config(dir)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir)?;
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "checkpoint  {}", dir.display());

@@ -24,7 +24,7 @@ struct Model {
 fn open_model(dir: &Path, options: &Options) -> Result<Model> {
     let ckpt = Checkpoint::open(dir)?;
     let (_, config) = read_config(dir)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir)?;
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
     let classified = classify(&ckpt, &layout, &config, options)?;
     let names = model_names(&classified, &layout);
     Ok(Model {

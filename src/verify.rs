@@ -191,7 +191,9 @@ pub fn verify_weighted(
     for (m, f) in &quantized {
         check_linear(&ckpt, m, f, nvfp4, algo != "W4A16_NVFP4", &mut v.problems);
     }
-    let layout = Layout::detect(&config, &dir.join("config.json")).ok();
+    let layout = Layout::shipped_for(&config).or_else(|| {
+        crate::layout::infer::infer(&config, ckpt.tensors(), &dir.join("config.json")).ok()
+    });
     if let Some(layout) = &layout {
         check_shared(&ckpt, layout, &quantized, nvfp4, &mut v.problems);
     }

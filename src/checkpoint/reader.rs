@@ -169,6 +169,11 @@ impl Checkpoint {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// The index in [`Checkpoint::tensors`] of the tensor named `name`, if any (constant time).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
     /// The `metadata` object of `model.safetensors.index.json` (e.g. `total_size`), if the
     /// checkpoint has an index and the index has one. It is informational and not validated.
     pub fn index_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {

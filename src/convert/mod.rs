@@ -125,7 +125,7 @@ fn plan_checkpoint(ckpt: &Checkpoint, input: &Path, options: &Options) -> Result
         ))
         .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
     }
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input)?;
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input, ckpt.tensors())?;
     let plan = Plan::build(ckpt, layout, &config, options)?;
     Ok((config_text, plan))
 }

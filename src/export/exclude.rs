@@ -1,9 +1,9 @@
 //! `exclude_modules`: ModelOpt's prefix-wildcard summary of the unquantized modules.
 //!
-//! Reproduces `quant_utils.py::_prefix_wildcard_summarize_exclude_modules` (called from
-//! `process_layer_quant_config`, then `sorted(...)`), including one detail that
-//! `modelopt-format.md` §3.1 gets wrong: when the pair candidate `[p, p + ".*"]` is chosen, the
-//! Python code does `res_summary.update(candidate_wildcards)`, so **both** `p` and `p.*` are added.
+//! Reproduces `quant_utils.py::_prefix_wildcard_summarize_exclude_modules` of ModelOpt 0.47.0
+//! (called from `process_layer_quant_config`, then `sorted(...)`). When the pair candidate
+//! `[p, p + ".*"]` is chosen, 0.47 emits only `p + ".*"` ("for deployment"); older releases
+//! emitted both, as `modelopt-format.md` §3.1 still says.
 
 use std::collections::BTreeSet;
 
@@ -19,8 +19,9 @@ use std::collections::BTreeSet;
 /// (including `"*"`). For each unquantized name `L`, candidates are tried in order: for each `.`
 /// in `L` (left to right) the single wildcard `[L[:i] + "*"]`, then the pair
 /// `[L[:i], L[:i] + ".*"]`; finally `[L]`. A candidate with any forbidden member is skipped; one
-/// whose members are all already in the result ends the search adding nothing; otherwise all its
-/// members are added and the search ends.
+/// whose members are all already in the result ends the search adding nothing; otherwise its
+/// members are added (of a pair, only `p.*`) and the search ends. With only `p.*` added, a
+/// later name with the same pair is not "covered" and adds `p.*` again: the same result.
 pub fn summarize_exclude_modules(quantized: &[String], unquantized: &[String]) -> Vec<String> {
     let negative = NegativeSet::new(quantized);
     let mut result: BTreeSet<String> = BTreeSet::new();
@@ -32,7 +33,13 @@ pub fn summarize_exclude_modules(quantized: &[String], unquantized: &[String]) -
             if candidate.iter().all(|w| result.contains(w)) {
                 break;
             }
-            result.extend(candidate);
+            match candidate.as_slice() {
+                // The pair [p, p.*]: only p.* is emitted.
+                [_, wildcard] => {
+                    result.insert(wildcard.clone());
+                }
+                _ => result.extend(candidate),
+            }
             break;
         }
     }
@@ -177,14 +184,14 @@ mod tests {
     #[test]
     fn whole_layer_excluded_gets_pair_when_a_longer_index_shares_the_prefix() {
         // Layer 1 fully unquantized, layers 0 and 2..=11 quantized: "model.layers.1*" would also
-        // match "model.layers.10...", so the pair [p, p.*] is chosen and both members are added.
+        // match "model.layers.10...", so the pair [p, p.*] is chosen and only p.* is added.
         let layers = 12;
         let all = llama_quantized(layers, true, true);
         let (unq, q): (Vec<String>, Vec<String>) = all
             .into_iter()
             .partition(|n| n.starts_with("model.layers.1."));
         let got = summarize_exclude_modules(&q, &unq);
-        assert_eq!(got, strings(&["model.layers.1", "model.layers.1.*"]));
+        assert_eq!(got, strings(&["model.layers.1.*"]));
 
         // Layer 3 fully unquantized out of 4 layers: no other index shares the prefix.
         let all = llama_quantized(4, true, true);
@@ -260,12 +267,12 @@ mod tests {
             summarize_exclude_modules(&strings(&["z"]), &unq),
             strings(&["p*"])
         );
-        // "pp.x" forbids "p*": the pair ["p", "p.*"] is added (both members) for "p.q" and
-        // covers "p.r". The result does not depend on the order of the unquantized names.
+        // "pp.x" forbids "p*": the pair ["p", "p.*"] is chosen for "p.q" (only "p.*" added) and
+        // again for "p.r". The result does not depend on the order of the unquantized names.
         let q = strings(&["pp.x"]);
-        assert_eq!(summarize_exclude_modules(&q, &unq), strings(&["p", "p.*"]));
+        assert_eq!(summarize_exclude_modules(&q, &unq), strings(&["p.*"]));
         let rev = strings(&["p.r", "p.q"]);
-        assert_eq!(summarize_exclude_modules(&q, &rev), strings(&["p", "p.*"]));
+        assert_eq!(summarize_exclude_modules(&q, &rev), strings(&["p.*"]));
     }
 
     #[test]

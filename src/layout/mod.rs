@@ -1,18 +1,27 @@
-//! Architecture descriptions, loaded from `layouts/*.json`.
+//! Architecture layouts: which tensors of a checkpoint are quantizable linears, which read one
+//! input, where the MoE experts are and how ModelOpt names them in memory.
 //!
-//! A [`Layout`] says which tensors of a checkpoint are quantizable linears (and their role),
-//! which linears share one input (and so, for NVFP4, one `weight_scale_2` and `input_scale`),
-//! where the MoE experts are and how ModelOpt names them in memory, and which modules stay
-//! unquantized but are listed in `exclude_modules`. Everything not described as a linear
-//! passes through unchanged. The built-in layouts are compiled into the binary; `--layout FILE`
-//! loads another one in the same format.
+//! A [`Layout`] comes from one of three places, in this order: a `--layout FILE`; a shipped
+//! layout (`layouts/*.json`, compiled in) that `config.json`'s `architectures` (or
+//! `model_type`) selects; or, for any other model, [`infer`]ence from `config.json` and the
+//! checkpoint's tensor names and shapes. Whatever its origin, the same rules then apply: the
+//! ModelOpt default-disabled modules ([`disabled`]) stay unquantized, every weight under a
+//! decoder layer must be classified (an unknown one stops the run), and every linear's shape
+//! is checked against `config.json` before anything is written. `shardquant inspect
+//! --layout-json` prints the layout in the JSON form `--layout` accepts.
 
+pub mod disabled;
+mod file;
+pub mod infer;
 mod template;
+pub mod vocabulary;
 
+pub use file::{ExpertsFile, KvCacheFile, LayoutFile, LinearFile};
 pub use template::{glob_match, Captures, Template};
 
+use crate::checkpoint::TensorEntry;
 use crate::error::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The layouts shipped with shardquant: (file name, JSON text).
@@ -30,7 +39,7 @@ pub const BUILTIN_LAYOUTS: &[(&str, &str)] = &[
 ];
 
 /// What part of the model a linear belongs to; used by `--scope`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Attention projections.
@@ -52,62 +61,6 @@ pub enum ExpertProj {
     Down,
 }
 
-/// JSON form of a layout file (see `layouts/llama.json` for an example).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LayoutFile {
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    architectures: Vec<String>,
-    #[serde(default)]
-    model_types: Vec<String>,
-    layer_prefix: String,
-    #[serde(default)]
-    linears: Vec<LinearFile>,
-    #[serde(default)]
-    shared_input: Vec<Vec<String>>,
-    #[serde(default)]
-    experts: Option<ExpertsFile>,
-    #[serde(default)]
-    kv_cache: Option<KvCacheFile>,
-    #[serde(default)]
-    unquantized_modules: Vec<String>,
-    #[serde(default)]
-    mtp_from_config: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinearFile {
-    module: String,
-    role: Role,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExpertsFile {
-    module: String,
-    gate: String,
-    up: String,
-    down: String,
-    #[serde(default)]
-    fused_gate_up: Option<String>,
-    #[serde(default)]
-    fused_down: Option<String>,
-    stats_module: String,
-    router: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KvCacheFile {
-    attention: String,
-    k_proj: String,
-    v_proj: String,
-}
-
 /// A dense linear of a decoder layer (relative to the layer prefix).
 #[derive(Debug, Clone)]
 pub struct LinearSpec {
@@ -124,18 +77,21 @@ pub struct LinearSpec {
 /// Where the routed experts of a MoE layer live.
 #[derive(Debug, Clone)]
 pub struct ExpertsSpec {
-    /// Per-expert module template, e.g. `model.layers.{layer}.mlp.experts.{expert}`.
-    pub module: Template,
+    /// Per-expert module template, e.g. `model.layers.{layer}.mlp.experts.{expert}`; `None`
+    /// when the experts exist only fused and stay fused.
+    pub module: Option<Template>,
     /// Child names of the gate, up and down projections (`gate_proj`/`w1`, ...).
     pub gate: String,
     /// See [`ExpertsSpec::gate`].
     pub up: String,
     /// See [`ExpertsSpec::gate`].
     pub down: String,
-    /// transformers-5 fused `gate_up_proj [E, 2I, H]` parameter template, if the layout accepts it.
+    /// Fused gate/up parameter template, if the layout accepts one.
     pub fused_gate_up: Option<Template>,
-    /// transformers-5 fused `down_proj [E, H, I]` parameter template.
+    /// Fused down parameter template.
     pub fused_down: Option<Template>,
+    /// Fused parameters are `[E, in, out]` and stay fused (see [`ExpertsFile::fused_transposed`]).
+    pub fused_transposed: bool,
     /// ModelOpt's in-memory fused-experts module, e.g. `model.layers.{layer}.mlp.experts`.
     pub stats_module: Template,
     /// The router module, e.g. `model.layers.{layer}.mlp.gate`.
@@ -152,13 +108,15 @@ impl ExpertsSpec {
         }
     }
 
-    /// On-disk module name of one expert projection.
-    pub fn module_name(&self, layer: usize, expert: usize, proj: ExpertProj) -> String {
-        format!(
+    /// On-disk module name of one expert projection (`None` for experts that only exist
+    /// fused).
+    pub fn module_name(&self, layer: usize, expert: usize, proj: ExpertProj) -> Option<String> {
+        let module = self.module.as_ref()?;
+        Some(format!(
             "{}.{}",
-            self.module.render(Some(layer), Some(expert)),
+            module.render(Some(layer), Some(expert)),
             self.proj_name(proj)
-        )
+        ))
     }
 }
 
@@ -171,6 +129,17 @@ pub struct KvCacheSpec {
     pub k_proj: Template,
     /// Module that receives `v_scale`.
     pub v_proj: Template,
+}
+
+/// Where a layout came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A shipped layout selected by `config.json`.
+    Shipped,
+    /// A `--layout` file.
+    File,
+    /// Inferred from `config.json` and the tensor names.
+    Inferred,
 }
 
 /// A parsed, validated architecture layout.
@@ -194,10 +163,15 @@ pub struct Layout {
     pub experts: Option<ExpertsSpec>,
     /// KV-cache scale placement, where the layout supports `--kv-cache`.
     pub kv_cache: Option<KvCacheSpec>,
-    /// Modules that ModelOpt wraps but never quantizes (listed in `exclude_modules`).
+    /// Modules listed in `exclude_modules` even without a tensor (a tied `lm_head`).
     pub unquantized_modules: Vec<String>,
-    /// `config.json` key holding the number of regular layers; layers past it (MTP) pass through.
+    /// `config.json` key (dotted path) holding the number of regular layers; layers past it
+    /// (MTP) pass through.
     pub mtp_from_config: Option<String>,
+    /// Where the layout came from.
+    pub origin: Origin,
+    /// The layout in the JSON form `--layout` reads.
+    pub file: LayoutFile,
 }
 
 impl Layout {
@@ -207,11 +181,23 @@ impl Layout {
             Error::bad_input(format!("layout {origin}: invalid layout JSON: {e}"))
                 .with_hint("see layouts/llama.json for the format")
         })?;
+        Layout::from_layout_file(file, origin, Origin::File)
+    }
+
+    /// Validates a layout given as its JSON form.
+    pub fn from_layout_file(file: LayoutFile, origin: &str, kind: Origin) -> Result<Layout> {
         let bad = |msg: String| {
-            Error::bad_input(format!("layout {origin}: {msg}"))
-                .with_hint("fix the layout file; layouts/llama.json shows every field")
+            Error::bad_input(format!("layout {origin}: {msg}")).with_hint(
+                "fix the layout file; layouts/llama.json and layouts/gpt_oss.json show every field",
+            )
         };
         let layer_prefix = Template::parse(&file.layer_prefix).map_err(bad)?;
+        if layer_prefix.render(Some(0), None) == layer_prefix.render(Some(1), None) {
+            return Err(bad(format!(
+                "layer_prefix '{}' has no {{layer}} placeholder",
+                file.layer_prefix
+            )));
+        }
         let mut linears = Vec::new();
         for l in &file.linears {
             let rel = Template::parse(&l.module).map_err(bad)?;
@@ -237,16 +223,33 @@ impl Layout {
         };
         let experts = match &file.experts {
             None => None,
-            Some(e) => Some(ExpertsSpec {
-                module: under_layer(&e.module)?,
-                gate: e.gate.clone(),
-                up: e.up.clone(),
-                down: e.down.clone(),
-                fused_gate_up: e.fused_gate_up.as_deref().map(under_layer).transpose()?,
-                fused_down: e.fused_down.as_deref().map(under_layer).transpose()?,
-                stats_module: under_layer(&e.stats_module)?,
-                router: under_layer(&e.router)?,
-            }),
+            Some(e) => {
+                let fused = e.fused_gate_up.is_some() || e.fused_down.is_some();
+                if e.module.is_none() && !(fused && e.fused_transposed) {
+                    return Err(bad(
+                        "experts needs \"module\" (per-expert tensors, or the names fused [E, out, in] experts are written under), \
+                         unless its fused parameters are [E, in, out] (\"fused_transposed\": true)"
+                            .to_string(),
+                    ));
+                }
+                if e.fused_transposed && !fused {
+                    return Err(bad(
+                        "experts: \"fused_transposed\" needs fused_gate_up / fused_down"
+                            .to_string(),
+                    ));
+                }
+                Some(ExpertsSpec {
+                    module: e.module.as_deref().map(under_layer).transpose()?,
+                    gate: e.gate.clone(),
+                    up: e.up.clone(),
+                    down: e.down.clone(),
+                    fused_gate_up: e.fused_gate_up.as_deref().map(under_layer).transpose()?,
+                    fused_down: e.fused_down.as_deref().map(under_layer).transpose()?,
+                    fused_transposed: e.fused_transposed,
+                    stats_module: under_layer(&e.stats_module)?,
+                    router: under_layer(&e.router)?,
+                })
+            }
         };
         let kv_cache = match &file.kv_cache {
             None => None,
@@ -257,17 +260,19 @@ impl Layout {
             }),
         };
         Ok(Layout {
-            name: file.name,
-            description: file.description,
-            architectures: file.architectures,
-            model_types: file.model_types,
+            name: file.name.clone(),
+            description: file.description.clone(),
+            architectures: file.architectures.clone(),
+            model_types: file.model_types.clone(),
             layer_prefix,
             linears,
-            shared_input: file.shared_input,
+            shared_input: file.shared_input.clone(),
             experts,
             kv_cache,
-            unquantized_modules: file.unquantized_modules,
-            mtp_from_config: file.mtp_from_config,
+            unquantized_modules: file.unquantized_modules.clone(),
+            mtp_from_config: file.mtp_from_config.clone(),
+            origin: kind,
+            file,
         })
     }
 
@@ -291,22 +296,21 @@ impl Layout {
         BUILTIN_LAYOUTS
             .iter()
             .map(|(name, text)| {
-                Layout::from_json(text, name).expect("built-in layouts are valid (tested)")
+                let mut l =
+                    Layout::from_json(text, name).expect("built-in layouts are valid (tested)");
+                l.origin = Origin::Shipped;
+                l
             })
             .collect()
     }
 
-    /// Picks the built-in layout for a model's `config.json`: by `architectures` first, then
-    /// by `model_type`. The error lists the known architectures and how to write a layout.
-    pub fn detect(config: &serde_json::Value, config_path: &Path) -> Result<Layout> {
-        let archs: Vec<String> = config
+    /// The shipped layout `config.json` selects: by `architectures` first, then by
+    /// `model_type`; `None` when it selects none.
+    pub fn shipped_for(config: &serde_json::Value) -> Option<Layout> {
+        let archs: Vec<&str> = config
             .get("architectures")
             .and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         let model_type = config
             .get("model_type")
@@ -315,43 +319,29 @@ impl Layout {
         let layouts = Layout::builtin();
         if let Some(l) = layouts
             .iter()
-            .find(|l| archs.iter().any(|a| l.architectures.contains(a)))
+            .find(|l| archs.iter().any(|a| l.architectures.iter().any(|x| x == a)))
         {
-            return Ok(l.clone());
+            return Some(l.clone());
         }
-        if let Some(l) = layouts
-            .iter()
+        layouts
+            .into_iter()
             .find(|l| l.model_types.iter().any(|m| m == model_type))
-        {
-            return Ok(l.clone());
-        }
-        let known: Vec<String> = layouts
-            .iter()
-            .map(|l| format!("{} ({})", l.name, l.architectures.join(", ")))
-            .collect();
-        Err(Error::bad_input(format!(
-            "{}: unknown architecture {:?} (model_type '{}'); known layouts: {}",
-            config_path.display(),
-            archs,
-            model_type,
-            known.join("; ")
-        ))
-        .with_hint(
-            "write a layout JSON for this model (copy layouts/llama.json: layer_prefix, linears, \
-             shared_input, experts, unquantized_modules) and pass it with --layout FILE",
-        ))
     }
 
-    /// The layout of the checkpoint in `dir`: the `--layout` file when one is given, else the
-    /// built-in one its `config.json` names.
+    /// The layout of a checkpoint: the `--layout` file when one is given, else the shipped
+    /// layout its `config.json` selects, else one inferred from `config.json` and `tensors`.
     pub fn for_checkpoint(
         override_file: Option<&Path>,
         config: &serde_json::Value,
         dir: &Path,
+        tensors: &[TensorEntry],
     ) -> Result<Layout> {
         match override_file {
             Some(path) => Layout::from_file(path),
-            None => Layout::detect(config, &dir.join("config.json")),
+            None => match Layout::shipped_for(config) {
+                Some(layout) => Ok(layout),
+                None => infer::infer(config, tensors, &dir.join("config.json")),
+            },
         }
     }
 
@@ -369,7 +359,7 @@ impl Layout {
         let proj = [ExpertProj::Gate, ExpertProj::Up, ExpertProj::Down]
             .into_iter()
             .find(|p| e.proj_name(*p) == child)?;
-        let caps = e.module.matches(parent)?;
+        let caps = e.module.as_ref()?.matches(parent)?;
         Some((caps.layer?, caps.expert?, proj))
     }
 
@@ -380,6 +370,23 @@ impl Layout {
             .chain(std::iter::once(name))
             .find_map(|prefix| self.layer_prefix.matches(prefix).and_then(|c| c.layer))
     }
+
+    /// The number of regular layers (`mtp_from_config`), when the layout names the key and
+    /// `config.json` has it.
+    pub fn mtp_limit(&self, config: &serde_json::Value) -> Option<usize> {
+        let key = self.mtp_from_config.as_ref()?;
+        config_value(config, key)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+    }
+}
+
+/// A value of `config.json` by dotted path (`text_config.hidden_size`).
+pub fn config_value<'a>(
+    config: &'a serde_json::Value,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(config, |v, key| v.get(key))
 }
 
 #[cfg(test)]
@@ -401,24 +408,19 @@ mod tests {
     }
 
     #[test]
-    fn detects_by_architecture_and_model_type() {
-        let p = Path::new("config.json");
+    fn selects_shipped_layouts_by_architecture_and_model_type() {
         let cfg = serde_json::json!({"architectures": ["MixtralForCausalLM"], "model_type": "x"});
-        assert_eq!(Layout::detect(&cfg, p).unwrap().name, "mixtral");
+        assert_eq!(Layout::shipped_for(&cfg).unwrap().name, "mixtral");
         let cfg = serde_json::json!({"model_type": "kimi_k2"});
-        assert_eq!(Layout::detect(&cfg, p).unwrap().name, "deepseek_v3");
+        assert_eq!(Layout::shipped_for(&cfg).unwrap().name, "deepseek_v3");
         let cfg = serde_json::json!({"architectures": ["FooForCausalLM"], "model_type": "foo"});
-        let err = Layout::detect(&cfg, p).unwrap_err();
-        assert_eq!(err.kind(), crate::error::ErrorKind::BadInput);
-        assert!(err.to_string().contains("FooForCausalLM"));
-        assert!(err.to_string().contains("llama"));
-        assert!(err.to_string().contains("--layout"));
+        assert!(Layout::shipped_for(&cfg).is_none());
     }
 
     #[test]
     fn matches_linears_and_experts() {
         let cfg = serde_json::json!({"architectures": ["MixtralForCausalLM"]});
-        let l = Layout::detect(&cfg, Path::new("c")).unwrap();
+        let l = Layout::shipped_for(&cfg).unwrap();
         let (spec, layer) = l.match_linear("model.layers.3.self_attn.k_proj").unwrap();
         assert_eq!((spec.module.as_str(), layer), ("self_attn.k_proj", 3));
         assert_eq!(spec.shared_group, Some(0));

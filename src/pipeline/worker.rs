@@ -174,8 +174,16 @@ fn member_amax(
 /// The error for a non-finite element at index `at` of linear `l`.
 fn nonfinite_error(ckpt: &Checkpoint, l: &Linear, at: usize) -> Error {
     let (r, c) = (at / l.source.cols, at % l.source.cols);
+    // Element coordinates as the tensor stores them ([E, in, out] for a BMM expert stack).
+    let element = match l.source.bmm_experts {
+        Some(_) => {
+            let out = l.source.rows_per_matrix();
+            format!("[{}, {c}, {}]", r / out, r % out)
+        }
+        None => format!("[{r}, {c}]"),
+    };
     Error::bad_input(format!(
-        "{}: element [{r}, {c}] of {} is NaN or infinite",
+        "{}: element {element} of {} is NaN or infinite",
         where_is(ckpt, l),
         l.module
     ))
@@ -210,7 +218,18 @@ fn member_weights<'a>(
                     options.fp8_dequant,
                 )?)
             }
-            None => Cow::Borrowed(bytes),
+            None => match l.source.bmm_experts {
+                // A BMM expert stack [E, in, out]: the kernels quantize along `in`, so they
+                // see it as [E * out, in].
+                Some(experts) => Cow::Owned(crate::plan::transpose_experts(
+                    bytes,
+                    experts,
+                    l.source.cols,
+                    l.source.rows_per_matrix(),
+                    l.source.dtype.size(),
+                )),
+                None => Cow::Borrowed(bytes),
+            },
         };
         weights.push((data, l.source.dtype));
     }
@@ -369,6 +388,7 @@ fn quantize_group<'a>(
     for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
         let l = &plan.linears[i];
         let (rows, cols) = (l.source.rows, l.source.cols);
+        let first_payload = payloads.len();
         let input_amax = if options.format.needs_input_amax() {
             plan.input_amax[i]
         } else {
@@ -459,6 +479,14 @@ fn quantize_group<'a>(
                 ws
             }
         };
+        if let Some(experts) = l.source.bmm_experts {
+            bmm_outputs_back(
+                &mut payloads[first_payload..],
+                options.format,
+                experts,
+                l.source.rows_per_matrix(),
+            );
+        }
         summary.push(SummaryLine {
             module: l.module.clone(),
             weight_amax: group_amax,
@@ -474,6 +502,21 @@ fn quantize_group<'a>(
         });
     }
     Ok((payloads, summary))
+}
+
+/// A BMM expert stack was quantized as its transposed copy `[E * out, in]`: its weight codes
+/// (`[E * out, k]` bytes: NVFP4's packed pairs, FP8's codes) and NVFP4 block scales
+/// (`[E * out, in / 16]`) go back to the stored order `[E, k, out]`, as ModelOpt's export
+/// transposes them back. The payloads are the member's weight first, then its weight scale.
+fn bmm_outputs_back(payloads: &mut [Payload], format: QuantFormat, experts: usize, out: usize) {
+    // NVFP4: packed codes and block scales; FP8: the codes (its weight_scale is a scalar).
+    let transposed = if format.is_nvfp4() { 2 } else { 1 };
+    for payload in payloads.iter_mut().take(transposed) {
+        if let Payload::Owned(bytes) = payload {
+            let k = bytes.len() / (experts * out);
+            *bytes = crate::plan::transpose_experts(bytes, experts, out, k, 1);
+        }
+    }
 }
 
 /// The group's unified amax: the max of the members' per-tensor (or static global) amax.

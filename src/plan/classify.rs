@@ -1,50 +1,28 @@
-//! Finding the quantizable linears of a checkpoint with its layout.
+//! Sorting a checkpoint's tensors with its layout.
 //!
-//! Every tensor is either the weight of a linear that the layout describes (dense, per-expert,
-//! or an expert slice of a transformers-5 fused `gate_up_proj` / `down_proj` parameter) or a
-//! tensor that passes through unchanged. Fused parameters are always written per expert, with
-//! hub names, whether their experts are quantized or excluded, as ModelOpt's export does.
+//! Every tensor is one of: the weight of a linear the layout describes (dense, per-expert, an
+//! expert slice of a fused `[E, out, in]` parameter, or a whole BMM-style `[E, in, out]`
+//! parameter); a module ModelOpt leaves unquantized by default (routers, `lm_head`, `conv1d`,
+//! vision towers, ... see [`crate::layout::disabled`]) or an embedding, passed through and
+//! listed in `exclude_modules`; or a tensor without a quantizer (norms, biases, scalars),
+//! passed through. A weight of two or more dimensions that none of these rules classifies stops
+//! the conversion: shardquant never guesses what it is.
 
-use crate::checkpoint::{Checkpoint, Dtype};
+use super::shapes;
+use super::sources::{fp8_scale_of, matrix_source, source_dtype, WeightSource};
+use crate::checkpoint::{Checkpoint, Dtype, OutputTensor, TensorEntry};
 use crate::error::Result;
+use crate::layout::disabled::{disabled_pattern, is_embedding};
 use crate::layout::{glob_match, ExpertProj, Layout, Role};
 use crate::options::{Options, Scope};
-use crate::quant::{check_shape, SourceDtype};
+use crate::quant::check_shape;
 use std::collections::BTreeSet;
-
-/// Where a linear's weight bytes are: a whole tensor, or a slice of a fused expert tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightSource {
-    /// Index into [`Checkpoint::tensors`].
-    pub tensor: usize,
-    /// Byte offset of the `[rows, cols]` matrix inside the tensor's data.
-    pub offset: usize,
-    /// Output features.
-    pub rows: usize,
-    /// Input features.
-    pub cols: usize,
-    /// Element type the kernels see (for an FP8-block source: the dequantized type).
-    pub dtype: SourceDtype,
-    /// Whether the matrix is a slice of a fused multi-expert tensor.
-    pub fused: bool,
-    /// For an FP8 block-scaled source: the index of its `weight_scale_inv` tensor.
-    pub fp8_scale: Option<usize>,
-}
-
-impl WeightSource {
-    /// Byte length of the stored matrix (one byte per element for FP8).
-    pub fn byte_len(&self) -> usize {
-        match self.fp8_scale {
-            Some(_) => self.rows * self.cols,
-            None => self.rows * self.cols * self.dtype.size(),
-        }
-    }
-}
 
 /// One quantizable linear of the model.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// On-disk module name of the output (e.g. `model.layers.0.mlp.experts.3.gate_proj`).
+    /// On-disk module name of the output (e.g. `model.layers.0.mlp.experts.3.gate_proj`); for
+    /// a BMM expert stack, the parameter's name (`model.layers.0.mlp.experts.gate_up_proj`).
     pub module: String,
     /// Decoder layer.
     pub layer: usize,
@@ -60,6 +38,43 @@ pub struct Linear {
     pub excluded: Option<String>,
 }
 
+impl Linear {
+    /// The name of one of its output tensors: `{module}.{suffix}`; for a BMM expert stack
+    /// ModelOpt's names for a quantized parameter, `{module}` and `{module}_{suffix}`.
+    pub fn output_name(&self, suffix: &str) -> String {
+        match (self.source.bmm_experts, suffix) {
+            (Some(_), "weight") => self.module.clone(),
+            (Some(_), _) => format!("{}_{suffix}", self.module),
+            (None, _) => format!("{}.{suffix}", self.module),
+        }
+    }
+
+    /// The module ModelOpt counts as quantized or excluded: the linear itself, or the experts
+    /// module holding a BMM parameter.
+    pub fn quant_module(&self) -> &str {
+        match self.source.bmm_experts {
+            Some(_) => self
+                .module
+                .rsplit_once('.')
+                .map_or(self.module.as_str(), |(parent, _)| parent),
+            None => &self.module,
+        }
+    }
+
+    /// The output tensor of the linear left unquantized: its stored weight, unchanged.
+    pub fn unchanged_output(&self, ckpt: &Checkpoint) -> OutputTensor {
+        let t = &ckpt.tensors()[self.source.tensor];
+        match self.source.bmm_experts {
+            Some(_) => OutputTensor::new(t.name.clone(), t.dtype, t.shape.clone()),
+            None => OutputTensor::new(
+                format!("{}.weight", self.module),
+                t.dtype,
+                vec![self.source.rows, self.source.cols],
+            ),
+        }
+    }
+}
+
 /// The checkpoint's tensors sorted into linears and pass-through tensors.
 #[derive(Debug, Clone, Default)]
 pub struct Classified {
@@ -71,6 +86,10 @@ pub struct Classified {
     /// Excluded linear modules whose weights could not be quantized anyway (listed in
     /// `exclude_modules`, passed through).
     pub excluded_other: Vec<String>,
+    /// Modules that carry ModelOpt quantizers but stay unquantized, in checkpoint order, with
+    /// the reason: default-disabled modules, embeddings, weights passed through with `--exclude`
+    /// (listed in `exclude_modules`).
+    pub unquantized: Vec<(String, String)>,
     /// MoE router modules present (listed in `exclude_modules`).
     pub routers: Vec<String>,
     /// Layers past the config's layer count (MTP), passed through.
@@ -82,20 +101,10 @@ pub struct Classified {
     pub fp8_other: Vec<(usize, usize)>,
     /// `weight_scale_inv` tensors consumed by the FP8 weights they scale.
     pub fp8_scales: Vec<usize>,
-    /// Notes for the user (tensors under layers the layout does not describe).
+    /// Notes for the user.
     pub warnings: Vec<String>,
     /// Problems that stop the conversion (reported together in pre-flight).
     pub problems: Vec<String>,
-}
-
-/// The kernels' element type for a stored dtype (BF16, F16, F32; None for anything else).
-pub fn source_dtype(dtype: Dtype) -> Option<SourceDtype> {
-    match dtype {
-        Dtype::BF16 => Some(SourceDtype::Bf16),
-        Dtype::F16 => Some(SourceDtype::F16),
-        Dtype::F32 => Some(SourceDtype::F32),
-        _ => None,
-    }
 }
 
 /// Decides which linears `--scope` and `--exclude` leave unquantized, remembering which
@@ -106,7 +115,11 @@ struct Exclusions<'a> {
 }
 
 impl Exclusions<'_> {
-    fn reason(&mut self, module: &str, role: Role) -> Option<String> {
+    /// Why the linear `module`, whose weight is the tensor `tensor`, stays unquantized.
+    fn reason(&mut self, tensor: &str, module: &str, role: Role) -> Option<String> {
+        if let Some(p) = disabled_pattern(tensor) {
+            return Some(format!("ModelOpt leaves '{p}' unquantized"));
+        }
         let in_scope = match self.options.scope {
             Scope::All => true,
             Scope::Mlp => role != Role::Attention,
@@ -115,6 +128,10 @@ impl Exclusions<'_> {
         if !in_scope {
             return Some(format!("--scope {}", self.options.scope.name()));
         }
+        self.excluded_by_pattern(module)
+    }
+
+    fn excluded_by_pattern(&mut self, module: &str) -> Option<String> {
         let hit = self
             .options
             .excludes
@@ -125,7 +142,8 @@ impl Exclusions<'_> {
     }
 }
 
-/// Sorts the checkpoint's tensors into linears and pass-through tensors.
+/// Sorts the checkpoint's tensors into linears and pass-through tensors, and checks every
+/// linear's shape against `config.json`.
 pub fn classify(
     ckpt: &Checkpoint,
     layout: &Layout,
@@ -137,14 +155,11 @@ pub fn classify(
         options,
         used: BTreeSet::new(),
     };
-    let mtp_limit = layout
-        .mtp_from_config
-        .as_ref()
-        .and_then(|key| config.get(key))
-        .and_then(|v| v.as_u64())
-        .map(|v| v as usize);
+    let mtp_limit = layout.mtp_limit(config);
+    let experts_in_config =
+        crate::layout::infer::config_usize(config, crate::layout::infer::EXPERT_COUNT_KEYS);
     let mut routers = BTreeSet::new();
-    let mut unclaimed = Vec::new();
+    let mut unclassified = Vec::new();
     for (idx, t) in ckpt.tensors().iter().enumerate() {
         // A weight_scale_inv belongs to its FP8 weight (dequantized or kept together with it).
         if let Some(weight) = t.name.strip_suffix("_scale_inv") {
@@ -170,13 +185,14 @@ pub fn classify(
                 continue;
             }
         }
-        let is_router = layout.experts.as_ref().is_some_and(|e| {
-            t.name
-                .strip_suffix(".weight")
-                .is_some_and(|m| e.router.matches(m).is_some())
+        let router = layout.experts.as_ref().and_then(|e| {
+            let m = t.name.strip_suffix(".weight")?;
+            e.router.matches(m).map(|_| m)
         });
-        if is_router {
-            routers.insert((layer, t.name.trim_end_matches(".weight").to_string()));
+        if let Some(r) = router {
+            routers.insert((layer, r.to_string()));
+            out.passthrough.push(idx);
+            continue;
         }
         let found = match t.name.strip_suffix(".weight") {
             Some(module) => linear_of(ckpt, layout, idx, module, &mut ex, &mut out),
@@ -198,9 +214,7 @@ pub fn classify(
             },
             None => {
                 out.passthrough.push(idx);
-                if layer.is_some() && !is_router {
-                    unclaimed_check(t, &mut ex, &mut unclaimed, &mut out.problems);
-                }
+                other_tensor(t, experts_in_config, &mut ex, &mut out, &mut unclassified);
             }
         }
     }
@@ -209,35 +223,96 @@ pub fn classify(
         .filter(|i| !ex.used.contains(i))
         .map(|i| options.excludes[i].clone())
         .collect();
-    if !unclaimed.is_empty() {
-        out.warnings.push(format!(
-            "{} 2-D weight(s) under decoder layers are not linears of layout '{}' and pass through unquantized, e.g. {}",
-            unclaimed.len(),
-            layout.name,
-            unclaimed.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-        ));
+    if !unclassified.is_empty() {
+        out.problems
+            .push(unclassified_problem(layout, &unclassified));
     }
+    partly_excluded_bmm(&out.linears, &mut out.problems);
+    shapes::check(
+        ckpt,
+        layout,
+        config,
+        &out.linears,
+        &mut out.problems,
+        &mut out.warnings,
+    );
     Ok(out)
 }
 
-/// A tensor under a decoder layer that the layout does not describe: a 3-D tensor looks like
-/// fused experts and would silently stay unquantized, so it stops pre-flight unless excluded;
-/// a 2-D non-norm weight is worth a warning.
-fn unclaimed_check(
-    t: &crate::checkpoint::TensorEntry,
+/// A tensor the layout does not claim. Weights (two or more dimensions) must be a module
+/// ModelOpt leaves unquantized, an embedding, or excluded by `--exclude`; anything else is
+/// unclassified. Tensors without a quantizer (norms, biases, scalars) just pass through.
+fn other_tensor(
+    t: &TensorEntry,
+    experts_in_config: Option<usize>,
     ex: &mut Exclusions,
-    unclaimed: &mut Vec<String>,
-    problems: &mut Vec<String>,
+    out: &mut Classified,
+    unclassified: &mut Vec<String>,
 ) {
-    let module = t.name.trim_end_matches(".weight");
-    if t.shape.len() == 3 && ex.reason(module, Role::Expert).is_none() {
-        problems.push(format!(
-            "tensor '{}' {:?} looks like fused expert weights, but the layout does not describe it, so it would stay \
-             unquantized (describe it with fused_gate_up / fused_down in a --layout file, or --exclude '{module}')",
-            t.name, t.shape
+    let weight = t.name.strip_suffix(".weight");
+    // Fused expert parameters have no `.weight` suffix: 3-D, with the experts first.
+    let fused_like = weight.is_none()
+        && t.shape.len() == 3
+        && (t.name.contains("experts") || Some(t.shape[0]) == experts_in_config);
+    let module = match weight {
+        Some(m) if t.shape.len() >= 2 => m,
+        None if fused_like => t.name.as_str(),
+        _ => return,
+    };
+    if let Some(p) = disabled_pattern(&t.name) {
+        out.unquantized.push((
+            module.to_string(),
+            format!("ModelOpt leaves '{p}' unquantized"),
         ));
-    } else if t.shape.len() == 2 && t.name.ends_with(".weight") && !t.name.contains("norm") {
-        unclaimed.push(t.name.clone());
+    } else if weight.is_some() && t.shape.len() == 2 && is_embedding(module) {
+        out.unquantized
+            .push((module.to_string(), "embedding".to_string()));
+    } else if let Some(reason) = ex.excluded_by_pattern(module) {
+        out.unquantized.push((module.to_string(), reason));
+    } else {
+        unclassified.push(format!("'{}' {:?} {:?}", t.name, t.dtype, t.shape));
+    }
+}
+
+fn unclassified_problem(layout: &Layout, unclassified: &[String]) -> String {
+    format!(
+        "{} weight(s) are neither linears of layout '{}' nor modules ModelOpt leaves unquantized, so shardquant \
+         cannot tell whether to quantize them (it does not guess): {}{}\n  \
+         fix: describe them in a layout file (`shardquant inspect DIR --layout-json > layout.json`, edit, then \
+         --layout layout.json), or keep them unquantized with --exclude 'MODULE'",
+        unclassified.len(),
+        layout.name,
+        unclassified
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        if unclassified.len() > 5 { ", ..." } else { "" }
+    )
+}
+
+/// ModelOpt quantizes a BMM experts module as a whole: excluding one of its two parameters
+/// would leave the module half quantized, which no engine loads.
+fn partly_excluded_bmm(linears: &[Linear], problems: &mut Vec<String>) {
+    let mut modules: std::collections::BTreeMap<&str, (Vec<&str>, Vec<&str>)> =
+        std::collections::BTreeMap::new();
+    for l in linears.iter().filter(|l| l.source.bmm_experts.is_some()) {
+        let entry = modules.entry(l.quant_module()).or_default();
+        match l.excluded {
+            Some(_) => entry.1.push(&l.module),
+            None => entry.0.push(&l.module),
+        }
+    }
+    for (module, (quantized, excluded)) in modules {
+        if !quantized.is_empty() && !excluded.is_empty() {
+            problems.push(format!(
+                "{module}: {} would be quantized but {} not; ModelOpt quantizes the experts module as a whole and \
+                 engines load it so (exclude both with --exclude '{module}.*', or neither)",
+                quantized.join(", "),
+                excluded.join(", ")
+            ));
+        }
     }
 }
 
@@ -258,7 +333,7 @@ fn linear_of(
         } else {
             return None;
         };
-    let excluded = ex.reason(module, role);
+    let excluded = ex.reason(&ckpt.tensors()[idx].name, module, role);
     let source = match matrix_source(ckpt, idx, ex.options) {
         Ok(source) => source,
         Err(problem) => {
@@ -284,8 +359,9 @@ fn linear_of(
     }])
 }
 
-/// Expert linears sliced out of a transformers-5 fused `gate_up_proj [E, 2I, H]` or
-/// `down_proj [E, H, I]` parameter.
+/// Expert linears of a fused parameter: one per expert and projection sliced out of an
+/// `[E, out, in]` parameter (`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`), or the whole
+/// BMM-style `[E, in, out]` parameter as one linear.
 fn fused_linears(
     ckpt: &Checkpoint,
     layout: &Layout,
@@ -315,13 +391,38 @@ fn fused_linears(
         ));
         return Some(Vec::new());
     };
-    let &[n_experts, rows, cols] = t.shape.as_slice() else {
+    let orientation = if experts.fused_transposed {
+        "[experts, in, out]"
+    } else {
+        "[experts, out, in]"
+    };
+    let &[n_experts, d1, d2] = t.shape.as_slice() else {
         problems.push(format!(
-            "{file}: tensor '{}' should be a fused expert parameter [experts, out, in], has shape {:?}",
+            "{file}: tensor '{}' should be a fused expert parameter {orientation}, has shape {:?}",
             t.name, t.shape
         ));
         return Some(Vec::new());
     };
+    if experts.fused_transposed {
+        // One linear: the kernels see the [E * out, in] transposed copy.
+        let (cols, out_features) = (d1, d2);
+        let mut source = WeightSource::matrix(idx, n_experts * out_features, cols, dtype);
+        source.bmm_experts = Some(n_experts);
+        let excluded = ex.reason(&t.name, &t.name, Role::Expert);
+        if excluded.is_none() {
+            check(ckpt, &source, ex.options, problems);
+        }
+        return Some(vec![Linear {
+            module: t.name.clone(),
+            layer,
+            role: Role::Expert,
+            expert: None,
+            shared_group: None,
+            source,
+            excluded,
+        }]);
+    }
+    let (rows, cols) = (d1, d2);
     if gate_up && rows % 2 != 0 {
         problems.push(format!(
             "{file}: tensor '{}': fused gate_up has an odd row count {rows}",
@@ -341,17 +442,13 @@ fn fused_linears(
             &[(ExpertProj::Down, 0, rows)]
         };
         for &(proj, row0, nrows) in parts {
-            let module = experts.module_name(layer, e, proj);
-            let source = WeightSource {
-                tensor: idx,
-                offset: e * expert_bytes + row0 * cols * dtype.size(),
-                rows: nrows,
-                cols,
-                dtype,
-                fused: true,
-                fp8_scale: None,
-            };
-            let excluded = ex.reason(&module, Role::Expert);
+            let module = experts.module_name(layer, e, proj).expect(
+                "layouts with [E, out, in] fused experts have a per-expert module (validated)",
+            );
+            let mut source = WeightSource::matrix(idx, nrows, cols, dtype);
+            source.offset = e * expert_bytes + row0 * cols * dtype.size();
+            source.fused = true;
+            let excluded = ex.reason(&t.name, &module, Role::Expert);
             if excluded.is_none() {
                 check(ckpt, &source, ex.options, problems);
             }
@@ -369,101 +466,18 @@ fn fused_linears(
     Some(linears)
 }
 
-/// The `weight_scale_inv` of an FP8 weight, checked: F32 `[ceil(rows/128), ceil(cols/128)]`.
-/// `Ok(None)` for an FP8 tensor without one that is not 2-D (passed through as it is).
-fn fp8_scale_of(ckpt: &Checkpoint, idx: usize) -> std::result::Result<Option<usize>, String> {
-    let t = &ckpt.tensors()[idx];
-    let file = ckpt.shards()[t.shard].path.display();
-    let scale_name = format!("{}_scale_inv", t.name);
-    let Some(scale) = ckpt.get(&scale_name) else {
-        if t.shape.len() != 2 {
-            return Ok(None);
-        }
-        return Err(format!(
-            "{file}: tensor '{}' is FP8 but has no '{scale_name}': only FP8 sources with 128x128 block scales \
-             (DeepSeek-V3 style) are supported",
-            t.name
-        ));
-    };
-    let &[rows, cols] = t.shape.as_slice() else {
-        return Err(format!(
-            "{file}: FP8 tensor '{}' should be 2-D, has shape {:?}",
-            t.name, t.shape
-        ));
-    };
-    let (sr, sc) = crate::quant::scale_inv_shape(rows, cols);
-    if scale.dtype != Dtype::F32 || scale.shape != [sr, sc] {
-        return Err(format!(
-            "{file}: '{scale_name}' should be F32 [{sr}, {sc}] for a [{rows}, {cols}] weight (128x128 blocks), is {:?} {:?}",
-            scale.dtype, scale.shape
-        ));
-    }
-    let index = ckpt
-        .tensors()
-        .iter()
-        .position(|e| e.name == scale_name)
-        .unwrap_or(0);
-    Ok(Some(index))
-}
-
-fn matrix_source(
-    ckpt: &Checkpoint,
-    idx: usize,
-    options: &Options,
-) -> std::result::Result<WeightSource, String> {
-    let t = &ckpt.tensors()[idx];
-    let file = ckpt.shards()[t.shard].path.display();
-    let module = t.name.trim_end_matches(".weight");
-    if t.dtype == Dtype::F8_E4M3 {
-        let scale = fp8_scale_of(ckpt, idx)?
-            .ok_or_else(|| format!("{file}: FP8 tensor '{}' is not a 2-D weight", t.name))?;
-        let (rows, cols) = (t.shape[0], t.shape[1]);
-        return Ok(WeightSource {
-            tensor: idx,
-            offset: 0,
-            rows,
-            cols,
-            dtype: options.fp8_dequant.dtype(),
-            fused: false,
-            fp8_scale: Some(scale),
-        });
-    }
-    let Some(dtype) = source_dtype(t.dtype) else {
-        return Err(format!(
-            "{file}: tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32 \
-             (FP8-block sources are not supported yet; leave it unquantized with --exclude '{module}')",
-            t.name, t.dtype
-        ));
-    };
-    let &[rows, cols] = t.shape.as_slice() else {
-        return Err(format!(
-            "{file}: tensor '{}' should be a 2-D linear weight, has shape {:?} (leave it unquantized with --exclude '{module}')",
-            t.name, t.shape
-        ));
-    };
-    Ok(WeightSource {
-        tensor: idx,
-        offset: 0,
-        rows,
-        cols,
-        dtype,
-        fused: false,
-        fp8_scale: None,
-    })
-}
-
 fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
     if let Err(reason) = check_shape(options.format, source.rows, source.cols) {
         let t = &ckpt.tensors()[source.tensor];
         let file = ckpt.shards()[t.shard].path.display();
+        let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
         problems.push(format!(
             "{file}: tensor '{}' [{}, {}] cannot be quantized to {}: {reason} \
-             (leave it unquantized with --exclude '{}')",
+             (leave it unquantized with --exclude '{module}')",
             t.name,
-            source.rows,
+            source.rows_per_matrix(),
             source.cols,
             options.format.cli_name(),
-            t.name.trim_end_matches(".weight")
         ));
     }
 }

@@ -6,8 +6,11 @@
 //! one weight amax), a lone linear, one pass-through tensor, or a layer's KV-cache scales.
 
 mod classify;
+mod shapes;
+mod sources;
 
-pub use classify::{classify, source_dtype, Classified, Linear, WeightSource};
+pub use classify::{classify, Classified, Linear};
+pub use sources::{source_dtype, transpose_experts, WeightSource};
 
 use crate::calib::mse::Importance;
 use crate::calib::policy;
@@ -533,12 +536,7 @@ fn build_units(
         .filter(|l| l.excluded.is_some() && l.source.fp8_scale.is_none())
     {
         let s = &l.source;
-        let dtype = ckpt.tensors()[s.tensor].dtype;
-        let out = OutputTensor {
-            name: format!("{}.weight", l.module),
-            dtype,
-            shape: vec![s.rows, s.cols],
-        };
+        let out = l.unchanged_output(ckpt);
         let read = (s.tensor, s.offset, s.byte_len());
         b.push(
             (s.tensor, 0),
@@ -574,9 +572,9 @@ fn build_units(
                 output_tensors(options.format, l.source.rows, l.source.cols)
             {
                 outs.push(OutputTensor {
-                    name: format!("{}.{suffix}", l.module),
+                    name: l.output_name(suffix),
                     dtype: dtype_of(dtype),
-                    shape,
+                    shape: l.source.output_shape(shape),
                 });
             }
             reads.push((l.source.tensor, l.source.offset, l.source.byte_len()));
@@ -585,13 +583,14 @@ fn build_units(
             }
         }
         let key = reads.iter().map(|r| r.0).min().unwrap_or(0);
-        let fp8_extra: u64 = members
+        // FP8 sources are held dequantized, BMM expert stacks transposed, while they work.
+        let copies: u64 = members
             .iter()
             .map(|&i| &linears[i].source)
-            .filter(|src| src.fp8_scale.is_some())
+            .filter(|src| src.fp8_scale.is_some() || src.bmm_experts.is_some())
             .map(|src| (src.rows * src.cols * src.dtype.size()) as u64)
             .sum();
-        b.push((key, 0), Job::Quantize(members), reads, fp8_extra, outs);
+        b.push((key, 0), Job::Quantize(members), reads, copies, outs);
     }
 }
 
@@ -672,25 +671,29 @@ fn exclude_modules(layout: &Layout, linears: &[Linear], classified: &Classified)
     let quantized: Vec<String> = linears
         .iter()
         .filter(|l| l.excluded.is_none())
-        .map(|l| l.module.clone())
+        .map(|l| l.quant_module().to_string())
         .collect();
-    // Module order: embeddings, the layers' excluded linears, lm_head, then routers.
+    // Unquantized modules found in the checkpoint (embeddings, default-disabled modules, in
+    // checkpoint order), the layers' excluded linears, the layout's modules without tensors
+    // (a tied lm_head), then routers. The order only decides which of two equivalent
+    // wildcards is listed first; the summary is sorted.
     let mut seen = std::collections::HashSet::new();
     let mut unquantized: Vec<String> = Vec::new();
-    let first = layout.unquantized_modules.iter().take(1);
     let excluded = linears
         .iter()
         .filter(|l| l.excluded.is_some())
-        .map(|l| &l.module);
-    let rest = layout.unquantized_modules.iter().skip(1);
-    for name in first
+        .map(|l| l.quant_module());
+    for name in classified
+        .unquantized
+        .iter()
+        .map(|(m, _)| m.as_str())
         .chain(excluded)
-        .chain(&classified.excluded_other)
-        .chain(rest)
-        .chain(&classified.routers)
+        .chain(classified.excluded_other.iter().map(String::as_str))
+        .chain(layout.unquantized_modules.iter().map(String::as_str))
+        .chain(classified.routers.iter().map(String::as_str))
     {
-        if seen.insert(name.as_str()) {
-            unquantized.push(name.clone());
+        if seen.insert(name) {
+            unquantized.push(name.to_string());
         }
     }
     let mut out = summarize_exclude_modules(&quantized, &unquantized);

@@ -251,7 +251,11 @@ fn expert_modules(
     };
     experts
         .iter()
-        .flat_map(|&e| projs.iter().map(move |&p| spec.module_name(layer, e, p)))
+        .flat_map(|&e| {
+            projs
+                .iter()
+                .filter_map(move |&p| spec.module_name(layer, e, p))
+        })
         .filter(|m| model.linears.contains_key(m))
         .collect()
 }

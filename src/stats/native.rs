@@ -566,7 +566,7 @@ fn read_native_limited(
                 .expect("fused experts come from the layout");
             let targets: Vec<String> = projs
                 .iter()
-                .map(|&p| spec.module_name(layer, expert, p))
+                .filter_map(|&p| spec.module_name(layer, expert, p))
                 .filter(|m| model.linears.contains_key(m))
                 .collect();
             if targets.is_empty() {

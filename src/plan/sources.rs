@@ -1,0 +1,206 @@
+//! Where a linear's weight bytes are: a whole 2-D tensor, an FP8 block-scaled tensor with its
+//! `weight_scale_inv`, one expert of a fused `[E, out, in]` parameter, or a whole BMM-style
+//! `[E, in, out]` parameter.
+
+use crate::checkpoint::{Checkpoint, Dtype};
+use crate::options::Options;
+use crate::quant::SourceDtype;
+
+/// Where a linear's weight bytes are: a whole tensor, or a slice of a fused expert tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightSource {
+    /// Index into [`Checkpoint::tensors`].
+    pub tensor: usize,
+    /// Byte offset of the weight inside the tensor's data.
+    pub offset: usize,
+    /// Output features of the matrix the kernels see (for a BMM expert stack: experts × out).
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Element type the kernels see (for an FP8-block source: the dequantized type).
+    pub dtype: SourceDtype,
+    /// Whether the matrix is a slice of a fused multi-expert tensor written per expert.
+    pub fused: bool,
+    /// For an FP8 block-scaled source: the index of its `weight_scale_inv` tensor.
+    pub fp8_scale: Option<usize>,
+    /// `Some(E)` for a BMM-style expert stack stored `[E, cols, rows / E]` (input before
+    /// output, gpt-oss and Llama-4): the kernels see its transposed copy `[rows, cols]`, and
+    /// the outputs are transposed back and written fused.
+    pub bmm_experts: Option<usize>,
+}
+
+impl WeightSource {
+    /// A whole 2-D tensor `[rows, cols]`.
+    pub fn matrix(tensor: usize, rows: usize, cols: usize, dtype: SourceDtype) -> WeightSource {
+        WeightSource {
+            tensor,
+            offset: 0,
+            rows,
+            cols,
+            dtype,
+            fused: false,
+            fp8_scale: None,
+            bmm_experts: None,
+        }
+    }
+
+    /// Byte length of the stored weight (one byte per element for FP8).
+    pub fn byte_len(&self) -> usize {
+        match self.fp8_scale {
+            Some(_) => self.rows * self.cols,
+            None => self.rows * self.cols * self.dtype.size(),
+        }
+    }
+
+    /// Output features of one expert of a BMM stack (`rows` otherwise).
+    pub fn rows_per_matrix(&self) -> usize {
+        self.rows / self.bmm_experts.unwrap_or(1)
+    }
+
+    /// The shape of an output tensor computed on the kernels' `[rows, cols]` matrix, as it is
+    /// written: unchanged, or for a BMM stack `[E * out, k]` → `[E, k, out]`.
+    pub fn output_shape(&self, shape: Vec<usize>) -> Vec<usize> {
+        match (self.bmm_experts, shape.as_slice()) {
+            (Some(e), &[r, k]) => vec![e, k, r / e],
+            _ => shape,
+        }
+    }
+}
+
+/// The kernels' element type for a stored dtype (BF16, F16, F32; None for anything else).
+pub fn source_dtype(dtype: Dtype) -> Option<SourceDtype> {
+    match dtype {
+        Dtype::BF16 => Some(SourceDtype::Bf16),
+        Dtype::F16 => Some(SourceDtype::F16),
+        Dtype::F32 => Some(SourceDtype::F32),
+        _ => None,
+    }
+}
+
+/// The `weight_scale_inv` of an FP8 weight, checked: F32 `[ceil(rows/128), ceil(cols/128)]`.
+/// `Ok(None)` for an FP8 tensor without one that is not 2-D (passed through as it is).
+pub fn fp8_scale_of(ckpt: &Checkpoint, idx: usize) -> std::result::Result<Option<usize>, String> {
+    let t = &ckpt.tensors()[idx];
+    let file = ckpt.shards()[t.shard].path.display();
+    let scale_name = format!("{}_scale_inv", t.name);
+    let Some(index) = ckpt.index_of(&scale_name) else {
+        if t.shape.len() != 2 {
+            return Ok(None);
+        }
+        return Err(format!(
+            "{file}: tensor '{}' is FP8 but has no '{scale_name}': only FP8 sources with 128x128 block scales \
+             (DeepSeek-V3 style) are supported",
+            t.name
+        ));
+    };
+    let scale = &ckpt.tensors()[index];
+    let &[rows, cols] = t.shape.as_slice() else {
+        return Err(format!(
+            "{file}: FP8 tensor '{}' should be 2-D, has shape {:?}",
+            t.name, t.shape
+        ));
+    };
+    let (sr, sc) = crate::quant::scale_inv_shape(rows, cols);
+    if scale.dtype != Dtype::F32 || scale.shape != [sr, sc] {
+        return Err(format!(
+            "{file}: '{scale_name}' should be F32 [{sr}, {sc}] for a [{rows}, {cols}] weight (128x128 blocks), is {:?} {:?}",
+            scale.dtype, scale.shape
+        ));
+    }
+    Ok(Some(index))
+}
+
+/// The source of a dense or per-expert linear whose weight is the 2-D tensor `idx`.
+pub fn matrix_source(
+    ckpt: &Checkpoint,
+    idx: usize,
+    options: &Options,
+) -> std::result::Result<WeightSource, String> {
+    let t = &ckpt.tensors()[idx];
+    let file = ckpt.shards()[t.shard].path.display();
+    let module = t.name.trim_end_matches(".weight");
+    if t.dtype == Dtype::F8_E4M3 {
+        let scale = fp8_scale_of(ckpt, idx)?
+            .ok_or_else(|| format!("{file}: FP8 tensor '{}' is not a 2-D weight", t.name))?;
+        let mut source =
+            WeightSource::matrix(idx, t.shape[0], t.shape[1], options.fp8_dequant.dtype());
+        source.fp8_scale = Some(scale);
+        return Ok(source);
+    }
+    let Some(dtype) = source_dtype(t.dtype) else {
+        return Err(format!(
+            "{file}: tensor '{}' has dtype {:?}; quantizable weights must be BF16, F16 or F32, or FP8 with \
+             128x128 block scales (leave it unquantized with --exclude '{module}')",
+            t.name, t.dtype
+        ));
+    };
+    let &[rows, cols] = t.shape.as_slice() else {
+        return Err(format!(
+            "{file}: tensor '{}' should be a 2-D linear weight, has shape {:?} (leave it unquantized with --exclude '{module}')",
+            t.name, t.shape
+        ));
+    };
+    Ok(WeightSource::matrix(idx, rows, cols, dtype))
+}
+
+/// Transposes each of `experts` row-major `[rows, cols]` matrices of `elem`-byte elements in
+/// `src` into `[cols, rows]`: the BMM-style `[E, in, out]` ↔ `[E, out, in]` change of order.
+pub fn transpose_experts(
+    src: &[u8],
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    elem: usize,
+) -> Vec<u8> {
+    debug_assert_eq!(src.len(), experts * rows * cols * elem);
+    let mut dst = vec![0u8; src.len()];
+    let matrix = rows * cols * elem;
+    for (s, d) in src.chunks_exact(matrix).zip(dst.chunks_exact_mut(matrix)) {
+        // Tiles keep both sides in cache for large matrices.
+        const TILE: usize = 32;
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for c in c0..(c0 + TILE).min(cols) {
+                        let from = (r * cols + c) * elem;
+                        let to = (c * rows + r) * elem;
+                        d[to..to + elem].copy_from_slice(&s[from..from + elem]);
+                    }
+                }
+            }
+        }
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposes_each_expert() {
+        // 2 experts of [2, 3] u16 elements.
+        let src: Vec<u16> = (0..12).collect();
+        let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = transpose_experts(&bytes, 2, 2, 3, 2);
+        let got: Vec<u16> = t
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(got, vec![0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+        // Twice is the identity, also for sizes that are not multiples of the tile.
+        let big: Vec<u8> = (0..3 * 37 * 45).map(|i| (i * 7 % 251) as u8).collect();
+        let there = transpose_experts(&big, 3, 37, 45, 1);
+        assert_eq!(transpose_experts(&there, 3, 45, 37, 1), big);
+    }
+
+    #[test]
+    fn bmm_output_shapes() {
+        let mut s = WeightSource::matrix(0, 8 * 6, 32, SourceDtype::Bf16);
+        assert_eq!(s.output_shape(vec![48, 16]), vec![48, 16]);
+        s.bmm_experts = Some(8);
+        assert_eq!(s.rows_per_matrix(), 6);
+        assert_eq!(s.output_shape(vec![48, 16]), vec![8, 16, 6]);
+        assert_eq!(s.output_shape(vec![]), Vec::<usize>::new());
+    }
+}
