@@ -340,6 +340,10 @@ pub struct InspectArgs {
     /// Planning options (what the output plan would be).
     #[command(flatten)]
     pub plan: PlanArgs,
+    /// Print only the layout (shipped, given with --layout, or inferred) as the JSON that
+    /// --layout accepts, to review or adjust it.
+    #[arg(long)]
+    pub layout_json: bool,
 }
 
 impl PlanArgs {

@@ -3,7 +3,7 @@
 use crate::checkpoint::{Checkpoint, ShardPlan};
 use crate::convert::read_config;
 use crate::error::Result;
-use crate::layout::{Layout, Role};
+use crate::layout::{Layout, Origin, Role};
 use crate::options::Options;
 use crate::plan::{classify, Plan};
 use std::collections::BTreeMap;
@@ -16,6 +16,15 @@ fn gb(bytes: u64) -> String {
     } else {
         format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
     }
+}
+
+/// The layout of the checkpoint in `dir` (the `--layout` file, the shipped one its
+/// `config.json` selects, or the inferred one) as the JSON `--layout` accepts.
+pub fn layout_json(dir: &Path, options: &Options) -> Result<String> {
+    let ckpt = Checkpoint::open(dir)?;
+    let (_, config) = read_config(dir)?;
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
+    Ok(layout.file.to_json())
 }
 
 /// Describes the checkpoint in `dir` under `options`; returns the text to print.
@@ -33,7 +42,16 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
         ckpt.tensors().len(),
         gb(ckpt.total_bytes())
     );
-    let _ = writeln!(w, "layout      {} — {}", layout.name, layout.description);
+    let origin = match layout.origin {
+        Origin::Shipped => "shipped layout",
+        Origin::File => "--layout file",
+        Origin::Inferred => "inferred; `inspect --layout-json` prints it",
+    };
+    let _ = writeln!(
+        w,
+        "layout      {} ({origin}) — {}",
+        layout.name, layout.description
+    );
     let classified = classify(&ckpt, &layout, &config, options)?;
     let mut by_role: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for l in &classified.linears {
@@ -101,6 +119,16 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
         "pass-through {} tensors (embeddings, norms, routers, biases, ...)",
         classified.passthrough.len()
     );
+    if !classified.unquantized.is_empty() {
+        let _ = writeln!(
+            w,
+            "unquantized {} module(s) with quantizers ModelOpt leaves off (listed in exclude_modules), e.g.",
+            classified.unquantized.len()
+        );
+        for (module, why) in classified.unquantized.iter().take(6) {
+            let _ = writeln!(w, "  {module} ({why})");
+        }
+    }
     for l in classified
         .linears
         .iter()

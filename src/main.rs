@@ -58,7 +58,10 @@ fn main() -> ExitCode {
         Command::Inspect(args) => args
             .plan
             .to_options()
-            .and_then(|o| shardquant::inspect::inspect(&args.dir, &o))
+            .and_then(|o| match args.layout_json {
+                true => shardquant::inspect::layout_json(&args.dir, &o),
+                false => shardquant::inspect::inspect(&args.dir, &o),
+            })
             .map(|text| {
                 print!("{text}");
                 ExitCode::SUCCESS

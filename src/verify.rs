@@ -12,8 +12,11 @@ use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
 use crate::convert::{check_checksums, read_config, ChecksumCheck, MANIFEST_FILE};
 use crate::error::{Error, Result};
 use crate::layout::{glob_match, ExpertProj, Layout};
-use crate::plan::source_dtype;
-use crate::quant::{e2m1_to_f32, e4m3_to_f32, load_f32};
+use crate::options::Options;
+use crate::plan::{classify, source_dtype, Linear};
+use crate::quant::{
+    e2m1_to_f32, e4m3_to_f32, load_f32, DequantPrecision, QuantFormat, SourceDtype,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -106,6 +109,51 @@ struct Found<'a> {
     scale: &'a TensorEntry,
     scale_2: Option<&'a TensorEntry>,
     input: Option<&'a TensorEntry>,
+    /// A BMM-style expert stack kept fused: `P`, `P_weight_scale`, ... of shape `[E, k, out]`.
+    bmm: bool,
+}
+
+impl Found<'_> {
+    /// The kernels' matrix `[rows, cols]` this linear was quantized as (for a BMM stack
+    /// `[E * out, in]`), from the quantized weight's shape.
+    fn matrix(&self, nvfp4: bool) -> Option<(usize, usize)> {
+        let pack = if nvfp4 { 2 } else { 1 };
+        match (self.bmm, self.weight.shape.as_slice()) {
+            (false, &[rows, k]) => Some((rows, k * pack)),
+            (true, &[e, k, out]) => Some((e * out, k * pack)),
+            _ => None,
+        }
+    }
+}
+
+/// The quantized linears of a checkpoint, by module (for a BMM stack, by parameter): every
+/// `X.weight_scale` with its `X.weight`, and every `P_weight_scale` with its 3-D `P`.
+fn quantized_linears(ckpt: &Checkpoint) -> BTreeMap<&str, Found<'_>> {
+    let mut found = BTreeMap::new();
+    for t in ckpt.tensors() {
+        let (m, weight, bmm, sep) = if let Some(m) = t.name.strip_suffix(".weight_scale") {
+            (m, ckpt.get(&format!("{m}.weight")), false, ".")
+        } else if let Some(p) = t.name.strip_suffix("_weight_scale") {
+            let w = ckpt.get(p).filter(|w| w.shape.len() == 3);
+            (p, w, true, "_")
+        } else {
+            continue;
+        };
+        let Some(weight) = weight else {
+            continue;
+        };
+        found.insert(
+            m,
+            Found {
+                weight,
+                scale: t,
+                scale_2: ckpt.get(&format!("{m}{sep}weight_scale_2")),
+                input: ckpt.get(&format!("{m}{sep}input_scale")),
+                bmm,
+            },
+        );
+    }
+    found
 }
 
 /// Verifies the checkpoint in `dir`; `source` is the checkpoint it was made from.
@@ -168,25 +216,7 @@ pub fn verify_weighted(
         )),
     }
     let nvfp4 = algo != "FP8";
-    let quantized: BTreeMap<&str, Found> = ckpt
-        .tensors()
-        .iter()
-        .filter_map(|t| t.name.strip_suffix(".weight_scale").map(|m| (m, t)))
-        .filter_map(|(m, scale)| {
-            let weight = ckpt.get(&format!("{m}.weight"))?;
-            let scale_2 = ckpt.get(&format!("{m}.weight_scale_2"));
-            let input = ckpt.get(&format!("{m}.input_scale"));
-            Some((
-                m,
-                Found {
-                    weight,
-                    scale,
-                    scale_2,
-                    input,
-                },
-            ))
-        })
-        .collect();
+    let quantized = quantized_linears(&ckpt);
     v.linears = quantized.len();
     for (m, f) in &quantized {
         check_linear(&ckpt, m, f, nvfp4, algo != "W4A16_NVFP4", &mut v.problems);
@@ -198,9 +228,10 @@ pub fn verify_weighted(
         check_shared(&ckpt, layout, &quantized, nvfp4, &mut v.problems);
     }
     check_excludes(&hf, &quantized, &mut v.problems);
-    if let Some(src) = source {
-        let src = Checkpoint::open(src)?;
-        compare_with_source(&ckpt, &src, &quantized, nvfp4, importance, &mut v);
+    if let Some(dir) = source {
+        let src = Checkpoint::open(dir)?;
+        let sources = source_linears(&src, dir, &algo, &mut v.problems)?;
+        compare_with_source(&ckpt, &src, &sources, &quantized, nvfp4, importance, &mut v);
     }
     Ok(v)
 }
@@ -224,16 +255,29 @@ fn check_linear(
             )),
         };
     if nvfp4 {
-        let [rows, half] = shape.as_slice() else {
-            problems.push(format!("{m}: NVFP4 weight should be 2-D, is {shape:?}"));
-            return;
+        let expected_scale = match (f.bmm, shape.as_slice()) {
+            (false, &[rows, half]) => vec![rows, half * 2 / 16],
+            (true, &[e, half, out]) => vec![e, half * 2 / 16, out],
+            _ => {
+                problems.push(format!(
+                    "{m}: NVFP4 weight should be {}, is {shape:?}",
+                    if f.bmm {
+                        "3-D [experts, in/2, out]"
+                    } else {
+                        "2-D [out, in/2]"
+                    }
+                ));
+                return;
+            }
         };
         if f.weight.dtype != Dtype::U8
             || f.scale.dtype != Dtype::F8_E4M3
-            || f.scale.shape != [*rows, half * 2 / 16]
+            || f.scale.shape != expected_scale
         {
             problems.push(format!(
-                "{m}: NVFP4 tensors should be weight U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16]; found {:?} {:?} and {:?} {:?}",
+                "{m}: NVFP4 tensors should be weight U8 {} and weight_scale F8_E4M3 {}; found {:?} {:?} and {:?} {:?}",
+                if f.bmm { "[experts, in/2, out]" } else { "[out, in/2]" },
+                if f.bmm { "[experts, in/16, out]" } else { "[out, in/16]" },
                 f.weight.dtype, shape, f.scale.dtype, f.scale.shape
             ));
         }
@@ -336,10 +380,42 @@ fn check_excludes(hf: &serde_json::Value, q: &BTreeMap<&str, Found>, problems: &
     }
 }
 
-/// Dequantizes each linear and measures ||W - W_q|| / ||W|| against the source weight.
+/// The source checkpoint's linears by module, as a conversion reads them (per expert for fused
+/// `[E, out, in]` experts, whole for BMM stacks, dequantized for FP8-block sources).
+fn source_linears(
+    src: &Checkpoint,
+    dir: &Path,
+    algo: &str,
+    problems: &mut Vec<String>,
+) -> Result<BTreeMap<String, Linear>> {
+    let (_, config) = read_config(dir)?;
+    let layout = Layout::for_checkpoint(None, &config, dir, src.tensors())?;
+    let format = match algo {
+        "FP8" => QuantFormat::Fp8,
+        "W4A16_NVFP4" => QuantFormat::W4a16Nvfp4,
+        _ => QuantFormat::Nvfp4,
+    };
+    let classified = classify(src, &layout, &config, &Options::new(format))?;
+    // Shape contradictions and weights the layout cannot classify make the comparison
+    // untrustworthy; other planning problems (odd dtypes of excluded tensors) do not matter.
+    for p in &classified.problems {
+        problems.push(format!("source {}: {}", dir.display(), p.trim_start()));
+    }
+    Ok(classified
+        .linears
+        .into_iter()
+        .map(|l| (l.module.clone(), l))
+        .collect())
+}
+
+/// Dequantizes each linear and measures ||W - W_q|| / ||W|| against the source weight it was
+/// made from (the slice of a fused source, an FP8 source dequantized as `convert` does). A
+/// quantized linear the source does not have, or of another shape, is a problem: nothing is
+/// skipped.
 fn compare_with_source(
     ckpt: &Checkpoint,
     src: &Checkpoint,
+    sources: &BTreeMap<String, Linear>,
     q: &BTreeMap<&str, Found>,
     nvfp4: bool,
     importance: ChannelWeights,
@@ -351,27 +427,56 @@ fn compare_with_source(
         MAX_RELATIVE_ERROR.1
     };
     for (m, f) in q {
-        let Some(s) = src.get(&format!("{m}.weight")) else {
-            continue;
-        };
-        let (Some(dtype), [rows, cols]) = (source_dtype(s.dtype), s.shape.as_slice()) else {
-            continue;
-        };
-        let source = src.bytes(s);
-        let (weight, scales) = (ckpt.bytes(f.weight), ckpt.bytes(f.scale));
-        let n = rows * cols;
-        let sizes_match = if nvfp4 {
-            weight.len() * 2 == n && scales.len() * 16 == n
-        } else {
-            weight.len() == n
-        };
-        if !sizes_match {
+        let Some(l) = sources.get(*m) else {
             v.problems.push(format!(
-                "{m}: the quantized tensors do not match the source weight's shape {:?}",
-                s.shape
+                "{m}: the source checkpoint has no weight for this linear, so it cannot be compared \
+                 (is --source the checkpoint this one was made from?)"
+            ));
+            continue;
+        };
+        let Some((rows, cols)) = f.matrix(nvfp4) else {
+            continue; // check_linear reported the shape
+        };
+        let s = &l.source;
+        if (rows, cols) != (s.rows, s.cols) || f.bmm != s.bmm_experts.is_some() {
+            v.problems.push(format!(
+                "{m}: the quantized weight {:?} does not match its source {}: [{}, {}] expected{}",
+                f.weight.shape,
+                src.tensors()[s.tensor].name,
+                s.rows,
+                s.cols,
+                if s.bmm_experts.is_some() {
+                    " (as [experts * out, in])"
+                } else {
+                    ""
+                }
             ));
             continue;
         }
+        let t = &src.tensors()[s.tensor];
+        let stored = &src.bytes(t)[s.offset..s.offset + s.byte_len()];
+        // FP8 block-scaled sources, dequantized as convert does.
+        let dequantized;
+        let (bytes, dtype): (&[u8], SourceDtype) = match s.fp8_scale {
+            Some(scale) => {
+                let precision = DequantPrecision::Bf16;
+                let mut out = vec![0u8; rows * cols * precision.dtype().size()];
+                crate::quant::dequantize_fp8_block(
+                    stored,
+                    src.bytes(&src.tensors()[scale]),
+                    rows,
+                    cols,
+                    precision,
+                    &mut out,
+                );
+                dequantized = out;
+                (&dequantized, precision.dtype())
+            }
+            None => match source_dtype(t.dtype) {
+                Some(d) => (stored, d),
+                None => continue,
+            },
+        };
         // The per-tensor scale (weight_scale_2 or FP8 weight_scale); check_linear reports a bad one.
         let tensor_scale = if nvfp4 {
             f.scale_2.and_then(|t| scalar_f32(ckpt, t))
@@ -381,26 +486,54 @@ fn compare_with_source(
         let Some(tensor_scale) = tensor_scale.map(f64::from) else {
             continue;
         };
-        let channel = importance(m, *cols);
+        let (weight, scales) = (ckpt.bytes(f.weight), ckpt.bytes(f.scale));
+        let out = s.rows_per_matrix();
+        // Element (r, c) of the [rows, cols] matrix: its index in the stored source, in the
+        // quantized weight's element order, and its block.
+        let place = |r: usize, c: usize| -> (usize, usize, usize) {
+            match s.bmm_experts {
+                Some(_) => {
+                    let (e, o) = (r / out, r % out);
+                    (
+                        e * cols * out + c * out + o,
+                        e * cols * out + c * out + o,
+                        e * (cols / 16) * out + (c / 16) * out + o,
+                    )
+                }
+                None => (r * cols + c, r * cols + c, r * (cols / 16) + c / 16),
+            }
+        };
+        let channel = importance(m, cols);
         let (mut num, mut den) = (0.0f64, 0.0f64);
         let (mut wnum, mut wden) = (0.0f64, 0.0f64);
-        for i in 0..n {
-            let w = f64::from(load_f32(source, dtype, i));
-            let wq = if nvfp4 {
-                let nibble = (weight[i / 2] >> (4 * (i % 2))) & 0xF;
-                let block = (i / cols) * (cols / 16) + (i % cols) / 16;
-                f64::from(e2m1_to_f32(nibble))
-                    * f64::from(e4m3_to_f32(scales[block]))
-                    * tensor_scale
-            } else {
-                f64::from(e4m3_to_f32(weight[i])) * tensor_scale
-            };
-            num += (w - wq) * (w - wq);
-            den += w * w;
-            if let Some(c) = &channel {
-                let imp = f64::from(c[i % cols]);
-                wnum += imp * (w - wq) * (w - wq);
-                wden += imp * w * w;
+        for r in 0..rows {
+            for c in 0..cols {
+                let (si, qi, block) = place(r, c);
+                let w = f64::from(load_f32(bytes, dtype, si));
+                let wq = if nvfp4 {
+                    // Two elements per byte along the input dimension: for a BMM stack the
+                    // byte of (c, c + 1) sits at element index (c / 2) * out + o.
+                    let (byte, shift) = match s.bmm_experts {
+                        Some(_) => {
+                            let (e, o) = (r / out, r % out);
+                            (e * (cols / 2) * out + (c / 2) * out + o, 4 * (c % 2))
+                        }
+                        None => (qi / 2, 4 * (qi % 2)),
+                    };
+                    let nibble = (weight[byte] >> shift) & 0xF;
+                    f64::from(e2m1_to_f32(nibble))
+                        * f64::from(e4m3_to_f32(scales[block]))
+                        * tensor_scale
+                } else {
+                    f64::from(e4m3_to_f32(weight[qi])) * tensor_scale
+                };
+                num += (w - wq) * (w - wq);
+                den += w * w;
+                if let Some(ch) = &channel {
+                    let imp = f64::from(ch[c]);
+                    wnum += imp * (w - wq) * (w - wq);
+                    wden += imp * w * w;
+                }
             }
         }
         if channel.is_some() {

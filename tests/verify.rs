@@ -134,11 +134,24 @@ fn a_source_of_another_shape_is_a_problem_not_a_crash() {
     let w = ShardWriter::create(&src, &plan).unwrap();
     w.write(0, &vec![0x3Fu8; 32 * 64 * 2]).unwrap();
     w.finish().unwrap();
+    std::fs::copy(
+        golden("llama_nvfp4").join("input/config.json"),
+        src.join("config.json"),
+    )
+    .unwrap();
     let v =
         shardquant::verify::verify(&golden("llama_nvfp4").join("modelopt"), Some(&src)).unwrap();
     let text = v.problems.join("\n");
     assert!(
-        text.contains("model.layers.0.self_attn.q_proj: the quantized tensors do not match"),
+        text.contains(
+            "model.layers.0.self_attn.q_proj: the quantized weight [64, 32] does not match its source"
+        ),
         "{text}"
     );
+    // Every linear the source lacks is a problem, never a silent skip.
+    assert!(
+        text.contains("model.layers.1.mlp.down_proj: the source checkpoint has no weight"),
+        "{text}"
+    );
+    assert!(v.errors.is_empty());
 }

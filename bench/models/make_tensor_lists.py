@@ -961,7 +961,8 @@ def build_deepseek(cfg):
         return "F32" if name.endswith("e_score_correction_bias") else "BF16"
 
     def quantized(name, shape):
-        return (layer_of(name) is not None and name.endswith("_proj.weight") and ".eh_proj." not in name)
+        return layer_of(name) is not None and bool(re.search(
+            r"\.(q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$", name))
 
     return to_fp8(with_dtype(pairs, rule), quantized)
 
@@ -1008,19 +1009,19 @@ def build_qwen3_vl_moe(cfg):
 MODELS = {
     "gpt-oss-20b": dict(
         hub="openai/gpt-oss-20b", config=GPT_OSS_20B, build=build_gpt_oss, shards=None,
-        params=20_914_757_184, params_tol=0.005,
+        params=20_914_757_184, params_tol=0.0, mxfp4_total_size=13_761_264_768,
     ),
     "gpt-oss-120b": dict(
         hub="openai/gpt-oss-120b", config=GPT_OSS_120B, build=build_gpt_oss, shards=None,
-        params=116_829_156_672, params_tol=0.005,
+        params=116_829_156_672, params_tol=0.0, mxfp4_total_size=65_248_815_744,
     ),
     "GLM-4.5": dict(
         hub="zai-org/GLM-4.5", config=GLM_45, build=lambda c: build_glm(c, True), shards=93,
-        params=358e9, params_tol=0.003,
+        params=358_337_791_296, params_tol=0.0,
     ),
     "GLM-4.5-Air": dict(
         hub="zai-org/GLM-4.5-Air", config=GLM_45_AIR, build=lambda c: build_glm(c, True), shards=47,
-        params=110e9, params_tol=0.005,
+        params=110_468_824_832, params_tol=0.0,
     ),
     "GLM-4.6": dict(
         hub="zai-org/GLM-4.6", config=GLM_46, build=lambda c: build_glm(c, False), shards=92,
@@ -1028,7 +1029,7 @@ MODELS = {
     ),
     "Qwen3-Next-80B-A3B-Instruct": dict(
         hub="Qwen/Qwen3-Next-80B-A3B-Instruct", config=QWEN3_NEXT, build=build_qwen3_next, shards=41,
-        params=81e9, params_tol=0.01,
+        params=81_324_862_720, params_tol=0.0,
     ),
     "Qwen2-57B-A14B-Instruct": dict(
         hub="Qwen/Qwen2-57B-A14B-Instruct", config=QWEN2_57B, build=build_plain, shards=None,
@@ -1036,19 +1037,19 @@ MODELS = {
     ),
     "Qwen1.5-MoE-A2.7B": dict(
         hub="Qwen/Qwen1.5-MoE-A2.7B", config=QWEN15_MOE, build=build_plain, shards=8,
-        params=14.3e9, params_tol=0.005,
+        params=14_315_784_192, params_tol=0.0, count=4_659, total_size=28_631_568_384,
     ),
     "Qwen3-30B-A3B": dict(
         hub="Qwen/Qwen3-30B-A3B", config=QWEN3_30B, build=build_plain, shards=16,
-        params=30.5e9, params_tol=0.003,
+        params=30_532_122_624, params_tol=0.0, total_size=61_064_245_248,
     ),
     "Qwen3-235B-A22B": dict(
         hub="Qwen/Qwen3-235B-A22B", config=QWEN3_235B, build=build_plain, shards=118,
-        params=235e9, params_tol=0.003,
+        params=235_093_634_560, params_tol=0.0, count=36_945, total_size=470_187_269_120,
     ),
     "DeepSeek-V3": dict(
         hub="deepseek-ai/DeepSeek-V3", config=DEEPSEEK_V3, build=build_deepseek, shards=163,
-        params=685e9, params_tol=0.002,
+        params=685e9, params_tol=0.002, file_bytes=688_586_727_753,
     ),
     "Kimi-K2-Instruct": dict(
         hub="moonshotai/Kimi-K2-Instruct", config=KIMI_K2, build=build_deepseek, shards=61,
@@ -1056,19 +1057,19 @@ MODELS = {
     ),
     "Llama-4-Scout-17B-16E-Instruct": dict(
         hub="meta-llama/Llama-4-Scout-17B-16E-Instruct", config=LLAMA4_SCOUT, build=build_plain, shards=50,
-        params=109e9, params_tol=0.005,
+        params=108_641_793_536, params_tol=0.0,
     ),
     "Llama-4-Maverick-17B-128E-Instruct": dict(
         hub="meta-llama/Llama-4-Maverick-17B-128E-Instruct", config=LLAMA4_MAVERICK, build=build_plain,
-        shards=None, params=402e9, params_tol=0.003,
+        shards=None, params=401_583_781_376, params_tol=0.0,
     ),
     "Mistral-Small-3.1-24B-Instruct-2503": dict(
         hub="mistralai/Mistral-Small-3.1-24B-Instruct-2503", config=MISTRAL_SMALL_31, build=build_plain,
-        shards=10, params=24.0e9, params_tol=0.005,
+        shards=10, params=24_011_361_280, params_tol=0.0,
     ),
     "gemma-3-27b-it": dict(
         hub="google/gemma-3-27b-it", config=GEMMA3_27B, build=build_gemma3_vlm, shards=12,
-        params=27.4e9, params_tol=0.003,
+        params=27_432_406_640, params_tol=0.0, total_size=54_864_813_280,
     ),
     "gemma-3-1b-it": dict(
         hub="google/gemma-3-1b-it", config=GEMMA3_1B, build=lambda c: build_plain(c, tied=True), shards=1,
@@ -1080,15 +1081,15 @@ MODELS = {
     ),
     "phi-4": dict(
         hub="microsoft/phi-4", config=PHI4, build=build_plain, shards=6,
-        params=14.7e9, params_tol=0.005,
+        params=14.7e9, params_tol=0.005, total_size=29_319_014_400,
     ),
     "MiniMax-M2": dict(
         hub="MiniMaxAI/MiniMax-M2", config=MINIMAX_M2, build=build_minimax_m2, shards=None,
-        params=229e9, params_tol=0.005,
+        params=229e9, params_tol=0.005, total_size=230_121_630_720, fp8_count=47_864,
     ),
     "Qwen3-VL-30B-A3B-Instruct": dict(
         hub="Qwen/Qwen3-VL-30B-A3B-Instruct", config=QWEN3_VL_30B, build=build_qwen3_vl_moe, shards=13,
-        params=31.1e9, params_tol=0.003,
+        params=31_070_754_032, params_tol=0.0,
     ),
     "Llama-3.1-8B-Instruct": dict(
         hub="meta-llama/Llama-3.1-8B-Instruct", config=LLAMA31_8B, build=build_plain, shards=4,
@@ -1108,176 +1109,193 @@ SOURCES = {
         "BF16 form that users quantize from (as in the BF16 re-uploads, e.g. unsloth/gpt-oss-20b-BF16): "
         "experts fused on disk as mlp.experts.gate_up_proj [E, H, 2I] (gate/up interleaved along the last "
         "dim) + gate_up_proj_bias [E, 2I], down_proj [E, I, H] + down_proj_bias [E, H]; router "
-        "mlp.router.weight/bias; self_attn.sinks [heads]; every tensor BF16. The original openai/gpt-oss-20b "
-        "release (3 shards: model-0000{{0,1,2}}-of-00002.safetensors) instead stores the experts in MXFP4 as "
-        "mlp.experts.gate_up_proj_blocks U8 [E, 2I, H/32, 16] + gate_up_proj_scales U8 [E, 2I, H/32] and "
-        "down_proj_blocks U8 [E, H, I/32, 16] + down_proj_scales U8 [E, H, I/32] (biases BF16), with "
-        "quantization_config {{quant_method: mxfp4}}. config below is openai's config.json verbatim (checked "
-        "against a public copy of the hub file) MINUS quantization_config, since these tensors are BF16. "
-        "Checked: the same shapes in MXFP4 form add up to {mxfp4} bytes, exactly the original index's "
-        "metadata.total_size 13761264768 (public copy of openai/gpt-oss-20b model.safetensors.index.json, "
-        "whose weight_map also lists the same 19 tensor names per layer); parameter count {params} (published "
-        "~20.9B). Shard count of the BF16 re-upload not confirmed (null)."
+        "mlp.router.weight/bias; self_attn.sinks [heads]; q/k/v/o biases; every tensor BF16. The original "
+        "openai/gpt-oss-20b release (files model-0000{{0,1,2}}-of-00002.safetensors) instead stores the experts "
+        "in MXFP4 as mlp.experts.gate_up_proj_blocks U8 [E, 2I, H/32, 16] + gate_up_proj_scales U8 "
+        "[E, 2I, H/32] and down_proj_blocks U8 [E, H, I/32, 16] + down_proj_scales U8 [E, H, I/32] (biases, "
+        "sinks, router, attention, embeddings BF16; 19 tensors a layer instead of 17) with quantization_config "
+        "{{quant_method: mxfp4}}. config below is openai's config.json verbatim (compared with a public copy of "
+        "the hub file) MINUS quantization_config, since these tensors are BF16. Checked: the same shapes in "
+        "MXFP4 form add up to {mxfp4} bytes = metadata.total_size of the original index (public copy, whose "
+        "weight_map lists the same per-layer names); parameter count {params} = the hub page's. Shard count of "
+        "a BF16 re-upload not confirmed (null)."
     ),
     "gpt-oss-120b": (
         "BF16 form, same layout as gpt-oss-20b (see that file): experts fused as mlp.experts.gate_up_proj "
         "[E, H, 2I] + gate_up_proj_bias, down_proj [E, I, H] + down_proj_bias, mlp.router.weight/bias, "
-        "self_attn.sinks; all BF16. The original openai release stores experts as MXFP4 "
+        "self_attn.sinks; all BF16. The original openai release (15 files) stores the experts as MXFP4 "
         "gate_up_proj_blocks/_scales and down_proj_blocks/_scales (U8) with quantization_config mxfp4. config is "
         "openai's gpt-oss-20b config.json (verified copy) with the 120b differences (36 layers, 128 experts, "
-        "layer_types x36) and quantization_config removed; the 120b file itself was not seen. Checked: "
-        "parameter count {params} (published ~116.8B); MXFP4-form bytes would be {mxfp4} (not compared: the "
-        "120b index total_size was not found). Shard count of the BF16 form not confirmed (null)."
+        "layer_types x36) and quantization_config removed; the 120b file itself was not seen. Checked: the "
+        "MXFP4 form of these shapes adds up to {mxfp4} bytes = the tensor bytes of the original 15-file release "
+        "(public record); parameter count {params} = the hub page's. Shard count of a BF16 re-upload not "
+        "confirmed (null)."
     ),
     "GLM-4.5": (
         "BF16. NextN/MTP layer model.layers.92 = a full MoE decoder layer plus eh_proj [H, 2H], enorm, hnorm, "
         "shared_head.norm, and for GLM-4.5 also the copies model.layers.92.embed_tokens.weight and "
         "model.layers.92.shared_head.head.weight (vLLM PR #27597: the GLM-4.5 checkpoint includes these two, "
-        "GLM-4.6's does not). e_score_correction_bias given as F32 like DeepSeek-V3 (the dtype on disk was not "
-        "confirmed). Checked: parameter count {params} vs the hub's published ~358B; per-layer names match vLLM "
-        "glm4_moe/glm4_moe_mtp loaders. config values from memory of the hub file, structural keys "
-        "cross-checked with NeMo Megatron-Bridge docs (92 layers, first 3 dense, 160 experts top-8, 5120/12288/"
-        "1536, 96 heads / 8 kv, qk-norm, vocab 151552); non-structural keys (token ids, transformers_version) "
-        "not confirmed. Shard count 93 from memory, not confirmed."
+        "GLM-4.6's does not). mlp.gate.e_score_correction_bias F32 (Zhipu's SGLang PR #8729 keeps it FP32 'as in "
+        "training'; FreeToken PR #469 calls it FP32 in the checkpoint) - not read from a file header. Checked: "
+        "parameter count {params} = the hub page's (358.3B; it includes the two vocab-sized MTP copies). config "
+        "values from memory of the hub file; structural keys cross-checked with NeMo Megatron-Bridge docs (92 "
+        "layers, first 3 dense, 160 experts top-8, 5120/12288/1536, 96 heads / 8 kv, qk-norm, vocab 151552, "
+        "MTP 1 layer); non-structural keys (token ids, transformers_version) not confirmed. Shard count 93 from "
+        "memory, not confirmed. Bytes not compared (index total_size not found)."
     ),
     "GLM-4.5-Air": (
         "BF16. NextN layer model.layers.46 = full MoE decoder layer + eh_proj, enorm, hnorm, shared_head.norm, "
         "embed_tokens, shared_head.head (llama.cpp PR #14939 lists all six NextN tensors for layer 46 of "
-        "GLM-4.5-Air). e_score_correction_bias F32 (not confirmed). Checked: parameter count {params} vs "
-        "published ~110B (ik_llama.cpp reports 109.194B for its BF16 GGUF); structural config keys match NeMo "
-        "Megatron-Bridge docs (46 layers, first dense, 128 experts, 4096/10944/1408, no qk-norm). Shard count "
-        "47 from memory, not confirmed."
+        "GLM-4.5-Air). e_score_correction_bias F32 (as GLM-4.5; not read from a header). Checked: parameter "
+        "count {params} = the hub page's (110.5B); structural config keys match NeMo Megatron-Bridge docs (46 "
+        "layers, first dense, 128 experts, 4096/10944/1408, 96/8 heads, no qk-norm). Shard count 47 from "
+        "memory, not confirmed."
     ),
     "GLM-4.6": (
         "BF16, same architecture as GLM-4.5 but max_position_embeddings 202752; its NextN layer 92 has "
         "eh_proj, enorm, hnorm, shared_head.norm and NO embed_tokens / shared_head.head copies (vLLM PR "
-        "#27597). e_score_correction_bias F32 (not confirmed). Checked: parameter count {params} vs published "
-        "~357B (which is GLM-4.5's minus the two vocab-sized copies). Non-structural config keys copied from "
-        "GLM-4.5 (not confirmed). Shard count 92 from memory, not confirmed."
+        "#27597, which fixed loading GLM-4.6's MTP for exactly that). e_score_correction_bias F32 (not read "
+        "from a header). Checked: parameter count {params} vs the hub page's ~357B (GLM-4.5's minus the two "
+        "copies). Non-structural config keys copied from GLM-4.5 (not confirmed). Shard count 92 from memory, "
+        "not confirmed."
     ),
     "Qwen3-Next-80B-A3B-Instruct": (
-        "BF16. 48 layers, every 4th (3, 7, ...) full attention (self_attn.q_proj carries the output gate: "
-        "[2*heads*head_dim, H], q_norm/k_norm), the others Gated DeltaNet linear attention "
-        "(linear_attn.in_proj_qkvz, in_proj_ba, conv1d [8192, 1, 4], dt_bias, A_log, norm, out_proj); every "
-        "layer MoE with 512 per-expert experts (mlp.experts.N.{{gate,up,down}}_proj), mlp.gate, "
-        "mlp.shared_expert.*, mlp.shared_expert_gate [1, H]. MTP: mtp.fc [H, 2H], mtp.norm, "
-        "mtp.pre_fc_norm_embedding, mtp.pre_fc_norm_hidden, mtp.layers.0.* (one full-attention MoE layer), "
-        "names as vLLM's qwen3_next_mtp loader and transformers' MtpModel mapping read them; no mtp embedding "
-        "or head (shared). A_log / dt_bias dtype given as BF16 (not confirmed; may be F32 on disk). Checked: "
-        "parameter count {params} vs published ~80B/81B. Shard count 41 from memory, not confirmed."
+        "BF16. 48 layers, every 4th (3, 7, ..., 47) full attention (self_attn.q_proj carries the output gate: "
+        "[2*heads*head_dim, H] = [8192, 2048], q_norm/k_norm [256]), the others Gated DeltaNet linear attention "
+        "(linear_attn.in_proj_qkvz [12288, 2048], in_proj_ba [64, 2048], conv1d [8192, 1, 4], dt_bias [32], "
+        "A_log [32], norm [128], out_proj [2048, 4096]); every layer MoE with 512 per-expert experts "
+        "(mlp.experts.N.{{gate,up,down}}_proj), mlp.gate, mlp.shared_expert.*, mlp.shared_expert_gate [1, H]. "
+        "MTP: mtp.fc [H, 2H], mtp.norm, mtp.pre_fc_norm_embedding, mtp.pre_fc_norm_hidden, mtp.layers.0.* (one "
+        "full-attention MoE layer), as vLLM's qwen3_next_mtp loader and transformers' MtpModel mapping read "
+        "them; no mtp embedding or head (shared with the main model). Checked: parameter count {params} = the "
+        "hub page's (81.3B). NOT confirmed: A_log / dt_bias / linear_attn.norm dtypes are given as BF16 (the "
+        "later Qwen3.5 checkpoints store A_log and linear_attn.norm in F32; Qwen3-Next's may too - a few KB); "
+        "shard count 41 from memory."
     ),
     "Qwen2-57B-A14B-Instruct": (
         "BF16, Qwen2MoeForCausalLM: per-expert mlp.experts.N.{{gate,up,down}}_proj, mlp.gate, "
         "mlp.shared_expert.*, mlp.shared_expert_gate [1, H], q/k/v biases. Checked: parameter count {params} "
-        "vs published 57.4B. config from memory (structural values consistent with the Qwen2 tech report); "
-        "shard count not confirmed (null)."
+        "vs the hub page's 57.4B (within 0.3%). config from memory; shard count not confirmed (null)."
     ),
     "Qwen1.5-MoE-A2.7B": (
-        "BF16, Qwen2MoeForCausalLM with 60 experts top-4, shared expert 5632. Checked: parameter count "
-        "{params} vs published 14.3B. config from memory. Shard count 8 from memory, not confirmed."
+        "BF16, Qwen2MoeForCausalLM with 60 experts top-4, shared expert 5632, q/k/v biases. Checked against a "
+        "public copy of the hub index: {count} weight_map entries and total_size {bytes} both equal, 8 shards; "
+        "parameter count {params} = the hub page's. config from memory."
     ),
     "Qwen3-30B-A3B": (
         "BF16, per-expert hub names mlp.experts.N.{{gate,up,down}}_proj.weight, mlp.gate.weight, "
-        "q_norm/k_norm, no biases. Checked: parameter count {params} vs published 30.5B. config from memory. "
-        "Shard count 16 from memory, not confirmed."
+        "q_norm/k_norm, no biases. Checked: bytes {bytes} = the hub index's total_size (public copies, 16 "
+        "shards model-000NN-of-00016); parameter count {params} = the hub page's. config from memory."
     ),
     "Qwen3-235B-A22B": (
-        "BF16, same layout as Qwen3-30B-A3B (94 layers, 128 experts, hidden 4096). Checked: parameter count "
-        "{params} vs published 235B. Shard count 118 from memory, not confirmed."
+        "BF16, same layout as Qwen3-30B-A3B (94 layers, 128 experts, hidden 4096, q_proj 8192 wide). Checked "
+        "against public records of the hub index: {count} names (said to match the official index name by "
+        "name) and total_size {bytes}; parameter count {params}. Shard count 118 from memory, not confirmed."
     ),
     "DeepSeek-V3": (
         "FP8 block-scaled as released: every linear weight of the decoder layers (self_attn q_a_proj, q_b_proj, "
         "kv_a_proj_with_mqa, kv_b_proj, o_proj; dense mlp and shared_experts gate/up/down; every expert) is "
         "F8_E4M3 with a F32 weight_scale_inv [ceil(out/128), ceil(in/128)]; embed_tokens, lm_head, norms, "
-        "mlp.gate.weight (router) BF16; mlp.gate.e_score_correction_bias F32. Layers 0-2 dense, 3-60 MoE, MTP "
-        "layer 61 = full MoE decoder layer (FP8 as above) + embed_tokens, enorm, hnorm, eh_proj [7168, 14336] "
-        "(BF16, unquantized: vLLM's deepseek_mtp builds it as a plain nn.Linear), shared_head.norm, "
-        "shared_head.head (README_WEIGHTS.md of the release describes the MTP module and the FP8 format). "
-        "Counts: {count} tensors, {fp8} F8_E4M3 weights (= 59 MoE layers x (256x3 experts + 3 shared + 5 "
-        "attention) + 3 dense layers x 8). NOTE: the lead's expected '~94k tensors / 46,848 FP8 weights' do "
-        "not follow from this architecture (46,848 = 61 x 256 x 3, as if all 61 layers were MoE); the real "
-        "index was not available here to settle it. Checked: parameter count {params} (scales included) vs "
-        "the hub's published 685B (671B main + MTP); config.json key set matches the hub file. 163 shards."
+        "mlp.gate.weight (router) BF16; mlp.gate.e_score_correction_bias F32. Layers 0-2 dense, 3-60 MoE "
+        "(256 experts + 1 shared), MTP layer 61 = full MoE decoder layer (FP8 as above) + embed_tokens, enorm, "
+        "hnorm, eh_proj [7168, 14336] (BF16: vLLM's deepseek_mtp builds it as a plain nn.Linear), "
+        "shared_head.norm, shared_head.head (README_WEIGHTS.md of the release describes the MTP module and the "
+        "FP8 format). Counts: {count} tensors, {fp8} F8_E4M3 weights (= 59 MoE layers x (256x3 experts + 3 "
+        "shared + 5 attention) + 3 dense layers x 8) and as many weight_scale_inv. NOTE: the '~94k tensors / "
+        "46,848 FP8 weights' expected in the request do not fit this architecture (46,848 = 61 x 256 x 3, as "
+        "if all 61 layers had experts) nor the byte check below. Checked: tensor bytes {bytes} plus simulated "
+        "safetensors headers of 163 shards = {est}, vs the repository's weight-file bytes 688,586,727,753 "
+        "(public record): {diff} bytes apart, i.e. header-layout noise, whereas one dtype or tensor-set "
+        "difference would move it by at least tens of KB (e_score_correction_bias as BF16: -30,208; 2k more "
+        "tensors: ~+250 KB of header alone); parameter count {params} (scales included) vs the hub page's 685B. "
+        "config.json key set matches the hub file's. 163 shards (model-00001-of-000163.safetensors ...)."
     ),
     "Kimi-K2-Instruct": (
-        "FP8 block-scaled like DeepSeek-V3 (same DeepseekV3ForCausalLM loader, model_type kimi_k2): every "
-        "decoder-layer linear weight F8_E4M3 + F32 weight_scale_inv [ceil(out/128), ceil(in/128)]; router "
-        "mlp.gate.weight BF16, e_score_correction_bias F32; layer 0 dense, 1-60 MoE with 384 experts + 1 "
-        "shared; 64 heads; no MTP layer on disk (num_nextn_predict_layers 0). Checked: parameter count "
-        "{params} vs published ~1.03T (1T total / 32B active). config from memory (structural keys: 61 layers, "
-        "7168/18432/2048, 384 experts top-8, 64 heads, vocab 163840, q_lora 1536, kv_lora 512); rope/yarn "
-        "values not confirmed. Shard count 61 (model-1-of-61.safetensors ...) from memory, not confirmed."
+        "FP8 block-scaled like DeepSeek-V3 (same DeepseekV3ForCausalLM code, model_type kimi_k2): every "
+        "decoder-layer linear weight (incl. kv_a_proj_with_mqa) F8_E4M3 + F32 weight_scale_inv "
+        "[ceil(out/128), ceil(in/128)]; router mlp.gate.weight BF16, e_score_correction_bias F32; layer 0 "
+        "dense, 1-60 MoE with 384 experts + 1 shared; 64 heads; no MTP layer on disk (num_nextn_predict_layers "
+        "0). {count} tensors, {fp8} FP8 weights. Checked: parameter count {params} vs the hub page's ~1.03T "
+        "(1T total / 32B active). config from memory (structural keys: 61 layers, 7168/18432/2048, 384 experts "
+        "top-8, 64 heads, vocab 163840, q_lora 1536, kv_lora 512); rope/yarn values and token ids not "
+        "confirmed; dtypes follow DeepSeek-V3 (not read from a header). Shard count 61 "
+        "(model-1-of-61.safetensors ...) from memory, not confirmed."
     ),
     "Llama-4-Scout-17B-16E-Instruct": (
         "BF16, Llama4ForConditionalGeneration with the names transformers 4.51+ and vLLM's llama4 loader read "
-        "from the hub: language_model.model.layers.N.{{self_attn.{{q,k,v,o}}_proj, input_layernorm, "
-        "post_attention_layernorm}}, MoE in every layer as feed_forward.router.weight [16, H], "
-        "feed_forward.experts.gate_up_proj [16, 5120, 16384] and down_proj [16, 8192, 5120] (fused 3-D "
-        "tensors on disk), feed_forward.shared_expert.{{gate,up,down}}_proj; language_model.lm_head; "
-        "vision_model.* (34-layer ViT with biases, patch_embedding.linear, class_embedding, "
-        "positional_embedding_vlm, vision_adapter.mlp.fc1/fc2) and multi_modal_projector.linear_1. Checked: "
-        "parameter count {params} vs published 109B. Shard count 50 from memory, not confirmed."
+        "from the hub (transformers has no rename for llama4, so its in-memory names are the hub names): "
+        "language_model.model.layers.N.{{self_attn.{{q,k,v,o}}_proj, input_layernorm, post_attention_layernorm}}, "
+        "MoE in every layer as feed_forward.router.weight [16, H], feed_forward.experts.gate_up_proj "
+        "[16, 5120, 16384] and down_proj [16, 8192, 5120] (fused 3-D tensors on disk), "
+        "feed_forward.shared_expert.{{gate,up,down}}_proj; language_model.lm_head; vision_model.* (34-layer ViT "
+        "with biases, patch_embedding.linear, class_embedding, positional_embedding_vlm, "
+        "vision_adapter.mlp.fc1/fc2) and multi_modal_projector.linear_1. Checked: parameter count {params} = "
+        "the hub page's (108.6B). config from memory. Shard count 50 from memory, not confirmed."
     ),
     "Llama-4-Maverick-17B-128E-Instruct": (
         "BF16, same naming as Scout; interleave_moe_layer_step 2: odd layers (1, 3, ..., 47) MoE with 128 "
         "experts (feed_forward.experts.gate_up_proj [128, 5120, 16384], down_proj [128, 8192, 5120], router, "
         "shared_expert), even layers dense feed_forward.{{gate,up,down}}_proj with intermediate_size_mlp 16384. "
-        "use_qk_norm false (qk norm has no weights either way). Checked: parameter count {params} vs published "
-        "~400B/402B. config = Scout's with Maverick's known differences (not seen verbatim). Shard count not "
-        "confirmed (null)."
+        "Checked: parameter count {params} = the hub page's (401.6B). config = Scout's with Maverick's known "
+        "differences (128 experts, step 2, 1M context, no rope scaling, use_qk_norm false); not seen "
+        "verbatim. Shard count not confirmed (null)."
     ),
     "Mistral-Small-3.1-24B-Instruct-2503": (
         "BF16, Mistral3ForConditionalGeneration in the HF-format shards (the repo also carries a Mistral-format "
         "consolidated.safetensors, not listed here): language_model.model.layers.*, language_model.lm_head, "
         "vision_tower.* (Pixtral: patch_conv, ln_pre, transformer.layers.N.attention.{{q,k,v,o}}_proj, "
         "attention_norm, ffn_norm, feed_forward.{{gate,up,down}}_proj), multi_modal_projector.{{norm, "
-        "patch_merger.merging_layer, linear_1, linear_2}}. Checked: parameter count {params} vs published 24B. "
-        "Shard count 10 from memory, not confirmed."
+        "patch_merger.merging_layer, linear_1, linear_2}}. Checked: parameter count {params} = the hub page's "
+        "(24.0B). config from memory. Shard count 10 from memory, not confirmed."
     ),
     "gemma-3-27b-it": (
         "BF16, Gemma3ForConditionalGeneration: language_model.model.* (tied embeddings: no lm_head on disk), "
         "vision_tower.vision_model.* (SigLIP, 27 layers), multi_modal_projector.mm_input_projection_weight "
         "[1152, 5376] + mm_soft_emb_norm. transformers 5 drops the vision_model level in memory and does not "
-        "write it back; it is restored here as the hub has it. Checked: parameter count {params} vs published "
-        "27.4B. Shard count 12 from memory, not confirmed."
+        "write it back; it is restored here as the hub has it. Checked: bytes {bytes} = the hub index's "
+        "metadata.total_size (public record, 12 shards); parameter count {params} = the hub page's (27.4B). "
+        "config from memory."
     ),
     "gemma-3-1b-it": (
         "BF16, Gemma3ForCausalLM, text only, tied embeddings (no lm_head on disk), single model.safetensors. "
-        "Checked: parameter count {params} vs published 999,885,952."
+        "Checked: parameter count {params} = the hub page's. config from memory."
     ),
     "Phi-3-mini-4k-instruct": (
         "BF16, Phi3ForCausalLM with fused self_attn.qkv_proj [3*3072, 3072] and mlp.gate_up_proj [2*8192, 3072]. "
-        "Checked: parameter count {params} vs published 3,821,079,552."
+        "Checked: parameter count {params} = the hub page's; bytes {bytes}. config from memory. 2 shards."
     ),
     "phi-4": (
         "BF16, Phi3ForCausalLM (GQA 40/10 heads): fused qkv_proj [7680, 5120], gate_up_proj [35840, 5120]. "
-        "Checked: parameter count {params} vs published 14.7B. Shard count 6 from memory, not confirmed."
+        "Checked: bytes {bytes} = the hub's total (public record); parameter count {params} (hub page 14.7B). "
+        "config from memory. Shard count 6 from memory, not confirmed."
     ),
     "MiniMax-M2": (
         "FP8 block-scaled on the hub: self_attn.{{q,k,v,o}}_proj and every expert "
         "block_sparse_moe.experts.N.{{w1,w2,w3}} weight F8_E4M3 + F32 weight_scale_inv [ceil(out/128), "
         "ceil(in/128)]; router block_sparse_moe.gate.weight F32 and block_sparse_moe.e_score_correction_bias "
-        "F32; q_norm [6144] / k_norm [1024] (per_layer qk-norm), norms, embed_tokens, lm_head BF16. A public "
-        "analysis of the checkpoint confirms: attention and w1/w2/w3 FP8 + weight_scale_inv, router float32, "
-        "lm_head/embedding/norms bf16, 47,864 FP8 scale tensors (= 62 x (4 + 256 x 3), so no MTP weights on "
-        "disk although config has use_mtp). e_score_correction_bias dtype F32 not confirmed. config: "
-        "MiniMax-M2.5's config.json (same architecture) as quoted publicly, plus the FP8 quantization_config "
-        "as quoted in public tests; M2's own file may differ in non-structural keys. Checked: {count} tensors, "
-        "{fp8} FP8 weights; parameter count {params} vs published ~229B/230B. Shard count not confirmed (null)."
+        "F32; q_norm [6144] / k_norm [1024] (per_layer qk-norm), norms, embed_tokens, lm_head BF16. No MTP "
+        "weights on disk although config has use_mtp. Checked: bytes {bytes} = hf-mem's reading of the "
+        "MiniMaxAI/MiniMax-M2 safetensors headers (public record: memory=230121630720), which also pins the F32 "
+        "router and bias; {fp8} FP8 weights = the 47,864 weight_scale_inv tensors a public analysis of the "
+        "checkpoint counted (= 62 x (4 + 256 x 3)); that analysis also reports router float32, lm_head / "
+        "embedding / norms bf16. {count} tensors, parameter count {params} (hub page ~229B). config: "
+        "MiniMax-M2.5's config.json (same architecture) as quoted publicly, plus the FP8 quantization_config as "
+        "quoted in public tests; M2's own file may differ in non-structural keys. Shard count not confirmed "
+        "(null)."
     ),
     "Qwen3-VL-30B-A3B-Instruct": (
         "BF16, Qwen3VLMoeForConditionalGeneration. Experts are stored FUSED on disk: "
         "model.language_model.layers.N.mlp.experts.gate_up_proj [E, H, 2I] = [128, 2048, 1536] and "
-        "down_proj [E, I, H] = [128, 768, 2048] (transformers 5 transposes them on load: its conversion "
-        "mapping has Transpose(1, 2) for qwen3_vl_moe; its reverse did not apply on the meta device, so the "
-        "on-disk orientation is restored here), router mlp.gate.weight; model.visual.* (27 blocks, "
-        "patch_embed.proj [1152, 3, 2, 16, 16], pos_embed, merger, deepstack_merger_list.0-2); lm_head "
-        "(untied). Checked: parameter count {params} vs published 31.1B. Shard count 13 from memory, not "
-        "confirmed."
+        "down_proj [E, I, H] = [128, 768, 2048] (vLLM's qwen3_vl_moe loader transposes them (-1, -2) and "
+        "chunks gate/up along dim -2; transformers 5 keeps [E, out, in] in memory via Transpose(1, 2), whose "
+        "reverse did not apply on the meta device, so the on-disk orientation is restored here); router "
+        "mlp.gate.weight; model.visual.* (27 blocks, patch_embed.proj [1152, 3, 2, 16, 16], pos_embed, merger, "
+        "deepstack_merger_list.0-2); lm_head (untied). Checked: parameter count {params} = the hub page's "
+        "(31.1B). config from memory. Shard count 13 from memory, not confirmed."
     ),
     "Llama-3.1-8B-Instruct": (
-        "BF16 dense baseline, LlamaForCausalLM. Checked: {count} tensors; parameter count {params} = published "
-        "8,030,261,248; bytes {bytes} = the hub index's total_size 16,060,522,496. 4 shards."
+        "BF16 dense baseline, LlamaForCausalLM. Checked: {count} tensors; parameter count {params} = the hub "
+        "page's; bytes {bytes} = the hub index's total_size. config from memory. 4 shards."
     ),
 }
 
@@ -1287,6 +1305,28 @@ def stats(tensors):
     nbytes = sum(math.prod(s) * BYTES[d] for _, d, s in tensors)
     fp8 = sum(1 for _, d, _ in tensors if d == "F8_E4M3")
     return params, nbytes, fp8
+
+
+def header_bytes(tensors, shards):
+    """Bytes of the safetensors headers if `tensors` (sorted) were cut into `shards` files of about equal size."""
+    sizes = [math.prod(s) * BYTES[d] for _, d, s in tensors]
+    target = sum(sizes) / shards
+    groups, acc = [[]], 0
+    for t, b in zip(tensors, sizes):
+        if acc + b > target and groups[-1] and len(groups) < shards:
+            groups.append([])
+            acc = 0
+        groups[-1].append((t, b))
+        acc += b
+    total = 0
+    for g in groups:
+        off, h = 0, {"__metadata__": {"format": "pt"}}
+        for (n, d, s), b in g:
+            h[n] = {"dtype": d, "shape": list(s), "data_offsets": [off, off + b]}
+            off += b
+        n = len(json.dumps(h, separators=(",", ":")))
+        total += 8 + n + (-n) % 8
+    return total
 
 
 def render(doc):
@@ -1310,26 +1350,41 @@ def make(key, write=True):
     params, nbytes, fp8 = stats(tensors)
     checks = []
     ok = True
+    extra = {}
+    out_cfg = cfg
     if m.get("params"):
         rel = abs(params - m["params"]) / m["params"]
         good = rel <= max(m["params_tol"], 0.0) + 1e-12
         tol = "exact" if m["params_tol"] == 0 else f"within {m['params_tol']:.1%}"
         checks.append(f"params {params:,} vs published {m['params']:,.0f} ({tol}): {'OK' if good else 'MISMATCH'}")
         ok &= good
+    if m.get("count"):
+        good = len(tensors) == m["count"]
+        checks.append(f"tensors {len(tensors):,} vs index weight_map entries {m['count']:,}: {'OK' if good else 'MISMATCH'}")
+        ok &= good
+    if m.get("fp8_count"):
+        good = fp8 == m["fp8_count"]
+        checks.append(f"F8_E4M3 weights {fp8:,} vs published scale-tensor count {m['fp8_count']:,}: {'OK' if good else 'MISMATCH'}")
+        ok &= good
+    if m.get("file_bytes"):
+        est = nbytes + header_bytes(tensors, m["shards"])
+        good = abs(est - m["file_bytes"]) < 0.001 * (est - nbytes)
+        checks.append(f"tensor bytes + simulated headers of {m['shards']} shards = {est:,} vs published weight-file bytes "
+                      f"{m['file_bytes']:,} (diff {est - m['file_bytes']:+,}; tolerance 0.1% of header bytes): {'OK' if good else 'MISMATCH'}")
+        extra["est"] = f"{est:,}"
+        extra["diff"] = f"{est - m['file_bytes']:+,}"
+        ok &= good
     if m.get("total_size"):
         good = nbytes == m["total_size"]
-        checks.append(f"bytes {nbytes:,} vs index total_size {m['total_size']:,}: {'OK' if good else 'MISMATCH'}")
+        checks.append(f"bytes {nbytes:,} vs reference total_size {m['total_size']:,}: {'OK' if good else 'MISMATCH'}")
         ok &= good
-    extra = {}
-    out_cfg = cfg
     if key.startswith("gpt-oss"):
         mx = gpt_oss_mxfp4_bytes(tensors, cfg)
         extra["mxfp4"] = f"{mx:,}"
-        if key == "gpt-oss-20b":
-            good = mx == 13_761_264_768
-            checks.append(f"MXFP4-form bytes {mx:,} vs original index total_size 13,761,264,768: "
-                          f"{'OK' if good else 'MISMATCH'}")
-            ok &= good
+        good = mx == m["mxfp4_total_size"]
+        checks.append(f"MXFP4-form bytes {mx:,} vs original release's tensor bytes {m['mxfp4_total_size']:,}: "
+                      f"{'OK' if good else 'MISMATCH'}")
+        ok &= good
         out_cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
     source = COMMON.format(tf=transformers.__version__) + SOURCES[key].format(
         params=f"{params:,}", count=f"{len(tensors):,}", fp8=f"{fp8:,}", bytes=f"{nbytes:,}", **extra

@@ -11,6 +11,8 @@
 //!   weight of gate and up of expert E (per-block amax split in row halves),
 //!   `down_proj_weight_quantizers.E` → weight of down of expert E. The in-memory name is the
 //!   same for Mixtral, whose experts are `block_sparse_moe.experts.E.w1/w3/w2` on disk;
+//! - BMM-style experts kept fused (gpt-oss, Llama-4): `M.P_input_quantizer` /
+//!   `M.P_weight_quantizer` → the fused parameter `M.P` (e.g. `….mlp.experts.gate_up_proj`);
 //! - `A.k_bmm_quantizer._amax` / `A.v_bmm_quantizer._amax`: KV cache of attention `A`.
 //!
 //! Weight-quantizer keys are read only when weight amax are wanted (`--weight-amax stats`);
@@ -170,6 +172,20 @@ fn classify(base: &str, layout: &Layout, model: &ModelNames) -> Target {
             attention: module.to_string(),
             is_k: quantizer == "k_bmm_quantizer",
         },
+        // BMM-style experts (gpt-oss, Llama-4): one input and one weight quantizer per fused
+        // parameter `M.P`, named `M.P_input_quantizer` / `M.P_weight_quantizer`.
+        q if q.ends_with("_input_quantizer") || q.ends_with("_weight_quantizer") => {
+            let (param, is_input) = match q.strip_suffix("_input_quantizer") {
+                Some(p) => (p, true),
+                None => (q.trim_end_matches("_weight_quantizer"), false),
+            };
+            let linear = format!("{module}.{param}");
+            match (model.linears.contains_key(&linear), is_input) {
+                (true, true) => Target::Input(linear),
+                (true, false) => Target::Weight(linear),
+                (false, _) => classify_fused(module, quantizer, layout, model),
+            }
+        }
         "q_bmm_quantizer" => Target::Ignored("query BMM amax is not exported by ModelOpt"),
         "output_quantizer" => Target::Ignored("output quantizers are not exported"),
         _ => classify_fused(module, quantizer, layout, model),
