@@ -142,7 +142,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
             l.excluded.as_deref().unwrap_or("")
         );
     }
-    match Plan::build(&ckpt, layout, &config, options) {
+    match Plan::from_classified(&ckpt, layout, &config, options, classified) {
         Ok(plan) => describe_plan(w, &plan, options)?,
         Err(e) => {
             let _ = writeln!(

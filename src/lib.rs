@@ -42,6 +42,7 @@ pub mod plan;
 pub mod progress;
 pub mod pyjson_text;
 pub mod quant;
+pub mod skeleton;
 pub mod stats;
 pub mod stats_cmd;
 pub mod synthetic;

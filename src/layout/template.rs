@@ -119,15 +119,41 @@ impl Template {
 /// `?` matches one character; everything else is literal. Same as Python's `fnmatch` without
 /// bracket classes, which is how ModelOpt matches quantizer names.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
+    // The common shapes `*x*`, `x*`, `*x`, `x` (no `?`, stars only at the ends) are substring
+    // tests: planning a 10^5-tensor checkpoint matches every name against every pattern.
+    let inner = pattern.trim_start_matches('*').trim_end_matches('*');
+    if inner.is_empty() {
+        // Only stars matches anything; the empty pattern only the empty name.
+        return !pattern.is_empty() || name.is_empty();
+    }
+    if !inner.contains(['*', '?']) {
+        return match (pattern.starts_with('*'), pattern.ends_with('*')) {
+            (true, true) => name.contains(inner),
+            (false, true) => name.starts_with(inner),
+            (true, false) => name.ends_with(inner),
+            (false, false) => name == inner,
+        };
+    }
+    if pattern.is_ascii() && name.is_ascii() {
+        glob_slices(pattern.as_bytes(), name.as_bytes())
+    } else {
+        let p: Vec<char> = pattern.chars().collect();
+        let n: Vec<char> = name.chars().collect();
+        glob_slices(&p, &n)
+    }
+}
+
+/// [`glob_match`] over code points (or bytes, for ASCII): one backtracking point, linear in
+/// practice, no allocation.
+fn glob_slices<T: PartialEq + Copy + From<u8>>(p: &[T], n: &[T]) -> bool {
+    let (star_c, any_c) = (T::from(b'*'), T::from(b'?'));
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut star_n) = (None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+        if pi < p.len() && (p[pi] == any_c || (p[pi] != star_c && p[pi] == n[ni])) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_c {
             star = Some(pi);
             star_n = ni;
             pi += 1;
@@ -139,7 +165,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == star_c {
         pi += 1;
     }
     pi == p.len()
@@ -198,6 +224,39 @@ mod tests {
             "model.layers.13.self_attn.q_proj"
         ));
         assert!(glob_match("*", ""));
+        assert!(glob_match("**", "abc"));
+        assert!(!glob_match("", "a"));
+        assert!(glob_match("", ""));
+        // The substring fast paths agree with the general matcher.
+        let names = [
+            "",
+            "a",
+            "ab.c",
+            "x.mlp.gate.w",
+            "mlp.gate",
+            "é.b",
+            "gate.mlp.",
+            "aa",
+        ];
+        let patterns = [
+            "*mlp.gate.*",
+            "*gate*",
+            "mlp*",
+            "*.c",
+            "a",
+            "*a*",
+            "**a**",
+            "a*",
+            "*",
+            "*é*",
+        ];
+        for p in patterns {
+            for n in names {
+                let p_chars: Vec<char> = p.chars().collect();
+                let n_chars: Vec<char> = n.chars().collect();
+                assert_eq!(glob_match(p, n), glob_slices(&p_chars, &n_chars), "{p} {n}");
+            }
+        }
         assert!(glob_match("*a*b", "xxaxxb"));
         assert!(!glob_match("*a*b", "xxaxxbc"));
     }

@@ -104,7 +104,19 @@ impl Plan {
         config: &serde_json::Value,
         options: &Options,
     ) -> Result<Plan> {
-        let mut classified = classify(ckpt, &layout, config, options)?;
+        let classified = classify(ckpt, &layout, config, options)?;
+        Plan::from_classified(ckpt, layout, config, options, classified)
+    }
+
+    /// Plans a conversion from the checkpoint's tensors as [`classify`] sorted them (with the
+    /// same layout, config and options).
+    pub fn from_classified(
+        ckpt: &Checkpoint,
+        layout: Layout,
+        config: &serde_json::Value,
+        options: &Options,
+        mut classified: Classified,
+    ) -> Result<Plan> {
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
         let want_weights = options.weight_amax == WeightAmaxMode::Stats;
