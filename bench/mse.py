@@ -9,6 +9,8 @@ of the same shapes (verify --source is single-threaded). Prints markdown tables.
 (drops the page cache).
 
     python3 bench/mse.py [LAYERS]           # SKIP_ERRORS=1: only the speed table
+    FORMAT=fp8 python3 bench/mse.py [LAYERS] # FP8: --calib max and mse only
+    SKIP_COLD=1: only the warm-cache round; DEVICE=cpu: run on the CPU
 """
 import glob
 import json
@@ -22,12 +24,16 @@ LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 17
 WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = ".device/shardquant"
 SHAPE = ["2048", "128", "768"]  # hidden, experts, expert intermediate (Qwen3-30B-A3B)
+FORMAT = os.environ.get("FORMAT", "nvfp4")
+DEVICE = os.environ.get("DEVICE", "cuda")
 MODES = [
     ("max", ["--calib", "max"]),
     ("mse", ["--calib", "mse"]),
     ("mse-fp8-sweep", ["--calib", "mse-fp8-sweep"]),
     ("mse-fp8-sweep + importance", ["--calib", "mse-fp8-sweep", "--importance", "stats"]),
 ]
+if FORMAT == "fp8":
+    MODES = MODES[:2]
 
 
 def drop_caches():
@@ -44,12 +50,12 @@ def synth(ckpt, layers):
     return ckpt + ".amax.safetensors", ckpt + ".sums.stats.safetensors"
 
 
-def convert(ckpt, out, amax, sums, args, device="cuda"):
+def convert(ckpt, out, amax, sums, args, device=DEVICE):
     shutil.rmtree(out, ignore_errors=True)
     stats = ["--stats", amax] + (["--stats", sums] if "--importance" in args else [])
     report = f"{WORK}/report.json"
     t = time.time()
-    subprocess.run([BIN, "convert", ckpt, out, "--format", "nvfp4", "--device", device, "--quiet", "--report", report] + stats + args, check=True)
+    subprocess.run([BIN, "convert", ckpt, out, "--format", FORMAT, "--device", device, "--quiet", "--report", report] + stats + args, check=True)
     wall = time.time() - t
     r = json.load(open(report))
     assert device != "cuda" or r["gpu_units"] > 0, "no unit ran on the GPU"
@@ -65,13 +71,13 @@ def main():
     rows = []
     # Two rounds, modes interleaved, so that drift of the machine hits every mode alike; the
     # table shows the faster of the two runs of each mode.
-    for cache in ["warm", "cold"]:
+    for cache in ["warm"] if os.environ.get("SKIP_COLD") == "1" else ["warm", "cold"]:
         if cache == "warm":
             subprocess.run(f"cat {ckpt}/*.safetensors > /dev/null", shell=True, check=True)
         walls = {}
         for _ in range(2):
             for name, args in MODES:
-                if cache == "cold" and name not in ("max", "mse-fp8-sweep"):
+                if cache == "cold" and name not in ("max", "mse", "mse-fp8-sweep"):
                     continue
                 if cache == "cold":
                     drop_caches()
@@ -79,10 +85,10 @@ def main():
                 print(cache, name, walls[name][-1], flush=True)
         base = min(walls["max"])
         for name, w in walls.items():
-            rows.append((f"{name}, GPU, {cache}", min(w), min(w) / base, max(w)))
+            rows.append((f"{name}, {DEVICE}, {cache}", min(w), min(w) / base, max(w)))
     shutil.rmtree(out, ignore_errors=True)
     print()
-    print(f"input {in_bytes / 1e9:.2f} GB BF16 (hidden 2048, 128 experts of 768), {LAYERS} layers, NVFP4")
+    print(f"input {in_bytes / 1e9:.2f} GB BF16 (hidden 2048, 128 experts of 768), {LAYERS} layers, {FORMAT}")
     print("| run | wall s (best of 2) | vs --calib max | other run s |")
     print("|---|---|---|---|")
     for name, wall, ratio, other in rows:

@@ -51,9 +51,18 @@ __device__ __forceinline__ void chunk_tree(float* leaves, float sum, float* out)
     __syncthreads();
 }
 
+// mse.rs nvfp4_search_block_scale: the Triton NVFP4 fake quant's block scale, saturated at 448,
+// not clamped below, 1.0 under 1e-5.
+__device__ __forceinline__ float nvfp4_search_block_scale(float block_max, float gs, float six_gs) {
+    float s = __fdiv_rn(block_max, six_gs);
+    if (s > 448.0f) s = 448.0f;
+    float q = __fmul_rn(e4m3_to_f32(e4m3_from_f32(s)), gs);
+    return q >= 1e-5f ? q : 1.0f;
+}
+
 // Multiplier search (mse.rs chunk_losses). One block per chunk of 4096 elements, one thread per
-// 16-element group. target 0 = NVFP4 (a = weight_scale_2, b = 6 * weight_scale_2 per
-// candidate), 1 = FP8 (a = 448 / amax, b = 1 / a). out[k * chunks + chunk].
+// 16-element group. target 0 = NVFP4 (a = global scale, b = 6 * global scale per candidate),
+// 1 = FP8 (a = 448 / amax, b = 1 / a). out[k * chunks + chunk].
 extern "C" __global__ void mse_chunk_losses(const u8* __restrict__ src, int dtype, u64 n, u64 cols, int target,
                                             const float* __restrict__ a, const float* __restrict__ b,
                                             const float* __restrict__ imp, int has_imp, u64 chunks,
@@ -79,9 +88,7 @@ extern "C" __global__ void mse_chunk_losses(const u8* __restrict__ src, int dtyp
         float sum = 0.0f;
         if (target == 0) {
             if (len > 0) {
-                float s = __fdiv_rn(block_max, b[k]);
-                u8 code = e4m3_from_f32(clamp_scale(s == 0.0f ? 1.0f : s));
-                float den = __fmul_rn(e4m3_to_f32(code), a[k]);
+                float den = nvfp4_search_block_scale(block_max, a[k], b[k]);
                 for (int j = 0; j < len; ++j) {
                     float xq = __fmul_rn(e2m1_round(__fdiv_rn(w[j], den)), den);
                     sum = __fadd_rn(sum, weighted_sq(__fsub_rn(w[j], xq), imp, has_imp, (first + j) % cols));
@@ -90,7 +97,7 @@ extern "C" __global__ void mse_chunk_losses(const u8* __restrict__ src, int dtyp
         } else {
             for (int j = 0; j < len; ++j) {
                 float y = clamp_e4m3_range(__fmul_rn(w[j], a[k]));
-                float xq = round_to(dtype, __fmul_rn(e4m3_to_f32(e4m3_from_f32(y)), b[k]));
+                float xq = __fmul_rn(e4m3_to_f32(e4m3_from_f32(y)), b[k]);
                 sum = __fadd_rn(sum, weighted_sq(__fsub_rn(w[j], xq), imp, has_imp, (first + j) % cols));
             }
         }

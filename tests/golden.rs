@@ -1,22 +1,70 @@
-//! The six checkpoints exported by ModelOpt 0.47 itself (fixtures/golden): converting each
-//! case's input with its amax file must reproduce every tensor byte for byte, and the
-//! metadata files exactly.
+//! The checkpoints exported by ModelOpt 0.47 itself (fixtures/golden): converting each case's
+//! input with its amax file must reproduce every tensor byte for byte, and the metadata files
+//! exactly. The MSE case gets only the input amax: the weight amax must come from the search.
 
 mod common;
 
 use common::{assert_same_tensors, fixtures, TempDir};
+use shardquant::calib::mse::CalibMethod;
 use shardquant::options::Options;
 use shardquant::quant::{Numerics, QuantFormat};
+use std::path::{Path, PathBuf};
 
 fn convert_case(case: &str, format: QuantFormat, numerics: Numerics) {
+    convert_case_with(case, format, numerics, CalibMethod::Max);
+}
+
+/// A copy of `amax` (a safetensors file) without its weight-quantizer entries
+/// (`*weight_quantizer._amax`, `*_weight_quantizers.E._amax`): only the input amax are left.
+fn input_amax_only(amax: &Path, dest: &Path) -> PathBuf {
+    let bytes = std::fs::read(amax).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let (mut kept, mut out) = (serde_json::Map::new(), Vec::new());
+    for (name, info) in header {
+        if name == "__metadata__" || name.contains("weight_quantizer") {
+            continue;
+        }
+        let offsets = info["data_offsets"].as_array().unwrap();
+        let (a, b) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+        let mut info = info.clone();
+        let start = out.len() as u64;
+        info["data_offsets"] = serde_json::json!([start, start + b - a]);
+        out.extend_from_slice(&data[a as usize..b as usize]);
+        kept.insert(name, info);
+    }
+    assert!(!kept.is_empty() && kept.keys().all(|k| k.contains("input_quantizer")));
+    let mut text = serde_json::to_vec(&kept).unwrap();
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&text);
+    file.extend_from_slice(&out);
+    let path = dest.join("input_amax.safetensors");
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+fn convert_case_with(case: &str, format: QuantFormat, numerics: Numerics, calib: CalibMethod) {
     let dir = fixtures().join("golden").join(case);
     let tmp = TempDir::new(case);
     let out = tmp.join("out");
     let mut options = Options::new(format);
     options.numerics = numerics;
-    options.stats = vec![dir.join("amax.safetensors")];
+    options.calib = calib;
+    options.stats = vec![if calib == CalibMethod::Max {
+        dir.join("amax.safetensors")
+    } else {
+        input_amax_only(&dir.join("amax.safetensors"), &tmp.0)
+    }];
     options.quiet = true;
     options.threads = 2;
+    // SHARDQUANT_GOLDEN_DEVICE=cuda runs the cases on the GPU (the device check); by default
+    // the GPU is used when there is one.
+    if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
+        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
+    }
     shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let reference = dir.join("modelopt");
     assert_same_tensors(&out, &reference);
@@ -57,6 +105,18 @@ fn qwen3moe_nvfp4_cpu() {
 #[test]
 fn mixtral_nvfp4_cpu() {
     convert_case("mixtral_nvfp4", QuantFormat::Nvfp4, Numerics::ModeloptCpu);
+}
+
+/// ModelOpt's `{"method": "mse"}` FP8 calibration on CPU (Qwen3-MoE with transformers-5 fused
+/// experts: one search over each expert's gate and up), reproduced from the input amax alone.
+#[test]
+fn qwen3moe_mse_fp8_cpu() {
+    convert_case_with(
+        "qwen3moe_mse_fp8",
+        QuantFormat::Fp8,
+        Numerics::ModeloptCpu,
+        CalibMethod::Mse,
+    );
 }
 
 #[test]

@@ -145,7 +145,14 @@ fn fp8_mse_exports_each_weights_searched_scale() {
     for m in ["gate_proj", "up_proj", "down_proj"] {
         let (bytes, _, cols) = weight(&input, &format!("{p}.{m}"));
         let a0 = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
-        let searched = mse::mse_amax(&bytes, SourceDtype::Bf16, cols, MseTarget::Fp8, a0, None);
+        let searched = mse::mse_amax(
+            &bytes,
+            SourceDtype::Bf16,
+            cols,
+            MseTarget::Fp8(Numerics::ModeloptCuda),
+            a0,
+            None,
+        );
         let scale = fp8_scale(searched, Numerics::ModeloptCuda);
         assert_eq!(
             tensors[&format!("{p}.{m}.weight_scale")].2,
@@ -445,5 +452,118 @@ fn non_finite_weights_are_an_error_naming_the_tensor_under_mse() {
             "{calib}: {err}"
         );
         assert!(!out.exists());
+    }
+}
+
+/// The searched tensors of ModelOpt's Qwen3-MoE MSE case, as ModelOpt's weight quantizers see
+/// them: (amax key, BF16 bytes, cols). A fused expert's gate and up are one tensor `[gate; up]`.
+fn golden_mse_quantizers() -> Vec<(String, Vec<u8>, usize)> {
+    let dir = fixtures().join("golden").join("qwen3moe_mse_fp8");
+    let input = load_tensors(&dir.join("input"));
+    let w = |name: &str| {
+        let (_, shape, bytes) = &input[name];
+        (bytes.clone(), shape[1])
+    };
+    let mut out = Vec::new();
+    for key in load_tensors(&dir).keys() {
+        let Some(q) = key.strip_suffix("._amax") else {
+            continue;
+        };
+        let (bytes, cols) = if let Some(m) = q.strip_suffix(".weight_quantizer") {
+            w(&format!("{m}.weight"))
+        } else if let Some((experts, e)) = q.split_once(".gate_up_proj_weight_quantizers.") {
+            let (mut gate, cols) = w(&format!("{experts}.{e}.gate_proj.weight"));
+            gate.extend_from_slice(&w(&format!("{experts}.{e}.up_proj.weight")).0);
+            (gate, cols)
+        } else if let Some((experts, e)) = q.split_once(".down_proj_weight_quantizers.") {
+            w(&format!("{experts}.{e}.down_proj.weight"))
+        } else {
+            continue;
+        };
+        out.push((key.clone(), bytes, cols));
+    }
+    out
+}
+
+/// Every weight amax of ModelOpt's FP8 MSE calibration (CPU) is the library's search over what
+/// the quantizer saw, rounded to BF16; and the search is not max|W| for most of them.
+#[test]
+fn fp8_search_reproduces_every_modelopt_weight_amax() {
+    let dir = fixtures().join("golden").join("qwen3moe_mse_fp8");
+    let amax = load_tensors(&dir);
+    let quantizers = golden_mse_quantizers();
+    assert_eq!(quantizers.len(), 2 * (4 + 8 + 8));
+    let mut moved = 0;
+    for (key, bytes, cols) in &quantizers {
+        let dtype = SourceDtype::Bf16;
+        let a0 = quant::amax(bytes, dtype).unwrap();
+        let target = MseTarget::Fp8(Numerics::ModeloptCpu);
+        let ours = mse::mse_amax(bytes, dtype, *cols, target, a0, None);
+        let theirs = f32::from_le_bytes(amax[key].2[..4].try_into().unwrap());
+        assert_eq!(
+            ours.to_bits(),
+            theirs.to_bits(),
+            "{key}: {ours} vs {theirs}"
+        );
+        moved += usize::from(ours != a0);
+    }
+    assert!(moved > quantizers.len() / 2, "{moved}");
+}
+
+/// How often two candidates are so close that the summation order could pick the other one
+/// (relative gap under 1e-6), and how often they tie exactly (the first wins, as in
+/// `torch.argmin`): on the golden case and on a synthetic MoE model, for every target. Printed
+/// for the README (`cargo test --release --test mse near_ties -- --nocapture`).
+#[test]
+fn near_ties_are_rare() {
+    let count = |tensors: &[(String, Vec<u8>, usize)], target: MseTarget| {
+        let (mut near, mut exact) = (0, 0);
+        for (_, bytes, cols) in tensors {
+            let dtype = SourceDtype::Bf16;
+            let a0 = quant::amax(bytes, dtype).unwrap();
+            if a0 == 0.0 || (matches!(target, MseTarget::Nvfp4(_)) && cols % 16 != 0) {
+                continue;
+            }
+            let c = mse::Candidates::new(target, a0);
+            let partials = mse::chunk_losses(bytes, dtype, *cols, &c, None);
+            let gap = mse::near_tie_gap(&mse::joint_losses(&[&partials], mse::MSE_STEPS));
+            near += usize::from(gap < 1e-6);
+            exact += usize::from(gap == 0.0);
+        }
+        (near, exact, tensors.len())
+    };
+    let golden = golden_mse_quantizers();
+    let dir = TempDir::new("mse-ties");
+    let input = dir.join("in");
+    SyntheticSpec {
+        layers: 2,
+        hidden: 256,
+        intermediate: 512,
+        experts: 16,
+        moe_intermediate: 128,
+        shard_size: 4_000_000,
+        ..Default::default()
+    }
+    .write(&input)
+    .unwrap();
+    let synthetic: Vec<(String, Vec<u8>, usize)> = load_tensors(&input)
+        .into_iter()
+        .filter(|(k, (_, shape, _))| k.ends_with("proj.weight") && shape.len() == 2)
+        .map(|(k, (_, shape, bytes))| (k, bytes, shape[1]))
+        .collect();
+    assert!(synthetic.len() > 100);
+    for numerics in Numerics::ALL {
+        for target in [MseTarget::Fp8(numerics), MseTarget::Nvfp4(numerics)] {
+            let g = count(&golden, target);
+            let s = count(&synthetic, target);
+            eprintln!(
+                "{target:?}: golden {}/{} near ties ({} exact), synthetic {}/{} ({} exact)",
+                g.0, g.2, g.1, s.0, s.2, s.1
+            );
+            // No near tie where the bytes are checked against ModelOpt.
+            if target == MseTarget::Fp8(Numerics::ModeloptCpu) {
+                assert_eq!(g.0, 0);
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use crate::quant::codec::{
     e2m1_nibble, e2m1_to_f32, e4m3_from_f32, e4m3_to_f32, E2M1_MAX, E4M3_MAX,
 };
 use crate::quant::numerics::{load_f32_into, Numerics, SourceDtype};
-use crate::quant::nvfp4::{block_scale_byte, nvfp4_global_scale, NVFP4_BLOCK_SIZE};
+use crate::quant::nvfp4::{nvfp4_global_scale, NVFP4_BLOCK_SIZE};
 use crate::stats::ModuleStats;
 
 /// How weight amax is calibrated (`--calib`).
@@ -88,14 +88,26 @@ pub fn sweep_scale(code: u8, numerics: Numerics) -> f32 {
     numerics.div_const(e4m3_to_f32(code), E4M3_MAX)
 }
 
-/// What the multiplier search fake-quantizes with.
+/// What the multiplier search fake-quantizes with, and with whose arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MseTarget {
-    /// NVFP4 with dynamic block scales: the candidate is the global amax.
+    /// NVFP4 with dynamic block scales: the candidate is the global amax. ModelOpt runs this
+    /// search only on CUDA (its NVFP4 fake quant needs a CUDA tensor), in the Triton kernel
+    /// `fp4_fake_quant_block`, whatever numerics the export then uses: the search arithmetic
+    /// is that kernel's for either value (see [`Candidates::new`]).
     Nvfp4(Numerics),
-    /// FP8 per-tensor: the candidate is the tensor amax.
-    Fp8,
+    /// FP8 per-tensor: the candidate is the tensor amax; `ModeloptCpu` is ModelOpt's
+    /// `_fp8_eager` (`448.0 / amax` in Python is `reciprocal(amax) * 448`: two roundings),
+    /// `ModeloptCuda` its `fake_e4m3fy` CUDA extension (`448.f / amax` in C++: one division).
+    Fp8(Numerics),
 }
+
+/// The FP8 fake quant's floor on the amax (`_fp8_eager`, `fake_e4m3fy`): an amax at or below
+/// 2^-24 is replaced by 1.
+const FP8_AMAX_EPSILON: f32 = 1.0 / (1u32 << 24) as f32;
+/// The Triton NVFP4 fake quant replaces a quantized block scale below this (zero included) by
+/// 1.0 (`fp4_fake_quant_kernel`: `tl.where(block_max_quant >= 1e-5, block_max_quant, 1.0)`).
+pub const NVFP4_MIN_BLOCK_SCALE: f32 = 1e-5;
 
 /// Per-candidate constants of the multiplier search, computed once on the host and used by
 /// both the CPU kernel and the GPU kernel (so both see the same f32 values).
@@ -103,11 +115,13 @@ pub enum MseTarget {
 pub struct Candidates {
     /// What is fake-quantized.
     pub target: MseTarget,
-    /// The candidate amax `amax0 · m_k`.
+    /// The candidate amax `f32(amax0) · m_k` (one f32 product: ModelOpt's
+    /// `_initial_amax * candidate`, a 0-d model-dtype tensor times a 0-d f32 tensor).
     pub amax: Vec<f32>,
-    /// NVFP4: `weight_scale_2`; FP8: `448 / amax` (IEEE, as ModelOpt's `fake_e4m3fy`).
+    /// NVFP4: the global scale `amax · f32(1/2688)` (CUDA's `tensor / 2688.0`, 1e-12 when not
+    /// positive); FP8: the scale `448 / amax` (rounded as the numerics say).
     pub a: Vec<f32>,
-    /// NVFP4: `f32(6 · weight_scale_2)`; FP8: `1 / (448 / amax)`.
+    /// NVFP4: `f32(6 · a)`; FP8: `1 / a`.
     pub b: Vec<f32>,
 }
 
@@ -116,17 +130,22 @@ impl Candidates {
     pub fn new(target: MseTarget, amax0: f32) -> Candidates {
         let amax: Vec<f32> = multipliers().iter().map(|m| amax0 * m).collect();
         let (a, b) = match target {
-            MseTarget::Nvfp4(numerics) => amax
+            MseTarget::Nvfp4(_) => amax
                 .iter()
                 .map(|&g| {
-                    let ws2 = nvfp4_global_scale(g, numerics);
-                    (ws2, E2M1_MAX * ws2)
+                    let gs = nvfp4_global_scale(g, Numerics::ModeloptCuda);
+                    let gs = if gs > 0.0 { gs } else { 1e-12 };
+                    (gs, E2M1_MAX * gs)
                 })
                 .unzip(),
-            MseTarget::Fp8 => amax
+            MseTarget::Fp8(numerics) => amax
                 .iter()
                 .map(|&g| {
-                    let scale = E4M3_MAX / g;
+                    let g = if g <= FP8_AMAX_EPSILON { 1.0 } else { g };
+                    let scale = match numerics {
+                        Numerics::ModeloptCpu => (1.0 / g) * E4M3_MAX,
+                        Numerics::ModeloptCuda => E4M3_MAX / g,
+                    };
                     (scale, 1.0 / scale)
                 })
                 .unzip(),
@@ -196,37 +215,50 @@ fn group_losses(
     first: usize,
     cols: usize,
     c: &Candidates,
-    dtype: SourceDtype,
     imp: Option<&[f32]>,
     sums: &mut [f32; MSE_STEPS],
 ) {
     match c.target {
         MseTarget::Nvfp4(_) => {
-            // A group is one NVFP4 block (cols is a multiple of 16).
+            // A group is one NVFP4 block (cols is a multiple of 16). The Triton kernel's block
+            // scale: saturated at 448 but not clamped below, and 1.0 when under 1e-5.
             let block_max = w
                 .iter()
                 .fold(0.0f32, |m, x| if x.abs() > m { x.abs() } else { m });
-            for ((sum, ws2), six_ws2) in sums.iter_mut().zip(&c.a).zip(&c.b) {
-                let s = block_max / six_ws2;
-                let code = block_scale_byte(if s == 0.0 { 1.0 } else { s });
-                let den = e4m3_to_f32(code) * ws2;
+            for ((sum, gs), six_gs) in sums.iter_mut().zip(&c.a).zip(&c.b) {
+                let s = nvfp4_search_block_scale(block_max, *gs, *six_gs);
                 *sum = 0.0;
                 for (j, &x) in w.iter().enumerate() {
-                    let xq = e2m1_to_f32(e2m1_nibble(x / den)) * den;
+                    let xq = e2m1_to_f32(e2m1_nibble(x / s)) * s;
                     *sum += weighted(x - xq, imp, (first + j) % cols);
                 }
             }
         }
-        MseTarget::Fp8 => {
+        MseTarget::Fp8(_) => {
+            // `_fp8_eager` on the f32 copy of the weight: the result stays f32.
             for ((sum, scale), inverse) in sums.iter_mut().zip(&c.a).zip(&c.b) {
                 *sum = 0.0;
                 for (j, &x) in w.iter().enumerate() {
                     let y = (x * scale).clamp(-E4M3_MAX, E4M3_MAX);
-                    let xq = dtype.round(e4m3_to_f32(e4m3_from_f32(y)) * inverse);
+                    let xq = e4m3_to_f32(e4m3_from_f32(y)) * inverse;
                     *sum += weighted(x - xq, imp, (first + j) % cols);
                 }
             }
         }
+    }
+}
+
+/// The per-block scale of the Triton NVFP4 fake quant (`fp8_quantize_scale` and the 1e-5
+/// floor): `e4m3(min(block_max / (6 · gs), 448)) · gs`, or 1.0 below [`NVFP4_MIN_BLOCK_SCALE`].
+#[inline]
+pub fn nvfp4_search_block_scale(block_max: f32, gs: f32, six_gs: f32) -> f32 {
+    let s = block_max / six_gs;
+    let s = if s > E4M3_MAX { E4M3_MAX } else { s };
+    let q = e4m3_to_f32(e4m3_from_f32(s)) * gs;
+    if q >= NVFP4_MIN_BLOCK_SCALE {
+        q
+    } else {
+        1.0
     }
 }
 
@@ -270,7 +302,7 @@ pub fn chunk_losses(
         load_f32_into(bytes, dtype, &mut values[..len]);
         leaves.iter_mut().for_each(|l| l.fill(0.0));
         for (g, w) in values[..len].chunks(GROUP).enumerate() {
-            group_losses(w, first + g * GROUP, cols, c, dtype, imp, &mut sums);
+            group_losses(w, first + g * GROUP, cols, c, imp, &mut sums);
             for k in 0..MSE_STEPS {
                 leaves[k][g] = sums[k];
             }
@@ -285,13 +317,15 @@ pub fn chunk_losses(
 /// The chosen candidate: chunk losses summed in order in f64 per candidate, then the first
 /// strict minimum (a NaN loss is never chosen; candidate 0 if all are NaN).
 pub fn pick(partials: &[f32], steps: usize) -> usize {
-    let chunks = partials.len() / steps;
+    pick_joint(&[partials], steps)
+}
+
+/// [`pick`] over the concatenation of several tensors searched with the same candidates (the
+/// gate and up of a fused expert, one weight quantizer in ModelOpt): per candidate, the chunk
+/// losses of `parts[0]`, then of `parts[1]`, ..., summed in order in f64.
+pub fn pick_joint(parts: &[&[f32]], steps: usize) -> usize {
     let mut best = (0, f64::INFINITY);
-    for k in 0..steps {
-        let loss: f64 = partials[k * chunks..(k + 1) * chunks]
-            .iter()
-            .map(|&v| f64::from(v))
-            .sum();
+    for (k, loss) in joint_losses(parts, steps).into_iter().enumerate() {
         if loss < best.1 {
             best = (k, loss);
         }
@@ -299,8 +333,52 @@ pub fn pick(partials: &[f32], steps: usize) -> usize {
     best.0
 }
 
-/// The MSE amax of a weight: [`chunk_losses`] then [`pick`]; `amax0` (the max calibration)
-/// when it is zero.
+/// Each candidate's loss as [`pick_joint`] sums it.
+pub fn joint_losses(parts: &[&[f32]], steps: usize) -> Vec<f64> {
+    (0..steps)
+        .map(|k| {
+            parts
+                .iter()
+                .flat_map(|p| {
+                    let chunks = p.len() / steps;
+                    &p[k * chunks..(k + 1) * chunks]
+                })
+                .map(|&v| f64::from(v))
+                .sum()
+        })
+        .collect()
+}
+
+/// The relative gap `(L₂ − L₁) / L₁` between the least loss and the next distinct-candidate
+/// loss (0 for an exact tie, infinite when the least loss is 0 and the next is not). Below
+/// about 1e-6 the f32 summation order (ours, PyTorch's) can decide which candidate wins.
+pub fn near_tie_gap(losses: &[f64]) -> f64 {
+    let Some(best) = (0..losses.len()).min_by(|&a, &b| losses[a].total_cmp(&losses[b])) else {
+        return f64::INFINITY;
+    };
+    let l1 = losses[best];
+    let l2 = losses
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k != best)
+        .map(|(_, &l)| l)
+        .fold(f64::INFINITY, f64::min);
+    if l2 == l1 {
+        0.0
+    } else {
+        (l2 - l1) / l1
+    }
+}
+
+/// The amax ModelOpt stores for candidate `k`: the f32 product `amax0 · m_k` rounded (to
+/// nearest, ties to even) into the quantizer's `_amax` buffer, which has the weight's dtype
+/// (`TensorQuantizer._amax_setter_helper`: `self._amax.data.copy_(value)`).
+pub fn stored_amax(c: &Candidates, k: usize, dtype: SourceDtype) -> f32 {
+    dtype.round(c.amax[k])
+}
+
+/// The MSE amax of a weight: [`chunk_losses`], [`pick`], [`stored_amax`]; `amax0` (the max
+/// calibration) when it is zero.
 pub fn mse_amax(
     src: &[u8],
     dtype: SourceDtype,
@@ -313,7 +391,8 @@ pub fn mse_amax(
         return amax0;
     }
     let c = Candidates::new(target, amax0);
-    c.amax[pick(&chunk_losses(src, dtype, cols, &c, imp), MSE_STEPS)]
+    let k = pick(&chunk_losses(src, dtype, cols, &c, imp), MSE_STEPS);
+    stored_amax(&c, k, dtype)
 }
 
 /// The sweep's denominators `f32(e4m3(k) · weight_scale_2)` for codes 1..=126 (index k − 1),

@@ -1,10 +1,13 @@
 //! The MSE searches against slow, straightforward references: each candidate fake-quantized
-//! through the export kernels of `crate::quant` and its loss summed in f64, one candidate and
-//! one block at a time. The chosen amax (and the export bytes that follow) must be the same.
+//! as ModelOpt's calibration does it (FP8: `_fp8_eager` / `fake_e4m3fy` on the f32 weight;
+//! NVFP4: the Triton `fp4_fake_quant_block`), or through the export kernels of `crate::quant`
+//! for the sweep, and its loss summed in f64, one candidate and one block at a time. The
+//! chosen amax (and the export bytes that follow) must be the same.
 
 use super::*;
+use crate::quant::nvfp4::block_scale_byte;
+use crate::quant::quantize_nvfp4_static;
 use crate::quant::test_util::{encode, Rng};
-use crate::quant::{quantize_nvfp4, quantize_nvfp4_static};
 
 /// Laplace-distributed weights (heavy tails, like real weights) with per-row magnitudes.
 fn laplace(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
@@ -22,37 +25,42 @@ fn laplace(rng: &mut Rng, rows: usize, cols: usize) -> Vec<f32> {
 fn reference_multiplier(
     w: &[f32],
     dtype: SourceDtype,
-    rows: usize,
     cols: usize,
     target: MseTarget,
     amax0: f32,
     imp: Option<&[f32]>,
 ) -> usize {
-    let src = encode(w, dtype);
     let w: Vec<f32> = w.iter().map(|&x| dtype.round(x)).collect();
     let weight = |i: usize| imp.map_or(1.0, |v| f64::from(v[i % cols]));
     let mut best = (0, f64::INFINITY);
     for (k, m) in multipliers().iter().enumerate() {
         let g = amax0 * m;
         let xq: Vec<f32> = match target {
-            MseTarget::Nvfp4(numerics) => {
-                let ws2 = nvfp4_global_scale(g, numerics);
-                let mut packed = vec![0u8; rows * cols / 2];
-                let mut scales = vec![0u8; rows * cols / 16];
-                quantize_nvfp4(&src, dtype, rows, cols, ws2, &mut packed, &mut scales);
-                (0..rows * cols)
-                    .map(|i| {
-                        let nibble = (packed[i / 2] >> (4 * (i % 2))) & 0xF;
-                        e2m1_to_f32(nibble) * (e4m3_to_f32(scales[i / 16]) * ws2)
+            MseTarget::Nvfp4(_) => {
+                // fp4_fake_quant_block: global_amax / 2688.0 on CUDA (times the reciprocal).
+                let gs = g * (1.0f32 / 2688.0);
+                w.chunks(16)
+                    .flat_map(|block| {
+                        let bmax = max_abs(block);
+                        let s = (bmax / (6.0 * gs)).min(448.0);
+                        let q = e4m3_to_f32(e4m3_from_f32(s)) * gs;
+                        let q = if q >= 1e-5 { q } else { 1.0 };
+                        block
+                            .iter()
+                            .map(move |&x| e2m1_to_f32(e2m1_nibble(x / q)) * q)
+                            .collect::<Vec<_>>()
                     })
                     .collect()
             }
-            MseTarget::Fp8 => {
-                let scale = 448.0f32 / g;
+            MseTarget::Fp8(numerics) => {
+                let scale = match numerics {
+                    Numerics::ModeloptCpu => (1.0 / g) * 448.0,
+                    Numerics::ModeloptCuda => 448.0f32 / g,
+                };
                 w.iter()
                     .map(|&x| {
                         let code = e4m3_from_f32((x * scale).clamp(-448.0, 448.0));
-                        dtype.round(e4m3_to_f32(code) * (1.0 / scale))
+                        e4m3_to_f32(code) * (1.0 / scale)
                     })
                     .collect()
             }
@@ -133,16 +141,17 @@ fn multiplier_search_matches_the_reference() {
             let amax0 = crate::quant::amax(&src, dtype).unwrap();
             for target in [
                 MseTarget::Nvfp4(Numerics::ModeloptCuda),
-                MseTarget::Nvfp4(Numerics::ModeloptCpu),
-                MseTarget::Fp8,
+                MseTarget::Fp8(Numerics::ModeloptCpu),
+                MseTarget::Fp8(Numerics::ModeloptCuda),
             ] {
                 let c = Candidates::new(target, amax0);
                 let ours = pick(&chunk_losses(&src, dtype, cols, &c, None), MSE_STEPS);
-                let reference = reference_multiplier(&w, dtype, rows, cols, target, amax0, None);
+                let reference = reference_multiplier(&w, dtype, cols, target, amax0, None);
                 assert_eq!(ours, reference, "{rows}x{cols} {dtype:?} {target:?}");
+                // The stored amax: the f32 candidate rounded into the weight's dtype.
                 assert_eq!(
                     mse_amax(&src, dtype, cols, target, amax0, None),
-                    amax0 * multipliers()[ours]
+                    dtype.round(amax0 * multipliers()[ours])
                 );
             }
         }
@@ -158,7 +167,10 @@ fn weighted_multiplier_search_matches_the_reference() {
     let imp = Importance::from_mean_sq(&mean_sq, cols).unwrap();
     let src = encode(&w, SourceDtype::Bf16);
     let amax0 = max_abs(&w.iter().map(|&x| bf16_round(x)).collect::<Vec<_>>());
-    for target in [MseTarget::Nvfp4(Numerics::ModeloptCuda), MseTarget::Fp8] {
+    for target in [
+        MseTarget::Nvfp4(Numerics::ModeloptCuda),
+        MseTarget::Fp8(Numerics::ModeloptCpu),
+    ] {
         let c = Candidates::new(target, amax0);
         let ours = pick(
             &chunk_losses(&src, SourceDtype::Bf16, cols, &c, Some(&imp.weights)),
@@ -167,7 +179,6 @@ fn weighted_multiplier_search_matches_the_reference() {
         let reference = reference_multiplier(
             &w,
             SourceDtype::Bf16,
-            rows,
             cols,
             target,
             amax0,
@@ -331,10 +342,17 @@ fn ties_in_the_search_keep_the_first_candidate() {
     let src = encode(&w, SourceDtype::F32);
     // amax0 = 0: nothing to search, the amax stays 0.
     assert_eq!(
-        mse_amax(&src, SourceDtype::F32, 16, MseTarget::Fp8, 0.0, None),
+        mse_amax(
+            &src,
+            SourceDtype::F32,
+            16,
+            MseTarget::Fp8(Numerics::ModeloptCpu),
+            0.0,
+            None
+        ),
         0.0
     );
-    let c = Candidates::new(MseTarget::Fp8, 1.0);
+    let c = Candidates::new(MseTarget::Fp8(Numerics::ModeloptCpu), 1.0);
     let partials = chunk_losses(&src, SourceDtype::F32, 16, &c, None);
     assert!(partials.iter().all(|&v| v == 0.0));
     assert_eq!(pick(&partials, MSE_STEPS), 0);
@@ -356,7 +374,7 @@ fn the_reduction_follows_the_documented_tree() {
         })
         .collect();
     let src = encode(&w, SourceDtype::F32);
-    let c = Candidates::new(MseTarget::Fp8, 1e4);
+    let c = Candidates::new(MseTarget::Fp8(Numerics::ModeloptCpu), 1e4);
     let partials = chunk_losses(&src, SourceDtype::F32, cols, &c, None);
     let chunks = chunk_count(n);
     assert_eq!(chunks, 3);

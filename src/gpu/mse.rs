@@ -33,7 +33,7 @@ impl GpuCompute<'_, '_> {
         let (n64, cols64, chunks64) = (n as u64, cols as u64, chunks as u64);
         let target = match candidates.target {
             MseTarget::Nvfp4(_) => 0i32,
-            MseTarget::Fp8 => 1i32,
+            MseTarget::Fp8(_) => 1i32,
         };
         let code = dtype_code(dtype);
         let has_imp = i32::from(importance.is_some());
