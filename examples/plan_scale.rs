@@ -6,6 +6,9 @@
 //! cargo run --release --example plan_scale -- bench/models/*.json.zst
 //! ```
 //!
+//! With `PLAN_SCALE_LAYOUTS=DIR` it also writes each model's chosen layout there as JSON (the
+//! form `--layout` reads), for review.
+//!
 //! Prints a Markdown table (BENCHMARKS.md, "Planning at real scale"). A row fails (and the
 //! program exits 1) when planning fails, or when the inferred layout plans a different
 //! checkpoint than the shipped one (other quantized linears, outputs or `exclude_modules`).
@@ -68,6 +71,10 @@ fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
         Layout::for_checkpoint(None, config, &dir, ckpt.tensors()).map_err(|e| e.to_string())?;
     let origin = layout.origin;
     let name = layout.name.clone();
+    if let Some(out) = std::env::var_os("PLAN_SCALE_LAYOUTS") {
+        let file = Path::new(&out).join(format!("{}.json", list.model.replace('/', "--")));
+        std::fs::write(&file, layout.file.to_json()).map_err(|e| e.to_string())?;
+    }
     let plan = planned(&ckpt, layout, config)?;
     let plan_s = t1.elapsed().as_secs_f64();
     let inferred = if origin == Origin::Shipped {

@@ -212,10 +212,12 @@ extern "C" __global__ void nvfp4_pack(const u8* __restrict__ src, int dtype, u64
     for (int k = 0; k < 8; ++k) packed[b * 8 + k] = out[k];
 }
 
-// ---- FP8 per-tensor (fp8.rs quantize_fp8): e4m3(round_to_dtype(w / divisor)) ----
-extern "C" __global__ void fp8_quantize(const u8* __restrict__ src, int dtype, u64 n, float divisor, u8* __restrict__ out) {
+// ---- FP8 per-tensor (fp8.rs quantize_fp8): e4m3(round_to(round_dtype, w / divisor)) ----
+// round_dtype is the weight's dtype for 2-D weights, f32 (no rounding) for stacked experts.
+extern "C" __global__ void fp8_quantize(const u8* __restrict__ src, int dtype, u64 n, float divisor, int round_dtype,
+                                        u8* __restrict__ out) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        out[i] = e4m3_from_f32(round_to(dtype, __fdiv_rn(load_elem(src, dtype, i), divisor)));
+        out[i] = e4m3_from_f32(round_to(round_dtype, __fdiv_rn(load_elem(src, dtype, i), divisor)));
 }
 
 // ---- FP8 block-scaled source weights (fp8_block.rs dequantize_fp8_block) ----

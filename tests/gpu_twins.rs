@@ -10,7 +10,7 @@ use shardquant::calib::backend::{CpuCompute, UnitCompute};
 use shardquant::calib::mse::{CalibMethod, Candidates, Importance, MseTarget};
 use shardquant::gpu::{DeviceChoice, Gpu, GpuPool};
 use shardquant::options::Options;
-use shardquant::quant::{Numerics, QuantFormat, SourceDtype};
+use shardquant::quant::{Fp8Quotient, Numerics, QuantFormat, SourceDtype};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -132,15 +132,17 @@ fn kernels_match_the_cpu_bit_for_bit() {
                         // (a division by zero: NaN signs differ between x86 and CUDA).
                         continue;
                     }
-                    let (a, b) = both(&pool, &w, dtype, |c| {
-                        let mut out = vec![0x11u8; rows * cols];
-                        c.fp8(0, scale, numerics, &mut out).unwrap();
-                        out
-                    });
-                    assert!(
-                        a == b,
-                        "fp8 {dtype:?} {rows}x{cols} {numerics:?} amax {ws_amax}"
-                    );
+                    for quotient in [Fp8Quotient::WeightDtype, Fp8Quotient::F32] {
+                        let (a, b) = both(&pool, &w, dtype, |c| {
+                            let mut out = vec![0x11u8; rows * cols];
+                            c.fp8(0, scale, numerics, quotient, &mut out).unwrap();
+                            out
+                        });
+                        assert!(
+                            a == b,
+                            "fp8 {dtype:?} {quotient:?} {rows}x{cols} {numerics:?} amax {ws_amax}"
+                        );
+                    }
                 }
             }
         }
@@ -178,9 +180,10 @@ fn mse_kernels_match_the_cpu_bit_for_bit() {
                 for target in [
                     MseTarget::Nvfp4(Numerics::ModeloptCuda),
                     MseTarget::Nvfp4(Numerics::ModeloptCpu),
-                    MseTarget::Fp8,
+                    MseTarget::Fp8(Numerics::ModeloptCpu),
+                    MseTarget::Fp8(Numerics::ModeloptCuda),
                 ] {
-                    if cols % 16 != 0 && target != MseTarget::Fp8 {
+                    if cols % 16 != 0 && !matches!(target, MseTarget::Fp8(_)) {
                         continue;
                     }
                     let cand = Candidates::new(target, amax);

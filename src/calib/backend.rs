@@ -46,7 +46,14 @@ pub trait UnitCompute<'a> {
         scales: &mut [u8],
     ) -> Result<f32>;
     /// FP8 per-tensor of member `m` (see [`quant::quantize_fp8`]).
-    fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()>;
+    fn fp8(
+        &mut self,
+        m: usize,
+        scale: f32,
+        numerics: Numerics,
+        quotient: quant::Fp8Quotient,
+        out: &mut [u8],
+    ) -> Result<()>;
     /// The multiplier search's chunk losses of member `m` (see [`mse::chunk_losses`]).
     fn mse_chunk_losses(
         &mut self,
@@ -127,9 +134,16 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         ))
     }
 
-    fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()> {
+    fn fp8(
+        &mut self,
+        m: usize,
+        scale: f32,
+        numerics: Numerics,
+        quotient: quant::Fp8Quotient,
+        out: &mut [u8],
+    ) -> Result<()> {
         let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
-        quant::quantize_fp8(src, dtype, scale, numerics, out);
+        quant::quantize_fp8(src, dtype, scale, numerics, quotient, out);
         Ok(())
     }
 

@@ -470,15 +470,24 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         Ok(ws2)
     }
 
-    fn fp8(&mut self, m: usize, scale: f32, numerics: Numerics, out: &mut [u8]) -> Result<()> {
+    fn fp8(
+        &mut self,
+        m: usize,
+        scale: f32,
+        numerics: Numerics,
+        quotient: quant::Fp8Quotient,
+        out: &mut [u8],
+    ) -> Result<()> {
         let (off, len, dtype) = self.member(m);
         let gpu = self.pool.gpu.clone();
         let n = (len / dtype.size()) as u64;
-        let divisor = match numerics {
-            Numerics::ModeloptCpu => scale,
-            Numerics::ModeloptCuda => dtype.round(scale),
-        };
+        let divisor = quant::fp8_divisor(scale, dtype, numerics, quotient);
         let code = dtype_code(dtype);
+        // The dtype the quotient is rounded to before the E4M3 cast (f32: not rounded).
+        let round_code = match quotient {
+            quant::Fp8Quotient::WeightDtype => code,
+            quant::Fp8Quotient::F32 => dtype_code(SourceDtype::F32),
+        };
         let slot = self.slot();
         let src = slot.dev_in.slice(off..off + len);
         // SAFETY: n elements are read and n bytes written.
@@ -489,6 +498,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
                 .arg(&code)
                 .arg(&n)
                 .arg(&divisor)
+                .arg(&round_code)
                 .arg(&mut slot.dev_out)
                 .launch(grid_stride(n as usize))
         }

@@ -44,6 +44,17 @@ pub struct LayoutFile {
     /// of regular layers; layers past it (multi-token prediction) pass through unquantized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtp_from_config: Option<String>,
+    /// transformers' load-time renames, `[checkpoint prefix, in-memory prefix]`, first match
+    /// wins (Mistral-3, Gemma-3: `language_model.model.` is `model.language_model.` in
+    /// memory). ModelOpt's amax files use the in-memory names, and it summarises
+    /// `exclude_modules` over them before renaming back the prefixes the checkpoint uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_renames: Vec<[String; 2]>,
+    /// Glob patterns of modules whose weights ModelOpt does not wrap with quantizers (a
+    /// subclass of `nn.Embedding` such as Gemma's scaled embedding): passed through and not
+    /// listed in `exclude_modules`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unwrapped_modules: Vec<String>,
 }
 
 /// One dense linear.

@@ -18,7 +18,10 @@
 
 use super::disabled::{disabled_pattern, DISABLED_QUANTIZERS};
 use super::file::{ExpertsFile, KvCacheFile, LayoutFile, LinearFile};
-use super::vocabulary::{dense, expert_proj, family_in, is_attention_path};
+use super::vocabulary::{
+    dense, expert_proj, family_in, is_attention_path, LLAVA_RENAMES, LLAVA_RENAME_MODEL_TYPES,
+    SCALED_EMBEDDING_MODEL_TYPES,
+};
 use super::{config_value, glob_match, Layout, Origin, Role};
 use crate::checkpoint::TensorEntry;
 use crate::error::{Error, Result};
@@ -320,6 +323,29 @@ pub fn infer(
         // A tied lm_head has no tensor, but ModelOpt's in-memory model has the module.
         unquantized_modules.push("lm_head".to_string());
     }
+    let model_type = |c: &serde_json::Value| {
+        c.get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (top_type, text_type) = (model_type(config), model_type(text_config(config).0));
+    let memory_renames = if LLAVA_RENAME_MODEL_TYPES.contains(&top_type.as_str()) {
+        LLAVA_RENAMES
+            .iter()
+            .map(|(disk, memory)| [disk.to_string(), memory.to_string()])
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let unwrapped_modules = if [&top_type, &text_type]
+        .iter()
+        .any(|t| SCALED_EMBEDDING_MODEL_TYPES.contains(&t.as_str()))
+    {
+        vec!["*embed_tokens".to_string()]
+    } else {
+        Vec::new()
+    };
     let archs: Vec<String> = config
         .get("architectures")
         .and_then(|a| a.as_array())
@@ -348,6 +374,8 @@ pub fn infer(
         kv_cache,
         unquantized_modules,
         mtp_from_config: Some(format!("{text_path}num_hidden_layers")),
+        memory_renames,
+        unwrapped_modules,
     };
     debug_assert!(config_value(config, file.mtp_from_config.as_deref().unwrap_or("")).is_some());
     Layout::from_layout_file(file, &config_path.display().to_string(), Origin::Inferred)

@@ -168,6 +168,10 @@ pub struct Layout {
     /// `config.json` key (dotted path) holding the number of regular layers; layers past it
     /// (MTP) pass through.
     pub mtp_from_config: Option<String>,
+    /// transformers' load-time renames `(checkpoint prefix, in-memory prefix)`.
+    pub memory_renames: Vec<(String, String)>,
+    /// Modules ModelOpt does not wrap (glob patterns): not listed in `exclude_modules`.
+    pub unwrapped_modules: Vec<String>,
     /// Where the layout came from.
     pub origin: Origin,
     /// The layout in the JSON form `--layout` reads.
@@ -271,9 +275,47 @@ impl Layout {
             kv_cache,
             unquantized_modules: file.unquantized_modules.clone(),
             mtp_from_config: file.mtp_from_config.clone(),
+            memory_renames: file
+                .memory_renames
+                .iter()
+                .map(|[disk, memory]| (disk.clone(), memory.clone()))
+                .collect(),
+            unwrapped_modules: file.unwrapped_modules.clone(),
             origin: kind,
             file,
         })
+    }
+
+    /// The in-memory (ModelOpt) name of a checkpoint module name: the first rename whose
+    /// checkpoint prefix it starts with, applied.
+    pub fn memory_name<'n>(&self, disk: &'n str) -> std::borrow::Cow<'n, str> {
+        for (from, to) in &self.memory_renames {
+            if let Some(rest) = disk.strip_prefix(from.as_str()) {
+                return format!("{to}{rest}").into();
+            }
+        }
+        disk.into()
+    }
+
+    /// The checkpoint name of an in-memory name (or pattern), renaming back only with the
+    /// renames `used[i]` marks (transformers' reverse mapping knows only the renames it applied
+    /// while loading: a tied `lm_head` keeps its in-memory name).
+    pub fn disk_name(&self, memory: &str, used: &[bool]) -> String {
+        for ((from, to), &used) in self.memory_renames.iter().zip(used) {
+            if let Some(rest) = memory.strip_prefix(to.as_str()) {
+                if used {
+                    return format!("{from}{rest}");
+                }
+            }
+        }
+        memory.to_string()
+    }
+
+    /// Whether ModelOpt leaves `module` unwrapped (no quantizers, not in `exclude_modules`).
+    pub fn is_unwrapped(&self, module: &str) -> bool {
+        self.unwrapped_modules
+            .iter()
+            .any(|p| crate::layout::template::glob_match(p, module))
     }
 
     /// Loads a layout file given with `--layout`.

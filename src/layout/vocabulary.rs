@@ -113,6 +113,35 @@ pub fn is_attention_path(path: &str) -> bool {
         .any(|c| c.contains("attn") || c.contains("attention"))
 }
 
+/// `model_type`s that transformers 5 loads with the LLaVA renames (`conversion_mapping.py`:
+/// `"llava"` and the types mapped to it): their checkpoints' `language_model.model.*` is
+/// `model.language_model.*` in memory, where ModelOpt names quantizers.
+pub const LLAVA_RENAME_MODEL_TYPES: &[&str] = &[
+    "llava",
+    "mistral3",
+    "gemma3",
+    "paligemma",
+    "aya_vision",
+    "got_ocr2",
+    "internvl",
+    "vipllava",
+    "aria",
+];
+
+/// The LLaVA renames, `(checkpoint prefix, in-memory prefix)`, first match wins.
+pub const LLAVA_RENAMES: &[(&str, &str)] = &[
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head", "lm_head"),
+    ("vision_tower", "model.vision_tower"),
+    ("multi_modal_projector", "model.multi_modal_projector"),
+];
+
+/// `model_type`s (of the config or its `text_config`) whose token embedding is a subclass
+/// of `nn.Embedding` (Gemma's scaled embedding), which ModelOpt does not wrap: not listed in
+/// `exclude_modules`.
+pub const SCALED_EMBEDDING_MODEL_TYPES: &[&str] =
+    &["gemma", "gemma2", "gemma3", "gemma3_text", "vaultgemma"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,24 +359,44 @@ fn quantize_group<'a>(
         })
         .collect();
     let imp = |m: usize| importance[m].as_ref().map(|i| i.weights.as_slice());
-    // `--calib mse`: each member's own search (ModelOpt calibrates each weight quantizer), then
-    // the same group unification as for max.
+    // `--calib mse`: each weight quantizer's own search (ModelOpt calibrates each one), then
+    // the same group unification as for max. The gate and up of a routed expert are one
+    // quantizer in ModelOpt (the fused `gate_up_proj[e]`): one search over both.
     let amaxes = if options.calib == CalibMethod::Mse {
         let target = match options.format {
-            QuantFormat::Fp8 => MseTarget::Fp8,
+            QuantFormat::Fp8 => MseTarget::Fp8(options.numerics),
             QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => MseTarget::Nvfp4(options.numerics),
         };
-        let mut searched = Vec::with_capacity(amaxes.len());
-        for (m, (&i, a)) in members.iter().zip(&amaxes).enumerate() {
-            searched.push(match a {
-                WeightAmax::Tensor(a0) if *a0 > 0.0 => {
-                    let c = Candidates::new(target, *a0);
-                    let partials =
-                        compute.mse_chunk_losses(m, plan.linears[i].source.cols, &c, imp(m))?;
-                    WeightAmax::Tensor(c.amax[mse::pick(&partials, mse::MSE_STEPS)])
-                }
-                other => other.clone(),
-            });
+        let joint = members.len() > 1
+            && members.iter().all(|&i| plan.linears[i].expert.is_some())
+            && amaxes.iter().all(|a| matches!(a, WeightAmax::Tensor(_)));
+        let searches: Vec<Vec<usize>> = if joint {
+            vec![(0..members.len()).collect()]
+        } else {
+            (0..members.len()).map(|m| vec![m]).collect()
+        };
+        let mut searched = amaxes.clone();
+        for ms in searches {
+            let a0 = group_max(&ms.iter().map(|&m| amaxes[m].clone()).collect::<Vec<_>>());
+            if a0 <= 0.0
+                || !ms
+                    .iter()
+                    .all(|&m| matches!(amaxes[m], WeightAmax::Tensor(_)))
+            {
+                continue;
+            }
+            let c = Candidates::new(target, a0);
+            let mut partials = Vec::with_capacity(ms.len());
+            for &m in &ms {
+                let cols = plan.linears[members[m]].source.cols;
+                partials.push(compute.mse_chunk_losses(m, cols, &c, imp(m))?);
+            }
+            let parts: Vec<&[f32]> = partials.iter().map(Vec::as_slice).collect();
+            let k = mse::pick_joint(&parts, mse::MSE_STEPS);
+            let dtype = plan.linears[members[ms[0]]].source.dtype;
+            for &m in &ms {
+                searched[m] = WeightAmax::Tensor(mse::stored_amax(&c, k, dtype));
+            }
         }
         searched
     } else {
@@ -454,7 +474,17 @@ fn quantize_group<'a>(
             }
             QuantFormat::Fp8 => {
                 let ws = quant::fp8_scale(group_amax, options.numerics);
-                if l.source.dtype.round(ws) == 0.0 {
+                // ModelOpt divides a stacked 3-D expert weight by a 1-D scale (f32 quotient),
+                // a 2-D weight by a 0-d one (the quotient keeps the weight's dtype).
+                let quotient = match l.source.bmm_experts {
+                    Some(_) => quant::Fp8Quotient::F32,
+                    None => quant::Fp8Quotient::WeightDtype,
+                };
+                let zero_divisor = match quotient {
+                    quant::Fp8Quotient::WeightDtype => l.source.dtype.round(ws) == 0.0,
+                    quant::Fp8Quotient::F32 => ws == 0.0,
+                };
+                if zero_divisor {
                     return Err(Error::bad_input(format!(
                         "{}: the FP8 weight scale of {} ({ws:e}) rounds to zero in {}, so the export would divide by zero",
                         where_is(ckpt, l),
@@ -464,7 +494,7 @@ fn quantize_group<'a>(
                     .with_hint(format!("leave it unquantized with --exclude '{}'", l.module)));
                 }
                 let mut out = vec![0u8; rows * cols];
-                compute.fp8(m, ws, options.numerics, &mut out)?;
+                compute.fp8(m, ws, options.numerics, quotient, &mut out)?;
                 if let Some(p) = &passed[m] {
                     nonfinite::patch_fp8(&p.original, p.dtype, &mut out);
                 }

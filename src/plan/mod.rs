@@ -275,7 +275,17 @@ impl Plan {
                 tensor_users[t] += 1;
             }
         }
-        let exclude_modules = exclude_modules(&layout, &linears, &classified);
+        // A rename is reversed only where transformers applied it while loading.
+        let renames_used: Vec<bool> = layout
+            .memory_renames
+            .iter()
+            .map(|(disk, _)| {
+                ckpt.tensors()
+                    .iter()
+                    .any(|t| t.name.starts_with(disk.as_str()))
+            })
+            .collect();
+        let exclude_modules = exclude_modules(&layout, &linears, &classified, &renames_used);
         Ok(Plan {
             layout,
             linears,
@@ -678,12 +688,19 @@ fn dequantized_len(options: &Options, e: &crate::checkpoint::TensorEntry) -> u64
 }
 
 /// `exclude_modules` as ModelOpt summarises it; MTP layer prefixes are appended after the
-/// sorted summary, as `_add_mtp_exclusions` does.
-fn exclude_modules(layout: &Layout, linears: &[Linear], classified: &Classified) -> Vec<String> {
+/// sorted summary, as `_add_mtp_exclusions` does. With `memory_renames` (Mistral-3, Gemma-3)
+/// the summary runs over the in-memory names, and the prefixes transformers renamed while
+/// loading (`renames_used`) are renamed back, as ModelOpt's `revert_quant_config_names` does.
+fn exclude_modules(
+    layout: &Layout,
+    linears: &[Linear],
+    classified: &Classified,
+    renames_used: &[bool],
+) -> Vec<String> {
     let quantized: Vec<String> = linears
         .iter()
         .filter(|l| l.excluded.is_none())
-        .map(|l| l.quant_module().to_string())
+        .map(|l| layout.memory_name(l.quant_module()).into_owned())
         .collect();
     // Unquantized modules found in the checkpoint (embeddings, default-disabled modules, in
     // checkpoint order), the layers' excluded linears, the layout's modules without tensors
@@ -703,12 +720,16 @@ fn exclude_modules(layout: &Layout, linears: &[Linear], classified: &Classified)
         .chain(classified.excluded_other.iter().map(String::as_str))
         .chain(layout.unquantized_modules.iter().map(String::as_str))
         .chain(classified.routers.iter().map(String::as_str))
+        .filter(|name| !layout.is_unwrapped(name))
     {
         if seen.insert(name) {
-            unquantized.push(name.to_string());
+            unquantized.push(layout.memory_name(name).into_owned());
         }
     }
-    let mut out = summarize_exclude_modules(&quantized, &unquantized);
+    let mut out: Vec<String> = summarize_exclude_modules(&quantized, &unquantized)
+        .iter()
+        .map(|name| layout.disk_name(name, renames_used))
+        .collect();
     let prefix = layout.layer_prefix.render(None, None);
     for l in &classified.mtp_layers {
         let pattern = format!("{}*", prefix.replace("{layer}", &l.to_string()));

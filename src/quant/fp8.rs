@@ -16,6 +16,19 @@ pub fn fp8_scale(amax: f32, numerics: Numerics) -> f32 {
     numerics.div_const(amax, E4M3_MAX)
 }
 
+/// The precision of the FP8 weight quotient `w / weight_scale` before its E4M3 cast, as PyTorch's
+/// type promotion decides it in ModelOpt's `to_quantized_weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Quotient {
+    /// A 2-D weight divided by the 0-d f32 scale: the quotient keeps the weight's dtype
+    /// (rounded twice: to the dtype, then to E4M3).
+    WeightDtype,
+    /// A stacked 3-D expert weight (gpt-oss, Llama-4) divided by `scale.unsqueeze(-1)`, a
+    /// 1-D tensor: promotion to f32, one rounding, and the divisor is the f32 scale itself
+    /// in both numerics.
+    F32,
+}
+
 /// FP8 per-tensor weight: `out[i] = e4m3(dtype.round(f32(w_i) / d))`, where `d` is
 /// `weight_scale` (ModeloptCpu: the CPU kernel reads the original f32 scalar) or
 /// `dtype.round(weight_scale)` (ModeloptCuda: the CUDA kernel loads the f32 0-d divisor in the
@@ -23,12 +36,15 @@ pub fn fp8_scale(amax: f32, numerics: Numerics) -> f32 {
 /// dtype, the DOUBLE rounding, before the E4M3 cast ([`e4m3_from_f32`]: no saturation, a
 /// quotient above 464 would give NaN `0x7F`).
 ///
+/// With [`Fp8Quotient::F32`] the quotient is not rounded to the dtype and `d` is the f32 scale.
+///
 /// Panics if `src` does not hold exactly `out.len()` elements.
 pub fn quantize_fp8(
     src: &[u8],
     dtype: SourceDtype,
     weight_scale: f32,
     numerics: Numerics,
+    quotient: Fp8Quotient,
     out: &mut [u8],
 ) {
     assert_eq!(
@@ -37,15 +53,28 @@ pub fn quantize_fp8(
         "src must hold out.len() {} elements",
         dtype.name()
     );
-    let divisor = match numerics {
-        Numerics::ModeloptCpu => weight_scale,
-        Numerics::ModeloptCuda => dtype.round(weight_scale),
-    };
+    let divisor = fp8_divisor(weight_scale, dtype, numerics, quotient);
     // One monomorphic loop per dtype keeps the rounding out of the per-element branch.
+    if quotient == Fp8Quotient::F32 {
+        return quantize_chunks(src, dtype, divisor, out, |x| x);
+    }
     match dtype {
         SourceDtype::Bf16 => quantize_chunks(src, dtype, divisor, out, bf16_round),
         SourceDtype::F16 => quantize_chunks(src, dtype, divisor, out, f16_round),
         SourceDtype::F32 => quantize_chunks(src, dtype, divisor, out, |x| x),
+    }
+}
+
+/// The divisor [`quantize_fp8`] (and its GPU twin) divides by.
+pub fn fp8_divisor(
+    weight_scale: f32,
+    dtype: SourceDtype,
+    numerics: Numerics,
+    quotient: Fp8Quotient,
+) -> f32 {
+    match (numerics, quotient) {
+        (Numerics::ModeloptCuda, Fp8Quotient::WeightDtype) => dtype.round(weight_scale),
+        _ => weight_scale,
     }
 }
 
@@ -96,7 +125,14 @@ mod tests {
         let src = encode(&[q], SourceDtype::F32);
         let mut out = [0u8; 1];
         // f32 source: no double rounding.
-        quantize_fp8(&src, SourceDtype::F32, 1.0, Numerics::ModeloptCpu, &mut out);
+        quantize_fp8(
+            &src,
+            SourceDtype::F32,
+            1.0,
+            Numerics::ModeloptCpu,
+            Fp8Quotient::WeightDtype,
+            &mut out,
+        );
         assert_eq!(out, [0x39]);
         // bf16 source: w = 1.0625 exactly (bf16 of q) with divisor 1.0 is a tie -> 0x38.
         let src = encode(&[q], SourceDtype::Bf16);
@@ -105,6 +141,7 @@ mod tests {
             SourceDtype::Bf16,
             1.0,
             Numerics::ModeloptCpu,
+            Fp8Quotient::WeightDtype,
             &mut out,
         );
         assert_eq!(out, [0x38]);
@@ -117,6 +154,7 @@ mod tests {
             SourceDtype::Bf16,
             scale,
             Numerics::ModeloptCpu,
+            Fp8Quotient::WeightDtype,
             &mut out,
         );
         assert_eq!(out, [0x38]);
@@ -140,6 +178,7 @@ mod tests {
             SourceDtype::Bf16,
             scale,
             Numerics::ModeloptCpu,
+            Fp8Quotient::WeightDtype,
             &mut cpu,
         );
         quantize_fp8(
@@ -147,17 +186,26 @@ mod tests {
             SourceDtype::Bf16,
             scale,
             Numerics::ModeloptCuda,
+            Fp8Quotient::WeightDtype,
             &mut cuda,
         );
         assert_eq!((cpu, cuda), ([0x38], [0x39]));
         // An f32 weight has no dtype rounding: both numerics divide by the f32 scale.
         let w = encode(&[1.0703125], SourceDtype::F32);
-        quantize_fp8(&w, SourceDtype::F32, scale, Numerics::ModeloptCpu, &mut cpu);
+        quantize_fp8(
+            &w,
+            SourceDtype::F32,
+            scale,
+            Numerics::ModeloptCpu,
+            Fp8Quotient::WeightDtype,
+            &mut cpu,
+        );
         quantize_fp8(
             &w,
             SourceDtype::F32,
             scale,
             Numerics::ModeloptCuda,
+            Fp8Quotient::WeightDtype,
             &mut cuda,
         );
         assert_eq!((cpu, cuda), ([0x39], [0x39]));
@@ -177,7 +225,14 @@ mod tests {
             let values: Vec<f32> = (0..len).map(|i| (i % 897) as f32 - 448.0).collect();
             let src = encode(&values, SourceDtype::F32);
             let mut out = vec![0u8; len];
-            quantize_fp8(&src, SourceDtype::F32, 1.0, Numerics::ModeloptCpu, &mut out);
+            quantize_fp8(
+                &src,
+                SourceDtype::F32,
+                1.0,
+                Numerics::ModeloptCpu,
+                Fp8Quotient::WeightDtype,
+                &mut out,
+            );
             for (i, v) in values.iter().enumerate() {
                 assert_eq!(out[i], e4m3_from_f32(*v), "len {len} element {i}");
             }

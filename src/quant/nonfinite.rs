@@ -229,7 +229,14 @@ mod tests {
             let mut zeroed = src.clone();
             zero_nonfinite(&mut zeroed, dtype);
             let mut out = vec![0u8; 32];
-            quantize_fp8(&zeroed, dtype, 1.0 / 128.0, Numerics::ModeloptCpu, &mut out);
+            quantize_fp8(
+                &zeroed,
+                dtype,
+                1.0 / 128.0,
+                Numerics::ModeloptCpu,
+                crate::quant::Fp8Quotient::WeightDtype,
+                &mut out,
+            );
             let before = out.clone();
             patch_fp8(&src, dtype, &mut out);
             assert_eq!(out[3], 0x7F);

@@ -177,6 +177,7 @@ fn check_case(case: &str, format: QuantFormat, numerics: Numerics) -> CaseReport
                 SourceDtype::Bf16,
                 weight_scale,
                 numerics,
+                crate::quant::Fp8Quotient::WeightDtype,
                 &mut out,
             );
             compare(format!("{name}.weight"), &out, &mut report);

@@ -339,7 +339,14 @@ fn test_fp8_random_against_reference() {
                     div_const_ref(weight_amax, 448.0, numerics).to_bits()
                 );
                 let mut out = vec![0xEEu8; w.len()];
-                quantize_fp8(&src, dtype, weight_scale, numerics, &mut out);
+                quantize_fp8(
+                    &src,
+                    dtype,
+                    weight_scale,
+                    numerics,
+                    crate::quant::Fp8Quotient::WeightDtype,
+                    &mut out,
+                );
                 assert_eq!(
                     out,
                     fp8_ref(&w, dtype, weight_scale, numerics),
@@ -355,8 +362,22 @@ fn test_fp8_random_against_reference() {
             let weight_scale = fp8_scale(weight_amax, Numerics::ModeloptCpu);
             let mut cpu = vec![0u8; w.len()];
             let mut cuda = vec![0u8; w.len()];
-            quantize_fp8(&src, dtype, weight_scale, Numerics::ModeloptCpu, &mut cpu);
-            quantize_fp8(&src, dtype, weight_scale, Numerics::ModeloptCuda, &mut cuda);
+            quantize_fp8(
+                &src,
+                dtype,
+                weight_scale,
+                Numerics::ModeloptCpu,
+                crate::quant::Fp8Quotient::WeightDtype,
+                &mut cpu,
+            );
+            quantize_fp8(
+                &src,
+                dtype,
+                weight_scale,
+                Numerics::ModeloptCuda,
+                crate::quant::Fp8Quotient::WeightDtype,
+                &mut cuda,
+            );
             assert_eq!(
                 cuda,
                 fp8_ref(&w, dtype, weight_scale, Numerics::ModeloptCuda)
