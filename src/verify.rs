@@ -500,7 +500,7 @@ fn compare_with_source(
                         e * (cols / 16) * out + (c / 16) * out + o,
                     )
                 }
-                None => (r * cols + c, r * cols + c, r * (cols / 16) + c / 16),
+                None => (s.stored_index(r, c), r * cols + c, r * (cols / 16) + c / 16),
             }
         };
         let channel = importance(m, cols);

@@ -93,9 +93,11 @@ pub struct ExpertsFile {
     pub fused_down: Option<String>,
     /// `false` (default): fused parameters are `[E, out, in]` (transformers 5: gate rows first,
     /// then up rows) and are written per expert under `module`, as ModelOpt's export does.
-    /// `true`: they are `[E, in, out]` (gpt-oss, Llama-4: BMM-style experts, gate/up possibly
-    /// interleaved) and are written fused, quantized along `in` with one scale per parameter
-    /// for all experts of the layer, as ModelOpt's export does.
+    /// `true`: they are `[E, in, out]`. Without `module` (gpt-oss, Llama-4: BMM-style experts,
+    /// gate/up possibly interleaved) they are written fused, quantized along `in` with one
+    /// scale per parameter for all experts of the layer; with `module` (Qwen3-VL-MoE) each
+    /// expert's `[in, out]` is transposed and written per expert (gate = the first half of
+    /// gate_up's outputs), as ModelOpt's export does.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fused_transposed: bool,
     /// ModelOpt's in-memory experts module (names the fused quantizers in amax files), e.g.

@@ -19,8 +19,8 @@
 use super::disabled::{disabled_pattern, DISABLED_QUANTIZERS};
 use super::file::{ExpertsFile, KvCacheFile, LayoutFile, LinearFile};
 use super::vocabulary::{
-    dense, expert_proj, family_in, is_attention_path, LLAVA_RENAMES, LLAVA_RENAME_MODEL_TYPES,
-    SCALED_EMBEDDING_MODEL_TYPES,
+    dense, expert_proj, family_in, is_attention_path, BMM_EXPERT_MODEL_TYPES, LLAVA_RENAMES,
+    LLAVA_RENAME_MODEL_TYPES, SCALED_EMBEDDING_MODEL_TYPES,
 };
 use super::{config_value, glob_match, Layout, Origin, Role};
 use crate::checkpoint::TensorEntry;
@@ -265,6 +265,19 @@ pub fn infer(
             "experts named both gate_proj/up_proj/down_proj and w1/w3/w2".to_string(),
         ));
     }
+    let model_type = |c: &serde_json::Value| {
+        c.get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (top_type, text_type) = (model_type(config), model_type(text_config(config).0));
+    // gpt-oss and Llama-4 keep [E, in, out] experts as one BMM module in memory (ModelOpt
+    // writes them fused); other models' [E, in, out] experts are transposed on load and written
+    // per expert.
+    let bmm_experts = [&top_type, &text_type]
+        .iter()
+        .any(|t| BMM_EXPERT_MODEL_TYPES.contains(&t.as_str()));
     let experts = match expert_parents.into_iter().next() {
         None => None,
         Some(parent) => Some(experts_file(
@@ -272,6 +285,7 @@ pub fn infer(
             expert_names.into_iter().next(),
             &fused,
             hidden,
+            bmm_experts,
             &relatives,
             &refuse,
         )?),
@@ -323,13 +337,6 @@ pub fn infer(
         // A tied lm_head has no tensor, but ModelOpt's in-memory model has the module.
         unquantized_modules.push("lm_head".to_string());
     }
-    let model_type = |c: &serde_json::Value| {
-        c.get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let (top_type, text_type) = (model_type(config), model_type(text_config(config).0));
     let memory_renames = if LLAVA_RENAME_MODEL_TYPES.contains(&top_type.as_str()) {
         LLAVA_RENAMES
             .iter()
@@ -387,6 +394,7 @@ fn experts_file(
     names: Option<(&'static str, &'static str, &'static str)>,
     fused: &BTreeMap<(String, bool), Vec<usize>>,
     hidden: Option<usize>,
+    bmm_experts: bool,
     relatives: &BTreeSet<String>,
     refuse: &dyn Fn(String) -> Error,
 ) -> Result<ExpertsFile> {
@@ -451,7 +459,7 @@ fn experts_file(
         format!("{memory_parent}.experts")
     };
     Ok(ExpertsFile {
-        module: (!fused_transposed).then(|| join("experts.{expert}")),
+        module: (!(fused_transposed && bmm_experts)).then(|| join("experts.{expert}")),
         gate: gate.to_string(),
         up: up.to_string(),
         down: down_name.to_string(),

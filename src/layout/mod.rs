@@ -36,6 +36,32 @@ pub const BUILTIN_LAYOUTS: &[(&str, &str)] = &[
         "deepseek_v3.json",
         include_str!("../../layouts/deepseek_v3.json"),
     ),
+    ("phi3.json", include_str!("../../layouts/phi3.json")),
+    ("glm4_moe.json", include_str!("../../layouts/glm4_moe.json")),
+    (
+        "qwen2_moe.json",
+        include_str!("../../layouts/qwen2_moe.json"),
+    ),
+    (
+        "qwen3_next.json",
+        include_str!("../../layouts/qwen3_next.json"),
+    ),
+    ("gpt_oss.json", include_str!("../../layouts/gpt_oss.json")),
+    ("llama4.json", include_str!("../../layouts/llama4.json")),
+    ("mistral3.json", include_str!("../../layouts/mistral3.json")),
+    ("gemma3.json", include_str!("../../layouts/gemma3.json")),
+    (
+        "gemma3_text.json",
+        include_str!("../../layouts/gemma3_text.json"),
+    ),
+    (
+        "minimax_m2.json",
+        include_str!("../../layouts/minimax_m2.json"),
+    ),
+    (
+        "qwen3_vl_moe.json",
+        include_str!("../../layouts/qwen3_vl_moe.json"),
+    ),
 ];
 
 /// What part of the model a linear belongs to; used by `--scope`.
@@ -440,11 +466,18 @@ mod tests {
         let all = Layout::builtin();
         assert_eq!(all.len(), BUILTIN_LAYOUTS.len());
         for l in &all {
+            let prefix = l.layer_prefix.render(Some(0), None);
+            assert!(prefix.ends_with("layers.0"), "{}", l.name);
             for lin in &l.linears {
                 assert!(lin
                     .template
                     .render(Some(0), None)
-                    .starts_with("model.layers.0."));
+                    .starts_with(&format!("{prefix}.")));
+            }
+            // Every shipped layout is selected by its own architectures.
+            for arch in &l.architectures {
+                let cfg = serde_json::json!({"architectures": [arch], "model_type": "x"});
+                assert_eq!(Layout::shipped_for(&cfg).unwrap().name, l.name);
             }
         }
     }

@@ -128,6 +128,11 @@ pub const LLAVA_RENAME_MODEL_TYPES: &[&str] = &[
     "aria",
 ];
 
+/// `model_type`s whose fused `[E, in, out]` experts are one BMM-style module in memory
+/// (transformers' `GptOssExperts`, `Llama4TextExperts`), which ModelOpt quantizes and writes
+/// fused; other models' `[E, in, out]` experts are transposed on load and written per expert.
+pub const BMM_EXPERT_MODEL_TYPES: &[&str] = &["gpt_oss", "llama4", "llama4_text"];
+
 /// The LLaVA renames, `(checkpoint prefix, in-memory prefix)`, first match wins.
 pub const LLAVA_RENAMES: &[(&str, &str)] = &[
     ("language_model.model.", "model.language_model."),

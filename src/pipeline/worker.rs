@@ -218,18 +218,9 @@ fn member_weights<'a>(
                     options.fp8_dequant,
                 )?)
             }
-            None => match l.source.bmm_experts {
-                // A BMM expert stack [E, in, out]: the kernels quantize along `in`, so they
-                // see it as [E * out, in].
-                Some(experts) => Cow::Owned(crate::plan::transpose_experts(
-                    bytes,
-                    experts,
-                    l.source.cols,
-                    l.source.rows_per_matrix(),
-                    l.source.dtype.size(),
-                )),
-                None => Cow::Borrowed(bytes),
-            },
+            // A BMM expert stack [E, in, out] or a column slice of one expert's [in, out]: the
+            // kernels quantize along `in`, so they see the transposed matrix.
+            None => l.source.kernel_matrix(bytes),
         };
         weights.push((data, l.source.dtype));
     }

@@ -9,7 +9,7 @@
 //! the conversion: shardquant never guesses what it is.
 
 use super::shapes;
-use super::sources::{fp8_scale_of, matrix_source, source_dtype, WeightSource};
+use super::sources::{fp8_scale_of, matrix_source, source_dtype, ColumnSlice, WeightSource};
 use crate::checkpoint::{Checkpoint, Dtype, OutputTensor, TensorEntry};
 use crate::error::Result;
 use crate::layout::disabled::{disabled_pattern, is_embedding};
@@ -403,6 +403,62 @@ fn fused_linears(
         ));
         return Some(Vec::new());
     };
+    if experts.fused_transposed && experts.module.is_some() {
+        // [E, in, out] written per expert (Qwen3-VL-MoE): each projection is a column slice
+        // of its expert's [in, out] matrix; gate and up are the two halves of gate_up.
+        let (cols, out_total) = (d1, d2);
+        if gate_up && out_total % 2 != 0 {
+            problems.push(format!(
+                "{file}: tensor '{}': fused gate_up has an odd output count {out_total}",
+                t.name
+            ));
+            return Some(Vec::new());
+        }
+        let expert_bytes = cols * out_total * dtype.size();
+        let mut linears = Vec::new();
+        for e in 0..n_experts {
+            let parts: &[(ExpertProj, usize, usize)] = if gate_up {
+                &[
+                    (ExpertProj::Gate, 0, out_total / 2),
+                    (ExpertProj::Up, out_total / 2, out_total / 2),
+                ]
+            } else {
+                &[(ExpertProj::Down, 0, out_total)]
+            };
+            for &(proj, start, n) in parts {
+                let module = experts
+                    .module_name(layer, e, proj)
+                    .expect("checked: the layout has a per-expert module");
+                let mut source = WeightSource::matrix(idx, n, cols, dtype);
+                source.offset = e * expert_bytes;
+                source.fused = true;
+                source.columns = Some(ColumnSlice {
+                    stride: out_total,
+                    start,
+                });
+                let excluded = ex.reason(&t.name, &module, Role::Expert);
+                if excluded.is_some() {
+                    problems.push(format!(
+                        "{module}: experts stored [experts, in, out] ('{}') cannot be left unquantized one by one; \
+                         quantize them (drop the --exclude / --scope that matches them) or convert the tensor to [experts, out, in] first",
+                        t.name
+                    ));
+                    return Some(Vec::new());
+                }
+                check(ckpt, &source, ex.options, problems);
+                linears.push(Linear {
+                    module,
+                    layer,
+                    role: Role::Expert,
+                    expert: Some((e, proj)),
+                    shared_group: None,
+                    source,
+                    excluded,
+                });
+            }
+        }
+        return Some(linears);
+    }
     if experts.fused_transposed {
         // One linear: the kernels see the [E * out, in] transposed copy.
         let (cols, out_features) = (d1, d2);

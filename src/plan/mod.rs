@@ -10,7 +10,7 @@ mod shapes;
 mod sources;
 
 pub use classify::{classify, Classified, Linear};
-pub use sources::{source_dtype, transpose_experts, WeightSource};
+pub use sources::{source_dtype, transpose_experts, ColumnSlice, WeightSource};
 
 use crate::calib::mse::Importance;
 use crate::calib::policy;

@@ -27,6 +27,19 @@ pub struct WeightSource {
     /// output, gpt-oss and Llama-4): the kernels see its transposed copy `[rows, cols]`, and
     /// the outputs are transposed back and written fused.
     pub bmm_experts: Option<usize>,
+    /// For one expert projection of a fused `[E, in, out]` parameter written per expert
+    /// (Qwen3-VL-MoE on the hub): the stored bytes at `offset` are the expert's `[cols, stride]`
+    /// matrix and this linear is its columns `start .. start + rows`, transposed.
+    pub columns: Option<ColumnSlice>,
+}
+
+/// Columns of a stored `[in, stride]` matrix (see [`WeightSource::columns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnSlice {
+    /// Columns of the stored matrix (the parameter's last dimension).
+    pub stride: usize,
+    /// First column of the slice.
+    pub start: usize,
 }
 
 impl WeightSource {
@@ -41,14 +54,52 @@ impl WeightSource {
             fused: false,
             fp8_scale: None,
             bmm_experts: None,
+            columns: None,
         }
     }
 
-    /// Byte length of the stored weight (one byte per element for FP8).
+    /// Byte length of the stored weight read for this linear (one byte per element for FP8;
+    /// for a column slice, the expert's whole `[in, stride]` matrix).
     pub fn byte_len(&self) -> usize {
-        match self.fp8_scale {
-            Some(_) => self.rows * self.cols,
-            None => self.rows * self.cols * self.dtype.size(),
+        match (self.fp8_scale, self.columns) {
+            (Some(_), _) => self.rows * self.cols,
+            (None, Some(c)) => self.cols * c.stride * self.dtype.size(),
+            (None, None) => self.rows * self.cols * self.dtype.size(),
+        }
+    }
+
+    /// The `[rows, cols]` matrix the kernels see, from the stored bytes ([`Self::byte_len`]
+    /// of them, or their dequantized copy): borrowed as stored, or transposed for a BMM
+    /// stack or a column slice.
+    pub fn kernel_matrix<'a>(&self, stored: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let elem = self.dtype.size();
+        match (self.bmm_experts, self.columns) {
+            (Some(experts), _) => {
+                transpose_experts(stored, experts, self.cols, self.rows_per_matrix(), elem).into()
+            }
+            (None, Some(c)) => {
+                let mut out = vec![0u8; self.rows * self.cols * elem];
+                for (i, row) in out.chunks_exact_mut(elem * self.cols).enumerate() {
+                    for (k, dst) in row.chunks_exact_mut(elem).enumerate() {
+                        let from = (k * c.stride + c.start + i) * elem;
+                        dst.copy_from_slice(&stored[from..from + elem]);
+                    }
+                }
+                out.into()
+            }
+            (None, None) => stored.into(),
+        }
+    }
+
+    /// Index in the stored bytes of element `(r, c)` of the kernels' matrix.
+    pub fn stored_index(&self, r: usize, c: usize) -> usize {
+        match (self.bmm_experts, self.columns) {
+            (Some(_), _) => {
+                let out = self.rows_per_matrix();
+                (r / out) * self.cols * out + c * out + r % out
+            }
+            (None, Some(s)) => c * s.stride + s.start + r,
+            (None, None) => r * self.cols + c,
         }
     }
 
