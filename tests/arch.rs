@@ -29,6 +29,7 @@ const CASES: &[(&str, QuantFormat, &str)] = &[
     ("gemma3text_nvfp4", QuantFormat::Nvfp4, "gemma3_text"),
     ("minimaxm2_nvfp4", QuantFormat::Nvfp4, "minimax_m2"),
     ("qwen3vlmoe_nvfp4", QuantFormat::Nvfp4, "qwen3_vl_moe"),
+    ("deepseek_nvfp4", QuantFormat::Nvfp4, "deepseek_v3"),
 ];
 
 fn case_dir(case: &str) -> PathBuf {
