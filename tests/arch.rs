@@ -49,6 +49,10 @@ fn convert_case(case: &str, format: QuantFormat) {
     options.stats = vec![dir.join("amax.safetensors")];
     options.quiet = true;
     options.threads = 2;
+    // SHARDQUANT_GOLDEN_DEVICE=cuda runs the cases on the GPU (the device check).
+    if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
+        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
+    }
     shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let reference = dir.join("modelopt");
     assert_same_tensors(&out, &reference);
