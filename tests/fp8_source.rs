@@ -420,3 +420,24 @@ fn f32_dequantization_still_accepts_amax_recorded_on_bf16_weights() {
         "unquantized FP8 written in the chosen precision"
     );
 }
+
+/// `verify --source` on an FP8-block source dequantizes it as `convert` does and compares every
+/// quantized linear: none is skipped, and the errors are those against the BF16 twin.
+#[test]
+fn verify_compares_every_linear_with_an_fp8_source() {
+    let tmp = TempDir::new("fp8src-verify");
+    let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
+    let out = tmp.join("out");
+    shardquant::convert::convert(&fp8_dir, &out, &options()).unwrap();
+    let from_fp8 = shardquant::verify::verify(&out, Some(&fp8_dir)).unwrap();
+    assert!(from_fp8.problems.is_empty(), "{:?}", from_fp8.problems);
+    let quantized = load_tensors(&out)
+        .keys()
+        .filter(|k| k.ends_with(".weight_scale_2"))
+        .count();
+    assert!(quantized > 0);
+    assert_eq!(from_fp8.linears, quantized);
+    assert_eq!(from_fp8.errors.len(), quantized, "every linear compared");
+    let from_bf16 = shardquant::verify::verify(&out, Some(&bf16_dir)).unwrap();
+    assert_eq!(from_fp8.errors, from_bf16.errors);
+}

@@ -412,17 +412,14 @@ fn inspect_explains_a_moe_checkpoint() {
 }
 
 #[test]
-fn fused_experts_can_be_excluded_one_by_one() {
+fn fused_experts_can_be_excluded_per_layer() {
     let case = golden("qwen3moe_nvfp4");
     let tmp = TempDir::new("fusedex");
     let fused = tmp.join("fused");
     write_fused(&case.join("input"), &fused, 2, 8);
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.excludes = vec![
-        "*.experts.3.*".to_string(),
-        "*.1.mlp.experts.*.down_proj".to_string(),
-    ];
+    o.excludes = vec!["*.1.mlp.experts.*".to_string()];
     shardquant::convert::convert(&fused, &out, &o).unwrap();
     let t = load_tensors(&out);
     let input = load_tensors(&case.join("input"));
@@ -432,7 +429,7 @@ fn fused_experts_can_be_excluded_one_by_one() {
         "no fused names"
     );
     for name in [
-        "model.layers.0.mlp.experts.3.gate_proj.weight",
+        "model.layers.1.mlp.experts.3.gate_proj.weight",
         "model.layers.1.mlp.experts.3.up_proj.weight",
         "model.layers.1.mlp.experts.5.down_proj.weight",
     ] {
@@ -444,12 +441,41 @@ fn fused_experts_can_be_excluded_one_by_one() {
     let reference = load_tensors(&case.join("modelopt"));
     for name in [
         "model.layers.0.mlp.experts.5.down_proj.weight",
-        "model.layers.1.mlp.experts.5.up_proj.weight_scale",
+        "model.layers.0.mlp.experts.3.up_proj.weight_scale",
     ] {
         assert_eq!(
             t[name], reference[name],
             "{name}: quantized experts are unaffected"
         );
+    }
+}
+
+/// Serving engines hold a layer's routed experts in one fused tensor, an expert's gate and up
+/// in one `w13`, and q/k/v in one `qkv_proj`: excluding part of any of them is refused before
+/// anything is written, naming the group.
+#[test]
+fn excluding_part_of_a_fused_group_is_refused() {
+    let case = golden("qwen3moe_nvfp4");
+    let tmp = TempDir::new("partialgroup");
+    let fused = tmp.join("fused");
+    write_fused(&case.join("input"), &fused, 2, 8);
+    for (exclude, names) in [
+        ("*.experts.3.*", "model.layers.0.mlp.experts.3.gate_proj"),
+        ("*.0.mlp.experts.3.gate_proj", "an expert's gate and up"),
+        ("*.1.mlp.experts.*.down_proj", "routed experts of one layer"),
+        (
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.k_proj",
+        ),
+    ] {
+        let out = tmp.join("out");
+        let mut o = nvfp4_options(&case.join("amax.safetensors"));
+        o.excludes = vec![exclude.to_string()];
+        let err = shardquant::convert::convert(&fused, &out, &o).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("part of a fused group"), "{exclude}: {text}");
+        assert!(text.contains(names), "{exclude}: {text}");
+        assert!(!out.exists(), "{exclude}: nothing written");
     }
 }
 

@@ -155,3 +155,81 @@ fn a_source_of_another_shape_is_a_problem_not_a_crash() {
     );
     assert!(v.errors.is_empty());
 }
+
+/// The ModelOpt export of `case` with `modules` put back unquantized (their input weights, in a
+/// single new shard): what a tool that excludes part of a fused group writes.
+fn partly_unquantized(case: &str, modules: &[&str], tmp: &TempDir) -> std::path::PathBuf {
+    let (export, input) = (golden(case).join("modelopt"), golden(case).join("input"));
+    let out = tmp.join("partial");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in std::fs::read_dir(&export).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.ends_with(".safetensors") && !name.ends_with(".index.json") {
+            std::fs::copy(&p, out.join(&name)).unwrap();
+        }
+    }
+    let dropped = |n: &str| modules.iter().any(|m| n.starts_with(&format!("{m}.")));
+    let mut tensors: Vec<(String, String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (dir, keep) in [(&export, false), (&input, true)] {
+        for (name, (dtype, shape, bytes)) in common::load_tensors(dir) {
+            let wanted = if keep {
+                modules.iter().any(|m| name == format!("{m}.weight"))
+            } else {
+                !dropped(&name)
+            };
+            if wanted {
+                tensors.push((name, dtype, shape, bytes));
+            }
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            let dtype: safetensors::Dtype =
+                serde_json::from_value(serde_json::Value::String(d.clone())).unwrap();
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+    out
+}
+
+/// A fused group only partly quantized (what vLLM refuses) is a problem in any checkpoint.
+#[test]
+fn a_partly_quantized_fused_group_is_a_problem() {
+    let tmp = TempDir::new("verify-partial");
+    let dir = partly_unquantized("llama_nvfp4", &["model.layers.0.self_attn.q_proj"], &tmp);
+    let v = shardquant::verify::verify(&dir, None).unwrap();
+    let text = v.problems.join("\n");
+    assert!(
+        text.contains("model.layers.0.self_attn.k_proj is quantized but model.layers.0.self_attn.q_proj is not"),
+        "{text}"
+    );
+    let tmp = TempDir::new("verify-partial-experts");
+    let dir = partly_unquantized(
+        "qwen3moe_nvfp4",
+        &[
+            "model.layers.1.mlp.experts.3.gate_proj",
+            "model.layers.1.mlp.experts.3.up_proj",
+            "model.layers.1.mlp.experts.3.down_proj",
+        ],
+        &tmp,
+    );
+    let v = shardquant::verify::verify(&dir, None).unwrap();
+    let text = v.problems.join("\n");
+    assert!(
+        text.contains(
+            "model.layers.1.mlp.experts: 21 expert projection(s) are quantized but 3 are not"
+        ),
+        "{text}"
+    );
+    // The untouched exports pass.
+    for case in ["llama_nvfp4", "qwen3moe_nvfp4"] {
+        let v = shardquant::verify::verify(&golden(case).join("modelopt"), None).unwrap();
+        assert!(v.problems.is_empty(), "{case}: {:?}", v.problems);
+    }
+}

@@ -6,6 +6,7 @@
 //! one weight amax), a lone linear, one pass-through tensor, or a layer's KV-cache scales.
 
 mod classify;
+mod groups;
 mod shapes;
 mod sources;
 
@@ -153,6 +154,7 @@ impl Plan {
             ));
         }
         let linears = std::mem::take(&mut classified.linears);
+        problems.extend(groups::partial_groups(&linears));
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }

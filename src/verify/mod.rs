@@ -8,6 +8,8 @@
 //! and up) sharing `weight_scale_2` and `input_scale`; every expert's `input_scale` usable; and
 //! `exclude_modules` agreeing with the tensors present.
 
+mod groups;
+
 use crate::checkpoint::{Checkpoint, Dtype, TensorEntry};
 use crate::convert::{check_checksums, read_config, ChecksumCheck, MANIFEST_FILE};
 use crate::error::{Error, Result};
@@ -228,6 +230,7 @@ pub fn verify_weighted(
         check_shared(&ckpt, layout, &quantized, nvfp4, &mut v.problems);
     }
     check_excludes(&hf, &quantized, &mut v.problems);
+    groups::check_partial_groups(&ckpt, &quantized, &mut v.problems);
     if let Some(dir) = source {
         let src = Checkpoint::open(dir)?;
         let sources = source_linears(&src, dir, &algo, &mut v.problems)?;
@@ -474,7 +477,13 @@ fn compare_with_source(
             }
             None => match source_dtype(t.dtype) {
                 Some(d) => (stored, d),
-                None => continue,
+                None => {
+                    v.problems.push(format!(
+                        "{m}: its source {} has dtype {:?}, which cannot be compared",
+                        t.name, t.dtype
+                    ));
+                    continue;
+                }
             },
         };
         // The per-tensor scale (weight_scale_2 or FP8 weight_scale); check_linear reports a bad one.
