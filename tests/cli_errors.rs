@@ -721,6 +721,61 @@ fn stats_for_another_model_is_refused_by_its_weight_amax() {
     assert_no_output(&sb.out);
 }
 
+/// `--weight-amax stats` uses the recorded weight amax, but still refuses one that no
+/// ModelOpt calibration of this weight picks (here 0.2 x max|W|: made on another checkpoint).
+#[test]
+fn weight_amax_stats_for_another_checkpoint_is_refused() {
+    let sb = Sandbox::new("llama_nvfp4", "foreignwstats");
+    let tensors = common::load_tensors_of_file(&amax("llama_nvfp4"));
+    let scaled: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, (_, shape, bytes))| {
+            let bytes = if name.ends_with("weight_quantizer._amax") {
+                let v = f32::from_le_bytes(bytes[..4].try_into().unwrap()) * 0.2;
+                v.to_le_bytes().to_vec()
+            } else {
+                bytes
+            };
+            (name, shape, bytes)
+        })
+        .collect();
+    let path = sb.tmp.join("scaled.safetensors");
+    let rows: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = scaled
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), "F32", s.clone(), b.clone()))
+        .collect();
+    write_safetensors(&path, &rows);
+    let r = sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&path),
+        "--weight-amax",
+        "stats",
+    ]);
+    r.expect_error(
+        BAD_INPUT,
+        &[
+            "made on a different checkpoint",
+            "0.25 to 4",
+            "--weight-amax compute",
+        ],
+    );
+    assert_no_output(&sb.out);
+    // The file's own weight amax (max calibration: max|W|) pass.
+    let sb = Sandbox::new("llama_nvfp4", "ownwstats");
+    sb.convert(&[
+        "--format",
+        "nvfp4",
+        "--stats",
+        s(&amax("llama_nvfp4")),
+        "--weight-amax",
+        "stats",
+        "-q",
+    ])
+    .expect_success();
+}
+
 /// Mixtral's amax file for the llama checkpoint: the attention amax match (same names), the
 /// MLP ones do not. The six MLP linears have no input amax: an error.
 #[test]

@@ -159,6 +159,7 @@ fn where_is(ckpt: &Checkpoint, l: &Linear) -> String {
 /// non-finite weight is found even when its amax comes from the statistics.
 fn member_amax(
     plan: &Plan,
+    ckpt: &Checkpoint,
     i: usize,
     m: usize,
     compute: &mut dyn UnitCompute,
@@ -166,9 +167,47 @@ fn member_amax(
     let scanned = compute.amax(m)?;
     Ok(match (&plan.weight_stats[i], scanned) {
         (_, Err(at)) => Err(at),
-        (Some(a), Ok(_)) => Ok(a.clone()),
+        (Some(a), Ok(v)) => {
+            check_recorded_weight_amax(plan, ckpt, i, a, v)?;
+            Ok(a.clone())
+        }
         (None, Ok(v)) => Ok(WeightAmax::Tensor(v)),
     })
+}
+
+/// `--weight-amax stats`: a recorded weight amax must be one a ModelOpt calibration of THIS
+/// weight can pick: max calibration records max|W|, the MSE search `max|W| · [0.25, 4]`
+/// (rounded to the weight dtype); a static NVFP4 `_global_amax` is held to the same range.
+/// Anything outside was made on another checkpoint.
+fn check_recorded_weight_amax(
+    plan: &Plan,
+    ckpt: &Checkpoint,
+    i: usize,
+    recorded: &WeightAmax,
+    max_abs: f32,
+) -> Result<()> {
+    // One BF16 ulp of slack on each bound (the chosen amax is rounded to the weight dtype).
+    const SLACK: f32 = 1.0 / 128.0;
+    let value = match recorded {
+        WeightAmax::Tensor(a) => *a,
+        WeightAmax::Blocks { global, .. } => *global,
+    };
+    let (low, high) = (
+        0.25 * max_abs * (1.0 - SLACK),
+        4.0 * max_abs * (1.0 + SLACK),
+    );
+    if max_abs == 0.0 || (low..=high).contains(&value) {
+        return Ok(());
+    }
+    let l = &plan.linears[i];
+    Err(Error::bad_input(format!(
+        "{}: the statistics say the weight amax of {} is {value}, but max|W| of this checkpoint is {max_abs}; \
+         no ModelOpt calibration of this weight picks that (max: max|W|, MSE: 0.25 to 4 x max|W|), \
+         so the statistics were made on a different checkpoint",
+        where_is(ckpt, l),
+        l.module
+    ))
+    .with_hint("pass the statistics made on this checkpoint, or use --weight-amax compute to take max|W| from the weights"))
 }
 
 /// The error for a non-finite element at index `at` of linear `l`.
@@ -255,7 +294,7 @@ fn load_and_amax<'a>(
     let mut amaxes = Vec::with_capacity(members.len());
     let mut bad = Vec::new();
     for (m, &i) in members.iter().enumerate() {
-        match member_amax(plan, i, m, compute)? {
+        match member_amax(plan, ckpt, i, m, compute)? {
             Ok(a) => amaxes.push(Some(a)),
             Err(_) if options.allow_nonfinite => {
                 bad.push(m);
@@ -285,7 +324,7 @@ fn load_and_amax<'a>(
         compute.load(weights)?;
         for &m in &bad {
             let i = members[m];
-            let amax = member_amax(plan, i, m, compute)?
+            let amax = member_amax(plan, ckpt, i, m, compute)?
                 .map_err(|at| nonfinite_error(ckpt, &plan.linears[i], at))?;
             amaxes[m] = Some(amax);
         }

@@ -57,21 +57,31 @@ pub fn load_tensors(dir: &Path) -> BTreeMap<String, Tensor> {
         .collect();
     files.sort();
     for f in files {
-        let bytes = std::fs::read(&f).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for (name, view) in st.tensors() {
-            let prev = out.insert(
-                name.clone(),
+        for (name, tensor) in load_tensors_of_file(&f) {
+            let prev = out.insert(name.clone(), tensor);
+            assert!(prev.is_none(), "{name} appears twice in {}", dir.display());
+        }
+    }
+    out
+}
+
+/// Every tensor of one safetensors file, by name.
+pub fn load_tensors_of_file(path: &Path) -> BTreeMap<String, Tensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
                 (
                     format!("{:?}", view.dtype()),
                     view.shape().to_vec(),
                     view.data().to_vec(),
                 ),
-            );
-            assert!(prev.is_none(), "{name} appears twice in {}", dir.display());
-        }
-    }
-    out
+            )
+        })
+        .collect()
 }
 
 /// Asserts two checkpoint directories hold the same tensors, byte for byte.
