@@ -1270,6 +1270,52 @@ fn clap_threads_not_a_number() {
 // Success, with a report
 // ---------------------------------------------------------------------------------------------
 
+/// `--report` is written on every outcome: a failed run after a good one replaces the "ok"
+/// with what failed and its exit code; an interrupted run says so too.
+#[test]
+fn failure_writes_the_report_too() {
+    let sb = Sandbox::new("llama_nvfp4", "failreport");
+    let report = sb.tmp.join("report.json");
+    sb.convert(&["--format", "w4a16_nvfp4", "--report", s(&report), "-q"])
+        .expect_success();
+    let ok: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(ok["status"], "ok");
+    // Same report path, a run that fails in pre-flight (W4A4 without statistics).
+    let out2 = sb.tmp.join("out2");
+    let r = sq(&[
+        "convert",
+        s(&sb.input),
+        s(&out2),
+        "--format",
+        "nvfp4",
+        "--report",
+        s(&report),
+        "-q",
+    ]);
+    r.expect_error(BAD_INPUT, &["input amax"]);
+    let failed: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["exit_code"], 3, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("input amax"),
+        "{failed}"
+    );
+    assert_eq!(failed["output"], s(&out2));
+    // A report path the run refuses (inside the input) is not written.
+    let inside = sb.input.join("report.json");
+    sq(&[
+        "convert",
+        s(&sb.input),
+        s(&sb.tmp.join("out3")),
+        "--format",
+        "w4a16_nvfp4",
+        "--report",
+        s(&inside),
+    ])
+    .expect_error(USAGE, &["--report"]);
+    assert!(!inside.exists());
+}
+
 #[test]
 fn success_writes_output_and_report() {
     let sb = Sandbox::new("llama_nvfp4", "success");

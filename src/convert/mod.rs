@@ -305,6 +305,40 @@ pub fn check(input: &Path, output: &Path, options: &Options) -> Result<Freshness
 /// `--resume`, unless the input itself is at fault.
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
+    let result = convert_and_report(input, output, options, started);
+    if let (Err(e), Some(path)) = (&result, &options.report) {
+        // A nightly job with a fixed report path must not keep yesterday's "ok": every outcome
+        // writes one, unless the report path itself is what was refused.
+        if report_path_usable(input, path) {
+            let report = Report::failed(input, output, options, e, started);
+            if let Err(w) = write_file(path, report.to_json().as_bytes()) {
+                eprintln!(
+                    "shardquant: warning: could not write the failure report {}: {w}",
+                    path.display()
+                );
+            }
+        }
+    }
+    result
+}
+
+/// Whether `--report` names a file that may be written: its directory exists and is not
+/// inside the input (the checks `check_paths` makes before a run).
+fn report_path_usable(input: &Path, report: &Path) -> bool {
+    let parent = parent_dir(report);
+    match (std::fs::canonicalize(&parent), std::fs::canonicalize(input)) {
+        (Ok(dir), Ok(input)) => !dir.starts_with(input),
+        (Ok(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
+fn convert_and_report(
+    input: &Path,
+    output: &Path,
+    options: &Options,
+    started: Instant,
+) -> Result<Report> {
     check_paths(input, output, options)?;
     let _lock = OutputLock::acquire(output)?;
     let ckpt = Checkpoint::open(input)?;

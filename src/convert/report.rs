@@ -209,6 +209,31 @@ impl Report {
         Report { value }
     }
 
+    /// The report of a run that stopped with `error`: what failed, with which exit code.
+    pub fn failed(
+        input: &Path,
+        output: &Path,
+        options: &Options,
+        error: &crate::error::Error,
+        started: Instant,
+    ) -> Report {
+        let status = match error.kind() {
+            crate::error::ErrorKind::Interrupted(_) => "interrupted",
+            _ => "failed",
+        };
+        let value = json!({
+            "status": status,
+            "exit_code": error.kind().exit_code(),
+            "error": error.to_string(),
+            "input": input.display().to_string(),
+            "output": output.display().to_string(),
+            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "options": options.output_options(),
+            "timings_s": { "total": started.elapsed().as_secs_f64() },
+        });
+        Report { value }
+    }
+
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&self.value).unwrap_or_default() + "\n"
