@@ -326,7 +326,7 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
 /// inside the input (the checks `check_paths` makes before a run).
 fn report_path_usable(input: &Path, report: &Path) -> bool {
     let parent = parent_dir(report);
-    match (std::fs::canonicalize(&parent), std::fs::canonicalize(input)) {
+    match (std::fs::canonicalize(parent), std::fs::canonicalize(input)) {
         (Ok(dir), Ok(input)) => !dir.starts_with(input),
         (Ok(_), Err(_)) => true,
         _ => false,
