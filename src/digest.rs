@@ -67,21 +67,26 @@ pub fn hash_open_file(file: &File, len: u64) -> std::io::Result<String> {
 
 /// Opens `path` for reading if it is a regular file (links followed). Anything else is refused
 /// before it is opened: opening a FIFO for reading would block until a writer appears.
-fn open_regular(path: &Path) -> Result<File> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+/// `io_error` chooses the error kind: the caller knows whether `path` is an input or an output.
+fn open_regular(path: &Path, io_error: IoError) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error("reading", path, e))?;
     if !meta.is_file() {
         return Err(
             Error::bad_input(format!("{}: not a regular file", path.display()))
                 .with_hint("pass a regular file (not a FIFO, socket, device or directory)"),
         );
     }
-    File::open(path).map_err(|e| Error::io("reading", path, e))
+    File::open(path).map_err(|e| io_error("reading", path, e))
 }
 
-/// Size and SHA-256 of the whole file at `path`; `name` is what the digest calls it.
+/// [`Error::input_io`] or [`Error::output_io`].
+type IoError = fn(&str, &Path, std::io::Error) -> Error;
+
+/// Size and SHA-256 of the whole file at `path`, a file of the output (or of its staging
+/// directory); `name` is what the digest calls it. Failures are output errors (exit 1).
 pub fn hash_file(path: &Path, name: &str) -> Result<FileDigest> {
-    let read_err = |e| Error::io("reading", path, e);
-    let file = open_regular(path)?;
+    let read_err = |e| Error::output_io("reading", path, e);
+    let file = open_regular(path, Error::output_io)?;
     let size = file.metadata().map_err(read_err)?.len();
     let sha256 = hash_open_file(&file, size).map_err(read_err)?;
     Ok(FileDigest {
@@ -146,8 +151,8 @@ pub struct Fingerprint {
 
 /// The [`Fingerprint`] of the file at `path` (symbolic links followed).
 pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
-    let read_err = |e| Error::io("reading", path, e);
-    let file = open_regular(path)?;
+    let read_err = |e| Error::input_io("reading", path, e);
+    let file = open_regular(path, Error::input_io)?;
     let meta = file.metadata().map_err(read_err)?;
     let size = meta.len();
     if size <= FULL_HASH_LIMIT {

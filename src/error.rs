@@ -84,19 +84,25 @@ impl Error {
         }
     }
 
-    /// An I/O error on `path`, while doing `what` (e.g. "reading", "writing").
-    ///
-    /// Reading a missing or unreadable input is bad input (exit 3); other I/O failures are
-    /// exit 1. A full disk (ENOSPC, or EDQUOT for a full quota) says so and how to go on.
-    pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
+    /// An I/O error on an input of the run (checkpoint, statistics, layout file), while doing
+    /// `what` (e.g. "reading"): bad input (exit 3), which the user fixes.
+    pub fn input_io(what: &str, path: &Path, err: std::io::Error) -> Self {
+        Error::io_of(ErrorKind::BadInput, what, path, err)
+    }
+
+    /// An I/O error on the output (shards, metadata, staging, journal, lock, report), while
+    /// doing `what`: exit 1, and the staging directory is kept for `--resume`. A full disk
+    /// (ENOSPC, or EDQUOT for a full quota) says so and how to go on.
+    pub fn output_io(what: &str, path: &Path, err: std::io::Error) -> Self {
+        Error::io_of(ErrorKind::Other, what, path, err)
+    }
+
+    /// The kind is chosen by the caller, who knows which side of the run `path` is on; only a
+    /// full disk overrides it (never the input's fault).
+    fn io_of(kind: ErrorKind, what: &str, path: &Path, err: std::io::Error) -> Self {
         let disk_full = matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
-        let kind = if (what.starts_with("reading") || what.starts_with("opening")) && !disk_full {
-            ErrorKind::BadInput
-        } else {
-            ErrorKind::Other
-        };
         Error {
-            kind,
+            kind: if disk_full { ErrorKind::Other } else { kind },
             message: format!("{} {}: {}", what, path.display(), err),
             hint: disk_full.then(|| {
                 "the output's filesystem is full: free some space, then run the same command \

@@ -11,6 +11,8 @@
 //! - `SHARDQUANT_FAIL_WRITE_AFTER=N`: writes of tensor data and of the small output files
 //!   (metadata, manifest, journal) fail with ENOSPC ("No space left on device") once `N` bytes
 //!   of them have been written, as on a full disk.
+//! - `SHARDQUANT_FAIL_READ_BACK_AFTER=N`: reading back an output shard for its SHA-256 fails
+//!   with EIO ("Input/output error") once `N` shards have been read back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -20,6 +22,7 @@ use std::sync::OnceLock;
 struct Faults {
     crash: Option<(String, u64)>,
     fail_write_after: Option<u64>,
+    fail_read_back_after: Option<u64>,
 }
 
 fn faults() -> &'static Faults {
@@ -30,6 +33,9 @@ fn faults() -> &'static Faults {
             Some((point.to_string(), n.parse().ok()?))
         }),
         fail_write_after: std::env::var("SHARDQUANT_FAIL_WRITE_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        fail_read_back_after: std::env::var("SHARDQUANT_FAIL_READ_BACK_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
     })
@@ -66,6 +72,17 @@ pub fn write_allowance(len: usize) -> usize {
 pub fn data_written() {
     if faults().crash.is_some() {
         crash_point("bytes", DATA_BYTES.load(Ordering::SeqCst));
+    }
+}
+
+/// Before reading back an output shard: the injected EIO, once the limit is reached.
+pub fn read_back() -> std::io::Result<()> {
+    static READ_BACKS: AtomicU64 = AtomicU64::new(0);
+    match faults().fail_read_back_after {
+        Some(limit) if READ_BACKS.fetch_add(1, Ordering::SeqCst) >= limit => {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -30,7 +30,7 @@ pub struct TensorList {
 impl TensorList {
     /// Reads a tensor list, zstd-compressed when the file name ends in `.zst`.
     pub fn read(path: &Path) -> Result<TensorList> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::input_io("reading", path, e))?;
         let text = if path.extension().is_some_and(|e| e == "zst") {
             zstd::decode_all(bytes.as_slice())
                 .map_err(|e| Error::bad_input(format!("{}: not zstd data: {e}", path.display())))?
@@ -60,7 +60,7 @@ impl TensorList {
     /// Writes the skeleton into the empty or new directory `dir`: `config.json`, the index and
     /// the shards (as many as the hub has, else one per 5 GB), tensors in list order.
     pub fn write_skeleton(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::output_io("creating", dir, e))?;
         let total = self.total_bytes();
         let shards = self
             .shards
@@ -104,11 +104,11 @@ impl TensorList {
             }
             let path = dir.join(&name);
             let mut file =
-                std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+                std::fs::File::create(&path).map_err(|e| Error::output_io("creating", &path, e))?;
             file.write_all(&(text.len() as u64).to_le_bytes())
                 .and_then(|_| file.write_all(&text))
                 .and_then(|_| file.set_len(8 + text.len() as u64 + offset as u64))
-                .map_err(|e| Error::io("writing", &path, e))?;
+                .map_err(|e| Error::output_io("writing", &path, e))?;
         }
         let index = serde_json::json!({
             "metadata": {"total_size": total},
@@ -125,5 +125,5 @@ fn byte_len(dtype: Dtype, shape: &[usize]) -> usize {
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON serializes");
-    std::fs::write(path, text).map_err(|e| Error::io("writing", path, e))
+    std::fs::write(path, text).map_err(|e| Error::output_io("writing", path, e))
 }

@@ -138,11 +138,11 @@ impl SyntheticSpec {
     /// Writes the checkpoint into `dir` (created if missing): config.json,
     /// generation_config.json, a tokenizer stand-in, and BF16 safetensors shards.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::output_io("creating", dir, e))?;
         let config = serde_json::to_string_pretty(&self.config()).unwrap_or_default();
         let put = |name: &str, text: &str| {
             let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|e| Error::io("writing", &path, e))
+            std::fs::write(&path, text).map_err(|e| Error::output_io("writing", &path, e))
         };
         put("config.json", &config)?;
         put(

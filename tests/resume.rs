@@ -227,6 +227,7 @@ fn spawn(args: &[&str]) -> std::process::Child {
         .args(args)
         .env_remove("SHARDQUANT_CRASH_AT")
         .env_remove("SHARDQUANT_FAIL_WRITE_AFTER")
+        .env_remove("SHARDQUANT_FAIL_READ_BACK_AFTER")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -287,6 +288,33 @@ fn sigterm_keeps_completed_shards_for_resume() {
             "{name} left in the staging directory beside the journaled shards"
         );
     }
+    resume_and_compare(&input, &out, shard, &reference);
+}
+
+/// An I/O error on the output while reading a shard back for its checksum is the output's
+/// fault (exit 1), not bad input: the shards sealed so far stay for `--resume`.
+#[test]
+fn output_read_error_keeps_the_staging_for_resume() {
+    let tmp = TempDir::new("readback");
+    let input = small_model(&tmp);
+    let shard = "20KB";
+    let reference = tmp.join("reference");
+    expect_success(&run_env(&args(&input, &reference, shard, &[]), &[]));
+    let out = tmp.join("out");
+    let o = run_env(
+        &args(&input, &out, shard, &[]),
+        &[("SHARDQUANT_FAIL_READ_BACK_AFTER", "2")],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("reading back") && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let dirs = staging_dirs(&out);
+    assert_eq!(dirs.len(), 1, "the staging directory is kept");
+    assert!(!journaled_shards(&dirs[0]).is_empty());
     resume_and_compare(&input, &out, shard, &reference);
 }
 

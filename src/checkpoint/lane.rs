@@ -135,7 +135,7 @@ impl Lane {
     /// entries whose name `leave_out` accepts. A dangling link or an entry that cannot be read
     /// is an error (a broken download), not a file silently missing from the output.
     pub fn list(&self, dir: &Path, leave_out: impl Fn(&str) -> bool) -> Result<Listing> {
-        let read_err = |e| Error::io("reading", dir, e);
+        let read_err = |e| Error::input_io("reading", dir, e);
         let mut listing = Listing::default();
         let mut entries: Vec<(PathBuf, String)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(read_err)? {
@@ -186,7 +186,7 @@ impl Lane {
                 let mut bytes = Vec::new();
                 std::fs::File::open(&path)
                     .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
-                    .map_err(|e| Error::io("reading", &path, e))?;
+                    .map_err(|e| Error::input_io("reading", &path, e))?;
                 Ok(Some(bytes))
             }
             other => Err(self.refusal(&path, &other)),
@@ -213,8 +213,7 @@ impl Lane {
                 "{p}: is a {kind}, not a regular file; shardquant does not open it"
             ))
             .with_hint("replace it with the file itself"),
-            Resolved::Missing => Error::io(
-                "reading",
+            Resolved::Missing => Error::input_io("reading",
                 path,
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ),

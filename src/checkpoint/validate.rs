@@ -84,7 +84,7 @@ struct Parsed {
 /// Opens and validates the checkpoint in `dir`.
 pub(super) fn load(dir: &Path) -> Result<Loaded> {
     let meta = std::fs::metadata(dir).map_err(|e| {
-        Error::io("opening", dir, e)
+        Error::input_io("opening", dir, e)
             .with_hint("pass the directory that holds config.json and the .safetensors files")
     })?;
     if !meta.is_dir() {
@@ -93,7 +93,7 @@ pub(super) fn load(dir: &Path) -> Result<Loaded> {
                 .with_hint("pass the directory that holds config.json and the .safetensors files"),
         );
     }
-    let lane = Lane::new(dir).map_err(|e| Error::io("opening", dir, e))?;
+    let lane = Lane::new(dir).map_err(|e| Error::input_io("opening", dir, e))?;
     let has_index = dir.join(INDEX_FILE_NAME).symlink_metadata().is_ok();
     let has_single = dir.join(SINGLE_FILE_NAME).symlink_metadata().is_ok();
     if has_index {
@@ -170,7 +170,7 @@ fn load_sharded(lane: Lane, has_single: bool) -> Result<Loaded> {
     let text = lane
         .read_small(INDEX_FILE_NAME, MAX_INDEX_BYTES)?
         .ok_or_else(|| {
-            Error::io(
+            Error::input_io(
                 "reading",
                 &index_path,
                 std::io::Error::from(std::io::ErrorKind::NotFound),

@@ -121,7 +121,7 @@ impl ShardWriter {
                         .create(true)
                         .truncate(true)
                         .open(&partial)
-                        .map_err(|e| Error::io("creating", &partial, e))?;
+                        .map_err(|e| Error::output_io("creating", &partial, e))?;
                     (Some(file), Sealed::No)
                 }
             };
@@ -137,7 +137,7 @@ impl ShardWriter {
             if let Some(file) = &open.file {
                 file.write_all_at(&shard.header, 0)
                     .and_then(|_| file.set_len(shard.file_len))
-                    .map_err(|e| Error::io("writing", &open.partial, e))?;
+                    .map_err(|e| Error::output_io("writing", &open.partial, e))?;
             }
         }
         Ok(writer)
@@ -191,10 +191,11 @@ impl ShardWriter {
         };
         self.check_written(shard.members.iter().copied())?;
         file.sync_all()
-            .map_err(|e| Error::io("syncing", &shard.partial, e))?;
+            .map_err(|e| Error::output_io("syncing", &shard.partial, e))?;
         let digest = if hash {
-            let sha256 = hash_open_file(file, shard.file_len)
-                .map_err(|e| Error::io("reading back", &shard.partial, e))?;
+            let sha256 = crate::fault::read_back()
+                .and_then(|_| hash_open_file(file, shard.file_len))
+                .map_err(|e| Error::output_io("reading back", &shard.partial, e))?;
             Some(FileDigest {
                 path: shard.name.clone(),
                 size: shard.file_len,
@@ -205,7 +206,7 @@ impl ShardWriter {
         };
         let target = self.dir.join(&shard.name);
         std::fs::rename(&shard.partial, &target)
-            .map_err(|e| Error::io("renaming", &shard.partial, e))?;
+            .map_err(|e| Error::output_io("renaming", &shard.partial, e))?;
         sync_dir(&self.dir)?;
         *state = Sealed::Yes(digest.clone());
         Ok(digest)
@@ -294,7 +295,7 @@ impl ShardWriter {
                     true => Err(fault::disk_full()),
                     false => Ok(()),
                 })
-                .map_err(|e| Error::io("writing", &shard.partial, e))?;
+                .map_err(|e| Error::output_io("writing", &shard.partial, e))?;
             fault::data_written();
             after(start..end);
             if end == bytes.len() {
@@ -357,17 +358,18 @@ impl ShardWriter {
             let partial = self.dir.join(format!("{}{}", INDEX_FILE_NAME, PARTIAL));
             // Registered first, so that Drop removes it if anything below fails.
             self.index_partial = Some(partial.clone());
-            let file = File::create(&partial).map_err(|e| Error::io("creating", &partial, e))?;
+            let file =
+                File::create(&partial).map_err(|e| Error::output_io("creating", &partial, e))?;
             file.write_all_at(index.as_bytes(), 0)
                 .and_then(|_| file.sync_all())
-                .map_err(|e| Error::io("writing", &partial, e))?;
+                .map_err(|e| Error::output_io("writing", &partial, e))?;
             let digest = hash.then(|| FileDigest {
                 path: INDEX_FILE_NAME.to_owned(),
                 size: index.len() as u64,
                 sha256: crate::digest::sha256_hex(index.as_bytes()),
             });
             std::fs::rename(&partial, self.dir.join(INDEX_FILE_NAME))
-                .map_err(|e| Error::io("renaming", &partial, e))?;
+                .map_err(|e| Error::output_io("renaming", &partial, e))?;
             self.index_partial = None;
             files.push((INDEX_FILE_NAME.to_owned(), digest));
         }
@@ -381,7 +383,7 @@ impl ShardWriter {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing", dir, e))
+        .map_err(|e| Error::output_io("syncing", dir, e))
 }
 
 impl Drop for ShardWriter {

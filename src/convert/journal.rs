@@ -178,12 +178,12 @@ impl Journal {
             text.push_str(&line(&Entry { shard: None, units })?);
         }
         super::write_file(&tmp, text.as_bytes())?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::output_io("renaming", &tmp, e))?;
         super::sync_dir(dir)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(|e| Error::io("opening for writing", &path, e))?;
+            .map_err(|e| Error::output_io("opening for writing", &path, e))?;
         Ok(Journal {
             path,
             file: Mutex::new(file),
@@ -209,7 +209,7 @@ impl Journal {
         // One write call per line: a crash leaves at most a cut-off last line.
         file.write_all(text.as_bytes())
             .and_then(|_| file.sync_data())
-            .map_err(|e| Error::io("writing", &self.path, e))?;
+            .map_err(|e| Error::output_io("writing", &self.path, e))?;
         self.sealed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -222,7 +222,7 @@ impl Journal {
 
     /// Removes the journal (before the directory is published).
     pub fn remove(&self) -> Result<()> {
-        std::fs::remove_file(&self.path).map_err(|e| Error::io("removing", &self.path, e))
+        std::fs::remove_file(&self.path).map_err(|e| Error::output_io("removing", &self.path, e))
     }
 }
 

@@ -23,6 +23,10 @@ pub const MANIFEST_FILE: &str = "shardquant.json";
 /// How many differences an explanation names.
 const MAX_EXPLAINED: usize = 3;
 
+/// This build's id (`build.rs`): a fingerprint of the source, kernels, layouts and locked
+/// dependencies, part of the key so that another build never reuses this one's output.
+pub const BUILD_ID: &str = env!("SHARDQUANT_BUILD_ID");
+
 /// What decides a conversion's output, gathered before planning.
 #[derive(Debug, Clone)]
 pub struct Provenance {
@@ -49,13 +53,16 @@ pub fn files_under(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<(Strin
     let mut out = Vec::new();
     let mut stack = vec![(String::new(), dir.to_path_buf())];
     while let Some((prefix, path)) = stack.pop() {
-        let entries = std::fs::read_dir(&path).map_err(|e| Error::io("reading", &path, e))?;
+        let entries =
+            std::fs::read_dir(&path).map_err(|e| Error::output_io("reading", &path, e))?;
         for e in entries {
-            let e = e.map_err(|e| Error::io("reading", &path, e))?;
+            let e = e.map_err(|e| Error::output_io("reading", &path, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let full = e.path();
             let rel = format!("{prefix}{name}");
-            let kind = e.file_type().map_err(|e| Error::io("reading", &full, e))?;
+            let kind = e
+                .file_type()
+                .map_err(|e| Error::output_io("reading", &full, e))?;
             if kind.is_dir() {
                 stack.push((format!("{rel}/"), full));
             } else if kind.is_symlink() && std::fs::metadata(&full).is_ok_and(|m| m.is_dir()) {
@@ -165,6 +172,7 @@ impl Provenance {
         Ok(Provenance {
             value: json!({
                 "version": env!("CARGO_PKG_VERSION"),
+                "build": BUILD_ID,
                 "options": options.output_options(),
                 "inputs": inputs,
                 "stats": stats,
@@ -197,6 +205,7 @@ pub fn key_of(manifest: &Value) -> Value {
     stats.sort_by_key(|v| v.to_string());
     json!({
         "version": manifest["version"],
+        "build": manifest["build"],
         "options": manifest["options"],
         "inputs": manifest["inputs"],
         "stats": stats,
@@ -215,6 +224,7 @@ pub fn manifest_json(
     let value = json!({
         "tool": "shardquant",
         "version": p["version"],
+        "build": p["build"],
         "modelopt_format_version": super::MODELOPT_VERSION,
         "input": input.display().to_string(),
         "layout": plan.layout.name,
@@ -306,6 +316,11 @@ pub fn explain(old: &Value, new: &Value) -> String {
         why.push(format!(
             "made by shardquant {}, this is {}",
             old["version"], new["version"]
+        ));
+    } else if old["build"] != new["build"] {
+        why.push(format!(
+            "made by another build of shardquant {} (build {}, this is {}): its output bytes may differ",
+            new["version"], old["build"], new["build"]
         ));
     }
     let (o, n) = (&old["options"], &new["options"]);
@@ -438,6 +453,7 @@ mod tests {
     fn key(version: &str, format: &str, size: u64, stats: &[&str]) -> Value {
         key_of(&json!({
             "version": version,
+            "build": "b1",
             "options": {"format": format, "exclude": []},
             "inputs": [{"path": "config.json", "size": size, "sha256": "aa"}],
             "stats": stats.iter().map(|s| json!({"path": format!("/x/{s}"), "size": 1, "sha256": s})).collect::<Vec<_>>(),
@@ -452,6 +468,23 @@ mod tests {
             key("1", "nvfp4", 5, &["b", "a"])
         );
         assert_ne!(key("1", "nvfp4", 5, &["a"]), key("1", "nvfp4", 5, &["c"]));
+    }
+
+    #[test]
+    fn another_build_of_the_same_version_is_another_key() {
+        let mine = key("1", "nvfp4", 5, &["a"]);
+        let mut other = mine.clone();
+        other["build"] = json!("b2");
+        assert_ne!(mine, other);
+        assert!(
+            explain(&other, &mine).contains("another build"),
+            "{}",
+            explain(&other, &mine)
+        );
+        // Manifests written before builds were recorded are stale too.
+        let mut old = mine.clone();
+        old["build"] = Value::Null;
+        assert_ne!(mine, old);
     }
 
     #[test]

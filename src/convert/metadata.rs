@@ -15,17 +15,17 @@ use std::path::{Path, PathBuf};
 
 /// Copies a file and syncs the copy to disk.
 fn copy_synced(src: &Path, dest: &Path) -> Result<()> {
-    std::fs::copy(src, dest).map_err(|e| Error::io("copying", src, e))?;
+    std::fs::copy(src, dest).map_err(|e| Error::output_io("copying", src, e))?;
     std::fs::File::open(dest)
         .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("syncing", dest, e))
+        .map_err(|e| Error::output_io("syncing", dest, e))
 }
 
 /// Copies a subdirectory of the input (e.g. `assets/`), skipping weight files and, with a
 /// warning, whatever [`crate::checkpoint::Lane::list`] leaves out (links out of the input,
 /// links to directories, FIFOs, sockets, devices).
 fn copy_tree(ckpt: &Checkpoint, src: &Path, dest: &Path, notes: &mut Vec<String>) -> Result<()> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
+    std::fs::create_dir_all(dest).map_err(|e| Error::output_io("creating", dest, e))?;
     let listing = ckpt.lane().list(src, |_| false)?;
     notes.extend(listing.skipped.iter().map(|s| format!("warning: {s}")));
     for dir in &listing.dirs {

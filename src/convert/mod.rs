@@ -73,11 +73,11 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
     let path = dir.join("config.json");
     let needed = |e: Error| e.with_hint("a HuggingFace checkpoint directory needs its config.json");
-    let lane = Lane::new(dir).map_err(|e| needed(Error::io("reading", dir, e)))?;
+    let lane = Lane::new(dir).map_err(|e| needed(Error::input_io("reading", dir, e)))?;
     let bytes = lane
         .read_small("config.json", MAX_CONFIG_BYTES)?
         .ok_or_else(|| {
-            needed(Error::io(
+            needed(Error::input_io(
                 "reading",
                 &path,
                 std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -172,7 +172,7 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
     check_input_dir(input)?;
     let canon_in = input
         .canonicalize()
-        .map_err(|e| Error::io("reading", input, e))?;
+        .map_err(|e| Error::input_io("reading", input, e))?;
     let canon_out = resolved_path(output)?;
     if canon_out.starts_with(&canon_in) || canon_in.starts_with(&canon_out) {
         return Err(Error::usage(format!(
@@ -418,7 +418,7 @@ fn convert_and_report(
     run.gpu_memory_bytes = gpu.as_ref().map_or(0, |p| p.device_bytes() as u64);
     crate::fault::crash_point("publish", 1);
     std::fs::remove_file(staging.path().join(JOURNAL_FILE))
-        .map_err(|e| Error::io("removing", &staging.path().join(JOURNAL_FILE), e))?;
+        .map_err(|e| Error::output_io("removing", &staging.path().join(JOURNAL_FILE), e))?;
     staging.publish(options.force)?;
     files.sort();
     let report = Report::new(

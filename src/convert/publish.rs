@@ -42,10 +42,11 @@ impl Staging {
     pub fn create(target: &Path) -> Result<Staging> {
         let dir = sibling(target, "tmp")?;
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing stale", &dir, e))?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::output_io("removing stale", &dir, e))?;
         }
         std::fs::create_dir(&dir).map_err(|e| {
-            Error::io("creating", &dir, e)
+            Error::output_io("creating", &dir, e)
                 .with_hint("the output's parent directory must exist and be writable")
         })?;
         Ok(Staging {
@@ -63,9 +64,9 @@ impl Staging {
         if dir != ours {
             if ours.exists() {
                 std::fs::remove_dir_all(&ours)
-                    .map_err(|e| Error::io("removing stale", &ours, e))?;
+                    .map_err(|e| Error::output_io("removing stale", &ours, e))?;
             }
-            std::fs::rename(dir, &ours).map_err(|e| Error::io("renaming", dir, e))?;
+            std::fs::rename(dir, &ours).map_err(|e| Error::output_io("renaming", dir, e))?;
         }
         let staging = Staging {
             dir: ours,
@@ -112,16 +113,16 @@ impl Staging {
             }
             let aside = sibling(&self.target, "old")?;
             std::fs::rename(&self.target, &aside)
-                .map_err(|e| Error::io("moving aside", &self.target, e))?;
+                .map_err(|e| Error::output_io("moving aside", &self.target, e))?;
             old = Some(aside);
         }
         std::fs::rename(&self.dir, &self.target)
-            .map_err(|e| Error::io("renaming into place", &self.target, e))?;
+            .map_err(|e| Error::output_io("renaming into place", &self.target, e))?;
         self.published = true;
         sync_dir(parent_dir(&self.target))?;
         if let Some(old) = old {
             std::fs::remove_dir_all(&old)
-                .map_err(|e| Error::io("removing the replaced output", &old, e))?;
+                .map_err(|e| Error::output_io("removing the replaced output", &old, e))?;
         }
         Ok(())
     }
@@ -137,7 +138,7 @@ impl Drop for Staging {
 
 /// Removes every entry of `dir` except the files named in `keep`, and syncs it.
 fn prune(dir: &Path, keep: &[String]) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("reading", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::output_io("reading", dir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if keep.contains(&name) {
@@ -149,7 +150,7 @@ fn prune(dir: &Path, keep: &[String]) -> Result<()> {
         } else {
             std::fs::remove_file(&path)
         };
-        removed.map_err(|e| Error::io("removing", &path, e))?;
+        removed.map_err(|e| Error::output_io("removing", &path, e))?;
     }
     sync_dir(dir)
 }
@@ -192,20 +193,20 @@ pub fn replaceable(dir: &Path) -> bool {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("syncing", dir, e))
+        .map_err(|e| Error::output_io("syncing", dir, e))
 }
 
 /// Writes a small file and fsyncs it (through the disk-full injection of [`crate::fault`]).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io("writing", path, e))?;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::output_io("writing", path, e))?;
     let allowed = crate::fault::write_allowance(bytes.len());
     f.write_all(&bytes[..allowed])
         .and_then(|_| match allowed < bytes.len() {
             true => Err(crate::fault::disk_full()),
             false => f.sync_all(),
         })
-        .map_err(|e| Error::io("writing", path, e))
+        .map_err(|e| Error::output_io("writing", path, e))
 }
 
 /// An advisory lock on an output path, held for a whole conversion: a second run on the same
@@ -228,7 +229,7 @@ impl OutputLock {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::io("creating the lock file", &path, e))?;
+            .map_err(|e| Error::output_io("creating the lock file", &path, e))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

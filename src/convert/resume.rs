@@ -116,7 +116,7 @@ pub fn staging_for(
                 ),
             );
         }
-        std::fs::remove_dir_all(&l.0).map_err(|e| Error::io("removing", &l.0, e))?;
+        std::fs::remove_dir_all(&l.0).map_err(|e| Error::output_io("removing", &l.0, e))?;
     }
     let fresh = JournalState {
         key: key.clone(),

@@ -353,7 +353,7 @@ impl Layout {
             );
         }
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io("reading layout", path, e)
+            Error::input_io("reading layout", path, e)
                 .with_hint("--layout takes the path of a layout JSON file")
         })?;
         Layout::from_json(&text, &path.display().to_string())

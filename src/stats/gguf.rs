@@ -232,7 +232,7 @@ impl<'p, R: Read> LeReader<'p, R> {
         let mut buf = vec![0u8; n as usize];
         self.inner
             .read_exact(&mut buf)
-            .map_err(|e| Error::io("reading", self.path, e))?;
+            .map_err(|e| Error::input_io("reading", self.path, e))?;
         self.pos += n;
         Ok(buf)
     }
@@ -352,10 +352,10 @@ fn min_value_size(ty: u32) -> Option<u64> {
 impl GgufFile {
     /// Parses the header of the GGUF file at `path` (versions 2 and 3, little-endian).
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let file = File::open(path).map_err(|e| Error::input_io("opening", path, e))?;
         let file_len = file
             .metadata()
-            .map_err(|e| Error::io("reading", path, e))?
+            .map_err(|e| Error::input_io("reading", path, e))?
             .len();
         let mut r = LeReader::new(BufReader::new(file), file_len, path);
         let magic = r.array::<4>("magic")?;
@@ -539,12 +539,13 @@ impl GgufFile {
                 .with_hint("the file is truncated or corrupt; re-create it"))
             }
         };
-        let mut file = File::open(&self.path).map_err(|e| Error::io("opening", &self.path, e))?;
+        let mut file =
+            File::open(&self.path).map_err(|e| Error::input_io("opening", &self.path, e))?;
         file.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io("reading", &self.path, e))?;
+            .map_err(|e| Error::input_io("reading", &self.path, e))?;
         let mut raw = vec![0u8; (end - start) as usize];
         file.read_exact(&mut raw)
-            .map_err(|e| Error::io("reading", &self.path, e))?;
+            .map_err(|e| Error::input_io("reading", &self.path, e))?;
         Ok(match info.ggml_type {
             GgmlType::F32 => raw
                 .chunks_exact(4)

@@ -146,10 +146,10 @@ pub fn read_imatrix_with_experts(
     }
     let mut head = Vec::with_capacity(4);
     File::open(path)
-        .map_err(|e| Error::io("opening", path, e))?
+        .map_err(|e| Error::input_io("opening", path, e))?
         .take(4)
         .read_to_end(&mut head)
-        .map_err(|e| Error::io("reading", path, e))?;
+        .map_err(|e| Error::input_io("reading", path, e))?;
     let (mut entries, meta) = if is_gguf(&head) {
         read_gguf(path, n_experts).map_err(|e| match e.hint() {
             Some(_) => e,
@@ -380,10 +380,10 @@ struct DatEntry {
 /// Parses the structure of a legacy `.dat` imatrix (entries as stored, and the trailer).
 /// The caller reports failures as "neither GGUF nor .dat".
 fn parse_dat(path: &Path) -> Result<(Vec<DatEntry>, ImatrixMeta)> {
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let file = File::open(path).map_err(|e| Error::input_io("opening", path, e))?;
     let len = file
         .metadata()
-        .map_err(|e| Error::io("reading", path, e))?
+        .map_err(|e| Error::input_io("reading", path, e))?
         .len();
     let mut r = LeReader::new(BufReader::new(file), len, path);
     let n_entries = r.i32("entry count")?;

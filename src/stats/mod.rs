@@ -190,11 +190,11 @@ pub fn detect_format(path: &Path) -> Result<StatsFormat> {
     }
     let mut head = [0u8; 9];
     let mut file = std::fs::File::open(path).map_err(|e| {
-        Error::io("opening statistics file", path, e).with_hint("check the --stats path")
+        Error::input_io("opening statistics file", path, e).with_hint("check the --stats path")
     })?;
     let n = file
         .read(&mut head)
-        .map_err(|e| Error::io("reading", path, e))?;
+        .map_err(|e| Error::input_io("reading", path, e))?;
     let head = &head[..n];
     if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
         return Ok(StatsFormat::Native);

@@ -98,13 +98,13 @@ pub fn is_native(path: &Path) -> Result<bool> {
         metadata: HashMap<String, String>,
     }
     let mut file = File::open(path).map_err(|e| {
-        Error::io("opening statistics file", path, e).with_hint("check the --stats path")
+        Error::input_io("opening statistics file", path, e).with_hint("check the --stats path")
     })?;
     let mut head = Vec::new();
     let read = |f: &mut File, n: u64, buf: &mut Vec<u8>| {
         f.take(n)
             .read_to_end(buf)
-            .map_err(|e| Error::io("reading", path, e))
+            .map_err(|e| Error::input_io("reading", path, e))
     };
     read(&mut file, 8, &mut head)?;
     if head.starts_with(&ZSTD_MAGIC) {
@@ -353,7 +353,7 @@ fn write_file(
     })();
     written.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io("writing", path, e)
+        Error::output_io("writing", path, e)
     })
 }
 
@@ -377,20 +377,22 @@ impl std::ops::Deref for Bytes {
 fn load(path: &Path, limit: u64) -> Result<Bytes> {
     let open = || {
         File::open(path).map_err(|e| {
-            Error::io("opening statistics file", path, e).with_hint("check the --stats path")
+            Error::input_io("opening statistics file", path, e).with_hint("check the --stats path")
         })
     };
     let mut head = Vec::new();
     let read = open()?.take(18).read_to_end(&mut head); // 18: the longest zstd frame header
-    read.map_err(|e| Error::io("reading", path, e))?;
+    read.map_err(|e| Error::input_io("reading", path, e))?;
     if !head.starts_with(&ZSTD_MAGIC) {
         // SAFETY: read-only mapping; as for every input, the file must not be modified while
         // shardquant runs (see `StatsFile::open`).
         let map = unsafe { memmap2::Mmap::map(&open()?) };
-        return Ok(Bytes::Map(map.map_err(|e| Error::io("mapping", path, e))?));
+        return Ok(Bytes::Map(
+            map.map_err(|e| Error::input_io("mapping", path, e))?,
+        ));
     }
     let compressed = std::fs::metadata(path)
-        .map_err(|e| Error::io("reading", path, e))?
+        .map_err(|e| Error::input_io("reading", path, e))?
         .len();
     let limit = limit.min(compressed.saturating_mul(MAX_RATIO).max(RATIO_FLOOR));
     let too_big = || {

@@ -106,13 +106,13 @@ impl StatsFile {
     /// given back before returning. Dtypes are not checked here: see [`StatsFile::dtype`].
     pub fn open(path: &Path) -> Result<StatsFile> {
         let file = std::fs::File::open(path).map_err(|e| {
-            Error::io("opening statistics file", path, e).with_hint("check the --stats path")
+            Error::input_io("opening statistics file", path, e).with_hint("check the --stats path")
         })?;
         // SAFETY: the mapping is read-only, so this process never writes through it. Another
         // process truncating or rewriting the file while it is mapped would change what the
         // slices read (or raise SIGBUS); as for the checkpoint, statistics files must not be
         // modified while shardquant runs.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mapping", path, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::input_io("mapping", path, e))?;
         let (header, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
             Error::bad_input(format!(
                 "{}: not a valid safetensors file: {e}",

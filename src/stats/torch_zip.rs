@@ -59,10 +59,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl Archive {
     /// Opens `path` and reads its central directory.
     pub fn open(path: &Path) -> Result<Archive> {
-        let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let file = File::open(path).map_err(|e| Error::input_io("opening", path, e))?;
         let len = file
             .metadata()
-            .map_err(|e| Error::io("reading", path, e))?
+            .map_err(|e| Error::input_io("reading", path, e))?
             .len();
         let mut ar = Archive {
             file,
@@ -95,7 +95,7 @@ impl Archive {
         let mut f = &self.file;
         f.seek(SeekFrom::Start(at))
             .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| Error::io("reading", &self.path, e))?;
+            .map_err(|e| Error::input_io("reading", &self.path, e))?;
         Ok(buf)
     }
 
