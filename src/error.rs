@@ -151,3 +151,36 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_kinds_are_chosen_by_the_caller_not_the_verb() {
+        let path = Path::new("/x/model-00001.safetensors");
+        let eio = || std::io::Error::from_raw_os_error(libc::EIO);
+        // Reading an output back is the output's fault (exit 1: the staging stays).
+        assert_eq!(
+            Error::output_io("reading back", path, eio()).kind(),
+            ErrorKind::Other
+        );
+        assert_eq!(
+            Error::output_io("opening", path, eio()).kind(),
+            ErrorKind::Other
+        );
+        // Writing nothing but reading an input is bad input.
+        assert_eq!(
+            Error::input_io("reading", path, eio()).kind(),
+            ErrorKind::BadInput
+        );
+        // A full disk is never the input's fault, and says how to go on.
+        let full = Error::input_io(
+            "reading",
+            path,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(full.kind(), ErrorKind::Other);
+        assert!(full.hint().unwrap().contains("--resume"));
+    }
+}

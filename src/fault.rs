@@ -11,6 +11,8 @@
 //! - `SHARDQUANT_FAIL_WRITE_AFTER=N`: writes of tensor data and of the small output files
 //!   (metadata, manifest, journal) fail with ENOSPC ("No space left on device") once `N` bytes
 //!   of them have been written, as on a full disk.
+//! - `SHARDQUANT_FAIL_PUBLISH=1`: renaming the finished output into place fails with EIO (and
+//!   the atomic exchange is reported unsupported, so the move-aside path runs).
 //! - `SHARDQUANT_FAIL_READ_BACK_AFTER=N`: reading back an output shard for its SHA-256 fails
 //!   with EIO ("Input/output error") once `N` shards have been read back.
 
@@ -23,6 +25,7 @@ struct Faults {
     crash: Option<(String, u64)>,
     fail_write_after: Option<u64>,
     fail_read_back_after: Option<u64>,
+    fail_publish: bool,
 }
 
 fn faults() -> &'static Faults {
@@ -38,6 +41,7 @@ fn faults() -> &'static Faults {
         fail_read_back_after: std::env::var("SHARDQUANT_FAIL_READ_BACK_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
+        fail_publish: std::env::var_os("SHARDQUANT_FAIL_PUBLISH").is_some(),
     })
 }
 
@@ -84,6 +88,14 @@ pub fn read_back() -> std::io::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Before renaming the finished output into place: the injected EIO.
+pub fn publish_rename() -> std::io::Result<()> {
+    if faults().fail_publish {
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
 }
 
 /// The error a full disk gives.

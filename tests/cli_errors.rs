@@ -1446,8 +1446,15 @@ fn a_second_run_on_the_same_output_is_refused() {
     );
     let r = sb.convert(&["--format", "w4a16_nvfp4"]);
     r.expect_error(1, &["another shardquant run (pid 4242)", "hint: "]);
-    assert_no_output(&sb.out);
+    // Nothing written; the lock file is the other run's and stays.
+    assert!(sb.out.symlink_metadata().is_err());
+    assert!(lock_path.exists());
     drop(file);
     let r = sb.convert(&["--format", "w4a16_nvfp4"]);
     r.expect_success();
+    assert!(
+        !lock_path.exists(),
+        "the lock file is removed when the run ends"
+    );
+    assert_no_sibling(&sb.out);
 }

@@ -228,6 +228,7 @@ fn spawn(args: &[&str]) -> std::process::Child {
         .env_remove("SHARDQUANT_CRASH_AT")
         .env_remove("SHARDQUANT_FAIL_WRITE_AFTER")
         .env_remove("SHARDQUANT_FAIL_READ_BACK_AFTER")
+        .env_remove("SHARDQUANT_FAIL_PUBLISH")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -316,6 +317,36 @@ fn output_read_error_keeps_the_staging_for_resume() {
     assert_eq!(dirs.len(), 1, "the staging directory is kept");
     assert!(!journaled_shards(&dirs[0]).is_empty());
     resume_and_compare(&input, &out, shard, &reference);
+}
+
+/// Replacing an output (`--force`) whose final rename fails keeps the previous output where it
+/// was, unchanged, with nothing left beside it.
+#[test]
+fn failed_replacement_keeps_the_previous_output() {
+    let tmp = TempDir::new("publishfail");
+    let input = small_model(&tmp);
+    let out = tmp.join("out");
+    expect_success(&run_env(&args(&input, &out, "20KB", &[]), &[]));
+    let before = tmp.join("before");
+    common::copy_dir(&out, &before);
+    let o = run_env(
+        &args(&input, &out, "30KB", &["--force"]),
+        &[("SHARDQUANT_FAIL_PUBLISH", "1")],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("renaming into place"), "{err}");
+    assert_same_tree(&out, &before);
+    let siblings: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("out") && n != "out")
+        .collect();
+    assert!(siblings.is_empty(), "left beside the output: {siblings:?}");
+    // Without the fault the same command replaces it (an atomic exchange where the
+    // filesystem has one).
+    expect_success(&run_env(&args(&input, &out, "30KB", &["--force"]), &[]));
+    assert!(stderr(&run_env(&args(&input, &out, "30KB", &["--check"]), &[])).is_empty());
 }
 
 #[test]

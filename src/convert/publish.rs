@@ -111,13 +111,40 @@ impl Staging {
                 ))
                 .with_hint("--force only replaces an empty directory or a previous checkpoint; the new output is not published"));
             }
+            // One atomic swap where the filesystem has it: the old output is at the staging
+            // path afterwards and is removed from there.
+            match exchange(&self.dir, &self.target) {
+                Ok(()) => {
+                    self.published = true;
+                    sync_dir(parent_dir(&self.target))?;
+                    return std::fs::remove_dir_all(&self.dir).map_err(|e| {
+                        Error::output_io("removing the replaced output", &self.dir, e)
+                    });
+                }
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    return Err(Error::output_io("replacing", &self.target, e));
+                }
+                // No RENAME_EXCHANGE here: move the old output aside, restored on failure.
+                Err(_) => {}
+            }
             let aside = sibling(&self.target, "old")?;
             std::fs::rename(&self.target, &aside)
                 .map_err(|e| Error::output_io("moving aside", &self.target, e))?;
             old = Some(aside);
         }
-        std::fs::rename(&self.dir, &self.target)
-            .map_err(|e| Error::output_io("renaming into place", &self.target, e))?;
+        if let Err(e) =
+            crate::fault::publish_rename().and_then(|_| std::fs::rename(&self.dir, &self.target))
+        {
+            if let Some(old) = &old {
+                // Put the old output back: a failed run must not hide it.
+                if let Err(back) = std::fs::rename(old, &self.target) {
+                    return Err(Error::output_io("renaming into place", &self.target, e).context(
+                        &format!("and restoring the previous output from {} failed too ({back}); it is there", old.display()),
+                    ));
+                }
+            }
+            return Err(Error::output_io("renaming into place", &self.target, e));
+        }
         self.published = true;
         sync_dir(parent_dir(&self.target))?;
         if let Some(old) = old {
@@ -125,6 +152,32 @@ impl Staging {
                 .map_err(|e| Error::output_io("removing the replaced output", &old, e))?;
         }
         Ok(())
+    }
+}
+
+/// Swaps two paths atomically (`renameat2(RENAME_EXCHANGE)`); EINVAL or ENOSYS where the
+/// filesystem or kernel cannot. The injected publish fault fails it like a missing feature.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if crate::fault::publish_rename().is_err() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that outlive the call; no memory is shared.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -209,47 +262,77 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::output_io("writing", path, e))
 }
 
-/// An advisory lock on an output path, held for a whole conversion: a second run on the same
-/// output is refused, naming the process that holds it. The lock file
-/// (`.NAME.shardquant.lock` beside the output) stays; the lock goes with the process.
+/// The lock that keeps two runs from writing one output: `flock` on `.NAME.shardquant.lock`
+/// beside it, held for the whole run. A second run on the same output is refused, naming the
+/// process that holds it. The lock goes with the process (a killed run leaves no stale lock);
+/// the file is removed when the lock is released. A run that was waiting on a file that has
+/// since been removed (or replaced) sees that the path no longer names its file and locks the
+/// new one, so removing the file opens no race.
 #[derive(Debug)]
 pub struct OutputLock {
+    /// Holds the lock while open.
     _file: std::fs::File,
+    path: PathBuf,
 }
 
 impl OutputLock {
     /// Takes the lock for `target`, or says who holds it.
     pub fn acquire(target: &Path) -> Result<OutputLock> {
         use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
         let path = beside(target, "shardquant.lock")?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::output_io("creating the lock file", &path, e))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(Error::other(format!(
-                "another shardquant run (pid {}) is writing {}",
-                holder.trim(),
-                target.display()
-            ))
-            .with_hint(format!(
-                "wait for it to finish, or remove {} if no such process exists",
-                path.display()
-            )));
+        for _ in 0..1000 {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::output_io("creating the lock file", &path, e))?;
+            if !try_lock(&file) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::other(format!(
+                    "another shardquant run (pid {}) is writing {}",
+                    holder.trim(),
+                    target.display()
+                ))
+                .with_hint("wait for it to finish: the lock goes with that process"));
+            }
+            // Locked; but the previous holder may have removed the file meanwhile.
+            let ours = file
+                .metadata()
+                .map_err(|e| Error::output_io("reading the lock file", &path, e))?;
+            let same = std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()));
+            if !same {
+                continue;
+            }
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = write!(file, "{}", std::process::id());
+            return Ok(OutputLock { _file: file, path });
         }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "{}", std::process::id());
-        Ok(OutputLock { _file: file })
+        Err(Error::other(format!(
+            "could not take the lock {}: it keeps being replaced",
+            path.display()
+        )))
     }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked: a run that opened it meanwhile finds the path gone once
+        // it gets the lock, and retries with a new file. The lock goes when `file` closes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` (`File::try_lock` needs Rust 1.89; the crate supports 1.82).
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `dir` (statvfs).

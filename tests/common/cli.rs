@@ -149,11 +149,11 @@ pub fn assert_no_output(out: &Path) {
     assert_no_sibling(out);
 }
 
-/// Asserts that no `.NAME.shardquant-*` sibling of `out` exists (staging, set-aside old
-/// output; the `.NAME.shardquant.lock` file stays by design).
+/// Asserts that no `.NAME.shardquant*` sibling of `out` exists (staging, set-aside old
+/// output, the lock file: a finished run leaves nothing beside its output).
 pub fn assert_no_sibling(out: &Path) {
     let name = out.file_name().unwrap().to_string_lossy().into_owned();
-    let prefix = format!(".{name}.shardquant-");
+    let prefix = format!(".{name}.shardquant");
     let parent = out.parent().unwrap();
     let leftovers: Vec<String> = std::fs::read_dir(parent)
         .unwrap()
