@@ -381,6 +381,10 @@ fn an_fp8_weight_without_block_scales_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
+)]
 fn fp8_source_gives_the_same_bytes_on_the_gpu() {
     if let Err(reason) = shardquant::gpu::Gpu::open(0) {
         assert!(
