@@ -309,9 +309,9 @@ pub struct ConvertArgs {
     /// Write a JSON report (inputs, options, counts, timings, peak memory, warnings).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
-    /// No progress or info output.
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// No progress or info output; warnings still go to stderr (-qq silences them too).
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub quiet: u8,
     /// Replace an existing output directory that is not up to date (after the new one is
     /// complete), and discard a stopped run's partial conversion when --resume is not given.
     #[arg(long)]

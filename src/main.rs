@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         )),
         Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
             match shardquant::convert::check(&args.input_dir, &args.output_dir, &o)? {
+                Freshness::UpToDate if args.quiet > 0 => {}
                 Freshness::UpToDate => println!("up to date: {}", args.output_dir.display()),
                 Freshness::Stale(why) => {
                     println!("not up to date: {why}");
@@ -24,7 +25,8 @@ fn main() -> ExitCode {
         }),
         Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
             shardquant::interrupt::install();
-            o.quiet = args.quiet;
+            o.quiet = args.quiet > 0;
+            o.silent = args.quiet > 1;
             o.force = args.force;
             o.resume = args.resume;
             o.allow_nonfinite = args.allow_nonfinite;

@@ -75,8 +75,10 @@ pub struct Options {
     pub threads: usize,
     /// Replace an existing output directory.
     pub force: bool,
-    /// No progress or info output.
+    /// No progress or info output (`-q`); warnings still go to stderr.
     pub quiet: bool,
+    /// No warnings either (`-qq`): only errors.
+    pub silent: bool,
     /// Where to write the JSON report.
     pub report: Option<PathBuf>,
     /// Compute device.
@@ -123,6 +125,7 @@ impl Options {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             force: false,
             quiet: false,
+            silent: false,
             report: None,
             device: DeviceChoice::Auto,
             max_gpu_memory: 8 << 30,

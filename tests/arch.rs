@@ -434,3 +434,20 @@ fn classification_rules() {
         }
     }
 }
+
+/// Progress counts the model's bytes: every tensor of the checkpoint is read once, so the
+/// units' read bytes add up to the checkpoint's tensor bytes (not input + output + copies).
+#[test]
+fn progress_counts_the_models_bytes() {
+    for case in ["gptoss_nvfp4", "qwen3vlmoe_nvfp4", "glm4moe_fp8"] {
+        let input = case_dir(case).join("input");
+        let ckpt = Checkpoint::open(&input).unwrap();
+        let config = config(&input);
+        let layout = Layout::for_checkpoint(None, &config, &input, ckpt.tensors()).unwrap();
+        let options = Options::new(QuantFormat::W4a16Nvfp4);
+        let plan = Plan::build(&ckpt, layout, &config, &options).unwrap();
+        let read: u64 = plan.units.iter().map(|u| u.read_bytes()).sum();
+        let tensors: u64 = ckpt.tensors().iter().map(|t| t.len as u64).sum();
+        assert_eq!(read, tensors, "{case}");
+    }
+}

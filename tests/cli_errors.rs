@@ -1458,3 +1458,43 @@ fn a_second_run_on_the_same_output_is_refused() {
     );
     assert_no_sibling(&sb.out);
 }
+
+/// `-q` hides progress and info, never warnings; `-qq` silences warnings too; `--check -q`
+/// prints nothing when up to date; log lines off a terminal carry a UTC timestamp.
+#[test]
+fn quiet_is_not_blind() {
+    let sb = Sandbox::new("llama_nvfp4", "quietwarn");
+    let args = ["--format", "w4a16_nvfp4", "--exclude", "no.such.module"];
+    let r = sb.convert(&[&args[..], &["-q"]].concat());
+    r.expect_success();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("warning: --exclude pattern(s) matched no linear"))
+        .unwrap_or_else(|| panic!("the warning is hidden by -q:\n{}", r.stderr));
+    // 2026-12-03T08:20:01Z shardquant: warning: ...
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert!(
+        stamp.len() == 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    assert!(rest.starts_with("shardquant: warning: "), "{line}");
+    assert!(
+        !r.stderr.contains("wrote "),
+        "info shown with -q:\n{}",
+        r.stderr
+    );
+
+    let sb = Sandbox::new("llama_nvfp4", "quietwarn2");
+    let r = sb.convert(&[&args[..], &["-qq"]].concat());
+    r.expect_success();
+    assert!(r.stderr.trim().is_empty(), "-qq printed:\n{}", r.stderr);
+    let r = sb.convert(&[&args[..], &["--check", "-q"]].concat());
+    r.expect_success();
+    assert!(
+        r.stdout.trim().is_empty() && r.stderr.trim().is_empty(),
+        "--check -q printed: {} {}",
+        r.stdout,
+        r.stderr
+    );
+}

@@ -58,10 +58,20 @@ const REWRITTEN: &[&str] = &[
     "hf_quant_config.json",
 ];
 
-/// Prints an info line unless quiet.
+/// Prints an info line unless quiet (`-q`).
 pub fn info(options: &Options, msg: &str) {
     if !options.quiet {
-        eprintln!("shardquant: {msg}");
+        eprintln!("{}shardquant: {msg}", crate::progress::log_prefix());
+    }
+}
+
+/// Prints a warning unless silent (`-qq`): `-q` hides progress and info, never warnings.
+pub fn warn(options: &Options, msg: &str) {
+    if !options.silent {
+        eprintln!(
+            "{}shardquant: warning: {msg}",
+            crate::progress::log_prefix()
+        );
     }
 }
 
@@ -373,7 +383,7 @@ fn convert_and_report(
     resume::refuse_unasked(output, options)?;
     let (config_text, mut plan) = plan_checkpoint(&ckpt, input, options)?;
     for w in &plan.warnings {
-        info(options, &format!("warning: {w}"));
+        warn(options, w);
     }
     let shard_plan = ShardPlan::new(std::mem::take(&mut plan.outputs), options.max_shard_size)?;
     info(
@@ -440,9 +450,9 @@ fn convert_and_report(
     info(
         options,
         &format!(
-            "wrote {} ({:.2} GB) in {:.1}s",
+            "wrote {} ({}) in {:.1}s",
             output.display(),
-            run.bytes_written as f64 / 1e9,
+            crate::progress::human_bytes(run.bytes_written),
             started.elapsed().as_secs_f64()
         ),
     );
@@ -531,7 +541,7 @@ impl Job<'_> {
         let journal = Journal::start(staging.path(), state)?;
         let sealed_before: Vec<bool> = done.iter().map(Option::is_some).collect();
         let writer = ShardWriter::resume(staging.path(), self.shard_plan, done)?;
-        let total: u64 = plan.units.iter().map(|u| u.bytes).sum();
+        let total: u64 = plan.units.iter().map(|u| u.read_bytes()).sum();
         let progress = Progress::new(total, options.quiet);
         let run_started = Instant::now();
         let on_sealed = |digest: FileDigest, units: &[(usize, Vec<pipeline::SummaryLine>)]| {
@@ -547,6 +557,13 @@ impl Job<'_> {
         );
         progress.finish();
         let run = run?;
+        info(
+            options,
+            &format!(
+                "finishing: checksums, metadata and publishing {} shard(s)",
+                self.shard_plan.shard_count()
+            ),
+        );
         if run.units_skipped > 0 {
             info(
                 options,
@@ -572,7 +589,10 @@ impl Job<'_> {
             &mut notes,
         )?);
         for n in &notes {
-            info(options, n);
+            match n.strip_prefix("warning: ") {
+                Some(w) => warn(options, w),
+                None => info(options, n),
+            }
         }
         let outputs = output_digests(staging.path(), shards, options.threads)?;
         write_file(

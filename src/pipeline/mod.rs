@@ -186,7 +186,7 @@ pub fn run(
         if ShardTracker::skippable(plan, writer, sealing, u) {
             summaries[u] = sealing.summaries[&u].clone();
             pages.unit_done(unit);
-            progress.advance(unit.bytes);
+            progress.advance(unit.read_bytes());
             stats.units_skipped += 1;
         } else {
             todo.push(u);
@@ -304,7 +304,7 @@ pub fn run(
             pages.unit_done(unit);
             summaries[done.unit] = done.summary;
             budget.release(budget.charge(unit.bytes));
-            progress.advance(unit.bytes);
+            progress.advance(unit.read_bytes());
             for s in tracker.unit_written(plan, writer, sealing.done, done.unit) {
                 let units = tracker
                     .units_of(s)

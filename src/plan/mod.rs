@@ -65,6 +65,16 @@ pub struct Unit {
     pub bytes: u64,
 }
 
+impl Unit {
+    /// Bytes of the checkpoint the unit reads (each range once): what progress counts.
+    pub fn read_bytes(&self) -> u64 {
+        let mut reads = self.reads.clone();
+        reads.sort_unstable();
+        reads.dedup();
+        reads.iter().map(|r| r.2 as u64).sum()
+    }
+}
+
 /// Everything the conversion will do.
 #[derive(Debug, Clone)]
 pub struct Plan {
