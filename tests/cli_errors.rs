@@ -68,6 +68,7 @@ fn no_config_json() {
         BAD_INPUT,
         &[
             s(&sb.file("config.json")),
+            "No such file or directory",
             "hint: ",
             "needs its config.json",
         ],
@@ -638,7 +639,25 @@ fn stats_file_missing() {
     let sb = Sandbox::new("llama_nvfp4", "statsmissing");
     let stats = sb.tmp.join("no-such-amax.safetensors");
     let r = sb.convert(&["--format", "nvfp4", "--stats", s(&stats)]);
-    r.expect_error(BAD_INPUT, &[s(&stats)]);
+    r.expect_error(
+        BAD_INPUT,
+        &[s(&stats), "No such file or directory", "1 problem(s)"],
+    );
+    // Only the cause: the missing input amax follow from it and are not listed.
+    assert!(!r.stderr.contains("have no input amax"), "{}", r.stderr);
+    assert_no_output(&sb.out);
+}
+
+/// A weight shard passed as statistics says so.
+#[test]
+fn weight_shard_as_stats_says_so() {
+    let sb = Sandbox::new("llama_nvfp4", "weightshardstats");
+    let shard = sb.shard_of("model.layers.0.self_attn.q_proj.weight");
+    let r = sb.convert(&["--format", "nvfp4", "--stats", s(&shard)]);
+    r.expect_error(
+        BAD_INPUT,
+        &["no quantizer amax", "is a weight shard passed as --stats?"],
+    );
     assert_no_output(&sb.out);
 }
 

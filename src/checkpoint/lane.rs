@@ -215,7 +215,7 @@ impl Lane {
             .with_hint("replace it with the file itself"),
             Resolved::Missing => Error::input_io("reading",
                 path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
             ),
             Resolved::Unreadable(e) => Error::bad_input(format!("{p}: cannot read it: {e}"))
                 .with_hint(

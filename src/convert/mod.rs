@@ -90,7 +90,7 @@ pub fn read_config(dir: &Path) -> Result<(String, serde_json::Value)> {
             needed(Error::input_io(
                 "reading",
                 &path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
             ))
         })?;
     let text = String::from_utf8(bytes).map_err(|_| {

@@ -189,7 +189,9 @@ impl Plan {
                 .filter(|(l, a)| l.excluded.is_none() && a.is_none())
                 .map(|(l, _)| l.module.as_str())
                 .collect();
-            if !missing.is_empty() {
+            // A statistics file that could not be read is reported once, above: the missing
+            // input amax follow from it.
+            if !missing.is_empty() && stats_loaded {
                 let first: Vec<&str> = missing.iter().take(5).copied().collect();
                 problems.push(format!(
                     "--format {} quantizes activations, but {} quantized linear(s) have no input amax in {}: {}{}",
@@ -199,6 +201,18 @@ impl Plan {
                     first.join(", "),
                     if missing.len() > first.len() { ", ..." } else { "" }
                 ));
+                let not_amax = stats
+                    .ignored
+                    .iter()
+                    .filter(|i| i.ends_with(": not an amax buffer"))
+                    .count();
+                if not_amax > 0 && not_amax == stats.ignored.len() && stats.unmatched.is_empty() {
+                    let example = stats.ignored[0].trim_end_matches(": not an amax buffer");
+                    problems.push(format!(
+                        "  the statistics hold {not_amax} tensor(s) such as '{example}' and no quantizer amax \
+                         (`*_quantizer._amax`): is a weight shard passed as --stats?"
+                    ));
+                }
                 if !stats.invalid.is_empty() {
                     let zeros: Vec<&str> =
                         stats.invalid.iter().take(5).map(String::as_str).collect();
