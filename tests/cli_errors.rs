@@ -1389,6 +1389,13 @@ fn force_refuses_a_directory_that_is_not_a_checkpoint() {
     let sb = Sandbox::new("llama_nvfp4", "forcenotckpt");
     std::fs::create_dir_all(&sb.out).unwrap();
     std::fs::write(sb.out.join("thesis.tex"), b"precious").unwrap();
+    // Without --force the hint does not suggest --force, which would refuse too.
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_error(
+        USAGE,
+        &[s(&sb.out), "--force never replaces", "new output path"],
+    );
+    assert!(!r.stderr.contains("pass --force"), "{}", r.stderr);
     let r = sb.convert(&["--format", "w4a16_nvfp4", "--force"]);
     r.expect_error(USAGE, &[s(&sb.out), "refusing"]);
     assert_eq!(

@@ -370,13 +370,19 @@ fn convert_and_report(
             return Ok(report);
         }
         Freshness::Stale(why) if output.symlink_metadata().is_ok() && !options.force => {
+            // Say what will work: --force replaces only a previous checkpoint or an empty
+            // directory, never other files.
+            let hint = if !output.is_dir() || publish::replaceable(output) {
+                "pass --force to replace it (the old one is removed only after the new one is complete)"
+            } else {
+                "it is a directory of other files, which --force never replaces: choose a new \
+                 output path, or empty or remove that directory yourself"
+            };
             return Err(Error::usage(format!(
                 "output directory {} already exists and is not up to date: {why}",
                 output.display()
             ))
-            .with_hint(
-                "pass --force to replace it (the old one is removed only after the new one is complete)",
-            ));
+            .with_hint(hint));
         }
         Freshness::Stale(_) => {}
     }
