@@ -261,8 +261,28 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
 /// when `out` ends in `.zst`).
 pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) -> Result<String> {
     let m = open_model(model, options)?;
-    let stats =
+    let mut stats =
         ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
+    // Merged files can disagree: an imatrix says an expert saw no tokens, a ModelOpt amax file
+    // gives it the layer's shared input amax. `convert` treats such a module as uncalibrated
+    // (its input statistics are not used); the imported file says the same.
+    let mut dropped = Vec::new();
+    for (name, module) in stats.modules.iter_mut() {
+        let has_inputs = module.input_amax.is_some()
+            || module.input_amax_ch.is_some()
+            || module.input_sum_sq.is_some()
+            || module.input_sum.is_some()
+            || module.input_mean_sq.is_some();
+        if module.token_count == Some(0) && has_inputs {
+            module.input_amax = None;
+            module.input_amax_exact = None;
+            module.input_amax_ch = None;
+            module.input_sum_sq = None;
+            module.input_sum = None;
+            module.input_mean_sq = None;
+            dropped.push(name.clone());
+        }
+    }
     let formats: Vec<String> = files
         .iter()
         .map(|p| format_of(p, options).map(|f| f.name().to_string()))
@@ -280,6 +300,15 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
     }
     crate::stats::native::write_native(out, &stats, &meta, compress)?;
     let mut w = String::new();
+    if !dropped.is_empty() {
+        let _ = writeln!(
+            w,
+            "note: {} module(s) saw no calibration tokens in one file but have input statistics in another \
+             (e.g. {}); their input statistics are left out, as convert leaves them unused",
+            dropped.len(),
+            dropped[0]
+        );
+    }
     coverage(&m, &stats, &mut w);
     let _ = writeln!(
         w,

@@ -642,3 +642,30 @@ fn an_expert_without_tokens_in_one_file_is_calibrated_by_another() {
     stats.merge_channels("m", &counted).unwrap();
     assert_eq!(stats.module("m").unwrap().token_count, Some(5));
 }
+
+/// `stats import` takes what `convert --stats A --stats B` takes: an imatrix (experts with no
+/// tokens) with a ModelOpt amax file (a layer-wide input amax for every expert). The imported
+/// file converts to the same bytes as the pair.
+#[test]
+fn import_accepts_what_convert_accepts() {
+    let case = fixtures().join("golden").join("qwen3moe_nvfp4");
+    let pair = vec![
+        fixtures().join("golden/stats/qwen3moe.imatrix.gguf"),
+        case.join("amax.safetensors"),
+    ];
+    let tmp = TempDir::new("import-pair");
+    let imported = tmp.join("pair.stats.safetensors");
+    let mut o = Options::new(QuantFormat::Nvfp4);
+    o.quiet = true;
+    let text = shardquant::stats_cmd::import(&pair, &case.join("input"), &imported, &o).unwrap();
+    assert!(
+        text.contains("saw no calibration tokens in one file"),
+        "{text}"
+    );
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    o.stats = pair;
+    shardquant::convert::convert(&case.join("input"), &a, &o).unwrap();
+    o.stats = vec![imported];
+    shardquant::convert::convert(&case.join("input"), &b, &o).unwrap();
+    assert_same_tensors(&a, &b);
+}

@@ -177,7 +177,11 @@ impl Plan {
                 options.expert_input_amax,
             );
             warnings.extend(resolved.warnings);
-            problems.extend(resolved.problems);
+            // Without the statistics (reported above) every expert looks uncalibrated: only
+            // the cause is reported.
+            if stats_loaded {
+                problems.extend(resolved.problems);
+            }
             (resolved.per_linear, resolved.per_linear_exact)
         } else {
             (vec![None; linears.len()], vec![None; linears.len()])
