@@ -101,7 +101,10 @@ fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
     let t2 = Instant::now();
     let mut options = Options::new(QuantFormat::W4a16Nvfp4);
     options.quiet = true;
-    shardquant::inspect::inspect(&dir, &options).map_err(|e| e.to_string())?;
+    let inspection = shardquant::inspect::inspect(&dir, &options).map_err(|e| e.to_string())?;
+    if inspection.failure.is_some() {
+        return Err(format!("inspect: {}", inspection.text));
+    }
     let inspect_s = t2.elapsed().as_secs_f64();
     drop(ckpt);
     let _ = std::fs::remove_dir_all(&dir);

@@ -2,7 +2,7 @@
 
 use crate::checkpoint::{Checkpoint, ShardPlan};
 use crate::convert::read_config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::{Layout, Origin, Role};
 use crate::options::Options;
 use crate::plan::{classify, Plan};
@@ -11,11 +11,18 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn gb(bytes: u64) -> String {
-    if bytes >= 1 << 30 {
-        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
+    crate::progress::human_bytes(bytes)
+}
+
+/// What `inspect` (or `stats inspect`) found: the text, and why the command fails after
+/// printing it, if it does.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The description.
+    pub text: String,
+    /// Why the command fails after printing the text, if it does (exit 3): a conversion with
+    /// these options would stop in pre-flight, statistics that cover nothing, ...
+    pub failure: Option<String>,
 }
 
 /// The layout of the checkpoint in `dir` (the `--layout` file, the shipped one its
@@ -27,10 +34,11 @@ pub fn layout_json(dir: &Path, options: &Options) -> Result<String> {
     Ok(layout.file.to_json())
 }
 
-/// Describes the checkpoint in `dir` under `options`; returns the text to print.
-pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
+/// Describes the checkpoint in `dir` under `options`.
+pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
     let ckpt = Checkpoint::open(dir)?;
     let (_, config) = read_config(dir)?;
+    crate::convert::refuse_quantized_input(dir, &config)?;
     let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
     let mut s = String::new();
     let w = &mut s;
@@ -86,12 +94,14 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
     if let (Some(first), Some(last)) = (layers.first(), layers.last()) {
         let _ = writeln!(w, "layers      {} ({first}..={last})", layers.len());
     }
+    let format = options.format;
+    let shared = match (format.shares_group_scales(), format.needs_input_amax()) {
+        (true, true) => "one input_scale and one weight_scale_2",
+        (true, false) => "one weight_scale_2",
+        (false, _) => "each keeps its own scales: ModelOpt does not unify them for this format",
+    };
     for g in &layout.shared_input {
-        let _ = writeln!(
-            w,
-            "  shared input (one input_scale; one weight_scale_2 for NVFP4): {}",
-            g.join(" + ")
-        );
+        let _ = writeln!(w, "  shared input ({shared}): {}", g.join(" + "));
     }
     let mut experts: BTreeMap<usize, std::collections::BTreeSet<usize>> = BTreeMap::new();
     for l in &classified.linears {
@@ -101,8 +111,22 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
     }
     if !experts.is_empty() {
         let counts: std::collections::BTreeSet<usize> = experts.values().map(|s| s.len()).collect();
-        let _ = writeln!(w, "experts     {} MoE layer(s), {:?} experts per layer; gate+up of an expert share weight_scale_2, \
-            all experts of a layer share input_scale per projection", experts.len(), counts);
+        let scale = if format.is_nvfp4() {
+            "weight_scale_2"
+        } else {
+            "weight_scale"
+        };
+        let inputs = if format.needs_input_amax() {
+            ", all experts of a layer share input_scale per projection"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            w,
+            "experts     {} MoE layer(s), {:?} experts per layer; gate+up of an expert share {scale}{inputs}",
+            experts.len(),
+            counts
+        );
     }
     if !classified.routers.is_empty() {
         let _ = writeln!(
@@ -142,8 +166,11 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
             l.excluded.as_deref().unwrap_or("")
         );
     }
-    match Plan::from_classified(&ckpt, layout, &config, options, classified) {
-        Ok(plan) => describe_plan(w, &plan, options)?,
+    let would_fail = match Plan::from_classified(&ckpt, layout, &config, options, classified) {
+        Ok(plan) => {
+            describe_plan(w, &plan, options)?;
+            false
+        }
         Err(e) => {
             let _ = writeln!(
                 w,
@@ -152,9 +179,28 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<String> {
             for line in e.to_string().lines() {
                 let _ = writeln!(w, "  {line}");
             }
+            true
+        }
+    };
+    Ok(Inspection {
+        text: s,
+        failure: would_fail.then(|| {
+            "a conversion with these options would stop in pre-flight (see above)".to_string()
+        }),
+    })
+}
+
+impl Inspection {
+    /// The exit status: the text is printed either way; a plan that would fail is exit 3.
+    pub fn into_result(self) -> Result<String> {
+        match self.failure {
+            Some(why) => {
+                print!("{}", self.text);
+                Err(Error::bad_input(why))
+            }
+            None => Ok(self.text),
         }
     }
-    Ok(s)
 }
 
 fn describe_plan(w: &mut String, plan: &Plan, options: &Options) -> Result<()> {
@@ -167,7 +213,10 @@ fn describe_plan(w: &mut String, plan: &Plan, options: &Options) -> Result<()> {
         shards.shard_count(),
         gb(options.max_shard_size)
     );
-    let _ = writeln!(w, "  exclude_modules: {:?}", plan.exclude_modules);
+    let _ = writeln!(w, "  exclude_modules ({}):", plan.exclude_modules.len());
+    for name in &plan.exclude_modules {
+        let _ = writeln!(w, "    {name}");
+    }
     if !options.stats.is_empty() {
         let with_input = plan.input_amax.iter().filter(|a| a.is_some()).count();
         let _ = writeln!(
@@ -183,13 +232,15 @@ fn describe_plan(w: &mut String, plan: &Plan, options: &Options) -> Result<()> {
         let _ = writeln!(w, "  warning: {warning}");
     }
     let largest = plan.largest_unit_bytes();
+    // A bound, not a prediction: pages of finished units are released as the run goes, so
+    // measured peaks are usually far below it (BENCHMARKS.md).
     let _ = writeln!(
         w,
-        "memory      {} work units; largest {}; --max-memory {} bounds work in flight, so expect a peak near {} plus ~50 MiB",
+        "memory      {} work units, the largest {}; work in flight never exceeds --max-memory {} \
+         (or the largest unit, if larger), plus ~50 MB of bookkeeping",
         plan.units.len(),
         gb(largest),
         gb(options.max_memory),
-        gb(options.max_memory.min(plan.units.iter().map(|u| u.bytes).sum()).max(largest))
     );
     Ok(())
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).map(|text| {
+            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.into_result()).map(|text| {
                 print!("{text}");
                 ExitCode::SUCCESS
             })
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             .to_options()
             .and_then(|o| match args.layout_json {
                 true => shardquant::inspect::layout_json(&args.dir, &o),
-                false => shardquant::inspect::inspect(&args.dir, &o),
+                false => shardquant::inspect::inspect(&args.dir, &o).and_then(|i| i.into_result()),
             })
             .map(|text| {
                 print!("{text}");

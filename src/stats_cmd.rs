@@ -144,20 +144,44 @@ fn kind_of(key: &str) -> String {
 }
 
 /// `stats inspect`: each file on its own, and with `--model` the coverage of the model.
-pub fn inspect(files: &[PathBuf], model: Option<&Path>, options: &Options) -> Result<String> {
+/// With `--model`, a file that covers none of the model's linears is a failure
+/// (exit 3 after the description: wrong model or naming).
+pub fn inspect(
+    files: &[PathBuf],
+    model: Option<&Path>,
+    options: &Options,
+) -> Result<crate::inspect::Inspection> {
     let mut w = String::new();
     for path in files {
         describe_file(path, format_of(path, options)?, &mut w)?;
     }
-    let Some(dir) = model else { return Ok(w) };
+    let Some(dir) = model else {
+        return Ok(crate::inspect::Inspection {
+            text: w,
+            failure: None,
+        });
+    };
     let m = open_model(dir, options)?;
     let stats =
         ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
-    coverage(&m, &stats, &mut w);
-    Ok(w)
+    let covered = coverage(&m, &stats, &mut w);
+    if covered == 0 {
+        let _ = writeln!(
+            w,
+            "the statistics cover none of the model's quantizable linears: made for another model, or named in a way shardquant does not read"
+        );
+    }
+    Ok(crate::inspect::Inspection {
+        text: w,
+        failure: (covered == 0).then(|| {
+            "the statistics cover none of the model's quantizable linears (see above)".to_string()
+        }),
+    })
 }
 
-fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
+/// Writes the coverage of `stats` over the model; returns how many quantizable linears have
+/// any input statistic.
+fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> usize {
     let linears: Vec<_> = m
         .classified
         .linears
@@ -192,6 +216,32 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
         "  per-channel statistics: {with_channels} of {}",
         linears.len()
     );
+    let kv = m
+        .names
+        .attention
+        .iter()
+        .filter(|a| {
+            stats
+                .module(a)
+                .is_some_and(|s| s.k_cache_amax.is_some() && s.v_cache_amax.is_some())
+        })
+        .count();
+    let _ = writeln!(
+        w,
+        "  KV-cache amax (k and v, for --kv-cache fp8): {kv} of {} attention blocks",
+        m.names.attention.len()
+    );
+    let covered = linears
+        .iter()
+        .filter(|l| {
+            stats.module(&l.module).is_some_and(|s| {
+                s.input_amax.is_some()
+                    || s.input_sum_sq.is_some()
+                    || s.input_mean_sq.is_some()
+                    || s.input_amax_ch.is_some()
+            })
+        })
+        .count();
     // Uncalibrated experts: token count 0, or no usable input amax while a peer of the same
     // layer and projection has one (files without amax, like an imatrix, say nothing then).
     let proj_of = |p: ExpertProj| {
@@ -255,6 +305,7 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) {
             stats.ignored[0]
         );
     }
+    covered
 }
 
 /// `stats import`: reads the files against a model and writes shardquant's schema v1 (zstd
@@ -309,7 +360,7 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
             dropped[0]
         );
     }
-    coverage(&m, &stats, &mut w);
+    let _ = coverage(&m, &stats, &mut w);
     let _ = writeln!(
         w,
         "wrote {} ({} modules)",

@@ -592,17 +592,34 @@ fn fp8_without_stats() {
     assert_no_output(&sb.out);
 }
 
-/// `inspect` plans too, but does not need the statistics: it must not fail for their absence.
+/// `inspect` describes the checkpoint even when a conversion with these options would stop
+/// (W4A4 without statistics), says why, and exits 3 so that scripts notice; with options that
+/// would work it exits 0.
 #[test]
-fn inspect_without_stats_succeeds() {
-    let r = sq(&[
-        "inspect",
-        s(&golden("llama_nvfp4").join("input")),
-        "--format",
-        "nvfp4",
-    ]);
-    r.expect_success();
+fn inspect_without_stats_describes_and_exits_3() {
+    let input = golden("llama_nvfp4").join("input");
+    let r = sq(&["inspect", s(&input), "--format", "nvfp4"]);
+    r.expect_error(BAD_INPUT, &["would stop in pre-flight"]);
     assert!(r.stdout.contains("llama"), "stdout:\n{}", r.stdout);
+    assert!(
+        r.stdout.contains("have no input amax"),
+        "stdout:\n{}",
+        r.stdout
+    );
+    let r = sq(&["inspect", s(&input), "--format", "w4a16_nvfp4"]);
+    r.expect_success();
+    assert!(
+        r.stdout.contains("exclude_modules (2):\n    lm_head"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// `inspect` on an already-quantized checkpoint says so once, as convert does.
+#[test]
+fn inspect_of_a_quantized_checkpoint_says_so() {
+    let r = sq(&["inspect", s(&golden("llama_nvfp4").join("modelopt"))]);
+    r.expect_error(BAD_INPUT, &["already quantized", "original BF16"]);
 }
 
 #[test]
@@ -1523,4 +1540,38 @@ fn quiet_is_not_blind() {
         r.stdout,
         r.stderr
     );
+}
+
+/// `stats inspect --model` shows coverage (KV amax included) and exits 3 when the file covers
+/// none of the model's linears.
+#[test]
+fn stats_inspect_exits_3_when_nothing_is_covered() {
+    let tmp = TempDir::new("statscover");
+    let foreign = tmp.join("foreign.safetensors");
+    write_safetensors(
+        &foreign,
+        &[(
+            "transformer.h.0.attn.c_attn.input_quantizer._amax",
+            "F32",
+            vec![],
+            1.5f32.to_le_bytes().to_vec(),
+        )],
+    );
+    let model = golden("llama_nvfp4").join("input");
+    let r = sq(&["stats", "inspect", s(&foreign), "--model", s(&model)]);
+    r.expect_error(BAD_INPUT, &["cover none"]);
+    assert!(
+        r.stdout.contains("input amax:            0 of 14"),
+        "{}",
+        r.stdout
+    );
+    let r = sq(&[
+        "stats",
+        "inspect",
+        s(&amax("llama_nvfp4")),
+        "--model",
+        s(&model),
+    ]);
+    r.expect_success();
+    assert!(r.stdout.contains("KV-cache amax"), "{}", r.stdout);
 }

@@ -393,7 +393,9 @@ fn inspect_explains_a_moe_checkpoint() {
     let case = golden("qwen3moe_nvfp4");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
     o.max_shard_size = 100_000;
-    let text = shardquant::inspect::inspect(&case.join("input"), &o).unwrap();
+    let inspection = shardquant::inspect::inspect(&case.join("input"), &o).unwrap();
+    assert!(inspection.failure.is_none());
+    let text = inspection.text;
     for needle in [
         "layout      qwen3_moe",
         "experts     2 MoE layer(s), {8} experts",
@@ -404,11 +406,22 @@ fn inspect_explains_a_moe_checkpoint() {
     ] {
         assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
     }
-    // Without statistics, W4A4 cannot be planned: inspect says why instead of failing.
-    let text = shardquant::inspect::inspect(&case.join("input"), &Options::new(QuantFormat::Nvfp4))
-        .unwrap();
+    // Without statistics, W4A4 cannot be planned: inspect says why (and exits 3).
+    let inspection =
+        shardquant::inspect::inspect(&case.join("input"), &Options::new(QuantFormat::Nvfp4))
+            .unwrap();
+    assert!(inspection.failure.is_some());
+    let text = inspection.text;
     assert!(text.contains("would stop in pre-flight"), "{text}");
     assert!(text.contains("w4a16_nvfp4"), "{text}");
+    // FP8 wording: no NVFP4 scale names, no claim that q/k/v share scales.
+    let mut fp8 = Options::new(QuantFormat::Fp8);
+    fp8.stats = vec![case.join("amax.safetensors")];
+    let text = shardquant::inspect::inspect(&case.join("input"), &fp8)
+        .unwrap()
+        .text;
+    assert!(!text.contains("weight_scale_2"), "{text}");
+    assert!(text.contains("each keeps its own scales"), "{text}");
 }
 
 #[test]

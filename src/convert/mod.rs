@@ -120,8 +120,15 @@ pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, P
 /// Plans the conversion of an opened checkpoint; returns its `config.json` text and the plan.
 fn plan_checkpoint(ckpt: &Checkpoint, input: &Path, options: &Options) -> Result<(String, Plan)> {
     let (config_text, config) = read_config(input)?;
-    // An FP8 block-scaled source (DeepSeek-V3 style) is converted; any other quantized input is
-    // refused: its weights are not the original ones.
+    refuse_quantized_input(input, &config)?;
+    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input, ckpt.tensors())?;
+    let plan = Plan::build(ckpt, layout, &config, options)?;
+    Ok((config_text, plan))
+}
+
+/// An FP8 block-scaled source (DeepSeek-V3 style) is converted; any other quantized input is
+/// refused: its weights are not the original ones.
+pub fn refuse_quantized_input(input: &Path, config: &serde_json::Value) -> Result<()> {
     let fp8_block_source = config.get("quantization_config").is_some_and(|q| {
         q.get("quant_method").and_then(|m| m.as_str()) == Some("fp8")
             && q.get("weight_block_size").is_some()
@@ -135,9 +142,7 @@ fn plan_checkpoint(ckpt: &Checkpoint, input: &Path, options: &Options) -> Result
         ))
         .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
     }
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input, ckpt.tensors())?;
-    let plan = Plan::build(ckpt, layout, &config, options)?;
-    Ok((config_text, plan))
+    Ok(())
 }
 
 fn check_input_dir(input: &Path) -> Result<()> {
