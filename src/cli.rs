@@ -21,6 +21,37 @@ Exit codes:
   10   convert --check: the output is not up to date
   130  interrupted by SIGINT, 143 by SIGTERM (completed output shards are kept for --resume)";
 
+const CONVERT_EXIT_CODES: &str = "\
+Exit codes:
+  0    done, or the output was already up to date
+  1    failure on the output side (I/O error, disk full, lock held by another run, internal)
+  2    usage error (bad option, output exists without --force, a stopped run's partial
+       conversion is there without --resume or --force)
+  3    bad input (checkpoint, statistics file or layout unusable); nothing is written
+  10   --check: the output is not up to date
+  130  interrupted by SIGINT, 143 by SIGTERM (completed output shards are kept for --resume)";
+
+const INSPECT_EXIT_CODES: &str = "\
+Exit codes:
+  0    described; a conversion with these options would run
+  2    usage error
+  3    bad input, or a conversion with these options would stop in pre-flight (the
+       description is printed, then why)";
+
+const VERIFY_EXIT_CODES: &str = "\
+Exit codes:
+  0    every check passed
+  2    usage error
+  3    a problem was found (each is listed), or the checkpoint cannot be read";
+
+const STATS_EXIT_CODES: &str = "\
+Exit codes:
+  0    done
+  1    the output file cannot be written (stats import)
+  2    usage error (stats import: the output exists without --force)
+  3    a statistics file or the model is unusable, or (stats inspect --model) the files
+       cover none of the model's linears";
+
 /// Convert HuggingFace safetensors checkpoints to ModelOpt-compatible NVFP4 / FP8 checkpoints.
 #[derive(Debug, Parser)]
 #[command(name = "shardquant", version, about, after_help = EXIT_CODES)]
@@ -34,17 +65,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Quantize a checkpoint directory into a new directory.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = CONVERT_EXIT_CODES)]
     Convert(ConvertArgs),
     /// Explain a checkpoint: detected layout, tensors by role and group, output plan, memory.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = INSPECT_EXIT_CODES)]
     Inspect(InspectArgs),
     /// Activation-statistics files: what they hold, how they cover a model, conversion.
     #[command(subcommand)]
     Stats(StatsCommand),
     /// Re-read a ModelOpt-format checkpoint and check what serving engines rely on (exit 3 on
     /// any problem); with --source, the quantization error against the source weights.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = VERIFY_EXIT_CODES)]
     Verify(VerifyArgs),
 }
 
@@ -63,11 +94,11 @@ pub struct VerifyArgs {
 pub enum StatsCommand {
     /// What each file holds; with --model, which linears have input amax, which experts are
     /// uncalibrated and which names the model does not have.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = STATS_EXIT_CODES)]
     Inspect(StatsInspectArgs),
     /// Convert statistics files into shardquant's schema (`.stats.safetensors[.zst]`), with the
     /// model's own module names.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = STATS_EXIT_CODES)]
     Import(StatsImportArgs),
 }
 
@@ -230,7 +261,9 @@ pub struct PlanArgs {
     /// Target format (required for convert; inspect plans nvfp4 when it is not given).
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
-    /// Activation statistics (ModelOpt amax safetensors); repeatable, merged by max.
+    /// Activation statistics: ModelOpt amax safetensors, shardquant's .stats.safetensors[.zst],
+    /// torch.save amax dumps, llama.cpp imatrix (.dat or .gguf), or a quantized export whose
+    /// input scales give the amax; the format is detected. Repeatable, merged by max.
     #[arg(long = "stats", value_name = "FILE")]
     pub stats: Vec<PathBuf>,
     /// Read every --stats file as this format instead of detecting it.

@@ -7,7 +7,15 @@ use shardquant::error::EXIT_NOT_UP_TO_DATE;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // One error style: clap's errors get the same "shardquant: error:" prefix as ours.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprint!("shardquant: {}", e.render());
+            return ExitCode::from(2);
+        }
+    };
     let result = match &cli.command {
         Command::Convert(args) if args.plan.format.is_none() => Err(shardquant::error::Error::usage(
             "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",

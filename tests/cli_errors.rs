@@ -1575,3 +1575,32 @@ fn stats_inspect_exits_3_when_nothing_is_covered() {
     r.expect_success();
     assert!(r.stdout.contains("KV-cache amax"), "{}", r.stdout);
 }
+
+/// Each subcommand's help lists its own exit codes; `--stats` help names the formats read; a
+/// clap error has the same "shardquant: error:" prefix as ours, exit 2.
+#[test]
+fn help_and_error_style() {
+    let convert = sq(&["convert", "--help"]);
+    convert.expect_success();
+    assert!(
+        convert.stdout.contains("10   --check"),
+        "{}",
+        convert.stdout
+    );
+    assert!(convert.stdout.contains("imatrix"), "{}", convert.stdout);
+    let verify = sq(&["verify", "--help"]);
+    assert!(
+        verify.stdout.contains("a problem was found"),
+        "{}",
+        verify.stdout
+    );
+    assert!(!verify.stdout.contains("--check"), "{}", verify.stdout);
+    let inspect = sq(&["inspect", "--help"]);
+    assert!(
+        inspect.stdout.contains("would stop in pre-flight"),
+        "{}",
+        inspect.stdout
+    );
+    let r = sq(&["convert", "--format", "bogus", "a", "b"]);
+    r.expect_error(USAGE, &["shardquant: error: invalid value 'bogus'"]);
+}
