@@ -77,6 +77,16 @@ pub enum Command {
     /// any problem); with --source, the quantization error against the source weights.
     #[command(after_help = VERIFY_EXIT_CODES)]
     Verify(VerifyArgs),
+    /// The shipped architecture layouts: a list, or one as the JSON `--layout` reads (to start
+    /// a layout of your own from).
+    Layouts(LayoutsArgs),
+}
+
+/// `layouts` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct LayoutsArgs {
+    /// Print this layout's JSON (a name from the list).
+    pub name: Option<String>,
 }
 
 /// `verify` arguments.

@@ -65,6 +65,10 @@ fn main() -> ExitCode {
                 )))
             }
         }),
+        Command::Layouts(args) => shardquant::layout::describe_shipped(args.name.as_deref()).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
         Command::Inspect(args) => args
             .plan
             .to_options()

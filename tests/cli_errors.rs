@@ -1604,3 +1604,19 @@ fn help_and_error_style() {
     let r = sq(&["convert", "--format", "bogus", "a", "b"]);
     r.expect_error(USAGE, &["shardquant: error: invalid value 'bogus'"]);
 }
+
+/// `shardquant layouts` lists every shipped layout; `layouts NAME` prints one that `--layout`
+/// accepts; an unknown name is a usage error.
+#[test]
+fn layouts_lists_and_prints() {
+    let r = sq(&["layouts"]);
+    r.expect_success();
+    for name in ["llama", "gpt_oss", "qwen3_vl_moe", "GptOssForCausalLM"] {
+        assert!(r.stdout.contains(name), "{name}: {}", r.stdout);
+    }
+    let r = sq(&["layouts", "gpt_oss"]);
+    r.expect_success();
+    let layout = shardquant::layout::Layout::from_json(&r.stdout, "printed").unwrap();
+    assert_eq!(layout.name, "gpt_oss");
+    sq(&["layouts", "nope"]).expect_error(USAGE, &["no shipped layout named 'nope'"]);
+}

@@ -64,6 +64,37 @@ pub const BUILTIN_LAYOUTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `shardquant layouts`: the shipped layouts, one line each (name, architectures,
+/// description); with `name`, that layout's JSON exactly as shipped.
+pub fn describe_shipped(name: Option<&str>) -> Result<String> {
+    if let Some(name) = name {
+        let file = format!("{name}.json");
+        return BUILTIN_LAYOUTS
+            .iter()
+            .find(|(f, _)| *f == file)
+            .map(|(_, text)| text.to_string())
+            .ok_or_else(|| {
+                Error::usage(format!("no shipped layout named '{name}'"))
+                    .with_hint("`shardquant layouts` lists them")
+            });
+    }
+    let mut out = String::new();
+    for l in Layout::builtin() {
+        out.push_str(&format!(
+            "{:14} {}\n{:14}   {}\n",
+            l.name,
+            l.architectures.join(", "),
+            "",
+            l.description
+        ));
+    }
+    out.push_str(
+        "\nA checkpoint whose config.json selects none gets a layout inferred from its files \
+         (`shardquant inspect DIR --layout-json` prints it).\n",
+    );
+    Ok(out)
+}
+
 /// What part of the model a linear belongs to; used by `--scope`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
