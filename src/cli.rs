@@ -97,6 +97,9 @@ pub struct VerifyArgs {
     /// The checkpoint it was made from: dequantize and compare every quantized linear.
     #[arg(long, value_name = "INPUT_DIR")]
     pub source: Option<PathBuf>,
+    /// Print the result as JSON on stdout (same exit codes).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `stats` subcommands.
@@ -368,6 +371,9 @@ pub struct ConvertArgs {
     /// version from the same inputs, statistics and options. Writes nothing.
     #[arg(long)]
     pub check: bool,
+    /// With --check: print `{"up_to_date": bool, "reason": ...}` on stdout (same exit codes).
+    #[arg(long, requires = "check")]
+    pub json: bool,
     /// Quantize weights that hold NaN or infinite elements instead of stopping (exit 3): the
     /// elements are left out of the scales and written as NaN (FP8) or 0 (NVFP4), infinities
     /// saturated to the largest value; a warning and the report name the tensors.
@@ -387,6 +393,9 @@ pub struct InspectArgs {
     /// --layout accepts, to review or adjust it.
     #[arg(long)]
     pub layout_json: bool,
+    /// Print the findings as JSON on stdout (same exit codes).
+    #[arg(long, conflicts_with = "layout_json")]
+    pub json: bool,
 }
 
 impl PlanArgs {

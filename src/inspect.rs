@@ -23,6 +23,8 @@ pub struct Inspection {
     /// Why the command fails after printing the text, if it does (exit 3): a conversion with
     /// these options would stop in pre-flight, statistics that cover nothing, ...
     pub failure: Option<String>,
+    /// The same findings for scripts (`--json`).
+    pub json: serde_json::Value,
 }
 
 /// The layout of the checkpoint in `dir` (the `--layout` file, the shipped one its
@@ -166,9 +168,36 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
             l.excluded.as_deref().unwrap_or("")
         );
     }
+    let mut json = serde_json::json!({
+        "checkpoint": dir.display().to_string(),
+        "tensors": ckpt.tensors().len(),
+        "bytes": ckpt.total_bytes(),
+        "layout": layout.name,
+        "layout_origin": match layout.origin {
+            Origin::Shipped => "shipped",
+            Origin::File => "file",
+            Origin::Inferred => "inferred",
+        },
+        "format": options.format.cli_name(),
+        "linears": classified.linears.len(),
+        "quantized_linears": classified.linears.iter().filter(|l| l.excluded.is_none()).count(),
+        "routers": classified.routers.len(),
+        "mtp_layers": classified.mtp_layers,
+        "passthrough_tensors": classified.passthrough.len(),
+    });
     let would_fail = match Plan::from_classified(&ckpt, layout, &config, options, classified) {
         Ok(plan) => {
             describe_plan(w, &plan, options)?;
+            let shards = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+            json["plan"] = serde_json::json!({
+                "output_tensors": plan.outputs.len(),
+                "output_bytes": shards.total_bytes(),
+                "shards": shards.shard_count(),
+                "exclude_modules": plan.exclude_modules,
+                "work_units": plan.units.len(),
+                "largest_unit_bytes": plan.largest_unit_bytes(),
+                "warnings": plan.warnings,
+            });
             false
         }
         Err(e) => {
@@ -179,6 +208,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
             for line in e.to_string().lines() {
                 let _ = writeln!(w, "  {line}");
             }
+            json["would_stop"] = serde_json::json!(e.to_string());
             true
         }
     };
@@ -187,12 +217,21 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
         failure: would_fail.then(|| {
             "a conversion with these options would stop in pre-flight (see above)".to_string()
         }),
+        json,
     })
 }
 
 impl Inspection {
     /// The exit status: the text is printed either way; a plan that would fail is exit 3.
     pub fn into_result(self) -> Result<String> {
+        self.print_as(false)
+    }
+
+    /// As [`Self::into_result`], the text or (`json`) the JSON findings.
+    pub fn print_as(mut self, json: bool) -> Result<String> {
+        if json {
+            self.text = serde_json::to_string_pretty(&self.json).unwrap_or_default() + "\n";
+        }
         match self.failure {
             Some(why) => {
                 print!("{}", self.text);

@@ -21,7 +21,16 @@ fn main() -> ExitCode {
             "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
         )),
         Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
-            match shardquant::convert::check(&args.input_dir, &args.output_dir, &o)? {
+            let fresh = shardquant::convert::check(&args.input_dir, &args.output_dir, &o)?;
+            if args.json {
+                let (up, why) = match &fresh {
+                    Freshness::UpToDate => (true, None),
+                    Freshness::Stale(why) => (false, Some(why.clone())),
+                };
+                println!("{}", serde_json::json!({"up_to_date": up, "reason": why}));
+                return Ok(if up { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_UP_TO_DATE) });
+            }
+            match fresh {
                 Freshness::UpToDate if args.quiet > 0 => {}
                 Freshness::UpToDate => println!("up to date: {}", args.output_dir.display()),
                 Freshness::Stale(why) => {
@@ -54,7 +63,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Verify(args) => shardquant::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
-            print!("{}", v.report());
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v.to_json()).unwrap_or_default());
+            } else {
+                print!("{}", v.report());
+            }
             if v.problems.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -74,7 +87,7 @@ fn main() -> ExitCode {
             .to_options()
             .and_then(|o| match args.layout_json {
                 true => shardquant::inspect::layout_json(&args.dir, &o),
-                false => shardquant::inspect::inspect(&args.dir, &o).and_then(|i| i.into_result()),
+                false => shardquant::inspect::inspect(&args.dir, &o).and_then(|i| i.print_as(args.json)),
             })
             .map(|text| {
                 print!("{text}");

@@ -159,6 +159,7 @@ pub fn inspect(
         return Ok(crate::inspect::Inspection {
             text: w,
             failure: None,
+            json: serde_json::json!({"files": files}),
         });
     };
     let m = open_model(dir, options)?;
@@ -173,6 +174,7 @@ pub fn inspect(
     }
     Ok(crate::inspect::Inspection {
         text: w,
+        json: serde_json::json!({"files": files, "covered_linears": covered}),
         failure: (covered == 0).then(|| {
             "the statistics cover none of the model's quantizable linears (see above)".to_string()
         }),

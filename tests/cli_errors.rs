@@ -1620,3 +1620,42 @@ fn layouts_lists_and_prints() {
     assert_eq!(layout.name, "gpt_oss");
     sq(&["layouts", "nope"]).expect_error(USAGE, &["no shipped layout named 'nope'"]);
 }
+
+/// `--json` for scripts: verify, inspect and convert --check print JSON with the same exit codes.
+#[test]
+fn json_outputs() {
+    let golden_out = golden("llama_nvfp4").join("modelopt");
+    let r = sq(&["verify", s(&golden_out), "--json"]);
+    r.expect_success();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["linears"].as_u64()),
+        (Some(true), Some(14))
+    );
+
+    let input = golden("llama_nvfp4").join("input");
+    let r = sq(&["inspect", s(&input), "--format", "w4a16_nvfp4", "--json"]);
+    r.expect_success();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["layout"], "llama");
+    assert_eq!(
+        v["plan"]["exclude_modules"],
+        serde_json::json!(["lm_head", "model.embed_tokens"])
+    );
+    let r = sq(&["inspect", s(&input), "--format", "nvfp4", "--json"]);
+    assert_eq!(r.code, BAD_INPUT);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["would_stop"].as_str().unwrap().contains("input amax"));
+
+    let sb = Sandbox::new("llama_nvfp4", "checkjson");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--check", "--json"]);
+    assert_eq!(r.code, 10);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["up_to_date"], false);
+    sb.convert(&["--format", "w4a16_nvfp4", "-q"])
+        .expect_success();
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "--check", "--json"]);
+    r.expect_success();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"up_to_date": true, "reason": null}));
+}

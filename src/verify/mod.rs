@@ -46,6 +46,31 @@ pub struct Verification {
 pub type ChannelWeights<'a> = &'a dyn Fn(&str, usize) -> Option<Vec<f32>>;
 
 impl Verification {
+    /// The result as JSON (`verify --json`): `ok`, `problems`, `linears`, per-linear
+    /// `relative_errors` against the source, and what the checksum check found.
+    pub fn to_json(&self) -> serde_json::Value {
+        let checksums = match &self.checksums {
+            Some(ChecksumCheck::Checked { files, problems }) => serde_json::json!({
+                "checked": files,
+                "mismatched": problems.len(),
+            }),
+            Some(ChecksumCheck::NoChecksums) => serde_json::json!("not recorded"),
+            Some(ChecksumCheck::NoManifest) | None => serde_json::json!("no manifest"),
+        };
+        let errors: serde_json::Map<String, serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|(m, e)| (m.clone(), serde_json::json!(e)))
+            .collect();
+        serde_json::json!({
+            "ok": self.problems.is_empty(),
+            "problems": self.problems,
+            "linears": self.linears,
+            "relative_errors": errors,
+            "checksums": checksums,
+        })
+    }
+
     /// A human-readable report.
     pub fn report(&self) -> String {
         let mut w = String::new();
