@@ -80,6 +80,18 @@ pub enum Command {
     /// The shipped architecture layouts: a list, or one as the JSON `--layout` reads (to start
     /// a layout of your own from).
     Layouts(LayoutsArgs),
+    /// Shell completions on stdout, e.g. `shardquant completions bash > /etc/bash_completion.d/shardquant`.
+    Completions(CompletionsArgs),
+    /// The manual page (roff) on stdout, e.g. `shardquant man | man -l -`.
+    Man,
+}
+
+/// `completions` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `layouts` arguments.
@@ -356,8 +368,11 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// No progress or info output; warnings still go to stderr (-qq silences them too).
-    #[arg(long, short, action = clap::ArgAction::Count)]
+    #[arg(long, short, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+    /// More detail: the layout's origin, every unquantized linear and why, exclude_modules.
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Replace an existing output directory that is not up to date (after the new one is
     /// complete), and discard a stopped run's partial conversion when --resume is not given.
     #[arg(long)]

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             shardquant::interrupt::install();
             o.quiet = args.quiet > 0;
             o.silent = args.quiet > 1;
+            o.verbose = args.verbose;
             o.force = args.force;
             o.resume = args.resume;
             o.allow_nonfinite = args.allow_nonfinite;
@@ -78,6 +79,18 @@ fn main() -> ExitCode {
                 )))
             }
         }),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "shardquant", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(shardquant::error::Error::output_io("writing", std::path::Path::new("stdout"), e)),
+            }
+        }
         Command::Layouts(args) => shardquant::layout::describe_shipped(args.name.as_deref()).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS

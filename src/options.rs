@@ -79,6 +79,8 @@ pub struct Options {
     pub quiet: bool,
     /// No warnings either (`-qq`): only errors.
     pub silent: bool,
+    /// More detail (`-v`).
+    pub verbose: bool,
     /// Where to write the JSON report.
     pub report: Option<PathBuf>,
     /// Compute device.
@@ -126,6 +128,7 @@ impl Options {
             force: false,
             quiet: false,
             silent: false,
+            verbose: false,
             report: None,
             device: DeviceChoice::Auto,
             max_gpu_memory: 8 << 30,

@@ -1659,3 +1659,26 @@ fn json_outputs() {
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"up_to_date": true, "reason": null}));
 }
+
+/// Shell completions, the man page, and `-v`.
+#[test]
+fn completions_man_and_verbose() {
+    for shell in ["bash", "zsh", "fish"] {
+        let r = sq(&["completions", shell]);
+        r.expect_success();
+        assert!(
+            r.stdout.contains("convert") && r.stdout.contains("format"),
+            "{shell}"
+        );
+    }
+    let r = sq(&["man"]);
+    r.expect_success();
+    assert!(r.stdout.contains(".TH shardquant"), "{}", r.stdout);
+    let sb = Sandbox::new("llama_nvfp4", "verbose");
+    let r = sb.convert(&["--format", "w4a16_nvfp4", "-v"]);
+    r.expect_success();
+    assert!(r.stderr.contains("layout llama (shipped)"), "{}", r.stderr);
+    assert!(r.stderr.contains("passes through lm_head"), "{}", r.stderr);
+    sb.convert(&["--format", "w4a16_nvfp4", "-v", "-q", "--force"])
+        .expect_error(USAGE, &["cannot be used with"]);
+}

@@ -65,6 +65,33 @@ pub fn info(options: &Options, msg: &str) {
     }
 }
 
+/// `-v`: the plan's decisions a user may want to review before the run.
+fn verbose_plan(options: &Options, plan: &Plan) {
+    let origin = match plan.layout.origin {
+        crate::layout::Origin::Shipped => "shipped",
+        crate::layout::Origin::File => "--layout file",
+        crate::layout::Origin::Inferred => "inferred from the files",
+    };
+    info(options, &format!("layout {} ({origin})", plan.layout.name));
+    for l in plan.linears.iter().filter(|l| l.excluded.is_some()) {
+        info(
+            options,
+            &format!(
+                "  unquantized {} ({})",
+                l.module,
+                l.excluded.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    for (module, why) in &plan.classified.unquantized {
+        info(options, &format!("  passes through {module} ({why})"));
+    }
+    info(
+        options,
+        &format!("exclude_modules: {}", plan.exclude_modules.join(", ")),
+    );
+}
+
 /// Prints a warning unless silent (`-qq`): `-q` hides progress and info, never warnings.
 pub fn warn(options: &Options, msg: &str) {
     if !options.silent {
@@ -410,6 +437,9 @@ fn convert_and_report(
             options.threads
         ),
     );
+    if options.verbose {
+        verbose_plan(options, &plan);
+    }
     let gpu = open_device(&plan, options)?;
     let device = gpu.as_ref().map_or("cpu".to_string(), |p| {
         format!("cuda:{} ({})", p.gpu().ordinal, p.gpu().name)
