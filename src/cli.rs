@@ -136,6 +136,9 @@ pub struct StatsInspectArgs {
     /// Checkpoint directory to check the statistics against.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Print the coverage (with --model) as JSON on stdout (same exit codes).
+    #[arg(long, requires = "model")]
+    pub json: bool,
     /// Architecture layout JSON (overrides detection from the model's config.json).
     #[arg(long, value_name = "FILE")]
     pub layout: Option<PathBuf>,

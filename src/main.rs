@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.into_result()).map(|text| {
+            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.print_as(args.json)).map(|text| {
                 print!("{text}");
                 ExitCode::SUCCESS
             })

@@ -165,7 +165,7 @@ pub fn inspect(
     let m = open_model(dir, options)?;
     let stats =
         ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
-    let covered = coverage(&m, &stats, &mut w);
+    let (covered, summary) = coverage(&m, &stats, &mut w);
     if covered == 0 {
         let _ = writeln!(
             w,
@@ -174,7 +174,7 @@ pub fn inspect(
     }
     Ok(crate::inspect::Inspection {
         text: w,
-        json: serde_json::json!({"files": files, "covered_linears": covered}),
+        json: serde_json::json!({"files": files, "covered_linears": covered, "coverage": summary}),
         failure: (covered == 0).then(|| {
             "the statistics cover none of the model's quantizable linears (see above)".to_string()
         }),
@@ -182,8 +182,8 @@ pub fn inspect(
 }
 
 /// Writes the coverage of `stats` over the model; returns how many quantizable linears have
-/// any input statistic.
-fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> usize {
+/// any input statistic, and the coverage as JSON.
+fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> (usize, serde_json::Value) {
     let linears: Vec<_> = m
         .classified
         .linears
@@ -276,6 +276,22 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> usize {
             }
         }
     }
+    let dead_json: serde_json::Map<String, serde_json::Value> = dead
+        .iter()
+        .map(|((layer, proj), e)| (format!("layer {layer} {proj}"), serde_json::json!(e)))
+        .collect();
+    let summary = serde_json::json!({
+        "layout": m.layout.name,
+        "quantizable_linears": linears.len(),
+        "input_amax": with_input,
+        "per_channel": with_channels,
+        "kv_cache_amax": kv,
+        "attention_blocks": m.names.attention.len(),
+        "uncalibrated_experts": dead_json,
+        "unmatched_keys": stats.unmatched.len(),
+        "unusable_values": stats.invalid.len(),
+        "ignored_keys": stats.ignored.len(),
+    });
     if dead.is_empty() {
         let _ = writeln!(w, "  uncalibrated experts:   none");
     } else {
@@ -307,7 +323,7 @@ fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> usize {
             stats.ignored[0]
         );
     }
-    covered
+    (covered, summary)
 }
 
 /// `stats import`: reads the files against a model and writes shardquant's schema v1 (zstd
@@ -362,7 +378,7 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
             dropped[0]
         );
     }
-    let _ = coverage(&m, &stats, &mut w);
+    let _ = coverage(&m, &stats, &mut w).0;
     let _ = writeln!(
         w,
         "wrote {} ({} modules)",

@@ -1647,6 +1647,18 @@ fn json_outputs() {
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(v["would_stop"].as_str().unwrap().contains("input amax"));
 
+    let r = sq(&[
+        "stats",
+        "inspect",
+        s(&amax("qwen3moe_nvfp4")),
+        "--model",
+        s(&golden("qwen3moe_nvfp4").join("input")),
+        "--json",
+    ]);
+    r.expect_success();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["coverage"]["input_amax"], 56, "{v}");
+
     let sb = Sandbox::new("llama_nvfp4", "checkjson");
     let r = sb.convert(&["--format", "w4a16_nvfp4", "--check", "--json"]);
     assert_eq!(r.code, 10);
