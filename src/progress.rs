@@ -34,7 +34,7 @@ impl Progress {
         } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
@@ -79,6 +79,19 @@ impl Progress {
                     );
                 }
             }
+        }
+    }
+
+    /// All units are done but the run goes on (`msg`: sealing shards): shown on the bar, or
+    /// logged once.
+    pub fn phase(&self, msg: &str) {
+        match self {
+            Progress::Silent => {}
+            Progress::Bar(bar) => {
+                bar.set_message(msg.to_string());
+                bar.enable_steady_tick(Duration::from_millis(200));
+            }
+            Progress::Log { .. } => eprintln!("{}shardquant: {msg}", log_prefix()),
         }
     }
 

@@ -1694,3 +1694,19 @@ fn completions_man_and_verbose() {
     sb.convert(&["--format", "w4a16_nvfp4", "-v", "-q", "--force"])
         .expect_error(USAGE, &["cannot be used with"]);
 }
+
+/// Without -q the run names its finishing phase and says the size in a unit that shows it.
+#[test]
+fn finishing_phase_and_sizes_are_shown() {
+    let sb = Sandbox::new("llama_nvfp4", "finishing");
+    let r = sb.convert(&["--format", "w4a16_nvfp4"]);
+    r.expect_success();
+    assert!(
+        r.stderr
+            .contains("finishing: checksums, metadata and publishing"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(" kB) in "), "{}", r.stderr);
+    assert!(!r.stderr.contains("0.00 GB"), "{}", r.stderr);
+}

@@ -317,6 +317,16 @@ pub fn run(
         }
         drop(done_rx);
         drop(seal_tx);
+        if first_error.is_none() {
+            let pending = writer.shard_count() as u64
+                - sealed_count
+                    .load(Ordering::SeqCst)
+                    .min(writer.shard_count() as u64);
+            if pending > 0 {
+                // The bar is full, the run is not: say what it is waiting for.
+                progress.phase(&format!("sealing {pending} shard(s): fsync and SHA-256"));
+            }
+        }
         // Every sealer drains the channel before it ends; the first error wins.
         let mut sealed = Ok(());
         for h in sealers {
