@@ -1379,6 +1379,21 @@ fn success_writes_output_and_report() {
     let value: Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap()).expect("the report is valid JSON");
     assert_eq!(value["status"], "ok");
+    // Where the time went, per stage (thread-seconds), for tuning a nightly job.
+    let stages = value["timings_s"]["stages_thread_s"].as_object().unwrap();
+    for stage in [
+        "reader_waiting_for_budget",
+        "compute",
+        "write",
+        "shard_fsync",
+        "shard_sha256_read_back",
+    ] {
+        assert!(
+            stages[stage].as_f64().unwrap() >= 0.0,
+            "{stage}: {stages:?}"
+        );
+    }
+    assert!(stages["compute"].as_f64().unwrap() > 0.0);
     let counts = &value["counts"];
     assert_eq!(counts["input_tensors"], 21, "{counts}");
     assert_eq!(counts["quantized_linears"], 14, "{counts}");

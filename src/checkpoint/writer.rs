@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::plan::{ShardPlan, INDEX_FILE_NAME};
@@ -65,9 +65,18 @@ pub struct ShardWriter {
     /// The index's partial file while it is being written (removed on drop).
     index_partial: Option<PathBuf>,
     finished: bool,
+    /// Nanoseconds spent in shard fsyncs and in reading shards back for their SHA-256, summed
+    /// over the sealing threads (for the report's stage timings).
+    seal_clock: (AtomicU64, AtomicU64),
 }
 
 impl ShardWriter {
+    /// Seconds spent syncing shards and hashing them back, summed over threads.
+    pub fn seal_seconds(&self) -> (f64, f64) {
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        (s(&self.seal_clock.0), s(&self.seal_clock.1))
+    }
+
     /// Creates every shard file of `plan` in `dir` (which must exist), writes its header and sets
     /// its length. Existing files with the final names are left alone until their shard is
     /// sealed, which replaces them.
@@ -109,6 +118,7 @@ impl ShardWriter {
             index: plan.index_json(),
             index_partial: None,
             finished: false,
+            seal_clock: (AtomicU64::new(0), AtomicU64::new(0)),
         };
         for ((shard, members), done) in plan.planned_shards().iter().zip(members).zip(done) {
             let partial = dir.join(format!("{}{}", shard.name, PARTIAL));
@@ -190,12 +200,21 @@ impl ShardWriter {
             )));
         };
         self.check_written(shard.members.iter().copied())?;
+        let started = std::time::Instant::now();
         file.sync_all()
             .map_err(|e| Error::output_io("syncing", &shard.partial, e))?;
+        let nanos = |t: std::time::Instant| t.elapsed().as_nanos() as u64;
+        self.seal_clock
+            .0
+            .fetch_add(nanos(started), Ordering::Relaxed);
         let digest = if hash {
+            let started = std::time::Instant::now();
             let sha256 = crate::fault::read_back()
                 .and_then(|_| hash_open_file(file, shard.file_len))
                 .map_err(|e| Error::output_io("reading back", &shard.partial, e))?;
+            self.seal_clock
+                .1
+                .fetch_add(nanos(started), Ordering::Relaxed);
             Some(FileDigest {
                 path: shard.name.clone(),
                 size: shard.file_len,

@@ -181,6 +181,13 @@ impl Report {
                 "preflight": preflight_s,
                 "convert": convert_s,
                 "total": started.elapsed().as_secs_f64(),
+                // Thread-seconds per stage: several threads run each stage, so these add up
+                // to more than the wall time; their ratios show where the run spends it.
+                "stages_thread_s": run
+                    .stage_seconds
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
             },
             "memory": {
                 "peak_rss_bytes": peak_rss_bytes(),

@@ -60,6 +60,29 @@ pub struct RunStats {
     pub gpu_memory_bytes: u64,
     /// Units skipped because a previous run had completed their output shards.
     pub units_skipped: usize,
+    /// Seconds per stage, summed over the threads that ran it: (stage, seconds).
+    pub stage_seconds: Vec<(&'static str, f64)>,
+}
+
+/// Nanoseconds per pipeline stage, summed over threads.
+#[derive(Default)]
+struct StageClock {
+    /// The reader waiting for memory budget (back-pressure: workers or disk are behind).
+    budget_wait: AtomicU64,
+    /// Workers computing units: page faults of the input, amax, scales, packing (CPU or GPU).
+    compute: AtomicU64,
+    /// Workers writing output tensors into the shards.
+    write: AtomicU64,
+}
+
+impl StageClock {
+    fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn seconds(counter: &AtomicU64) -> f64 {
+        counter.load(Ordering::Relaxed) as f64 / 1e9
+    }
 }
 
 /// Reads one byte of every page of `bytes`, so that page faults (disk reads) happen now.
@@ -173,6 +196,7 @@ pub fn run(
             .max(options.max_memory / 4),
     );
     let cancelled = AtomicBool::new(false);
+    let clock = StageClock::default();
     let (sealed_count, journaled_count) = (AtomicU64::new(0), AtomicU64::new(0));
     let (work_tx, work_rx) = bounded::<usize>(threads * 2);
     let (done_tx, done_rx) = bounded::<Result<Written>>(threads * 2);
@@ -199,6 +223,7 @@ pub fn run(
     let outcome = std::thread::scope(|scope| -> Result<()> {
         let (budget, cancelled, gpu_units, todo) = (&budget, &cancelled, &gpu_units, &todo);
         let (sealed_count, journaled_count) = (&sealed_count, &journaled_count);
+        let clock = &clock;
         let stop = || {
             cancelled.store(true, Ordering::Relaxed);
             budget.cancel();
@@ -233,7 +258,10 @@ pub fn run(
             for &i in todo {
                 let unit = &plan.units[i];
                 let stop = cancelled.load(Ordering::Relaxed) || interrupt::interrupted();
-                if stop || !budget.acquire(budget.charge(unit.bytes)) {
+                let waiting = std::time::Instant::now();
+                let granted = !stop && budget.acquire(budget.charge(unit.bytes));
+                StageClock::add(&clock.budget_wait, waiting);
+                if !granted {
                     break;
                 }
                 for &(t, offset, len) in &unit.reads {
@@ -254,7 +282,13 @@ pub fn run(
                     // A panic would leave its unit's budget taken and hang the others: turn it
                     // into an error that stops the run.
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        compute_unit(plan, ckpt, options, i, gpu, gpu_units).and_then(|done| write_outputs(plan, ckpt, writer, sealing.done, done))
+                        let started = std::time::Instant::now();
+                        let computed = compute_unit(plan, ckpt, options, i, gpu, gpu_units);
+                        StageClock::add(&clock.compute, started);
+                        let started = std::time::Instant::now();
+                        let written = computed.and_then(|done| write_outputs(plan, ckpt, writer, sealing.done, done));
+                        StageClock::add(&clock.write, started);
+                        written
                     }))
                     .unwrap_or_else(|_| {
                         Err(Error::other(format!(
@@ -341,6 +375,17 @@ pub fn run(
         }
     });
     outcome?;
+    let (fsync, hash) = writer.seal_seconds();
+    stats.stage_seconds = vec![
+        (
+            "reader_waiting_for_budget",
+            StageClock::seconds(&clock.budget_wait),
+        ),
+        ("compute", StageClock::seconds(&clock.compute)),
+        ("write", StageClock::seconds(&clock.write)),
+        ("shard_fsync", fsync),
+        ("shard_sha256_read_back", hash),
+    ];
     stats.peak_in_flight = budget.peak();
     stats.gpu_units = gpu_units.into_inner();
     stats.summary = summaries.into_iter().flatten().collect();
