@@ -50,6 +50,48 @@ pub struct FileDigest {
     pub sha256: String,
 }
 
+/// SHA-256 of a file being written, advanced over its written prefix while the rest is still
+/// being written, so that sealing it does not read the whole file back at the end.
+pub struct PrefixHasher {
+    hasher: Sha256,
+    at: u64,
+}
+
+impl Default for PrefixHasher {
+    fn default() -> Self {
+        PrefixHasher {
+            hasher: Sha256::new(),
+            at: 0,
+        }
+    }
+}
+
+impl PrefixHasher {
+    /// Bytes hashed so far (the file's first `at()` bytes).
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    /// Hashes the file's bytes from `at()` to `to` (positioned reads; the bytes must be
+    /// written and never change again).
+    pub fn advance(&mut self, file: &File, to: u64) -> std::io::Result<()> {
+        let mut buf = vec![0u8; CHUNK.min(to.saturating_sub(self.at) as usize).max(1)];
+        while self.at < to {
+            let n = buf.len().min((to - self.at) as usize);
+            file.read_exact_at(&mut buf[..n], self.at)?;
+            self.hasher.update(&buf[..n]);
+            self.at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The SHA-256 of the file's first `len` bytes: the rest hashed now.
+    pub fn finish(mut self, file: &File, len: u64) -> std::io::Result<String> {
+        self.advance(file, len)?;
+        Ok(hex(&self.hasher.finalize()))
+    }
+}
+
 /// The SHA-256 of the first `len` bytes of an open file, read with positioned reads (the file
 /// offset is not moved, so other threads may use the handle).
 pub fn hash_open_file(file: &File, len: u64) -> std::io::Result<String> {

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::plan::{ShardPlan, INDEX_FILE_NAME};
-use crate::digest::{hash_open_file, FileDigest};
+use crate::digest::{hash_open_file, FileDigest, PrefixHasher};
 use crate::error::{Error, Result};
 use crate::fault;
+use std::collections::BTreeMap;
 
 /// Suffix of the files being written; they get their final names when sealed.
 const PARTIAL: &str = ".partial";
@@ -36,6 +37,11 @@ struct OpenShard {
     /// The planned tensors it holds.
     members: Vec<usize>,
     sealed: Mutex<Sealed>,
+    /// Written byte ranges (start → end) not hashed yet.
+    pending: Mutex<BTreeMap<u64, u64>>,
+    /// The SHA-256 of the written prefix, advanced as writes complete it; `None` once a
+    /// read failed (sealing then reads the whole file back, and reports the error).
+    hash: Mutex<Option<PrefixHasher>>,
 }
 
 /// Writes the shards of a [`ShardPlan`] with positioned writes (`pwrite`), so tensors can
@@ -142,6 +148,9 @@ impl ShardWriter {
                 file_len: shard.file_len,
                 members,
                 sealed: Mutex::new(sealed),
+                // The header is written below, before any tensor.
+                pending: Mutex::new(BTreeMap::from([(0, shard.header.len() as u64)])),
+                hash: Mutex::new(Some(PrefixHasher::default())),
             });
             let open = writer.shards.last().expect("just pushed");
             if let Some(file) = &open.file {
@@ -209,8 +218,13 @@ impl ShardWriter {
             .fetch_add(nanos(started), Ordering::Relaxed);
         let digest = if hash {
             let started = std::time::Instant::now();
+            // The prefix hashed while writing, completed; or the whole file read back.
+            let prefix = shard.hash.lock().unwrap_or_else(|e| e.into_inner()).take();
             let sha256 = crate::fault::read_back()
-                .and_then(|_| hash_open_file(file, shard.file_len))
+                .and_then(|_| match prefix {
+                    Some(h) => h.finish(file, shard.file_len),
+                    None => hash_open_file(file, shard.file_len),
+                })
                 .map_err(|e| Error::output_io("reading back", &shard.partial, e))?;
             self.seal_clock
                 .1
@@ -316,6 +330,7 @@ impl ShardWriter {
                 })
                 .map_err(|e| Error::output_io("writing", &shard.partial, e))?;
             fault::data_written();
+            self.hash_written(shard, file, offset + start as u64, offset + end as u64);
             after(start..end);
             if end == bytes.len() {
                 break;
@@ -323,6 +338,43 @@ impl ShardWriter {
             start = end;
         }
         Ok(())
+    }
+
+    /// Records that `start..end` of `shard` is written and advances its hash over the written
+    /// prefix, unless another thread is doing that now (it picks this range up, or sealing
+    /// does). The bytes read back are the ones just written, still in the page cache.
+    fn hash_written(&self, shard: &OpenShard, file: &File, start: u64, end: u64) {
+        fn lock(m: &Mutex<BTreeMap<u64, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+            m.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        lock(&shard.pending).insert(start, end);
+        let Ok(mut hash) = shard.hash.try_lock() else {
+            return;
+        };
+        loop {
+            let Some(h) = hash.as_mut() else { return };
+            let next = {
+                let mut pending = lock(&shard.pending);
+                match pending.first_key_value() {
+                    Some((&s, &e)) if s <= h.at() => {
+                        pending.remove(&s);
+                        Some(e)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(to) = next else { return };
+            let started = std::time::Instant::now();
+            let from = h.at();
+            if to > from && h.advance(file, to).is_err() {
+                *hash = None;
+            } else if to > from {
+                start_writeback(file, from, to - from);
+            }
+            self.seal_clock
+                .1
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 
     /// Checks that every tensor was written exactly once, seals every shard not sealed yet
@@ -420,5 +472,20 @@ impl Drop for ShardWriter {
                 let _ = std::fs::remove_file(partial);
             }
         }
+    }
+}
+
+/// Starts writing `len` bytes at `offset` of `file` back to disk without waiting, so that the
+/// shard's fsync at sealing has little left to do. Advisory: an error changes nothing.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }

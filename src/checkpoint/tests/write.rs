@@ -275,3 +275,43 @@ fn sealed_shards_survive_and_a_resumed_writer_completes_the_same_bytes() {
     }
     assert_eq!(digests.last().unwrap().path, "model.safetensors.index.json");
 }
+
+#[test]
+fn digests_hashed_while_writing_match_the_files() {
+    // Shuffled order, several threads, some tensors in small chunks: the prefix hash that
+    // follows the writes must equal the SHA-256 of each finished file.
+    for seed in 1..6u64 {
+        let mut rng = Rng::new(seed);
+        let tensors = random_tensors(&mut rng, 60);
+        let plan = ShardPlan::new(tensors.iter().map(|(t, _)| t.clone()).collect(), 3000).unwrap();
+        let dir = TempDir::new("prefixhash");
+        let writer = ShardWriter::create(dir.path(), &plan).unwrap();
+        let mut order: Vec<usize> = (0..tensors.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        std::thread::scope(|s| {
+            for chunk in order.chunks(order.len().div_ceil(4)) {
+                let (writer, tensors) = (&writer, &tensors);
+                s.spawn(move || {
+                    for &i in chunk {
+                        let step = if i % 3 == 0 { 7 } else { usize::MAX };
+                        writer
+                            .write_in_chunks(i, &tensors[i].1, step, |_| {})
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        for d in writer.finish_hashed().unwrap() {
+            let bytes = std::fs::read(dir.path().join(&d.path)).unwrap();
+            assert_eq!(
+                d.sha256,
+                crate::digest::sha256_hex(&bytes),
+                "{} seed {seed}",
+                d.path
+            );
+            assert_eq!(d.size, bytes.len() as u64);
+        }
+    }
+}
