@@ -350,10 +350,10 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 pub fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
     match free_bytes(dir) {
         Some(free) if free < needed => Err(Error::other(format!(
-            "not enough free space in {}: the output needs {:.2} GB, {:.2} GB are free",
+            "not enough free space in {}: the output needs {}, {} are free",
             dir.display(),
-            needed as f64 / 1e9,
-            free as f64 / 1e9
+            crate::progress::human_bytes(needed),
+            crate::progress::human_bytes(free)
         ))
         .with_hint("free some space or write the output to another filesystem")),
         _ => Ok(()),
