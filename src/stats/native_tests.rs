@@ -1,15 +1,41 @@
 use super::*;
 use crate::error::ErrorKind;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// A path in a per-process temp directory; the file (and the directory, once empty) is removed
+/// when the guard drops, so the tests leave nothing behind.
+struct TestPath(PathBuf);
+
+impl std::ops::Deref for TestPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir); // only when empty
+        }
+    }
+}
+
 /// A fresh path in a per-process temp directory.
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> TestPath {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!("shardquant-native-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed)))
+    TestPath(dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed))))
 }
 
 fn qwen() -> Layout {
@@ -113,7 +139,7 @@ fn meta_json() -> String {
 }
 
 /// Writes a v1 file by hand (any keys, dtypes and version).
-fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> PathBuf {
+fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> TestPath {
     let path = tmp(name);
     let mut md = vec![
         ("format", FORMAT.to_string()),
