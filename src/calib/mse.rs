@@ -1,5 +1,5 @@
 //! MSE weight calibration: ModelOpt's searches for the weight amax that minimises the
-//! quantization error of the weight itself (`modelopt-format.md` §5), on the CPU; the GPU
+//! quantization error of the weight itself (`docs/modelopt-format.md` §5), on the CPU; the GPU
 //! twins in `kernels/mse.cu` compute the same numbers bit for bit.
 //!
 //! Two searches:

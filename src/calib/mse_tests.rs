@@ -121,7 +121,7 @@ fn max_abs(w: &[f32]) -> f32 {
 #[test]
 fn multipliers_are_torch_linspace_in_f32() {
     let m = multipliers();
-    // torch.linspace(0.25, 4.0, 39)[:4] and the ends (modelopt-format.md §5).
+    // torch.linspace(0.25, 4.0, 39)[:4] and the ends (docs/modelopt-format.md §5).
     assert_eq!(m[0], 0.25);
     assert_eq!(m[1], 0.348_684_22);
     assert_eq!(m[2], 0.447_368_44);
@@ -450,7 +450,7 @@ const TORCH_LINSPACE: [u32; 39] = [
 ];
 
 /// `fp8_scale_candidates(device)` (E4M3 codes 1..=126 as f32, divided by the Python float 448)
-/// as f32 bits, printed by PyTorch on CUDA and on the CPU: they differ (modelopt-format.md §1.1).
+/// as f32 bits, printed by PyTorch on CUDA and on the CPU: they differ (docs/modelopt-format.md §1.1).
 const TORCH_CANDIDATES_CUDA: [u32; 126] = [
     0x36924925, 0x37124925, 0x375B6DB8, 0x37924925, 0x37B6DB6E, 0x37DB6DB8, 0x38000000, 0x38124925,
     0x3824924A, 0x3836DB6E, 0x38492493, 0x385B6DB8, 0x386DB6DC, 0x38800000, 0x38892493, 0x38924925,

@@ -3,7 +3,7 @@
 //! Reproduces `quant_utils.py::_prefix_wildcard_summarize_exclude_modules` of ModelOpt 0.47.0
 //! (called from `process_layer_quant_config`, then `sorted(...)`). When the pair candidate
 //! `[p, p + ".*"]` is chosen, 0.47 emits only `p + ".*"` ("for deployment"); older releases
-//! emitted both, as `modelopt-format.md` §3.1 still says.
+//! emitted both, as `docs/modelopt-format.md` §3.1 still says.
 
 use std::collections::BTreeSet;
 

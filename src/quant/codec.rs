@@ -2,7 +2,7 @@
 //!
 //! Pure functions on one value (ggml `_ref` style). Each documents its exact rule, which is
 //! the rule PyTorch (for casts) or ModelOpt (for E2M1) applies, so that the kernels built on
-//! them reproduce ModelOpt's bytes. See `shared/docs/modelopt-format.md` §1.2–§1.3.
+//! them reproduce ModelOpt's bytes. See `docs/modelopt-format.md` §1.2–§1.3.
 
 /// Largest finite E4M3FN value (`0x7E`).
 pub const E4M3_MAX: f32 = 448.0;
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn test_e4m3_documented_points() {
-        // modelopt-format.md §1.2, verified on CPU and CUDA.
+        // docs/modelopt-format.md §1.2, verified on CPU and CUDA.
         for (x, byte) in [
             (448.0, 0x7E),
             (456.0, 0x7E),

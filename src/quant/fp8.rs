@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn test_fp8_scale_both_numerics() {
-        // 1/448 in f32 is 0x3B124925 (modelopt-format.md §1.1).
+        // 1/448 in f32 is 0x3B124925 (docs/modelopt-format.md §1.1).
         let amax = 0.128_906_25f32;
         assert_eq!(fp8_scale(amax, Numerics::ModeloptCpu), amax / 448.0);
         assert_eq!(

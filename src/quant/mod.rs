@@ -13,7 +13,7 @@
 //! - [`nonfinite`]: NaN / infinite weight elements passed through (`--allow-nonfinite`).
 //!
 //! The formulas are those of `shared/golden/README.md` (verified against ModelOpt's bytes) and
-//! `shared/docs/modelopt-format.md` §1–§2. Every function here works on little-endian byte
+//! `docs/modelopt-format.md` §1–§2. Every function here works on little-endian byte
 //! slices, as they come from an mmap of a safetensors shard.
 
 pub mod amax;

@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn test_div_const_documented_values() {
-        // modelopt-format.md §1.1: reciprocal constants and the amax example.
+        // docs/modelopt-format.md §1.1: reciprocal constants and the amax example.
         assert_eq!((1.0f32 / 2688.0).to_bits(), 0x39C3_0C31);
         assert_eq!((1.0f32 / 448.0).to_bits(), 0x3B12_4925);
         assert_eq!((1.0f32 / 6.0).to_bits(), 0x3E2A_AAAB);

@@ -5,7 +5,7 @@
 //! takes each block's max |w| from the weight; the static path ([`quantize_nvfp4_static`],
 //! ModelOpt's FP8-scale sweep) takes per-block amax from a calibration. Both then share the
 //! element encoding and packing of [`pack_nvfp4`]. Formulas: golden/README.md "Formulas" and
-//! "Static NVFP4 weights"; packing: modelopt-format.md §1.3.
+//! "Static NVFP4 weights"; packing: docs/modelopt-format.md §1.3.
 
 use crate::quant::codec::{
     e2m1_nibble, e4m3_from_f32, e4m3_to_f32, E2M1_MAX, E4M3_MAX, E4M3_MIN_SUBNORMAL,
@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use crate::quant::test_util::encode;
 
-    /// modelopt-format.md §2.2, byte for byte.
+    /// docs/modelopt-format.md §2.2, byte for byte.
     #[test]
     fn test_worked_example() {
         let mut w = vec![

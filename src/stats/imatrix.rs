@@ -3,7 +3,7 @@
 //! Both give, per llama.cpp weight tensor and per matrix (expert), the per-input-channel sum
 //! of x² over the calibration tokens and how many token rows reached the matrix. They give no
 //! amax. The format is detected from the content (`"GGUF"` magic, else the `.dat` layout,
-//! which must parse exactly to the end of the file); `../shared/docs/stats-formats.md` §3 has
+//! which must parse exactly to the end of the file); `docs/stats-formats.md` §3 has
 //! the byte layouts.
 //!
 //! What [`ImatrixEntry`] holds for each format:
