@@ -97,18 +97,64 @@ impl GgufBuilder {
     }
 }
 
-/// Writes `bytes` to a fresh file in the temp directory and returns its path.
-pub(crate) fn temp_file(tag: &str, bytes: &[u8]) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("shardquant-stats-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(format!("{}-{tag}", N.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(&p, bytes).unwrap();
-    p
+/// A test file in the temp directory (a unique name, no directory of its own), removed when the
+/// guard drops, so the tests leave nothing behind.
+#[derive(Debug)]
+pub(crate) struct TestPath(pub(crate) PathBuf);
+
+impl std::ops::Deref for TestPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
-fn open_bytes(tag: &str, bytes: &[u8]) -> Result<GgufFile> {
-    GgufFile::open(&temp_file(tag, bytes))
+impl AsRef<std::path::Path> for TestPath {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TestPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `bytes` to a fresh file in the temp directory.
+pub(crate) fn temp_file(tag: &str, bytes: &[u8]) -> TestPath {
+    let p = unique_temp_path(tag);
+    std::fs::write(&p, bytes).unwrap();
+    TestPath(p)
+}
+
+/// A path in the temp directory no other test (of any process) uses.
+pub(crate) fn unique_temp_path(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "shardquant-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// An opened GGUF file with the test file it reads (kept until the test is done with it).
+#[derive(Debug)]
+struct Opened {
+    file: GgufFile,
+    _path: TestPath,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = GgufFile;
+    fn deref(&self) -> &GgufFile {
+        &self.file
+    }
+}
+
+fn open_bytes(tag: &str, bytes: &[u8]) -> Result<Opened> {
+    let path = temp_file(tag, bytes);
+    GgufFile::open(&path).map(|file| Opened { file, _path: path })
 }
 
 fn bad(tag: &str, bytes: &[u8], want: &str) -> Error {

@@ -1,41 +1,13 @@
 use super::*;
 use crate::error::ErrorKind;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-/// A path in a per-process temp directory; the file (and the directory, once empty) is removed
-/// when the guard drops, so the tests leave nothing behind.
-struct TestPath(PathBuf);
+use crate::stats::gguf::tests::{unique_temp_path, TestPath};
 
-impl std::ops::Deref for TestPath {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TestPath {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir(dir); // only when empty
-        }
-    }
-}
-
-/// A fresh path in a per-process temp directory.
+/// A fresh path in the temp directory, removed when the guard drops.
 fn tmp(name: &str) -> TestPath {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("shardquant-native-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    TestPath(dir.join(format!("{}-{name}", N.fetch_add(1, Ordering::Relaxed))))
+    TestPath(unique_temp_path(name))
 }
 
 fn qwen() -> Layout {
