@@ -42,21 +42,6 @@ fn planned(ckpt: &Checkpoint, layout: Layout, config: &serde_json::Value) -> Res
     Plan::build(ckpt, layout, config, &options).map_err(|e| e.to_string())
 }
 
-fn summary(p: &Plan) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let quantized = p
-        .linears
-        .iter()
-        .filter(|l| l.excluded.is_none())
-        .map(|l| l.module.clone())
-        .collect();
-    let outputs = p
-        .outputs
-        .iter()
-        .map(|o| format!("{} {:?} {:?}", o.name, o.dtype, o.shape))
-        .collect();
-    (quantized, outputs, p.exclude_modules.clone())
-}
-
 fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
     let list = TensorList::read(list_path).map_err(|e| e.to_string())?;
     let dir = root.join(list.model.replace('/', "--"));
@@ -82,8 +67,8 @@ fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
             .map_err(|e| format!("inference failed: {e}"))?;
         let other =
             planned(&ckpt, layout, config).map_err(|e| format!("inferred plan failed: {e}"))?;
-        if summary(&other) != summary(&plan) {
-            let (a, b) = (summary(&plan), summary(&other));
+        if Plan::what_it_writes(&other) != Plan::what_it_writes(&plan) {
+            let (a, b) = (Plan::what_it_writes(&plan), Plan::what_it_writes(&other));
             return Err(format!(
                 "the inferred layout plans another checkpoint: quantized {} vs {}, outputs {} vs {}, exclude_modules {:?} vs {:?}",
                 a.0.len(),

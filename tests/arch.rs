@@ -80,22 +80,6 @@ fn every_case_converts_byte_identically_without_a_layout() {
     }
 }
 
-/// What a plan writes: quantized linears, output tensors, exclude_modules.
-fn summary(p: &Plan) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let quantized = p
-        .linears
-        .iter()
-        .filter(|l| l.excluded.is_none())
-        .map(|l| l.module.clone())
-        .collect();
-    let outputs = p
-        .outputs
-        .iter()
-        .map(|o| format!("{} {:?} {:?}", o.name, o.dtype, o.shape))
-        .collect();
-    (quantized, outputs, p.exclude_modules.clone())
-}
-
 #[test]
 fn shipped_and_inferred_layouts_plan_the_same_checkpoint() {
     for &(case, format, shipped) in CASES {
@@ -114,7 +98,7 @@ fn shipped_and_inferred_layouts_plan_the_same_checkpoint() {
         options.quiet = true;
         let a = Plan::build(&ckpt, layout, &config, &options).unwrap();
         let b = Plan::build(&ckpt, inferred, &config, &options).unwrap();
-        assert_eq!(summary(&a), summary(&b), "{case}");
+        assert_eq!(Plan::what_it_writes(&a), Plan::what_it_writes(&b), "{case}");
     }
 }
 
@@ -207,7 +191,7 @@ fn gpt_oss_20b_header_plans_right() {
     assert_eq!(fused[0].shape, vec![32, 1440, 5760]);
     let inferred = infer::infer(&list.config, ckpt.tensors(), &dir.join("config.json")).unwrap();
     let other = Plan::build(&ckpt, inferred, &list.config, &options).unwrap();
-    assert_eq!(summary(&plan), summary(&other));
+    assert_eq!(Plan::what_it_writes(&plan), Plan::what_it_writes(&other));
 }
 
 /// A copy of a fixture's input with extra BF16 tensors in a new shard (listed in the index).

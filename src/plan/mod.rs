@@ -338,7 +338,24 @@ impl Plan {
         self.units.iter().map(|u| u.bytes).max().unwrap_or(0)
     }
 
-    /// Number of quantized linears.
+    /// What the plan writes, to compare two plans: the quantized linears, every output tensor
+    /// (name, dtype, shape) and `exclude_modules`.
+    pub fn what_it_writes(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let quantized = self
+            .linears
+            .iter()
+            .filter(|l| l.excluded.is_none())
+            .map(|l| l.module.clone())
+            .collect();
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| format!("{} {:?} {:?}", o.name, o.dtype, o.shape))
+            .collect();
+        (quantized, outputs, self.exclude_modules.clone())
+    }
+
+    /// Number of linears that are quantized.
     pub fn quantized_count(&self) -> usize {
         self.linears.iter().filter(|l| l.excluded.is_none()).count()
     }
