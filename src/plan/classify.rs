@@ -417,15 +417,7 @@ fn fused_linears(
         let expert_bytes = cols * out_total * dtype.size();
         let mut linears = Vec::new();
         for e in 0..n_experts {
-            let parts: &[(ExpertProj, usize, usize)] = if gate_up {
-                &[
-                    (ExpertProj::Gate, 0, out_total / 2),
-                    (ExpertProj::Up, out_total / 2, out_total / 2),
-                ]
-            } else {
-                &[(ExpertProj::Down, 0, out_total)]
-            };
-            for &(proj, start, n) in parts {
+            for (proj, start, n) in expert_parts(gate_up, out_total) {
                 let module = experts
                     .module_name(layer, e, proj)
                     .expect("checked: the layout has a per-expert module");
@@ -489,15 +481,7 @@ fn fused_linears(
     let mut linears = Vec::new();
     let expert_bytes = rows * cols * dtype.size();
     for e in 0..n_experts {
-        let parts: &[(ExpertProj, usize, usize)] = if gate_up {
-            &[
-                (ExpertProj::Gate, 0, rows / 2),
-                (ExpertProj::Up, rows / 2, rows / 2),
-            ]
-        } else {
-            &[(ExpertProj::Down, 0, rows)]
-        };
-        for &(proj, row0, nrows) in parts {
+        for (proj, row0, nrows) in expert_parts(gate_up, rows) {
             let module = experts.module_name(layer, e, proj).expect(
                 "layouts with [E, out, in] fused experts have a per-expert module (validated)",
             );
@@ -520,6 +504,20 @@ fn fused_linears(
         }
     }
     Some(linears)
+}
+
+/// The projections of one expert in a fused parameter with `total` outputs: gate and up are
+/// its two halves (gate first, as transformers 5 and the hub store them), down the whole;
+/// each as (projection, first output, outputs).
+fn expert_parts(gate_up: bool, total: usize) -> Vec<(ExpertProj, usize, usize)> {
+    if gate_up {
+        vec![
+            (ExpertProj::Gate, 0, total / 2),
+            (ExpertProj::Up, total / 2, total / 2),
+        ]
+    } else {
+        vec![(ExpertProj::Down, 0, total)]
+    }
 }
 
 fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
