@@ -525,16 +525,14 @@ fn compare_with_source(
         // Element (r, c) of the [rows, cols] matrix: its index in the stored source, in the
         // quantized weight's element order, and its block.
         let place = |r: usize, c: usize| -> (usize, usize, usize) {
+            let stored = s.stored_index(r, c);
             match s.bmm_experts {
+                // A BMM stack is written back in the source's [E, in, out] order.
                 Some(_) => {
                     let (e, o) = (r / out, r % out);
-                    (
-                        e * cols * out + c * out + o,
-                        e * cols * out + c * out + o,
-                        e * (cols / 16) * out + (c / 16) * out + o,
-                    )
+                    (stored, stored, e * (cols / 16) * out + (c / 16) * out + o)
                 }
-                None => (s.stored_index(r, c), r * cols + c, r * (cols / 16) + c / 16),
+                None => (stored, r * cols + c, r * (cols / 16) + c / 16),
             }
         };
         let channel = importance(m, cols);
