@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_same_tensors, fixtures, run, TempDir};
+use common::{fixtures, run, TempDir};
 use shardquant::checkpoint::Checkpoint;
 use shardquant::layout::{infer, Layout, Origin};
 use shardquant::options::Options;
@@ -44,27 +44,11 @@ fn convert_case(case: &str, format: QuantFormat) {
     let dir = case_dir(case);
     let tmp = TempDir::new(case);
     let out = tmp.join("out");
-    let mut options = Options::new(format);
-    options.numerics = Numerics::ModeloptCpu;
+    let mut options = common::modelopt_case_options(format, Numerics::ModeloptCpu);
     options.stats = vec![dir.join("amax.safetensors")];
-    options.quiet = true;
-    options.threads = 2;
-    // SHARDQUANT_GOLDEN_DEVICE=cuda runs the cases on the GPU (the device check).
-    if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
-        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
-    }
     shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let reference = dir.join("modelopt");
-    assert_same_tensors(&out, &reference);
-    for file in [
-        "hf_quant_config.json",
-        "config.json",
-        "generation_config.json",
-    ] {
-        let ours = std::fs::read_to_string(out.join(file)).unwrap();
-        let theirs = std::fs::read_to_string(reference.join(file)).unwrap();
-        assert_eq!(ours, theirs, "{case}/{file}");
-    }
+    common::assert_same_export(&out, &reference, case, |_, theirs| theirs);
     // verify --source compares every quantized linear with its source slice, on ours and theirs.
     for checkpoint in [&out, &reference] {
         let v = shardquant::verify::verify(checkpoint, Some(&dir.join("input"))).unwrap();

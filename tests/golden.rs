@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_same_tensors, fixtures, TempDir};
+use common::{fixtures, TempDir};
 use shardquant::calib::mse::CalibMethod;
 use shardquant::options::Options;
 use shardquant::quant::{Numerics, QuantFormat};
@@ -50,39 +50,24 @@ fn convert_case_with(case: &str, format: QuantFormat, numerics: Numerics, calib:
     let dir = fixtures().join("golden").join(case);
     let tmp = TempDir::new(case);
     let out = tmp.join("out");
-    let mut options = Options::new(format);
-    options.numerics = numerics;
+    let mut options = common::modelopt_case_options(format, numerics);
     options.calib = calib;
     options.stats = vec![if calib == CalibMethod::Max {
         dir.join("amax.safetensors")
     } else {
         input_amax_only(&dir.join("amax.safetensors"), &tmp.0)
     }];
-    options.quiet = true;
-    options.threads = 2;
-    // SHARDQUANT_GOLDEN_DEVICE=cuda runs the cases on the GPU (the device check); by default
-    // the GPU is used when there is one.
-    if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
-        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
-    }
     shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
-    let reference = dir.join("modelopt");
-    assert_same_tensors(&out, &reference);
-    for file in [
-        "hf_quant_config.json",
-        "config.json",
-        "generation_config.json",
-    ] {
-        let ours = std::fs::read_to_string(out.join(file)).unwrap();
-        let mut theirs = std::fs::read_to_string(reference.join(file)).unwrap();
+    common::assert_same_export(&out, &dir.join("modelopt"), case, |file, theirs| {
         if case.ends_with("_gpu") && file != "hf_quant_config.json" {
             // The GPU exports ran under transformers 5.17, which save_pretrained stamps into
             // the files; the input (and so our output) says 5.23. Nothing else may differ.
             assert_eq!(theirs.matches("\"5.17.0\"").count(), 1, "{case}/{file}");
-            theirs = theirs.replace("\"5.17.0\"", "\"5.23.0\"");
+            theirs.replace("\"5.17.0\"", "\"5.23.0\"")
+        } else {
+            theirs
         }
-        assert_eq!(ours, theirs, "{case}/{file}");
-    }
+    });
     assert!(out.join(".quant_summary.txt").exists());
     assert!(out.join("shardquant.json").exists());
 }

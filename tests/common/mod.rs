@@ -234,3 +234,41 @@ pub fn journaled_shards(staging: &Path) -> Vec<String> {
         .filter_map(|v| v["shard"]["path"].as_str().map(str::to_string))
         .collect()
 }
+
+/// Options for converting one of ModelOpt's own exports (fixtures/golden, fixtures/arch): the
+/// format and numerics given, quiet, 2 threads; on the GPU when `SHARDQUANT_GOLDEN_DEVICE=cuda`
+/// (the device check), else on the GPU when there is one.
+pub fn modelopt_case_options(
+    format: shardquant::quant::QuantFormat,
+    numerics: shardquant::quant::Numerics,
+) -> shardquant::options::Options {
+    let mut options = shardquant::options::Options::new(format);
+    options.numerics = numerics;
+    options.quiet = true;
+    options.threads = 2;
+    if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
+        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
+    }
+    options
+}
+
+/// Asserts that `out` is what ModelOpt exported in `reference`: every tensor byte for byte,
+/// and `hf_quant_config.json`, `config.json` and `generation_config.json` exactly (ModelOpt's
+/// text passed through `theirs(file, text)` first, for a known environment difference).
+pub fn assert_same_export(
+    out: &Path,
+    reference: &Path,
+    case: &str,
+    theirs: impl Fn(&str, String) -> String,
+) {
+    assert_same_tensors(out, reference);
+    for file in [
+        "hf_quant_config.json",
+        "config.json",
+        "generation_config.json",
+    ] {
+        let ours = std::fs::read_to_string(out.join(file)).unwrap();
+        let expected = theirs(file, std::fs::read_to_string(reference.join(file)).unwrap());
+        assert_eq!(ours, expected, "{case}/{file}");
+    }
+}
