@@ -239,23 +239,7 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
         .with_hint("remove it or choose another OUTPUT_DIR"));
     }
     if let Some(report) = &options.report {
-        let parent = parent_dir(report);
-        if !parent.is_dir() {
-            return Err(Error::usage(format!(
-                "--report {}: directory {} does not exist",
-                report.display(),
-                parent.display()
-            ))
-            .with_hint("create the directory or choose another report path"));
-        }
-        if resolved_path(report)?.starts_with(&canon_in) {
-            return Err(Error::usage(format!(
-                "--report {}: is inside the input directory {}, which shardquant never writes to",
-                report.display(),
-                input.display()
-            ))
-            .with_hint("write the report outside the input directory"));
-        }
+        check_report_path(report, input, &canon_in)?;
     }
     if output.is_dir() && options.force && !replaceable(output) {
         return Err(Error::usage(format!(
@@ -364,15 +348,35 @@ pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report>
     result
 }
 
-/// Whether `--report` names a file that may be written: its directory exists and is not
-/// inside the input (the checks `check_paths` makes before a run).
+/// Whether `--report` names a file that may be written ([`check_report_path`], the check
+/// `check_paths` makes before a run).
 fn report_path_usable(input: &Path, report: &Path) -> bool {
-    let parent = parent_dir(report);
-    match (std::fs::canonicalize(parent), std::fs::canonicalize(input)) {
-        (Ok(dir), Ok(input)) => !dir.starts_with(input),
-        (Ok(_), Err(_)) => true,
-        _ => false,
+    match std::fs::canonicalize(input) {
+        Ok(canon_in) => check_report_path(report, input, &canon_in).is_ok(),
+        Err(_) => parent_dir(report).is_dir(),
     }
+}
+
+/// `--report` must name a file in an existing directory, outside the input (`canon_in`).
+fn check_report_path(report: &Path, input: &Path, canon_in: &Path) -> Result<()> {
+    let parent = parent_dir(report);
+    if !parent.is_dir() {
+        return Err(Error::usage(format!(
+            "--report {}: directory {} does not exist",
+            report.display(),
+            parent.display()
+        ))
+        .with_hint("create the directory or choose another report path"));
+    }
+    if resolved_path(report)?.starts_with(canon_in) {
+        return Err(Error::usage(format!(
+            "--report {}: is inside the input directory {}, which shardquant never writes to",
+            report.display(),
+            input.display()
+        ))
+        .with_hint("write the report outside the input directory"));
+    }
+    Ok(())
 }
 
 fn convert_and_report(
