@@ -354,18 +354,23 @@ impl Layout {
         disk.into()
     }
 
-    /// The checkpoint name of an in-memory name (or pattern), renaming back only with the
-    /// renames `used[i]` marks (transformers' reverse mapping knows only the renames it applied
-    /// while loading: a tied `lm_head` keeps its in-memory name).
-    pub fn disk_name(&self, memory: &str, used: &[bool]) -> String {
-        for ((from, to), &used) in self.memory_renames.iter().zip(used) {
+    /// The checkpoint name of an in-memory name (or pattern), renaming back with every rename,
+    /// or (`Some(used)`) only with the renames `used[i]` marks (transformers' reverse mapping
+    /// knows only the renames it applied while loading: a tied `lm_head` keeps its in-memory
+    /// name).
+    pub fn disk_name<'n>(
+        &self,
+        memory: &'n str,
+        used: Option<&[bool]>,
+    ) -> std::borrow::Cow<'n, str> {
+        for (i, (from, to)) in self.memory_renames.iter().enumerate() {
             if let Some(rest) = memory.strip_prefix(to.as_str()) {
-                if used {
-                    return format!("{from}{rest}");
+                if used.is_none_or(|u| u.get(i).copied().unwrap_or(false)) {
+                    return format!("{from}{rest}").into();
                 }
             }
         }
-        memory.to_string()
+        memory.into()
     }
 
     /// Whether ModelOpt leaves `module` unwrapped (no quantizers, not in `exclude_modules`).

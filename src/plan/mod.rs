@@ -775,7 +775,7 @@ fn exclude_modules(
     }
     let mut out: Vec<String> = summarize_exclude_modules(&quantized, &unquantized)
         .iter()
-        .map(|name| layout.disk_name(name, renames_used))
+        .map(|name| layout.disk_name(name, Some(renames_used)).into_owned())
         .collect();
     let prefix = layout.layer_prefix.render(None, None);
     for l in &classified.mtp_layers {

@@ -158,8 +158,7 @@ pub fn import(
 
 fn classify(base: &str, layout: &Layout, model: &ModelNames) -> Target {
     // Amax files name ModelOpt's in-memory modules; the layout knows transformers' renames.
-    let all_renames = vec![true; layout.memory_renames.len()];
-    let disk = layout.disk_name(base, &all_renames);
+    let disk = layout.disk_name(base, None);
     let Some((module, quantizer)) = disk.rsplit_once('.') else {
         return Target::Unmatched;
     };
