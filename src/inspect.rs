@@ -187,8 +187,8 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
     });
     let would_fail = match Plan::from_classified(&ckpt, layout, &config, options, classified) {
         Ok(plan) => {
-            describe_plan(w, &plan, options)?;
             let shards = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+            describe_plan(w, &plan, &shards, options);
             json["plan"] = serde_json::json!({
                 "output_tensors": plan.outputs.len(),
                 "output_bytes": shards.total_bytes(),
@@ -242,8 +242,7 @@ impl Inspection {
     }
 }
 
-fn describe_plan(w: &mut String, plan: &Plan, options: &Options) -> Result<()> {
-    let shards = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Options) {
     let _ = writeln!(
         w,
         "output plan {} tensors, {} in {} shard(s) of at most {}",
@@ -281,5 +280,4 @@ fn describe_plan(w: &mut String, plan: &Plan, options: &Options) -> Result<()> {
         gb(largest),
         gb(options.max_memory),
     );
-    Ok(())
 }
