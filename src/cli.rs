@@ -386,7 +386,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub resume: bool,
     /// Only report whether OUTPUT_DIR is up to date (exit 0) or not (exit 10): made by this
-    /// version from the same inputs, statistics and options. Writes nothing.
+    /// build (version and build id) from the same inputs, statistics and options. Writes nothing.
     #[arg(long)]
     pub check: bool,
     /// With --check: print `{"up_to_date": bool, "reason": ...}` on stdout (same exit codes).

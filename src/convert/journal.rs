@@ -4,7 +4,7 @@
 //!
 //! One JSON object per line, appended and synced:
 //! - the first line is the header: the journal format version and the conversion key (the
-//!   fingerprint of inputs, statistics, byte-affecting options and tool version; see
+//!   fingerprint of inputs, statistics, byte-affecting options, tool version and build id; see
 //!   [`super::manifest`]); a later run resumes only with an equal key;
 //! - each further line records one sealed output shard (name, size, SHA-256), written after
 //!   the shard was synced and renamed, with the `.quant_summary.txt` lines of every unit of

@@ -1,8 +1,8 @@
-//! `shardquant.json`, the manifest in every output: what made it (tool version, the options
+//! `shardquant.json`, the manifest in every output: what made it (tool version and build id, the options
 //! that decide the bytes, every input file, the statistics and a layout file, each with a
 //! content fingerprint) and what it holds (every output file's size and SHA-256).
 //!
-//! The *key* of a conversion is the part that decides the output bytes: tool version,
+//! The *key* of a conversion is the part that decides the output bytes: tool version and build id,
 //! byte-affecting options ([`Options::output_options`]), input files (relative path and
 //! [`Fingerprint`]), statistics and layout file (by content, not by path). An output whose
 //! manifest has the key of the conversion asked for, and whose files are all there with their
@@ -265,7 +265,7 @@ fn listed_outputs(manifest: &Value) -> Option<Vec<FileDigest>> {
 /// Whether an existing output is what a conversion would write now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
-    /// Made from the same inputs, statistics and options by this version, all files present.
+    /// Made from the same inputs, statistics and options by this build, all files present.
     UpToDate,
     /// Not up to date, and why.
     Stale(String),
