@@ -366,10 +366,11 @@ impl ShardWriter {
             let Some(to) = next else { return };
             let started = std::time::Instant::now();
             let from = h.at();
-            if to > from && h.advance(file, to).is_err() {
-                *hash = None;
-            } else if to > from {
-                start_writeback(file, from, to - from);
+            if to > from {
+                match h.advance(file, to) {
+                    Ok(()) => start_writeback(file, from, to - from),
+                    Err(_) => *hash = None,
+                }
             }
             self.seal_clock
                 .1
