@@ -4,9 +4,9 @@
 //!
 //! `cargo run --release --example calib_error -- SOURCE [--stats FILE] OUTPUT...`
 
-use shardquant::calib::mse::Importance;
+use shardquant::compute::mse::Importance;
+use shardquant::compute::QuantFormat;
 use shardquant::options::Options;
-use shardquant::quant::QuantFormat;
 use std::path::PathBuf;
 
 fn main() {
@@ -26,7 +26,7 @@ fn main() {
         let mut o = Options::new(QuantFormat::W4a16Nvfp4);
         o.stats = vec![s.clone()];
         o.quiet = true;
-        shardquant::convert::prepare(&source, &o)
+        shardquant::commands::convert::prepare(&source, &o)
             .expect("planning the source with the statistics")
             .2
     });
@@ -40,8 +40,9 @@ fn main() {
     println!("| output | linears | mean relative error | mean weighted error |");
     println!("|---|---|---|---|");
     for out in args {
-        let v = shardquant::verify::verify_weighted(out.as_ref(), Some(&source), &importance)
-            .expect("verifying the output");
+        let v =
+            shardquant::commands::verify::verify_weighted(out.as_ref(), Some(&source), &importance)
+                .expect("verifying the output");
         let mean = |e: &[(String, f64)]| e.iter().map(|x| x.1).sum::<f64>() / e.len().max(1) as f64;
         println!(
             "| {out} | {} | {:.5} | {} |",

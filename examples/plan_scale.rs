@@ -13,11 +13,11 @@
 //! program exits 1) when planning fails, or when the inferred layout plans a different
 //! checkpoint than the shipped one (other quantized linears, outputs or `exclude_modules`).
 
-use shardquant::checkpoint::Checkpoint;
-use shardquant::layout::{infer, Layout, Origin};
+use shardquant::compute::QuantFormat;
+use shardquant::input::checkpoint::Checkpoint;
+use shardquant::input::layout::{infer, Layout, Origin};
 use shardquant::options::Options;
 use shardquant::plan::Plan;
-use shardquant::quant::QuantFormat;
 use shardquant::skeleton::TensorList;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -86,7 +86,8 @@ fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
     let t2 = Instant::now();
     let mut options = Options::new(QuantFormat::W4a16Nvfp4);
     options.quiet = true;
-    let inspection = shardquant::inspect::inspect(&dir, &options).map_err(|e| e.to_string())?;
+    let inspection =
+        shardquant::commands::inspect::inspect(&dir, &options).map_err(|e| e.to_string())?;
     if inspection.failure.is_some() {
         return Err(format!("inspect: {}", inspection.text));
     }

@@ -9,10 +9,13 @@
 //!
 //! `cargo run --release --example sweep_agreement -- CHECKPOINT [MAX_TENSORS]`
 
-use shardquant::calib::mse::{self, SWEEP_CODES};
-use shardquant::checkpoint::Checkpoint;
+use shardquant::compute::mse;
+
+use shardquant::compute;
+use shardquant::compute::mse::SWEEP_CODES;
+use shardquant::compute::{e2m1_nibble, e2m1_to_f32, load_f32_into, Numerics};
+use shardquant::input::checkpoint::Checkpoint;
 use shardquant::plan::source_dtype;
-use shardquant::quant::{self, e2m1_nibble, e2m1_to_f32, load_f32_into, Numerics};
 use std::path::PathBuf;
 
 /// ModelOpt's per-block choice (code 1..=126) for one block of magnitudes.
@@ -63,7 +66,7 @@ fn main() {
         };
         tensors += 1;
         let bytes = ckpt.bytes(t);
-        let global = quant::amax(bytes, dtype).expect("finite weights");
+        let global = compute::amax(bytes, dtype).expect("finite weights");
         let ours = mse::sweep_block_amax(
             bytes,
             dtype,

@@ -5,7 +5,11 @@
 //! `cargo run --release --example synth -- --deepseek-fp8 DIR LAYERS`: a DeepSeek-V3-shaped FP8
 //! block-scaled slice (hidden 7168, MLA attention, 256 experts of 2048, a shared expert).
 
-use shardquant::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+use shardquant::input::checkpoint::Dtype;
+
+use shardquant::plan::{OutputTensor, ShardPlan};
+
+use shardquant::output::ShardWriter;
 use shardquant::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,7 +77,7 @@ fn deepseek_fp8(dir: &Path, layers: usize) {
     let mut amax: Vec<(String, f32)> = Vec::new();
     for l in 0..layers {
         for (module, rows, cols) in deepseek_linears(l) {
-            let (sr, sc) = shardquant::quant::scale_inv_shape(rows, cols);
+            let (sr, sc) = shardquant::compute::scale_inv_shape(rows, cols);
             tensors.push(OutputTensor::new(
                 format!("{module}.weight"),
                 Dtype::F8_E4M3,

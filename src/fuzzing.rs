@@ -18,8 +18,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::layout::Layout;
-use crate::stats::{self, ActivationStats, ModelNames, ModuleStats, WeightAmax};
+use crate::input::layout::Layout;
+use crate::input::stats;
+use crate::input::stats::{ActivationStats, ModelNames, ModuleStats, WeightAmax};
 
 /// One fuzz target: a reader of untrusted bytes.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +85,7 @@ pub fn target(name: &str) -> Option<&'static Target> {
 
 fn safetensors_header(data: &[u8]) -> bool {
     let path = Path::new("fuzz.safetensors");
-    let Ok((start, entries)) = crate::checkpoint::parse_header(path, data) else {
+    let Ok((start, entries)) = crate::input::checkpoint::parse_header(path, data) else {
         return false;
     };
     // Every validated tensor must lie inside the buffer.
@@ -99,7 +100,7 @@ fn safetensors_header(data: &[u8]) -> bool {
 }
 
 fn index_json(data: &[u8]) -> bool {
-    crate::checkpoint::parse_index(Path::new("model.safetensors.index.json"), data).is_ok()
+    crate::input::checkpoint::parse_index(Path::new("model.safetensors.index.json"), data).is_ok()
 }
 
 fn stats_modelopt(data: &[u8]) -> bool {

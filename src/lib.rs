@@ -2,48 +2,44 @@
 //! shardquant: a streaming converter from HuggingFace safetensors checkpoints to quantized
 //! checkpoints (NVFP4, FP8) that load like NVIDIA ModelOpt's exports, byte for byte.
 //!
-//! The flow, module by module:
-//! - [`checkpoint`] memory-maps and validates the input shards, and writes planned output shards;
-//! - [`layout`] describes an architecture (which tensors are linears, which share an input,
-//!   where the experts are), loaded from `layouts/*.json`;
-//! - [`stats`] reads activation statistics (ModelOpt amax files) into one schema;
-//! - [`plan`] decides every output tensor and unit of work before any weight is read, and
-//!   [`calib`] holds the scale-sharing rules;
-//! - [`quant`] holds the formats and the bit-exact kernels;
-//! - [`pipeline`] streams units through reader → workers → writer under a memory budget;
-//! - [`export`] writes ModelOpt's metadata files; [`convert`] ties it together, publishes the
-//!   output atomically with its `shardquant.json` manifest, decides whether an output is up to
-//!   date, and resumes stopped runs from their journal; [`digest`] hashes and fingerprints
-//!   files; [`fault`] injects crashes and full disks for the tests.
+//! The modules, in the order the data flows through them:
+//! - [`input`]: the checkpoint's shards memory-mapped and validated
+//!   ([`input::checkpoint`]), its architecture ([`input::layout`], from `layouts/*.json` or
+//!   inferred) and activation statistics from other tools ([`input::stats`]);
+//! - [`options`]: what the user asked for;
+//! - [`plan`]: every output tensor, unit of work and shard offset, decided before any weight is
+//!   read, with the scale-sharing rules ([`plan::policy`]) and `exclude_modules`;
+//! - [`compute`]: the formats and the bit-exact kernels, CPU ones beside their CUDA twins
+//!   ([`compute::cuda`]), and weight calibration (amax, MSE search);
+//! - [`pipeline`]: streams units through reader → workers → sealers under a memory budget;
+//! - [`output`]: the shard writer, ModelOpt's metadata files, and the atomic publish;
+//! - [`commands`]: `convert` (with its manifest, resume journal and report), `inspect`,
+//!   `verify`, `stats`, and the command line.
+//!
+//! Support: [`error`] (error kinds and exit codes), [`digest`] (hashes and fingerprints),
+//! [`progress`], [`interrupt`], [`fault`] (crashes and full disks injected by the tests), and
+//! for tests and benchmarks [`synthetic`], [`skeleton`] and [`fuzzing`].
 //!
 //! ```no_run
-//! use shardquant::{options::Options, quant::QuantFormat};
+//! use shardquant::{compute::QuantFormat, options::Options};
 //! let options = Options::new(QuantFormat::W4a16Nvfp4);
-//! shardquant::convert::convert("in".as_ref(), "out".as_ref(), &options).unwrap();
+//! shardquant::commands::convert::convert("in".as_ref(), "out".as_ref(), &options).unwrap();
 //! ```
 
-pub mod calib;
-pub mod checkpoint;
-pub mod cli;
-pub mod convert;
+pub mod commands;
+pub mod compute;
 pub mod digest;
 pub mod error;
-pub mod export;
 pub mod fault;
 pub mod fuzzing;
-pub mod gpu;
-pub mod inspect;
+pub mod input;
 pub mod interrupt;
 mod json_keys;
-pub mod layout;
 pub mod options;
+pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod pyjson_text;
-pub mod quant;
 pub mod skeleton;
-pub mod stats;
-pub mod stats_cmd;
 pub mod synthetic;
-pub mod verify;

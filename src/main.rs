@@ -1,8 +1,8 @@
 //! The `shardquant` command. Parsing is clap's; everything else lives in the library.
 
 use clap::Parser;
-use shardquant::cli::{Cli, Command, StatsCommand};
-use shardquant::convert::Freshness;
+use shardquant::commands::cli::{Cli, Command, StatsCommand};
+use shardquant::commands::convert::Freshness;
 use shardquant::error::EXIT_NOT_UP_TO_DATE;
 use std::process::ExitCode;
 
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
         )),
         Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
-            let fresh = shardquant::convert::check(&args.input_dir, &args.output_dir, &o)?;
+            let fresh = shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
             if args.json {
                 let (up, why) = match &fresh {
                     Freshness::UpToDate => (true, None),
@@ -49,21 +49,21 @@ fn main() -> ExitCode {
             o.resume = args.resume;
             o.allow_nonfinite = args.allow_nonfinite;
             o.report = args.report.clone();
-            shardquant::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
+            shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::stats_cmd::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.print_as(args.json)).map(|text| {
+            shardquant::commands::stats::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.print_as(args.json)).map(|text| {
                 print!("{text}");
                 ExitCode::SUCCESS
             })
         }
         Command::Stats(StatsCommand::Import(args)) => {
-            shardquant::stats_cmd::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| {
+            shardquant::commands::stats::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| {
                 print!("{text}");
                 ExitCode::SUCCESS
             })
         }
-        Command::Verify(args) => shardquant::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
+        Command::Verify(args) => shardquant::commands::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&v.to_json()).unwrap_or_default());
             } else {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(shardquant::error::Error::output_io("writing", std::path::Path::new("stdout"), e)),
             }
         }
-        Command::Layouts(args) => shardquant::layout::describe_shipped(args.name.as_deref()).map(|text| {
+        Command::Layouts(args) => shardquant::input::layout::describe_shipped(args.name.as_deref()).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS
         }),
@@ -99,8 +99,8 @@ fn main() -> ExitCode {
             .plan
             .to_options()
             .and_then(|o| match args.layout_json {
-                true => shardquant::inspect::layout_json(&args.dir, &o),
-                false => shardquant::inspect::inspect(&args.dir, &o).and_then(|i| i.print_as(args.json)),
+                true => shardquant::commands::inspect::layout_json(&args.dir, &o),
+                false => shardquant::commands::inspect::inspect(&args.dir, &o).and_then(|i| i.print_as(args.json)),
             })
             .map(|text| {
                 print!("{text}");

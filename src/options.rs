@@ -1,10 +1,10 @@
 //! Conversion options, as resolved from the command line (or set by a library user).
 
-use crate::calib::mse::CalibMethod;
-use crate::calib::policy::{ExpertInputAmax, UncalibratedExperts};
-use crate::gpu::DeviceChoice;
-use crate::quant::{DequantPrecision, Numerics, QuantFormat};
-use crate::stats::StatsFormat;
+use crate::compute::cuda::DeviceChoice;
+use crate::compute::mse::CalibMethod;
+use crate::compute::{DequantPrecision, Numerics, QuantFormat};
+use crate::input::stats::StatsFormat;
+use crate::plan::policy::{ExpertInputAmax, UncalibratedExperts};
 use std::path::PathBuf;
 
 /// Where weight amax comes from (`--weight-amax`).
@@ -106,7 +106,7 @@ pub struct Options {
     pub resume: bool,
     /// Quantize weights holding NaN / infinite elements instead of refusing them: the
     /// elements are left out of the scales and written as NaN or saturated
-    /// ([`crate::quant::nonfinite`]).
+    /// ([`crate::compute::nonfinite`]).
     pub allow_nonfinite: bool,
 }
 

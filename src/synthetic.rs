@@ -3,8 +3,12 @@
 //!
 //! Weights come from a fixed-seed generator, so the same spec always gives the same bytes.
 
-use crate::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+use crate::input::checkpoint::Dtype;
+
+use crate::plan::{OutputTensor, ShardPlan};
+
 use crate::error::{Error, Result};
+use crate::output::ShardWriter;
 use std::path::Path;
 
 /// Shape of a synthetic model.
@@ -199,7 +203,7 @@ impl SyntheticSpec {
     /// and a few outlier channels 100x larger (as LLM activations have). Linears that share an
     /// input (q/k/v, gate/up) get the same sums.
     pub fn write_channel_stats(&self, path: &Path) -> Result<()> {
-        use crate::stats::{native, ActivationStats, ModuleStats};
+        use crate::input::stats::{native, ActivationStats, ModuleStats};
         let mut rng = Rng(self.seed.wrapping_add(11).max(1));
         let tokens = 4096u64;
         let mut channel_sums = |cols: usize| -> Vec<f64> {

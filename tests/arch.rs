@@ -7,11 +7,11 @@
 mod common;
 
 use common::{fixtures, run, TempDir};
-use shardquant::checkpoint::Checkpoint;
-use shardquant::layout::{infer, Layout, Origin};
+use shardquant::compute::{Numerics, QuantFormat};
+use shardquant::input::checkpoint::Checkpoint;
+use shardquant::input::layout::{infer, Layout, Origin};
 use shardquant::options::Options;
 use shardquant::plan::Plan;
-use shardquant::quant::{Numerics, QuantFormat};
 use std::path::{Path, PathBuf};
 
 /// (case, format, the shipped layout config.json selects)
@@ -46,12 +46,12 @@ fn convert_case(case: &str, format: QuantFormat) {
     let out = tmp.join("out");
     let mut options = common::modelopt_case_options(format, Numerics::ModeloptCpu);
     options.stats = vec![dir.join("amax.safetensors")];
-    shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
+    shardquant::commands::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let reference = dir.join("modelopt");
     common::assert_same_export(&out, &reference, case, |_, theirs| theirs);
     // verify --source compares every quantized linear with its source slice, on ours and theirs.
     for checkpoint in [&out, &reference] {
-        let v = shardquant::verify::verify(checkpoint, Some(&dir.join("input"))).unwrap();
+        let v = shardquant::commands::verify::verify(checkpoint, Some(&dir.join("input"))).unwrap();
         assert!(v.problems.is_empty(), "{case}: {:?}", v.problems);
         assert!(v.linears > 0 && v.errors.len() == v.linears, "{case}");
     }

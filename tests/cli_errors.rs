@@ -1062,7 +1062,7 @@ fn device_cuda() {
     // A GPU that is not there (no driver here; no 100th device anywhere) is an error with the
     // reason and a hint, exit 1, before anything is written.
     let sb = Sandbox::new("llama_nvfp4", "cuda");
-    let devices: &[&str] = if shardquant::gpu::Gpu::open(0).is_ok() {
+    let devices: &[&str] = if shardquant::compute::cuda::Gpu::open(0).is_ok() {
         &["cuda:99"]
     } else {
         &["cuda", "cuda:99"]
@@ -1631,7 +1631,7 @@ fn layouts_lists_and_prints() {
     }
     let r = sq(&["layouts", "gpt_oss"]);
     r.expect_success();
-    let layout = shardquant::layout::Layout::from_json(&r.stdout, "printed").unwrap();
+    let layout = shardquant::input::layout::Layout::from_json(&r.stdout, "printed").unwrap();
     assert_eq!(layout.name, "gpt_oss");
     sq(&["layouts", "nope"]).expect_error(USAGE, &["no shipped layout named 'nope'"]);
 }

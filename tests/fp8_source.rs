@@ -5,9 +5,12 @@
 mod common;
 
 use common::{fixtures, load_tensors, TempDir};
-use shardquant::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+use shardquant::compute;
+use shardquant::compute::{DequantPrecision, QuantFormat};
+use shardquant::input::checkpoint::Dtype;
 use shardquant::options::Options;
-use shardquant::quant::{self, DequantPrecision, QuantFormat};
+use shardquant::output::ShardWriter;
+use shardquant::plan::{OutputTensor, ShardPlan};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -62,10 +65,13 @@ fn dumps() -> Vec<PathBuf> {
 fn recorded_weight_amax() -> HashMap<String, f32> {
     let mut out = HashMap::new();
     for path in dumps() {
-        let (tensors, _) = shardquant::stats::torchfile::read_pt_tensors(&path).unwrap();
+        let (tensors, _) = shardquant::input::stats::torchfile::read_pt_tensors(&path).unwrap();
         for t in tensors {
             if let Some(m) = t.key.strip_suffix(".weight_quantizer._amax") {
-                out.insert(shardquant::stats::torchfile::deepseek_to_hf(m), t.values[0]);
+                out.insert(
+                    shardquant::input::stats::torchfile::deepseek_to_hf(m),
+                    t.values[0],
+                );
             }
         }
     }
@@ -86,7 +92,7 @@ impl Rng {
 /// value): element [0, 0] is 448 in the block scaled by f32(amax / 448), everything else is
 /// smaller.
 fn fp8_weight(rows: usize, cols: usize, amax: f32, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
-    let (sr, sc) = quant::scale_inv_shape(rows, cols);
+    let (sr, sc) = compute::scale_inv_shape(rows, cols);
     let s0 = amax / 448.0;
     let scales: Vec<f32> = (0..sr * sc)
         .map(|b| if b == 0 { s0 } else { s0 / (b + 1) as f32 })
@@ -155,7 +161,7 @@ fn push_fp8(
     let (w, scales) = fp8_weight(rows, cols, amax, rng);
     let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
     let mut dequant = vec![0u8; rows * cols * 2];
-    quant::dequantize_fp8_block(
+    compute::dequantize_fp8_block(
         &w,
         &scale_bytes,
         rows,
@@ -163,7 +169,7 @@ fn push_fp8(
         DequantPrecision::Bf16,
         &mut dequant,
     );
-    let (sr, sc) = quant::scale_inv_shape(rows, cols);
+    let (sr, sc) = compute::scale_inv_shape(rows, cols);
     fp8.push((
         OutputTensor::new(format!("{module}.weight"), Dtype::F8_E4M3, vec![rows, cols]),
         w,
@@ -277,8 +283,8 @@ fn fp8_source_converts_like_its_bf16_dequantization() {
     let tmp = TempDir::new("fp8src");
     let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
     let (a, b) = (tmp.join("from-fp8"), tmp.join("from-bf16"));
-    shardquant::convert::convert(&fp8_dir, &a, &options()).unwrap();
-    shardquant::convert::convert(&bf16_dir, &b, &options()).unwrap();
+    shardquant::commands::convert::convert(&fp8_dir, &a, &options()).unwrap();
+    shardquant::commands::convert::convert(&bf16_dir, &b, &options()).unwrap();
     common::assert_same_tensors(&a, &b);
     let t = load_tensors(&a);
     assert!(
@@ -334,13 +340,13 @@ fn unquantized_fp8_tensors_are_dequantized_or_kept() {
     let dequantized = load_tensors(&bf16_dir);
     let mut o = options();
     o.excludes = vec!["*self_attn*".to_string()];
-    shardquant::convert::convert(&fp8_dir, &tmp.join("dq"), &o).unwrap();
+    shardquant::commands::convert::convert(&fp8_dir, &tmp.join("dq"), &o).unwrap();
     let t = load_tensors(&tmp.join("dq"));
     let name = "model.layers.0.self_attn.q_b_proj.weight";
     assert_eq!(t[name], dequantized[name], "written dequantized in BF16");
     assert!(!t.contains_key("model.layers.0.self_attn.q_b_proj.weight_scale_inv"));
     o.keep_fp8_source = true;
-    shardquant::convert::convert(&fp8_dir, &tmp.join("keep"), &o).unwrap();
+    shardquant::commands::convert::convert(&fp8_dir, &tmp.join("keep"), &o).unwrap();
     let t = load_tensors(&tmp.join("keep"));
     assert_eq!(t[name], source[name], "kept in FP8");
     let scale = "model.layers.0.self_attn.q_b_proj.weight_scale_inv";
@@ -353,7 +359,7 @@ fn an_fp8_weight_without_block_scales_is_refused() {
     let tmp = TempDir::new("fp8noscale");
     let (fp8_dir, _) = make_checkpoints(&tmp);
     // Rewrite the checkpoint without one weight_scale_inv.
-    let ckpt = shardquant::checkpoint::Checkpoint::open(&fp8_dir).unwrap();
+    let ckpt = shardquant::input::checkpoint::Checkpoint::open(&fp8_dir).unwrap();
     let broken = tmp.join("broken");
     let tensors: Vec<(OutputTensor, Vec<u8>)> = ckpt
         .tensors()
@@ -371,7 +377,8 @@ fn an_fp8_weight_without_block_scales_is_refused() {
         tensors,
         Some(serde_json::json!({"quant_method": "fp8", "weight_block_size": [128, 128]})),
     );
-    let err = shardquant::convert::convert(&broken, &tmp.join("out"), &options()).unwrap_err();
+    let err =
+        shardquant::commands::convert::convert(&broken, &tmp.join("out"), &options()).unwrap_err();
     assert!(
         err.to_string()
             .contains("model.layers.0.mlp.down_proj.weight_scale_inv"),
@@ -386,7 +393,7 @@ fn an_fp8_weight_without_block_scales_is_refused() {
     ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
 )]
 fn fp8_source_gives_the_same_bytes_on_the_gpu() {
-    if let Err(reason) = shardquant::gpu::Gpu::open(0) {
+    if let Err(reason) = shardquant::compute::cuda::Gpu::open(0) {
         assert!(
             std::env::var("SHARDQUANT_REQUIRE_GPU").as_deref() != Ok("1"),
             "no GPU: {reason}"
@@ -399,10 +406,10 @@ fn fp8_source_gives_the_same_bytes_on_the_gpu() {
         let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
         let mut o = options();
         o.format = format;
-        o.device = shardquant::gpu::DeviceChoice::Cpu;
-        shardquant::convert::convert(&fp8_dir, &a, &o).unwrap();
-        o.device = shardquant::gpu::DeviceChoice::Cuda(0);
-        shardquant::convert::convert(&fp8_dir, &b, &o).unwrap();
+        o.device = shardquant::compute::cuda::DeviceChoice::Cpu;
+        shardquant::commands::convert::convert(&fp8_dir, &a, &o).unwrap();
+        o.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
+        shardquant::commands::convert::convert(&fp8_dir, &b, &o).unwrap();
         common::assert_same_tensors(&b, &a);
         std::fs::remove_dir_all(&a).unwrap();
         std::fs::remove_dir_all(&b).unwrap();
@@ -417,7 +424,7 @@ fn f32_dequantization_still_accepts_amax_recorded_on_bf16_weights() {
     let (fp8_dir, _) = make_checkpoints(&tmp);
     let mut o = options();
     o.fp8_dequant = DequantPrecision::F32;
-    shardquant::convert::convert(&fp8_dir, &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&fp8_dir, &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     assert_eq!(
         t["model.layers.2.eh_proj.weight"].0, "F32",
@@ -432,8 +439,8 @@ fn verify_compares_every_linear_with_an_fp8_source() {
     let tmp = TempDir::new("fp8src-verify");
     let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
     let out = tmp.join("out");
-    shardquant::convert::convert(&fp8_dir, &out, &options()).unwrap();
-    let from_fp8 = shardquant::verify::verify(&out, Some(&fp8_dir)).unwrap();
+    shardquant::commands::convert::convert(&fp8_dir, &out, &options()).unwrap();
+    let from_fp8 = shardquant::commands::verify::verify(&out, Some(&fp8_dir)).unwrap();
     assert!(from_fp8.problems.is_empty(), "{:?}", from_fp8.problems);
     let quantized = load_tensors(&out)
         .keys()
@@ -442,6 +449,6 @@ fn verify_compares_every_linear_with_an_fp8_source() {
     assert!(quantized > 0);
     assert_eq!(from_fp8.linears, quantized);
     assert_eq!(from_fp8.errors.len(), quantized, "every linear compared");
-    let from_bf16 = shardquant::verify::verify(&out, Some(&bf16_dir)).unwrap();
+    let from_bf16 = shardquant::commands::verify::verify(&out, Some(&bf16_dir)).unwrap();
     assert_eq!(from_fp8.errors, from_bf16.errors);
 }

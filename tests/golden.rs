@@ -5,9 +5,9 @@
 mod common;
 
 use common::{fixtures, TempDir};
-use shardquant::calib::mse::CalibMethod;
+use shardquant::compute::mse::CalibMethod;
+use shardquant::compute::{Numerics, QuantFormat};
 use shardquant::options::Options;
-use shardquant::quant::{Numerics, QuantFormat};
 use std::path::{Path, PathBuf};
 
 fn convert_case(case: &str, format: QuantFormat, numerics: Numerics) {
@@ -57,7 +57,7 @@ fn convert_case_with(case: &str, format: QuantFormat, numerics: Numerics, calib:
     } else {
         input_amax_only(&dir.join("amax.safetensors"), &tmp.0)
     }];
-    shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
+    shardquant::commands::convert::convert(&dir.join("input"), &out, &options).unwrap();
     common::assert_same_export(&out, &dir.join("modelopt"), case, |file, theirs| {
         if case.ends_with("_gpu") && file != "hf_quant_config.json" {
             // The GPU exports ran under transformers 5.17, which save_pretrained stamps into
@@ -128,7 +128,7 @@ fn wrong_numerics_do_not_match() {
     options.numerics = Numerics::ModeloptCpu;
     options.stats = vec![dir.join("amax.safetensors")];
     options.quiet = true;
-    shardquant::convert::convert(&dir.join("input"), &out, &options).unwrap();
+    shardquant::commands::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let ours = common::load_tensors(&out);
     let theirs = common::load_tensors(&dir.join("modelopt"));
     let differ = theirs.iter().filter(|(k, v)| ours[*k].2 != v.2).count();

@@ -8,11 +8,11 @@
 
 mod common;
 
-use shardquant::calib::backend::{CpuCompute, UnitCompute};
-use shardquant::calib::mse::{CalibMethod, Candidates, Importance, MseTarget};
-use shardquant::gpu::{DeviceChoice, Gpu, GpuPool};
+use shardquant::compute::backend::{CpuCompute, UnitCompute};
+use shardquant::compute::cuda::{DeviceChoice, Gpu, GpuPool};
+use shardquant::compute::mse::{CalibMethod, Candidates, Importance, MseTarget};
+use shardquant::compute::{Fp8Quotient, Numerics, QuantFormat, SourceDtype};
 use shardquant::options::Options;
-use shardquant::quant::{Fp8Quotient, Numerics, QuantFormat, SourceDtype};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ fn kernels_match_the_cpu_bit_for_bit() {
             assert!(amax > 0.0, "test data must not be all zero");
             for numerics in [Numerics::ModeloptCpu, Numerics::ModeloptCuda] {
                 for ws_amax in [amax, amax * 0.37, amax * 3.0] {
-                    let ws2 = shardquant::quant::nvfp4_global_scale(ws_amax, numerics);
+                    let ws2 = shardquant::compute::nvfp4_global_scale(ws_amax, numerics);
                     let (a, b) = both(&pool, &w, dtype, |c| {
                         let (mut p, mut s) = (
                             vec![0xAAu8; rows * cols / 2],
@@ -132,7 +132,7 @@ fn kernels_match_the_cpu_bit_for_bit() {
                         (p, s, ws2.to_bits())
                     });
                     assert!(a == b, "nvfp4 static {dtype:?} {rows}x{cols} {numerics:?}");
-                    let scale = shardquant::quant::fp8_scale(ws_amax, numerics);
+                    let scale = shardquant::compute::fp8_scale(ws_amax, numerics);
                     if dtype.round(scale) == 0.0 {
                         // The pipeline refuses a scale that rounds to zero in the weight dtype
                         // (a division by zero: NaN signs differ between x86 and CUDA).
@@ -175,7 +175,7 @@ fn mse_kernels_match_the_cpu_bit_for_bit() {
     for dtype in [SourceDtype::Bf16, SourceDtype::F16, SourceDtype::F32] {
         for (k, &(rows, cols)) in shapes.iter().enumerate() {
             let w = weights(dtype, rows * cols, 7 + k as u64 * 13, k + 3);
-            let amax = shardquant::quant::amax(&w, dtype).unwrap();
+            let amax = shardquant::compute::amax(&w, dtype).unwrap();
             let mean_sq: Vec<f64> = (0..cols)
                 .map(|c| {
                     if c % 11 == 4 {
@@ -255,13 +255,13 @@ fn fp8_block_dequantization_matches_the_cpu() {
         };
         // All FP8 codes, NaN ones included, and scales over a wide range.
         let fp8: Vec<u8> = (0..rows * cols).map(|_| next() as u8).collect();
-        let (sr, sc) = shardquant::quant::scale_inv_shape(rows, cols);
+        let (sr, sc) = shardquant::compute::scale_inv_shape(rows, cols);
         let scales: Vec<u8> = (0..sr * sc)
             .flat_map(|i| (2f32.powi((i % 30) as i32 - 20) * 1.3).to_le_bytes())
             .collect();
         for precision in [
-            shardquant::quant::DequantPrecision::Bf16,
-            shardquant::quant::DequantPrecision::F32,
+            shardquant::compute::DequantPrecision::Bf16,
+            shardquant::compute::DequantPrecision::F32,
         ] {
             let mut cpu = CpuCompute::default();
             let a = cpu
@@ -339,7 +339,7 @@ fn convert_calib(
     o.quiet = true;
     o.device = device;
     o.threads = 4;
-    shardquant::convert::convert(input, out, &o).unwrap();
+    shardquant::commands::convert::convert(input, out, &o).unwrap();
 }
 
 #[test]

@@ -5,10 +5,10 @@
 mod common;
 
 use common::{fixtures, load_tensors, run, TempDir};
-use shardquant::calib::mse::{self, Importance, MseTarget};
-use shardquant::quant::{
-    self, fp8_scale, quantize_nvfp4_static, Numerics, QuantFormat, SourceDtype,
-};
+use shardquant::compute;
+use shardquant::compute::mse;
+use shardquant::compute::mse::{Importance, MseTarget};
+use shardquant::compute::{fp8_scale, quantize_nvfp4_static, Numerics, QuantFormat, SourceDtype};
 use shardquant::synthetic::SyntheticSpec;
 use std::path::{Path, PathBuf};
 
@@ -117,7 +117,7 @@ fn the_sweep_exports_the_searched_block_scales_with_the_group_global_amax() {
         .collect();
     let global = members
         .iter()
-        .map(|(b, _, _)| quant::amax(b, SourceDtype::Bf16).unwrap())
+        .map(|(b, _, _)| compute::amax(b, SourceDtype::Bf16).unwrap())
         .fold(0.0f32, f32::max);
     for (name, (bytes, rows, cols)) in ["q_proj", "k_proj", "v_proj"].iter().zip(&members) {
         let (packed, scales, ws2) = swept(bytes, *rows, *cols, global, None);
@@ -144,7 +144,7 @@ fn fp8_mse_exports_each_weights_searched_scale() {
     let p = "model.layers.0.mlp";
     for m in ["gate_proj", "up_proj", "down_proj"] {
         let (bytes, _, cols) = weight(&input, &format!("{p}.{m}"));
-        let a0 = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
+        let a0 = compute::amax(&bytes, SourceDtype::Bf16).unwrap();
         let searched = mse::mse_amax(
             &bytes,
             SourceDtype::Bf16,
@@ -198,7 +198,7 @@ fn mse_lowers_the_weight_error_and_outputs_verify() {
             ],
         );
         assert_eq!(code, 0, "{calib}: {err}");
-        let v = shardquant::verify::verify(&out, Some(&input)).unwrap();
+        let v = shardquant::commands::verify::verify(&out, Some(&input)).unwrap();
         assert!(v.problems.is_empty(), "{calib}: {:?}", v.problems);
         mean_error.push(v.errors.iter().map(|e| e.1).sum::<f64>() / v.errors.len() as f64);
         per_tensor.push(v.errors);
@@ -324,11 +324,11 @@ fn importance_weights_the_search_with_the_imatrix_and_the_report_says_where() {
     // The bytes are the library's weighted sweep of that tensor.
     let mut options = shardquant::options::Options::new(QuantFormat::W4a16Nvfp4);
     options.stats = vec![imatrix.clone()];
-    let (_, _, plan) = shardquant::convert::prepare(&input, &options).unwrap();
+    let (_, _, plan) = shardquant::commands::convert::prepare(&input, &options).unwrap();
     let module = "model.layers.0.mlp.experts.1.down_proj";
     let (bytes, rows, cols) = weight(&input, module);
     let imp = Importance::from_stats(plan.stats.module(module).unwrap(), cols).unwrap();
-    let global = quant::amax(&bytes, SourceDtype::Bf16).unwrap();
+    let global = compute::amax(&bytes, SourceDtype::Bf16).unwrap();
     let (packed, scales, _) = swept(&bytes, rows, cols, global, Some(&imp.weights));
     let out = load_tensors(&weighted);
     assert_eq!(out[&format!("{module}.weight_scale")].2, scales);
@@ -432,7 +432,7 @@ fn non_finite_weights_are_an_error_naming_the_tensor_under_mse() {
     let input = dir.join("in");
     synthetic(&input, 0);
     // Poison one element of one weight with a bf16 NaN.
-    let ckpt = shardquant::checkpoint::Checkpoint::open(&input).unwrap();
+    let ckpt = shardquant::input::checkpoint::Checkpoint::open(&input).unwrap();
     let t = ckpt
         .get("model.layers.1.mlp.up_proj.weight")
         .unwrap()
@@ -496,7 +496,7 @@ fn fp8_search_reproduces_every_modelopt_weight_amax() {
     let mut moved = 0;
     for (key, bytes, cols) in &quantizers {
         let dtype = SourceDtype::Bf16;
-        let a0 = quant::amax(bytes, dtype).unwrap();
+        let a0 = compute::amax(bytes, dtype).unwrap();
         let target = MseTarget::Fp8(Numerics::ModeloptCpu);
         let ours = mse::mse_amax(bytes, dtype, *cols, target, a0, None);
         let theirs = f32::from_le_bytes(amax[key].2[..4].try_into().unwrap());
@@ -520,7 +520,7 @@ fn near_ties_are_rare() {
         let (mut near, mut exact) = (0, 0);
         for (_, bytes, cols) in tensors {
             let dtype = SourceDtype::Bf16;
-            let a0 = quant::amax(bytes, dtype).unwrap();
+            let a0 = compute::amax(bytes, dtype).unwrap();
             if a0 == 0.0 || (matches!(target, MseTarget::Nvfp4(_)) && cols % 16 != 0) {
                 continue;
             }

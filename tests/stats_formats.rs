@@ -4,11 +4,11 @@
 mod common;
 
 use common::{assert_same_tensors, fixtures, load_tensors, TempDir};
-use shardquant::calib::policy::{ExpertInputAmax, UncalibratedExperts};
-use shardquant::layout::Layout;
+use shardquant::compute::{Numerics, QuantFormat};
+use shardquant::input::layout::Layout;
+use shardquant::input::stats::{ActivationStats, ModelNames};
 use shardquant::options::Options;
-use shardquant::quant::{Numerics, QuantFormat};
-use shardquant::stats::{ActivationStats, ModelNames};
+use shardquant::plan::policy::{ExpertInputAmax, UncalibratedExperts};
 use std::path::PathBuf;
 
 fn stats_fixture(name: &str) -> PathBuf {
@@ -30,7 +30,7 @@ fn smoothquant_act_scales_reproduce_the_modelopt_export() {
     o.numerics = Numerics::ModeloptCpu;
     o.stats = vec![stats_fixture("llama.act_scales.pt")];
     o.quiet = true;
-    shardquant::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
 
@@ -136,7 +136,7 @@ fn qwen3moe_names() -> ModelNames {
 
 /// Module names and shapes of a golden case's input, as the planner gives them to importers.
 fn names_of(case: &str) -> ModelNames {
-    let ckpt = shardquant::checkpoint::Checkpoint::open(
+    let ckpt = shardquant::input::checkpoint::Checkpoint::open(
         &fixtures().join("golden").join(case).join("input"),
     )
     .unwrap();
@@ -268,7 +268,7 @@ fn dead_experts_under_each_policy() {
         o
     };
     // error: stops before writing anything, naming the layer and the expert.
-    let err = shardquant::convert::convert(
+    let err = shardquant::commands::convert::convert(
         &input,
         &tmp.join("e"),
         &base(UncalibratedExperts::Error, ExpertInputAmax::LayerMax),
@@ -286,7 +286,7 @@ fn dead_experts_under_each_policy() {
     assert!(!tmp.join("e").exists());
     // peer-max + layer-max: every expert of a layer gets the layer's max (ModelOpt's output).
     let out = tmp.join("lm");
-    shardquant::convert::convert(
+    shardquant::commands::convert::convert(
         &input,
         &out,
         &base(UncalibratedExperts::PeerMax, ExpertInputAmax::LayerMax),
@@ -311,7 +311,7 @@ fn dead_experts_under_each_policy() {
     }
     // per-expert: calibrated experts keep their own value, the dead one gets the peer max.
     let out = tmp.join("pe");
-    shardquant::convert::convert(
+    shardquant::commands::convert::convert(
         &input,
         &out,
         &base(UncalibratedExperts::PeerMax, ExpertInputAmax::PerExpert),
@@ -348,14 +348,15 @@ fn token_counts_of_zero_make_an_expert_uncalibrated() {
     ];
     o.quiet = true;
     o.uncalibrated_experts = UncalibratedExperts::Error;
-    let err = shardquant::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap_err();
+    let err = shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o)
+        .unwrap_err();
     assert!(
         err.to_string().contains("layer 1 (gate/up): experts 2, 5"),
         "{err}"
     );
     // peer-max reproduces ModelOpt's export (its layer-wide input amax is the peer max).
     o.uncalibrated_experts = UncalibratedExperts::PeerMax;
-    shardquant::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
 
@@ -400,7 +401,7 @@ fn stats_inspect_and_import_round_trip_through_the_cli() {
     o.numerics = Numerics::ModeloptCpu;
     o.stats = vec![native];
     o.quiet = true;
-    shardquant::convert::convert(&model, &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&model, &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
 
@@ -420,7 +421,8 @@ fn an_exported_checkpoint_gives_back_its_exact_scales() {
             o.numerics = numerics;
             o.stats = vec![dir.join("modelopt")];
             o.quiet = true;
-            shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+            shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o)
+                .unwrap();
             let t = load_tensors(&tmp.join("out"));
             let scales: Vec<&String> = reference
                 .keys()
@@ -439,7 +441,7 @@ fn an_exported_checkpoint_gives_back_its_exact_scales() {
     let mut o = Options::new(QuantFormat::Fp8);
     o.stats = vec![dir.join("modelopt")];
     o.quiet = true;
-    shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     let reference = load_tensors(&dir.join("modelopt"));
     let k = "model.layers.1.self_attn.o_proj.input_scale";
@@ -462,7 +464,7 @@ fn kv_cache_scales_survive_a_round_trip_through_an_export() {
         o.stats = vec![stats.to_path_buf()];
         o.kv_cache_fp8 = true;
         o.quiet = true;
-        shardquant::convert::convert(&input, out, &o).unwrap();
+        shardquant::commands::convert::convert(&input, out, &o).unwrap();
     };
     convert(&amax, &tmp.join("first"), Numerics::ModeloptCuda);
     convert(
@@ -554,13 +556,13 @@ fn every_format_round_trips_through_the_canonical_schema() {
                 "{k}-{compress}.stats.safetensors{}",
                 if compress { ".zst" } else { "" }
             ));
-            let meta = shardquant::stats::native::NativeMeta {
+            let meta = shardquant::input::stats::native::NativeMeta {
                 source_format: "test".into(),
                 source_files: vec![],
                 notes: vec![],
                 expert_input_amax: "unknown".into(),
             };
-            shardquant::stats::native::write_native(&out, &direct, &meta, compress).unwrap();
+            shardquant::input::stats::native::write_native(&out, &direct, &meta, compress).unwrap();
             let back = ActivationStats::load_with(&[out], &lay, &names, false).unwrap();
             assert_eq!(
                 summary(&back),
@@ -593,7 +595,7 @@ fn a_larger_plain_amax_beats_an_exact_exported_one() {
     o.numerics = Numerics::ModeloptCpu;
     o.stats = vec![dir.join("modelopt"), file];
     o.quiet = true;
-    shardquant::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     assert_eq!(
         t[&format!("{module}.input_scale")].2,
@@ -622,11 +624,11 @@ fn an_expert_without_tokens_in_one_file_is_calibrated_by_another() {
     // Legacy .dat imatrices only know "no tokens" (count 0) or "some" (count unknown).
     let mut stats = ActivationStats::default();
     let module = "model.layers.1.mlp.experts.2.gate_proj";
-    let dead = shardquant::stats::ModuleStats {
+    let dead = shardquant::input::stats::ModuleStats {
         token_count: Some(0),
         ..Default::default()
     };
-    let seen = shardquant::stats::ModuleStats {
+    let seen = shardquant::input::stats::ModuleStats {
         input_mean_sq: Some(vec![1.0; 4]),
         ..Default::default()
     };
@@ -634,7 +636,7 @@ fn an_expert_without_tokens_in_one_file_is_calibrated_by_another() {
     stats.merge_channels(module, &seen).unwrap();
     assert_eq!(stats.module(module).unwrap().token_count, None);
     // Counted files add up.
-    let counted = shardquant::stats::ModuleStats {
+    let counted = shardquant::input::stats::ModuleStats {
         token_count: Some(5),
         ..Default::default()
     };
@@ -657,15 +659,16 @@ fn import_accepts_what_convert_accepts() {
     let imported = tmp.join("pair.stats.safetensors");
     let mut o = Options::new(QuantFormat::Nvfp4);
     o.quiet = true;
-    let text = shardquant::stats_cmd::import(&pair, &case.join("input"), &imported, &o).unwrap();
+    let text =
+        shardquant::commands::stats::import(&pair, &case.join("input"), &imported, &o).unwrap();
     assert!(
         text.contains("saw no calibration tokens in one file"),
         "{text}"
     );
     let (a, b) = (tmp.join("a"), tmp.join("b"));
     o.stats = pair;
-    shardquant::convert::convert(&case.join("input"), &a, &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &a, &o).unwrap();
     o.stats = vec![imported];
-    shardquant::convert::convert(&case.join("input"), &b, &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &b, &o).unwrap();
     assert_same_tensors(&a, &b);
 }

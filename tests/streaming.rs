@@ -5,9 +5,12 @@
 mod common;
 
 use common::{assert_same_tensors, fixtures, load_tensors, TempDir};
-use shardquant::checkpoint::{Checkpoint, OutputTensor, ShardPlan, ShardWriter};
+use shardquant::compute;
+use shardquant::compute::{Numerics, QuantFormat};
+use shardquant::input::checkpoint::Checkpoint;
 use shardquant::options::{Options, Scope, WeightAmaxMode};
-use shardquant::quant::{self, Numerics, QuantFormat};
+use shardquant::output::ShardWriter;
+use shardquant::plan::{OutputTensor, ShardPlan};
 use shardquant::synthetic::SyntheticSpec;
 use std::path::Path;
 
@@ -49,7 +52,7 @@ fn same_bytes_for_any_thread_count_and_tensors_for_any_shard_size() {
         o.threads = threads;
         o.max_shard_size = shard;
         o.max_memory = 50_000;
-        shardquant::convert::convert(&case.join("input"), &out, &o).unwrap();
+        shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
         outs.push(out);
     }
     assert_eq!(file_bytes(&outs[0]), file_bytes(&outs[1]), "threads 1 vs 4");
@@ -88,7 +91,7 @@ fn many_layers_and_experts_stream_under_a_small_budget() {
     o.max_shard_size = 150_000;
     o.threads = 4;
     o.report = Some(report_path.clone());
-    shardquant::convert::convert(&input, &out, &o).unwrap();
+    shardquant::commands::convert::convert(&input, &out, &o).unwrap();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let peak = report["memory"]["peak_in_flight_bytes"].as_u64().unwrap();
@@ -205,8 +208,12 @@ fn fused_experts_input_gives_modelopts_per_expert_output() {
         .get("model.layers.0.mlp.experts.gate_up_proj")
         .is_some());
     let out = tmp.join("out");
-    shardquant::convert::convert(&fused, &out, &nvfp4_options(&case.join("amax.safetensors")))
-        .unwrap();
+    shardquant::commands::convert::convert(
+        &fused,
+        &out,
+        &nvfp4_options(&case.join("amax.safetensors")),
+    )
+    .unwrap();
     assert_same_tensors(&out, &case.join("modelopt"));
 }
 
@@ -223,9 +230,9 @@ fn fp8_kv_cache_scales_from_statistics() {
     o.stats = vec![amax.clone()];
     o.kv_cache_fp8 = true;
     o.quiet = true;
-    shardquant::convert::convert(&input, &out, &o).unwrap();
+    shardquant::commands::convert::convert(&input, &out, &o).unwrap();
     let t = load_tensors(&out);
-    let stats = shardquant::stats::read_safetensors_entries(&amax).unwrap();
+    let stats = shardquant::input::stats::read_safetensors_entries(&amax).unwrap();
     for l in 0..spec.layers {
         for (q, tensor) in [
             ("k_bmm_quantizer", "k_proj.k_scale"),
@@ -258,7 +265,7 @@ fn weight_amax_from_statistics_matches_computed() {
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
     o.weight_amax = WeightAmaxMode::Stats;
-    shardquant::convert::convert(&case.join("input"), &out, &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     assert_same_tensors(&out, &case.join("modelopt"));
 }
 
@@ -283,7 +290,7 @@ fn static_block_amax_from_statistics() {
         .collect();
     let global = blocks.iter().fold(0.0f32, |m, v| m.max(*v));
     let mut entries: Vec<(String, Vec<f32>, Vec<usize>)> =
-        shardquant::stats::read_safetensors_entries(&case.join("amax.safetensors"))
+        shardquant::input::stats::read_safetensors_entries(&case.join("amax.safetensors"))
             .unwrap()
             .into_iter()
             .filter(|e| e.key != format!("{module}.weight_quantizer._amax"))
@@ -318,7 +325,7 @@ fn static_block_amax_from_statistics() {
     let out = tmp.join("out");
     let mut o = nvfp4_options(&amax);
     o.weight_amax = WeightAmaxMode::Stats;
-    shardquant::convert::convert(&case.join("input"), &out, &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     let t = load_tensors(&out);
     // The golden README's static-block export formula, in CPU numerics, written out here.
     let ws2 = global / 2688.0;
@@ -327,7 +334,7 @@ fn static_block_amax_from_statistics() {
         .map(|&a| {
             let s = a / 6.0;
             let s = if s == 0.0 { 1.0 } else { s };
-            quant::e4m3_from_f32(((s * 448.0) / (global / 6.0)).clamp(2f32.powi(-9), 448.0))
+            compute::e4m3_from_f32(((s * 448.0) / (global / 6.0)).clamp(2f32.powi(-9), 448.0))
         })
         .collect();
     assert_eq!(t[&format!("{module}.weight_scale")].2, expected);
@@ -336,9 +343,9 @@ fn static_block_amax_from_statistics() {
         ws2.to_le_bytes().to_vec()
     );
     let mut packed = vec![0u8; rows * cols / 2];
-    quant::pack_nvfp4(
+    compute::pack_nvfp4(
         ckpt.bytes(w),
-        quant::SourceDtype::Bf16,
+        compute::SourceDtype::Bf16,
         rows,
         cols,
         ws2,
@@ -362,7 +369,7 @@ fn scope_and_exclude_leave_linears_unquantized() {
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
     o.scope = Scope::Mlp;
     o.excludes = vec!["*.1.mlp.down_proj".to_string()];
-    shardquant::convert::convert(&case.join("input"), &out, &o).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     let t = load_tensors(&out);
     let input = load_tensors(&case.join("input"));
     for name in [
@@ -393,7 +400,7 @@ fn inspect_explains_a_moe_checkpoint() {
     let case = golden("qwen3moe_nvfp4");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
     o.max_shard_size = 100_000;
-    let inspection = shardquant::inspect::inspect(&case.join("input"), &o).unwrap();
+    let inspection = shardquant::commands::inspect::inspect(&case.join("input"), &o).unwrap();
     assert!(inspection.failure.is_none());
     let text = inspection.text;
     for needle in [
@@ -407,9 +414,11 @@ fn inspect_explains_a_moe_checkpoint() {
         assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
     }
     // Without statistics, W4A4 cannot be planned: inspect says why (and exits 3).
-    let inspection =
-        shardquant::inspect::inspect(&case.join("input"), &Options::new(QuantFormat::Nvfp4))
-            .unwrap();
+    let inspection = shardquant::commands::inspect::inspect(
+        &case.join("input"),
+        &Options::new(QuantFormat::Nvfp4),
+    )
+    .unwrap();
     assert!(inspection.failure.is_some());
     let text = inspection.text;
     assert!(text.contains("would stop in pre-flight"), "{text}");
@@ -417,7 +426,7 @@ fn inspect_explains_a_moe_checkpoint() {
     // FP8 wording: no NVFP4 scale names, no claim that q/k/v share scales.
     let mut fp8 = Options::new(QuantFormat::Fp8);
     fp8.stats = vec![case.join("amax.safetensors")];
-    let text = shardquant::inspect::inspect(&case.join("input"), &fp8)
+    let text = shardquant::commands::inspect::inspect(&case.join("input"), &fp8)
         .unwrap()
         .text;
     assert!(!text.contains("weight_scale_2"), "{text}");
@@ -433,7 +442,7 @@ fn fused_experts_can_be_excluded_per_layer() {
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
     o.excludes = vec!["*.1.mlp.experts.*".to_string()];
-    shardquant::convert::convert(&fused, &out, &o).unwrap();
+    shardquant::commands::convert::convert(&fused, &out, &o).unwrap();
     let t = load_tensors(&out);
     let input = load_tensors(&case.join("input"));
     assert!(
@@ -484,7 +493,7 @@ fn excluding_part_of_a_fused_group_is_refused() {
         let out = tmp.join("out");
         let mut o = nvfp4_options(&case.join("amax.safetensors"));
         o.excludes = vec![exclude.to_string()];
-        let err = shardquant::convert::convert(&fused, &out, &o).unwrap_err();
+        let err = shardquant::commands::convert::convert(&fused, &out, &o).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("part of a fused group"), "{exclude}: {text}");
         assert!(text.contains(names), "{exclude}: {text}");
@@ -505,7 +514,7 @@ fn memory_of_a_fused_tensor_is_released_per_expert() {
     o.threads = 3;
     let report = tmp.join("r.json");
     o.report = Some(report.clone());
-    shardquant::convert::convert(&fused, &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&fused, &tmp.join("out"), &o).unwrap();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(
@@ -529,7 +538,7 @@ fn an_undescribed_3d_tensor_stops_preflight_unless_excluded() {
     }
     outs.push(OutputTensor::new(
         "model.layers.0.mlp.experts.gate_up_proj",
-        shardquant::checkpoint::Dtype::BF16,
+        shardquant::input::checkpoint::Dtype::BF16,
         vec![2, 32, 64],
     ));
     data.push(vec![0x3f; 2 * 32 * 64 * 2]);
@@ -543,7 +552,7 @@ fn an_undescribed_3d_tensor_stops_preflight_unless_excluded() {
     w.finish().unwrap();
     std::fs::copy(case.join("input/config.json"), input.join("config.json")).unwrap();
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    let err = shardquant::convert::convert(&input, &tmp.join("out"), &o).unwrap_err();
+    let err = shardquant::commands::convert::convert(&input, &tmp.join("out"), &o).unwrap_err();
     assert!(
         err.to_string()
             .contains("model.layers.0.mlp.experts.gate_up_proj"),
@@ -552,7 +561,7 @@ fn an_undescribed_3d_tensor_stops_preflight_unless_excluded() {
     assert!(err.to_string().contains("--exclude"), "{err}");
     assert!(!tmp.join("out").exists());
     o.excludes = vec!["model.layers.0.mlp.experts.gate_up_proj".to_string()];
-    shardquant::convert::convert(&input, &tmp.join("out"), &o).unwrap();
+    shardquant::commands::convert::convert(&input, &tmp.join("out"), &o).unwrap();
     assert_eq!(
         load_tensors(&tmp.join("out"))["model.layers.0.mlp.experts.gate_up_proj"].1,
         vec![2, 32, 64]

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{copy_dir, fixtures, TempDir};
-use shardquant::checkpoint::Checkpoint;
+use shardquant::input::checkpoint::Checkpoint;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -33,7 +33,8 @@ fn modelopt_exports_pass_with_a_small_error_against_their_source() {
     ] {
         let dir = golden(case);
         let v =
-            shardquant::verify::verify(&dir.join("modelopt"), Some(&dir.join("input"))).unwrap();
+            shardquant::commands::verify::verify(&dir.join("modelopt"), Some(&dir.join("input")))
+                .unwrap();
         assert!(v.problems.is_empty(), "{case}: {:?}", v.problems);
         assert!(v.linears >= 14 && v.errors.len() == v.linears, "{case}");
         assert!(
@@ -62,7 +63,7 @@ fn broken_invariants_are_found() {
         "model.layers.1.self_attn.o_proj.input_scale",
         &0.0f32.to_le_bytes(),
     );
-    let v = shardquant::verify::verify(&out, None).unwrap();
+    let v = shardquant::commands::verify::verify(&out, None).unwrap();
     let text = v.problems.join("\n");
     assert!(text.contains("different weight_scale_2"), "{text}");
     assert!(
@@ -95,7 +96,7 @@ fn exclude_modules_must_agree_with_the_tensors() {
     std::fs::write(&path, text).unwrap();
     // And an FP8 weight with a NaN code.
     poke(&out, "model.layers.1.mlp.up_proj.weight", &[0xFF]);
-    let v = shardquant::verify::verify(&out, None).unwrap();
+    let v = shardquant::commands::verify::verify(&out, None).unwrap();
     let text = v.problems.join("\n");
     assert!(
         text.contains("model.layers.0.mlp.gate_proj is quantized but exclude_modules lists it"),
@@ -111,17 +112,20 @@ fn exclude_modules_must_agree_with_the_tensors() {
 fn our_own_output_passes() {
     let case = golden("qwen3moe_nvfp4");
     let tmp = TempDir::new("verify-ours");
-    let mut o = shardquant::options::Options::new(shardquant::quant::QuantFormat::Nvfp4);
+    let mut o = shardquant::options::Options::new(shardquant::compute::QuantFormat::Nvfp4);
     o.stats = vec![case.join("amax.safetensors")];
     o.quiet = true;
-    shardquant::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
-    let v = shardquant::verify::verify(&tmp.join("out"), Some(&case.join("input"))).unwrap();
+    shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
+    let v =
+        shardquant::commands::verify::verify(&tmp.join("out"), Some(&case.join("input"))).unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
 
 #[test]
 fn a_source_of_another_shape_is_a_problem_not_a_crash() {
-    use shardquant::checkpoint::{Dtype, OutputTensor, ShardPlan, ShardWriter};
+    use shardquant::input::checkpoint::Dtype;
+    use shardquant::output::ShardWriter;
+    use shardquant::plan::{OutputTensor, ShardPlan};
     let tmp = TempDir::new("verify-shape");
     let src = tmp.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -140,7 +144,8 @@ fn a_source_of_another_shape_is_a_problem_not_a_crash() {
     )
     .unwrap();
     let v =
-        shardquant::verify::verify(&golden("llama_nvfp4").join("modelopt"), Some(&src)).unwrap();
+        shardquant::commands::verify::verify(&golden("llama_nvfp4").join("modelopt"), Some(&src))
+            .unwrap();
     let text = v.problems.join("\n");
     assert!(
         text.contains(
@@ -203,7 +208,7 @@ fn partly_unquantized(case: &str, modules: &[&str], tmp: &TempDir) -> std::path:
 fn a_partly_quantized_fused_group_is_a_problem() {
     let tmp = TempDir::new("verify-partial");
     let dir = partly_unquantized("llama_nvfp4", &["model.layers.0.self_attn.q_proj"], &tmp);
-    let v = shardquant::verify::verify(&dir, None).unwrap();
+    let v = shardquant::commands::verify::verify(&dir, None).unwrap();
     let text = v.problems.join("\n");
     assert!(
         text.contains("model.layers.0.self_attn.k_proj is quantized but model.layers.0.self_attn.q_proj is not"),
@@ -219,7 +224,7 @@ fn a_partly_quantized_fused_group_is_a_problem() {
         ],
         &tmp,
     );
-    let v = shardquant::verify::verify(&dir, None).unwrap();
+    let v = shardquant::commands::verify::verify(&dir, None).unwrap();
     let text = v.problems.join("\n");
     assert!(
         text.contains(
@@ -229,7 +234,7 @@ fn a_partly_quantized_fused_group_is_a_problem() {
     );
     // The untouched exports pass.
     for case in ["llama_nvfp4", "qwen3moe_nvfp4"] {
-        let v = shardquant::verify::verify(&golden(case).join("modelopt"), None).unwrap();
+        let v = shardquant::commands::verify::verify(&golden(case).join("modelopt"), None).unwrap();
         assert!(v.problems.is_empty(), "{case}: {:?}", v.problems);
     }
 }

@@ -18,12 +18,13 @@ pub mod pages;
 pub mod seal;
 pub mod worker;
 
-use crate::calib::backend::CpuCompute;
-use crate::checkpoint::{Checkpoint, ShardWriter};
+use crate::compute::backend::CpuCompute;
+use crate::compute::cuda::GpuPool;
 use crate::error::{Error, Result};
-use crate::gpu::GpuPool;
+use crate::input::checkpoint::Checkpoint;
 use crate::interrupt;
 use crate::options::Options;
+use crate::output::ShardWriter;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use budget::Budget;

@@ -8,7 +8,7 @@
 //! again whenever the prefix grows. Resident input memory then stays bounded by the work in
 //! flight, not by the number of tensors streamed so far.
 
-use crate::checkpoint::Checkpoint;
+use crate::input::checkpoint::Checkpoint;
 use crate::plan::Unit;
 
 /// Re-mapped pages can reach this far behind the last sweep (well above the kernel's

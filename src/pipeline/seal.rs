@@ -2,9 +2,9 @@
 //! each shard still waits for (a shard whose count reaches zero is handed to the sealing
 //! thread), and which units a resumed run skips.
 
-use crate::checkpoint::ShardWriter;
 use crate::digest::FileDigest;
 use crate::error::Result;
+use crate::output::ShardWriter;
 use crate::pipeline::SummaryLine;
 use crate::plan::Plan;
 use std::collections::BTreeMap;

@@ -1,13 +1,15 @@
 //! Executing one unit of work: amax, scales and quantized bytes of its linears.
 
-use crate::calib::backend::UnitCompute;
-use crate::calib::mse::{self, CalibMethod, Candidates, Importance, MseTarget};
-use crate::checkpoint::Checkpoint;
+use crate::compute;
+use crate::compute::backend::UnitCompute;
+use crate::compute::mse;
+use crate::compute::mse::{CalibMethod, Candidates, Importance, MseTarget};
+use crate::compute::{nonfinite, QuantFormat, SourceDtype};
 use crate::error::{Error, Result};
+use crate::input::checkpoint::Checkpoint;
+use crate::input::stats::WeightAmax;
 use crate::options::Options;
 use crate::plan::{Job, Linear, Plan, Unit};
-use crate::quant::{self, nonfinite, QuantFormat, SourceDtype};
-use crate::stats::WeightAmax;
 use std::borrow::Cow;
 
 /// Bytes of one output tensor.
@@ -101,7 +103,7 @@ pub fn execute<'a>(
             let (t, sc) = (&ckpt.tensors()[*tensor], &ckpt.tensors()[*scale]);
             let (rows, cols) = (t.shape[0], t.shape[1]);
             let mut out = vec![0u8; rows * cols * options.fp8_dequant.dtype().size()];
-            quant::dequantize_fp8_block(
+            compute::dequantize_fp8_block(
                 ckpt.bytes(t),
                 ckpt.bytes(sc),
                 rows,
@@ -279,7 +281,7 @@ type Amaxes<'a> = (Vec<WeightAmax>, Vec<Option<PassThrough<'a>>>);
 
 /// Loads the members' weights into `compute` and takes their weight amax. With
 /// `--allow-nonfinite`, a member holding NaN / infinite elements is loaded again as a copy with
-/// those elements zeroed (see [`quant::nonfinite`]); its [`PassThrough`] is returned. The copy
+/// those elements zeroed (see [`compute::nonfinite`]); its [`PassThrough`] is returned. The copy
 /// is one more weight-sized buffer for that unit, outside the `--max-memory` budget: rare, and
 /// the price of leaving the kernels (CPU and GPU) untouched.
 fn load_and_amax<'a>(
@@ -483,7 +485,7 @@ fn quantize_group<'a>(
                         )?
                     }
                     WeightAmax::Tensor(_) => {
-                        let ws2 = quant::nvfp4_global_scale(group_amax, options.numerics);
+                        let ws2 = compute::nvfp4_global_scale(group_amax, options.numerics);
                         compute.nvfp4(m, rows, cols, ws2, &mut packed, &mut scales)?;
                         ws2
                     }
@@ -496,23 +498,23 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
                     let s = exact_or(plan.input_amax_exact[i], 2688.0, || {
-                        quant::nvfp4_global_scale(a, options.numerics)
+                        compute::nvfp4_global_scale(a, options.numerics)
                     });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
                 ws2
             }
             QuantFormat::Fp8 => {
-                let ws = quant::fp8_scale(group_amax, options.numerics);
+                let ws = compute::fp8_scale(group_amax, options.numerics);
                 // ModelOpt divides a stacked 3-D expert weight by a 1-D scale (f32 quotient),
                 // a 2-D weight by a 0-d one (the quotient keeps the weight's dtype).
                 let quotient = match l.source.bmm_experts {
-                    Some(_) => quant::Fp8Quotient::F32,
-                    None => quant::Fp8Quotient::WeightDtype,
+                    Some(_) => compute::Fp8Quotient::F32,
+                    None => compute::Fp8Quotient::WeightDtype,
                 };
                 let zero_divisor = match quotient {
-                    quant::Fp8Quotient::WeightDtype => l.source.dtype.round(ws) == 0.0,
-                    quant::Fp8Quotient::F32 => ws == 0.0,
+                    compute::Fp8Quotient::WeightDtype => l.source.dtype.round(ws) == 0.0,
+                    compute::Fp8Quotient::F32 => ws == 0.0,
                 };
                 if zero_divisor {
                     return Err(Error::bad_input(format!(
@@ -532,7 +534,7 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
                     let s = exact_or(plan.input_amax_exact[i], 448.0, || {
-                        quant::fp8_scale(a, options.numerics)
+                        compute::fp8_scale(a, options.numerics)
                     });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
@@ -610,10 +612,10 @@ fn check_against_stats(
     // FP8 sources dequantized to f32: the recording tools saw BF16-dequantized weights.
     let f32_fp8 = members.iter().any(|&i| {
         let src = &plan.linears[i].source;
-        src.fp8_scale.is_some() && src.dtype == quant::SourceDtype::F32
+        src.fp8_scale.is_some() && src.dtype == compute::SourceDtype::F32
     });
     let computed = if f32_fp8 {
-        quant::bf16_round(computed)
+        compute::bf16_round(computed)
     } else {
         computed
     };

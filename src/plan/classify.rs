@@ -3,19 +3,20 @@
 //! Every tensor is one of: the weight of a linear the layout describes (dense, per-expert, an
 //! expert slice of a fused `[E, out, in]` parameter, or a whole BMM-style `[E, in, out]`
 //! parameter); a module ModelOpt leaves unquantized by default (routers, `lm_head`, `conv1d`,
-//! vision towers, ... see [`crate::layout::disabled`]) or an embedding, passed through and
+//! vision towers, ... see [`crate::input::layout::disabled`]) or an embedding, passed through and
 //! listed in `exclude_modules`; or a tensor without a quantizer (norms, biases, scalars),
 //! passed through. A weight of two or more dimensions that none of these rules classifies stops
 //! the conversion: shardquant never guesses what it is.
 
 use super::shapes;
 use super::sources::{fp8_scale_of, matrix_source, source_dtype, ColumnSlice, WeightSource};
-use crate::checkpoint::{Checkpoint, Dtype, OutputTensor, TensorEntry};
+use crate::compute::check_shape;
 use crate::error::Result;
-use crate::layout::disabled::{disabled_pattern, is_embedding};
-use crate::layout::{glob_match, ExpertProj, Layout, Role};
+use crate::input::checkpoint::{Checkpoint, Dtype, TensorEntry};
+use crate::input::layout::disabled::{disabled_pattern, is_embedding};
+use crate::input::layout::{glob_match, ExpertProj, Layout, Role};
 use crate::options::{Options, Scope};
-use crate::quant::check_shape;
+use crate::plan::OutputTensor;
 use std::collections::BTreeSet;
 
 /// One quantizable linear of the model.
@@ -156,8 +157,10 @@ pub fn classify(
         used: BTreeSet::new(),
     };
     let mtp_limit = layout.mtp_limit(config);
-    let experts_in_config =
-        crate::layout::infer::config_usize(config, crate::layout::infer::EXPERT_COUNT_KEYS);
+    let experts_in_config = crate::input::layout::infer::config_usize(
+        config,
+        crate::input::layout::infer::EXPERT_COUNT_KEYS,
+    );
     let mut routers = BTreeSet::new();
     let mut unclassified = Vec::new();
     for (idx, t) in ckpt.tensors().iter().enumerate() {

@@ -5,7 +5,7 @@
 //! of a group is therefore refused before anything is written, naming the group.
 
 use super::Linear;
-use crate::layout::ExpertProj;
+use crate::input::layout::ExpertProj;
 use std::collections::BTreeMap;
 
 /// One problem per group of which some members are quantized and some are not.
@@ -20,7 +20,7 @@ pub fn partial_groups(linears: &[Linear]) -> Vec<String> {
         if let Some((e, ExpertProj::Gate | ExpertProj::Up)) = l.expert {
             groups.entry((l.layer, 1, e)).or_default().push(l);
         }
-        if l.role == crate::layout::Role::Expert {
+        if l.role == crate::input::layout::Role::Expert {
             groups.entry((l.layer, 2, 0)).or_default().push(l);
         }
     }

@@ -6,22 +6,25 @@
 //! one weight amax), a lone linear, one pass-through tensor, or a layer's KV-cache scales.
 
 mod classify;
+pub mod exclude;
 mod groups;
+pub mod policy;
 mod shapes;
+pub(crate) mod shards;
 mod sources;
 
 pub use classify::{classify, Classified, Linear};
+pub use exclude::summarize_exclude_modules;
+pub use shards::{OutputTensor, ShardPlan, INDEX_FILE_NAME, SINGLE_FILE_NAME};
 pub use sources::{source_dtype, transpose_experts, ColumnSlice, WeightSource};
 
-use crate::calib::mse::Importance;
-use crate::calib::policy;
-use crate::checkpoint::{Checkpoint, Dtype, OutputTensor};
+use crate::compute::mse::Importance;
+use crate::compute::{fp8_scale, output_tensors};
 use crate::error::{Error, Result};
-use crate::export::summarize_exclude_modules;
-use crate::layout::{ExpertProj, Layout};
+use crate::input::checkpoint::{Checkpoint, Dtype};
+use crate::input::layout::{ExpertProj, Layout};
+use crate::input::stats::{ActivationStats, ModelNames, WeightAmax};
 use crate::options::{Options, WeightAmaxMode};
-use crate::quant::{fp8_scale, output_tensors};
-use crate::stats::{ActivationStats, ModelNames, WeightAmax};
 use std::collections::BTreeMap;
 
 /// What a unit does.
@@ -385,9 +388,9 @@ fn dtype_mismatch(config: &serde_json::Value, linears: &[Linear]) -> Option<Stri
         .or_else(|| config.get("dtype"))?
         .as_str()?;
     let expected = match declared {
-        "bfloat16" => crate::quant::SourceDtype::Bf16,
-        "float16" => crate::quant::SourceDtype::F16,
-        "float32" => crate::quant::SourceDtype::F32,
+        "bfloat16" => crate::compute::SourceDtype::Bf16,
+        "float16" => crate::compute::SourceDtype::F16,
+        "float32" => crate::compute::SourceDtype::F32,
         _ => return None,
     };
     let odd = linears
@@ -581,8 +584,8 @@ fn build_units(
             }
         } else {
             let dtype = match options.fp8_dequant {
-                crate::quant::DequantPrecision::Bf16 => Dtype::BF16,
-                crate::quant::DequantPrecision::F32 => Dtype::F32,
+                crate::compute::DequantPrecision::Bf16 => Dtype::BF16,
+                crate::compute::DequantPrecision::F32 => Dtype::F32,
             };
             let out = OutputTensor {
                 name: e.name.clone(),
@@ -730,7 +733,7 @@ fn kv_units(
 }
 
 /// Bytes of the dequantized copy of an FP8 tensor.
-fn dequantized_len(options: &Options, e: &crate::checkpoint::TensorEntry) -> u64 {
+fn dequantized_len(options: &Options, e: &crate::input::checkpoint::TensorEntry) -> u64 {
     (e.len * options.fp8_dequant.dtype().size()) as u64
 }
 

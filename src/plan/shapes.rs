@@ -4,7 +4,7 @@
 //! the wrong shapes.
 //!
 //! What is checked, for linears whose names the vocabulary knows
-//! ([`crate::layout::vocabulary`]):
+//! ([`crate::input::layout::vocabulary`]):
 //! - a linear that reads the hidden state (q/k/v, gate/up, `w1`/`w3`, MLA's `q_a`/`kv_a`, the
 //!   linear-attention input projections, expert gate/up) has `hidden_size` inputs; one that
 //!   writes it (`o_proj`, `down_proj`, `w2`, `out_proj`, expert down) has `hidden_size` outputs;
@@ -15,10 +15,10 @@
 //!   them, and fused expert parameters hold `E` experts.
 
 use super::classify::Linear;
-use crate::checkpoint::Checkpoint;
-use crate::layout::infer::{config_usize, EXPERT_COUNT_KEYS};
-use crate::layout::vocabulary::{dense, expert_io, Io};
-use crate::layout::{ExpertProj, Layout};
+use crate::input::checkpoint::Checkpoint;
+use crate::input::layout::infer::{config_usize, EXPERT_COUNT_KEYS};
+use crate::input::layout::vocabulary::{dense, expert_io, Io};
+use crate::input::layout::{ExpertProj, Layout};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Appends a problem for every shape that contradicts `config.json` (or a warning when

@@ -2,9 +2,9 @@
 //! `weight_scale_inv`, one expert of a fused `[E, out, in]` parameter, or a whole BMM-style
 //! `[E, in, out]` parameter.
 
-use crate::checkpoint::{Checkpoint, Dtype};
+use crate::compute::SourceDtype;
+use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::options::Options;
-use crate::quant::SourceDtype;
 
 /// Where a linear's weight bytes are: a whole tensor, or a slice of a fused expert tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub fn fp8_scale_of(ckpt: &Checkpoint, idx: usize) -> std::result::Result<Option
             t.name, t.shape
         ));
     };
-    let (sr, sc) = crate::quant::scale_inv_shape(rows, cols);
+    let (sr, sc) = crate::compute::scale_inv_shape(rows, cols);
     if scale.dtype != Dtype::F32 || scale.shape != [sr, sc] {
         return Err(format!(
             "{file}: '{scale_name}' should be F32 [{sr}, {sc}] for a [{rows}, {cols}] weight (128x128 blocks), is {:?} {:?}",

@@ -239,15 +239,15 @@ pub fn journaled_shards(staging: &Path) -> Vec<String> {
 /// format and numerics given, quiet, 2 threads; on the GPU when `SHARDQUANT_GOLDEN_DEVICE=cuda`
 /// (the device check), else on the GPU when there is one.
 pub fn modelopt_case_options(
-    format: shardquant::quant::QuantFormat,
-    numerics: shardquant::quant::Numerics,
+    format: shardquant::compute::QuantFormat,
+    numerics: shardquant::compute::Numerics,
 ) -> shardquant::options::Options {
     let mut options = shardquant::options::Options::new(format);
     options.numerics = numerics;
     options.quiet = true;
     options.threads = 2;
     if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
-        options.device = shardquant::gpu::DeviceChoice::Cuda(0);
+        options.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
     }
     options
 }

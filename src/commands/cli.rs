@@ -1,0 +1,516 @@
+//! The command line: clap definitions and their translation into [`Options`].
+
+use crate::compute::cuda::DeviceChoice;
+use crate::compute::mse::CalibMethod;
+use crate::compute::{DequantPrecision, Numerics, QuantFormat};
+use crate::error::{Error, Result};
+use crate::input::checkpoint::parse_size;
+use crate::input::stats::StatsFormat;
+use crate::options::{Options, Scope, WeightAmaxMode};
+use crate::plan::policy::{ExpertInputAmax, UncalibratedExperts};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (convert: also when the output was already up to date)
+  1    any other failure (I/O error on the output, disk full, internal error)
+  2    usage error (bad option, output exists without --force, a stopped run's partial
+       conversion is there without --resume or --force)
+  3    bad input (checkpoint, statistics file or layout unusable); nothing is written
+  10   convert --check: the output is not up to date
+  130  interrupted by SIGINT, 143 by SIGTERM (completed output shards are kept for --resume)";
+
+const CONVERT_EXIT_CODES: &str = "\
+Exit codes:
+  0    done, or the output was already up to date
+  1    failure on the output side (I/O error, disk full, lock held by another run, internal)
+  2    usage error (bad option, output exists without --force, a stopped run's partial
+       conversion is there without --resume or --force)
+  3    bad input (checkpoint, statistics file or layout unusable); nothing is written
+  10   --check: the output is not up to date
+  130  interrupted by SIGINT, 143 by SIGTERM (completed output shards are kept for --resume)";
+
+const INSPECT_EXIT_CODES: &str = "\
+Exit codes:
+  0    described; a conversion with these options would run
+  2    usage error
+  3    bad input, or a conversion with these options would stop in pre-flight (the
+       description is printed, then why)";
+
+const VERIFY_EXIT_CODES: &str = "\
+Exit codes:
+  0    every check passed
+  2    usage error
+  3    a problem was found (each is listed), or the checkpoint cannot be read";
+
+const STATS_EXIT_CODES: &str = "\
+Exit codes:
+  0    done
+  1    the output file cannot be written (stats import)
+  2    usage error (stats import: the output exists without --force)
+  3    a statistics file or the model is unusable, or (stats inspect --model) the files
+       cover none of the model's linears";
+
+/// Convert HuggingFace safetensors checkpoints to ModelOpt-compatible NVFP4 / FP8 checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "shardquant", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Quantize a checkpoint directory into a new directory.
+    #[command(after_help = CONVERT_EXIT_CODES)]
+    Convert(ConvertArgs),
+    /// Explain a checkpoint: detected layout, tensors by role and group, output plan, memory.
+    #[command(after_help = INSPECT_EXIT_CODES)]
+    Inspect(InspectArgs),
+    /// Activation-statistics files: what they hold, how they cover a model, conversion.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+    /// Re-read a ModelOpt-format checkpoint and check what serving engines rely on (exit 3 on
+    /// any problem); with --source, the quantization error against the source weights.
+    #[command(after_help = VERIFY_EXIT_CODES)]
+    Verify(VerifyArgs),
+    /// The shipped architecture layouts: a list, or one as the JSON `--layout` reads (to start
+    /// a layout of your own from).
+    Layouts(LayoutsArgs),
+    /// Shell completions on stdout, e.g. `shardquant completions bash > /etc/bash_completion.d/shardquant`.
+    Completions(CompletionsArgs),
+    /// The manual page (roff) on stdout, e.g. `shardquant man | man -l -`.
+    Man,
+}
+
+/// `completions` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `layouts` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct LayoutsArgs {
+    /// Print this layout's JSON (a name from the list).
+    pub name: Option<String>,
+}
+
+/// `verify` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The quantized checkpoint directory.
+    pub dir: PathBuf,
+    /// The checkpoint it was made from: dequantize and compare every quantized linear.
+    #[arg(long, value_name = "INPUT_DIR")]
+    pub source: Option<PathBuf>,
+    /// Print the result as JSON on stdout (same exit codes).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stats` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StatsCommand {
+    /// What each file holds; with --model, which linears have input amax, which experts are
+    /// uncalibrated and which names the model does not have.
+    #[command(after_help = STATS_EXIT_CODES)]
+    Inspect(StatsInspectArgs),
+    /// Convert statistics files into shardquant's schema (`.stats.safetensors[.zst]`), with the
+    /// model's own module names.
+    #[command(after_help = STATS_EXIT_CODES)]
+    Import(StatsImportArgs),
+}
+
+/// `stats inspect` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatsInspectArgs {
+    /// Statistics files (any supported format; merged for the coverage table).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Checkpoint directory to check the statistics against.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Print the coverage (with --model) as JSON on stdout (same exit codes).
+    #[arg(long, requires = "model")]
+    pub json: bool,
+    /// Architecture layout JSON (overrides detection from the model's config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Read every file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
+    pub stats_format: Option<String>,
+}
+
+/// `stats import` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatsImportArgs {
+    /// Statistics files (merged: max for amax, sums and counts add).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Checkpoint directory whose module names and shapes the statistics are mapped to.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output file; zstd-compressed when it ends in `.zst`.
+    #[arg(short, long, value_name = "OUT.stats.safetensors[.zst]")]
+    pub output: PathBuf,
+    /// Architecture layout JSON (overrides detection from the model's config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Read every file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
+    pub stats_format: Option<String>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Options for the `stats` subcommands: a layout override and a forced statistics format.
+fn stats_options(layout: &Option<PathBuf>, stats_format: &Option<String>) -> Options {
+    let mut o = Options::new(QuantFormat::Nvfp4);
+    o.layout = layout.clone();
+    o.stats_format = stats_format.as_deref().and_then(StatsFormat::from_name);
+    o
+}
+
+impl StatsInspectArgs {
+    /// Options carrying the layout and format choices.
+    pub fn to_options(&self) -> Options {
+        stats_options(&self.layout, &self.stats_format)
+    }
+}
+
+impl StatsImportArgs {
+    /// Options carrying the layout, format and --force choices.
+    pub fn to_options(&self) -> Options {
+        let mut o = stats_options(&self.layout, &self.stats_format);
+        o.force = self.force;
+        o
+    }
+}
+
+/// `--format` values (ModelOpt qformat names).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// NVFP4 weights and activations (W4A4); needs input amax from --stats.
+    Nvfp4,
+    /// NVFP4 weights only (W4A16); needs no statistics.
+    #[value(name = "w4a16_nvfp4")]
+    W4a16Nvfp4,
+    /// FP8 E4M3 per-tensor weights and activations (W8A8); needs input amax from --stats.
+    Fp8,
+}
+
+/// `--numerics` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NumericsArg {
+    /// Match ModelOpt's export on CUDA (NVIDIA's published checkpoints).
+    ModeloptCuda,
+    /// Match ModelOpt's export on CPU.
+    ModeloptCpu,
+}
+
+/// `--weight-amax` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WeightAmaxArg {
+    /// max|W| computed from the weights.
+    Compute,
+    /// Taken from the statistics files.
+    Stats,
+}
+
+/// `--scope` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    /// Every quantizable linear.
+    All,
+    /// MLP, shared experts and experts (ModelOpt's *_mlp_only).
+    Mlp,
+    /// Routed experts only (ModelOpt's *_experts_only).
+    Experts,
+}
+
+/// `--uncalibrated-experts` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UncalibratedArg {
+    /// Max over the layer's calibrated experts, with a warning.
+    PeerMax,
+    /// Stop before writing anything (exit 3).
+    Error,
+}
+
+/// `--expert-input-amax` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExpertAmaxArg {
+    /// The layer's max per projection.
+    LayerMax,
+    /// Each calibrated expert's own value.
+    PerExpert,
+}
+
+/// `--kv-cache` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvCacheArg {
+    /// No KV-cache quantization.
+    None,
+    /// FP8 KV cache with k_scale / v_scale from the statistics.
+    Fp8,
+}
+
+/// `--calib` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CalibArg {
+    /// max |W|.
+    Max,
+    /// Multiplier search of the per-tensor amax.
+    Mse,
+    /// Per-block FP8 scale sweep (NVFP4 only).
+    #[value(name = "mse-fp8-sweep")]
+    MseFp8Sweep,
+}
+
+/// `--importance` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportanceArg {
+    /// Every element's squared error counts the same.
+    None,
+    /// Per input channel, the mean squared activation from the statistics.
+    Stats,
+}
+
+/// Options shared by `convert` and `inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Target format (required for convert; inspect plans nvfp4 when it is not given).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Activation statistics: ModelOpt amax safetensors, shardquant's .stats.safetensors[.zst],
+    /// torch.save amax dumps, llama.cpp imatrix (.dat or .gguf), or a quantized export whose
+    /// input scales give the amax; the format is detected. Repeatable, merged by max.
+    #[arg(long = "stats", value_name = "FILE")]
+    pub stats: Vec<PathBuf>,
+    /// Read every --stats file as this format instead of detecting it.
+    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
+    pub stats_format: Option<String>,
+    /// Experts that saw no calibration tokens: take the max over the layer's calibrated experts
+    /// (with a warning naming them), or stop before writing anything.
+    #[arg(long, value_enum, default_value = "peer-max")]
+    pub uncalibrated_experts: UncalibratedArg,
+    /// Experts' input amax: the layer's max per projection (what ModelOpt writes), or each
+    /// calibrated expert's own.
+    #[arg(long, value_enum, default_value = "layer-max")]
+    pub expert_input_amax: ExpertAmaxArg,
+    /// Precision of FP8 block-scaled source weights once dequantized: bf16 (as ModelOpt's
+    /// DeepSeek calibration saw them) or f32.
+    #[arg(long, value_parser = ["bf16", "f32"], default_value = "bf16")]
+    pub fp8_dequant: String,
+    /// Leave FP8 source tensors that stay unquantized in FP8 with their block scales (default:
+    /// written dequantized).
+    #[arg(long)]
+    pub keep_fp8_source: bool,
+    /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
+    #[arg(long, value_enum, default_value = "none")]
+    pub kv_cache: KvCacheArg,
+    /// Which ModelOpt export arithmetic to reproduce.
+    #[arg(long, value_enum, default_value = "modelopt-cuda")]
+    pub numerics: NumericsArg,
+    /// Where weight amax comes from.
+    #[arg(long, value_enum, default_value = "compute")]
+    pub weight_amax: WeightAmaxArg,
+    /// Weight calibration: max |W|; mse (ModelOpt's multiplier search of the per-tensor FP8
+    /// amax or the NVFP4 global amax); mse-fp8-sweep (NVFP4: per-block search over all 126 FP8
+    /// scale codes, exported as static NVFP4).
+    #[arg(long, value_enum, default_value = "max")]
+    pub calib: CalibArg,
+    /// Weight the MSE search's squared errors by each input channel's mean squared activation
+    /// (input_sum_sq / token_count, e.g. from a llama.cpp imatrix given with --stats).
+    #[arg(long, value_enum, default_value = "none")]
+    pub importance: ImportanceArg,
+    /// Which linears to quantize.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scope: ScopeArg,
+    /// Leave modules matching this glob unquantized (repeatable; added to the layout's defaults).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Architecture layout JSON (overrides detection from config.json).
+    #[arg(long, value_name = "FILE")]
+    pub layout: Option<PathBuf>,
+    /// Largest output shard (HF style: 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
+    /// Bound on bytes of work in flight (input pages + output buffers).
+    #[arg(long, default_value = "4GiB")]
+    pub max_memory: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// Compute device: auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Bound on GPU memory used for work slots.
+    #[arg(long, default_value = "8GiB")]
+    pub max_gpu_memory: String,
+}
+
+/// `convert` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ConvertArgs {
+    /// Input checkpoint directory (config.json + safetensors shards).
+    pub input_dir: PathBuf,
+    /// Output directory (must not exist, unless --force).
+    pub output_dir: PathBuf,
+    /// Planning options.
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Write a JSON report (inputs, options, counts, timings, peak memory, warnings).
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// No progress or info output; warnings still go to stderr (-qq silences them too).
+    #[arg(long, short, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// More detail: the layout's origin, every unquantized linear and why, exclude_modules.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Replace an existing output directory that is not up to date (after the new one is
+    /// complete), and discard a stopped run's partial conversion when --resume is not given.
+    #[arg(long)]
+    pub force: bool,
+    /// Continue the partial conversion that a stopped run (killed, out of disk, interrupted)
+    /// left beside the output, from its last completed output shards (checked by SHA-256),
+    /// if it was made from the same inputs, statistics and options; else start over.
+    #[arg(long)]
+    pub resume: bool,
+    /// Only report whether OUTPUT_DIR is up to date (exit 0) or not (exit 10): made by this
+    /// build (version and build id) from the same inputs, statistics and options. Writes nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: print `{"up_to_date": bool, "reason": ...}` on stdout (same exit codes).
+    #[arg(long, requires = "check")]
+    pub json: bool,
+    /// Quantize weights that hold NaN or infinite elements instead of stopping (exit 3): the
+    /// elements are left out of the scales and written as NaN (FP8) or 0 (NVFP4), infinities
+    /// saturated to the largest value; a warning and the report name the tensors.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Checkpoint directory.
+    pub dir: PathBuf,
+    /// Planning options (what the output plan would be).
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Print only the layout (shipped, given with --layout, or inferred) as the JSON that
+    /// --layout accepts, to review or adjust it.
+    #[arg(long)]
+    pub layout_json: bool,
+    /// Print the findings as JSON on stdout (same exit codes).
+    #[arg(long, conflicts_with = "layout_json")]
+    pub json: bool,
+}
+
+impl PlanArgs {
+    /// Resolves the arguments into [`Options`].
+    pub fn to_options(&self) -> Result<Options> {
+        let device = DeviceChoice::parse(&self.device).ok_or_else(|| {
+            Error::usage(format!(
+                "--device {}: expected auto, cpu, cuda or cuda:N",
+                self.device
+            ))
+        })?;
+        let format = match self.format.unwrap_or(FormatArg::Nvfp4) {
+            FormatArg::Nvfp4 => QuantFormat::Nvfp4,
+            FormatArg::W4a16Nvfp4 => QuantFormat::W4a16Nvfp4,
+            FormatArg::Fp8 => QuantFormat::Fp8,
+        };
+        let mut o = Options::new(format);
+        o.device = device;
+        o.max_gpu_memory = parse_size(&self.max_gpu_memory)?;
+        o.numerics = match self.numerics {
+            NumericsArg::ModeloptCuda => Numerics::ModeloptCuda,
+            NumericsArg::ModeloptCpu => Numerics::ModeloptCpu,
+        };
+        o.weight_amax = match self.weight_amax {
+            WeightAmaxArg::Compute => WeightAmaxMode::Compute,
+            WeightAmaxArg::Stats => WeightAmaxMode::Stats,
+        };
+        o.scope = match self.scope {
+            ScopeArg::All => Scope::All,
+            ScopeArg::Mlp => Scope::Mlp,
+            ScopeArg::Experts => Scope::Experts,
+        };
+        o.kv_cache_fp8 = matches!(self.kv_cache, KvCacheArg::Fp8);
+        o.fp8_dequant = if self.fp8_dequant == "f32" {
+            DequantPrecision::F32
+        } else {
+            DequantPrecision::Bf16
+        };
+        o.keep_fp8_source = self.keep_fp8_source;
+        o.uncalibrated_experts = match self.uncalibrated_experts {
+            UncalibratedArg::PeerMax => UncalibratedExperts::PeerMax,
+            UncalibratedArg::Error => UncalibratedExperts::Error,
+        };
+        o.expert_input_amax = match self.expert_input_amax {
+            ExpertAmaxArg::LayerMax => ExpertInputAmax::LayerMax,
+            ExpertAmaxArg::PerExpert => ExpertInputAmax::PerExpert,
+        };
+        o.stats_format = self
+            .stats_format
+            .as_deref()
+            .and_then(StatsFormat::from_name);
+        o.excludes = self.exclude.clone();
+        o.stats = self.stats.clone();
+        o.layout = self.layout.clone();
+        o.max_shard_size = parse_size(&self.max_shard_size)?;
+        o.max_memory = parse_size(&self.max_memory)?;
+        if let Some(t) = self.threads {
+            o.threads = usize::from(t);
+        }
+        if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
+            return Err(Error::usage("--weight-amax stats needs a --stats file"));
+        }
+        o.calib = match self.calib {
+            CalibArg::Max => CalibMethod::Max,
+            CalibArg::Mse => CalibMethod::Mse,
+            CalibArg::MseFp8Sweep => CalibMethod::MseFp8Sweep,
+        };
+        o.importance = self.importance == ImportanceArg::Stats;
+        check_calib(&o)?;
+        Ok(o)
+    }
+}
+
+/// The combinations of `--calib`, `--importance`, `--format` and `--weight-amax` that mean
+/// something.
+fn check_calib(o: &Options) -> Result<()> {
+    if o.calib == CalibMethod::MseFp8Sweep && !o.format.is_nvfp4() {
+        return Err(Error::usage(format!(
+            "--calib mse-fp8-sweep searches NVFP4 block scales; --format {} has none (use --calib mse)",
+            o.format.cli_name()
+        )));
+    }
+    if o.calib != CalibMethod::Max && o.weight_amax == WeightAmaxMode::Stats {
+        return Err(Error::usage(format!(
+            "--calib {} computes the weight amax from the weights; it cannot be combined with --weight-amax stats",
+            o.calib.name()
+        )));
+    }
+    if o.importance && o.calib == CalibMethod::Max {
+        return Err(Error::usage(
+            "--importance stats weights the errors of an MSE search; add --calib mse or --calib mse-fp8-sweep",
+        ));
+    }
+    if o.importance && o.stats.is_empty() {
+        return Err(Error::usage(
+            "--importance stats needs --stats files with per-channel activation sums (e.g. a llama.cpp imatrix)",
+        ));
+    }
+    Ok(())
+}

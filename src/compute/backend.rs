@@ -1,0 +1,177 @@
+//! Where a unit's numeric work runs: the same calls on the CPU ([`CpuCompute`]) or on a GPU
+//! (`crate::compute::cuda::GpuCompute`), with bit-identical results. The scale policy that decides what
+//! to compute lives in the pipeline's worker and is shared by both.
+
+use crate::compute::mse;
+
+use crate::compute;
+use crate::compute::mse::Candidates;
+use crate::compute::{DequantPrecision, Numerics, SourceDtype};
+use crate::error::Result;
+use std::borrow::Cow;
+
+/// The numeric kernels of one unit of work, over the unit's member weights.
+pub trait UnitCompute<'a> {
+    /// Makes the members' weights available (a GPU uploads them); called once per unit.
+    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()>;
+    /// Dequantizes an FP8 block-scaled weight (see [`compute::dequantize_fp8_block`]).
+    fn dequant_fp8(
+        &mut self,
+        fp8: &[u8],
+        scale_inv: &[u8],
+        rows: usize,
+        cols: usize,
+        precision: DequantPrecision,
+    ) -> Result<Vec<u8>>;
+    /// max |W| of member `m`, or the index of its first NaN / infinite element.
+    fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>>;
+    /// Dynamic NVFP4 of member `m` (see [`compute::quantize_nvfp4`]).
+    fn nvfp4(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        ws2: f32,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()>;
+    /// Static NVFP4 of member `m` from per-block amax (see [`compute::quantize_nvfp4_static`]).
+    #[allow(clippy::too_many_arguments)]
+    fn nvfp4_static(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        blocks: &[f32],
+        global: f32,
+        numerics: Numerics,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<f32>;
+    /// FP8 per-tensor of member `m` (see [`compute::quantize_fp8`]).
+    fn fp8(
+        &mut self,
+        m: usize,
+        scale: f32,
+        numerics: Numerics,
+        quotient: compute::Fp8Quotient,
+        out: &mut [u8],
+    ) -> Result<()>;
+    /// The multiplier search's chunk losses of member `m` (see [`mse::chunk_losses`]).
+    fn mse_chunk_losses(
+        &mut self,
+        m: usize,
+        cols: usize,
+        candidates: &Candidates,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>>;
+    /// The FP8 scale sweep's per-block amax of member `m` (see [`mse::sweep_block_amax`]).
+    fn sweep_block_amax(
+        &mut self,
+        m: usize,
+        cols: usize,
+        global: f32,
+        numerics: Numerics,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>>;
+}
+
+/// The CPU reference path: calls the kernels of [`crate::compute`] directly.
+#[derive(Default)]
+pub struct CpuCompute<'a> {
+    weights: Vec<(Cow<'a, [u8]>, SourceDtype)>,
+}
+
+impl<'a> UnitCompute<'a> for CpuCompute<'a> {
+    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()> {
+        self.weights = weights;
+        Ok(())
+    }
+
+    fn dequant_fp8(
+        &mut self,
+        fp8: &[u8],
+        scale_inv: &[u8],
+        rows: usize,
+        cols: usize,
+        precision: DequantPrecision,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; rows * cols * precision.dtype().size()];
+        compute::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
+        Ok(out)
+    }
+
+    fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(compute::amax(src, dtype))
+    }
+
+    fn nvfp4(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        ws2: f32,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        compute::quantize_nvfp4(src, dtype, rows, cols, ws2, packed, scales);
+        Ok(())
+    }
+
+    fn nvfp4_static(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        blocks: &[f32],
+        global: f32,
+        numerics: Numerics,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<f32> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(compute::quantize_nvfp4_static(
+            src, dtype, rows, cols, blocks, global, numerics, packed, scales,
+        ))
+    }
+
+    fn fp8(
+        &mut self,
+        m: usize,
+        scale: f32,
+        numerics: Numerics,
+        quotient: compute::Fp8Quotient,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        compute::quantize_fp8(src, dtype, scale, numerics, quotient, out);
+        Ok(())
+    }
+
+    fn mse_chunk_losses(
+        &mut self,
+        m: usize,
+        cols: usize,
+        candidates: &Candidates,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(mse::chunk_losses(src, dtype, cols, candidates, importance))
+    }
+
+    fn sweep_block_amax(
+        &mut self,
+        m: usize,
+        cols: usize,
+        global: f32,
+        numerics: Numerics,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        Ok(mse::sweep_block_amax(
+            src, dtype, cols, global, numerics, importance,
+        ))
+    }
+}
