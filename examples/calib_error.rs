@@ -34,7 +34,7 @@ fn main() {
         plan.as_ref()?
             .stats
             .module(module)
-            .and_then(|s| Importance::from_stats(s, cols))
+            .and_then(|s| Importance::from_mean_sq(&s.mean_sq()?, cols))
             .map(|i| i.weights)
     };
     println!("| output | linears | mean relative error | mean weighted error |");

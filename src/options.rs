@@ -4,7 +4,6 @@ use crate::compute::cuda::DeviceChoice;
 use crate::compute::mse::CalibMethod;
 use crate::compute::{DequantPrecision, Numerics, QuantFormat};
 use crate::input::stats::StatsFormat;
-use crate::plan::policy::{ExpertInputAmax, UncalibratedExperts};
 use std::path::PathBuf;
 
 /// Where weight amax comes from (`--weight-amax`).
@@ -46,6 +45,25 @@ impl Scope {
             Scope::Experts => "experts",
         }
     }
+}
+
+/// What to do with experts that saw no calibration tokens (`--uncalibrated-experts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UncalibratedExperts {
+    /// Give each the max over the calibrated experts of the same layer and projection, with a
+    /// warning naming them (ModelOpt's export and DeepSeek flow do this).
+    PeerMax,
+    /// Stop before writing anything, naming the experts.
+    Error,
+}
+
+/// How experts of a layer share input amax (`--expert-input-amax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertInputAmax {
+    /// Every expert gets the layer's max per projection (what ModelOpt writes).
+    LayerMax,
+    /// Each calibrated expert keeps its own value (uncalibrated ones follow the policy above).
+    PerExpert,
 }
 
 /// Everything that decides what a conversion writes, plus how it runs.

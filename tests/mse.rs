@@ -327,7 +327,8 @@ fn importance_weights_the_search_with_the_imatrix_and_the_report_says_where() {
     let (_, _, plan) = shardquant::commands::convert::prepare(&input, &options).unwrap();
     let module = "model.layers.0.mlp.experts.1.down_proj";
     let (bytes, rows, cols) = weight(&input, module);
-    let imp = Importance::from_stats(plan.stats.module(module).unwrap(), cols).unwrap();
+    let mean_sq = plan.stats.module(module).unwrap().mean_sq().unwrap();
+    let imp = Importance::from_mean_sq(&mean_sq, cols).unwrap();
     let global = compute::amax(&bytes, SourceDtype::Bf16).unwrap();
     let (packed, scales, _) = swept(&bytes, rows, cols, global, Some(&imp.weights));
     let out = load_tensors(&weighted);

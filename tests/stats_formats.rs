@@ -8,7 +8,7 @@ use shardquant::compute::{Numerics, QuantFormat};
 use shardquant::input::layout::Layout;
 use shardquant::input::stats::{ActivationStats, ModelNames};
 use shardquant::options::Options;
-use shardquant::plan::policy::{ExpertInputAmax, UncalibratedExperts};
+use shardquant::options::{ExpertInputAmax, UncalibratedExperts};
 use std::path::PathBuf;
 
 fn stats_fixture(name: &str) -> PathBuf {

@@ -6,8 +6,8 @@ use crate::compute::{DequantPrecision, Numerics, QuantFormat};
 use crate::error::{Error, Result};
 use crate::input::checkpoint::parse_size;
 use crate::input::stats::StatsFormat;
+use crate::options::{ExpertInputAmax, UncalibratedExperts};
 use crate::options::{Options, Scope, WeightAmaxMode};
-use crate::plan::policy::{ExpertInputAmax, UncalibratedExperts};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 

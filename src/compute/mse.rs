@@ -24,7 +24,6 @@ use crate::compute::codec::{
 };
 use crate::compute::numerics::{load_f32_into, Numerics, SourceDtype};
 use crate::compute::nvfp4::{nvfp4_global_scale, NVFP4_BLOCK_SIZE};
-use crate::input::stats::ModuleStats;
 
 /// How weight amax is calibrated (`--calib`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,25 +162,8 @@ pub struct Importance {
 }
 
 impl Importance {
-    /// From a module's statistics: `input_sum_sq / token_count` when both are there and the
-    /// count is positive, else `input_mean_sq`. `None` when the statistics have neither, the
-    /// length is not `cols`, or every channel is zero.
-    pub fn from_stats(stats: &ModuleStats, cols: usize) -> Option<Importance> {
-        let mean_sq: Vec<f64> = match (&stats.input_sum_sq, stats.token_count) {
-            (Some(sum_sq), Some(count)) if count > 0 => {
-                sum_sq.iter().map(|s| s / count as f64).collect()
-            }
-            _ => stats
-                .input_mean_sq
-                .as_ref()?
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect(),
-        };
-        Importance::from_mean_sq(&mean_sq, cols)
-    }
-
-    /// From `E[x²]` per channel (see [`Importance::from_stats`]).
+    /// From `E[x²]` per input channel ([`crate::input::stats::ModuleStats::mean_sq`]). `None`
+    /// when the length is not `cols`, a value is negative or not finite, or every channel is zero.
     pub fn from_mean_sq(mean_sq: &[f64], cols: usize) -> Option<Importance> {
         if mean_sq.len() != cols || mean_sq.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return None;

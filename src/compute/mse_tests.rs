@@ -405,14 +405,16 @@ fn the_reduction_follows_the_documented_tree() {
     }
 }
 
+/// The whole way from statistics to channel weights.
 #[test]
 fn importance_comes_from_sums_and_counts_or_mean_squares() {
+    use crate::input::stats::ModuleStats;
     let stats = ModuleStats {
         input_sum_sq: Some(vec![4.0, 0.0, 8.0, 4.0]),
         token_count: Some(2),
         ..Default::default()
     };
-    let imp = Importance::from_stats(&stats, 4).unwrap();
+    let imp = Importance::from_mean_sq(&stats.mean_sq().unwrap_or_default(), 4).unwrap();
     // E[x²] = [2, 0, 4, 2], mean 2 → [1, floor, 2, 1].
     assert_eq!(imp.weights, vec![1.0, IMPORTANCE_FLOOR as f32, 2.0, 1.0]);
     let legacy = ModuleStats {
@@ -420,23 +422,28 @@ fn importance_comes_from_sums_and_counts_or_mean_squares() {
         ..Default::default()
     };
     assert_eq!(
-        Importance::from_stats(&legacy, 2).unwrap().weights,
+        Importance::from_mean_sq(&legacy.mean_sq().unwrap_or_default(), 2)
+            .unwrap()
+            .weights,
         vec![0.5, 1.5]
     );
     // Wrong length, no data, all zero, uncalibrated (count 0 and no mean): none.
-    assert!(Importance::from_stats(&legacy, 3).is_none());
-    assert!(Importance::from_stats(&ModuleStats::default(), 2).is_none());
+    assert!(Importance::from_mean_sq(&legacy.mean_sq().unwrap_or_default(), 3).is_none());
+    assert!(
+        Importance::from_mean_sq(&ModuleStats::default().mean_sq().unwrap_or_default(), 2)
+            .is_none()
+    );
     let zero = ModuleStats {
         input_mean_sq: Some(vec![0.0, 0.0]),
         ..Default::default()
     };
-    assert!(Importance::from_stats(&zero, 2).is_none());
+    assert!(Importance::from_mean_sq(&zero.mean_sq().unwrap_or_default(), 2).is_none());
     let unseen = ModuleStats {
         input_sum_sq: Some(vec![0.0, 0.0]),
         token_count: Some(0),
         ..Default::default()
     };
-    assert!(Importance::from_stats(&unseen, 2).is_none());
+    assert!(Importance::from_mean_sq(&unseen.mean_sq().unwrap_or_default(), 2).is_none());
 }
 
 /// `torch.linspace(0.25, 4.0, 39)` as f32 bits, printed by PyTorch 2.x on the GPU machine (the

@@ -2,19 +2,17 @@
 //! with `quantization_config`, a sanitized `generation_config.json`, `.quant_summary.txt`, and
 //! every other file of the input (weights of other formats excepted).
 
-use crate::commands::convert::quant_summary;
 use crate::error::{Error, Result};
 use crate::input::checkpoint::{Checkpoint, Resolved};
 use crate::input::config::MAX_CONFIG_BYTES;
-use crate::options::Options;
-use crate::output::export::MODELOPT_VERSION;
 use crate::output::export::{
     export_config_json, hf_quant_config_json, sanitize_generation_config, QuantMetadata,
 };
 use crate::output::publish::write_file;
-use crate::pipeline;
-use crate::plan::Plan;
 use std::path::{Path, PathBuf};
+
+/// The manifest a conversion writes beside its output (`shardquant.json`): what made it.
+pub const MANIFEST_FILE: &str = "shardquant.json";
 
 /// Weight files that are not part of the safetensors checkpoint (another copy of the model in
 /// another format): never copied into the output.
@@ -77,26 +75,18 @@ fn copy_tree(ckpt: &Checkpoint, src: &Path, dest: &Path, notes: &mut Vec<String>
     Ok(())
 }
 
-/// Writes the metadata files into the staging directory; returns their names.
-#[allow(clippy::too_many_arguments)]
+/// Writes the metadata files into the staging directory (`meta` gives ModelOpt's files,
+/// `quant_summary` is `.quant_summary.txt`); returns their names.
 pub(crate) fn write_metadata(
     input: &Path,
     dir: &Path,
     ckpt: &Checkpoint,
     config_text: &str,
-    plan: &Plan,
-    options: &Options,
-    run: &pipeline::RunStats,
+    meta: &QuantMetadata,
+    quant_summary: &str,
     notes: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let mut written = Vec::new();
-    let meta = QuantMetadata {
-        quant_algo: options.format.quant_algo().to_string(),
-        group_size: options.format.group_size(),
-        kv_cache_fp8: options.kv_cache_fp8,
-        exclude_modules: plan.exclude_modules.clone(),
-        producer_version: MODELOPT_VERSION.to_string(),
-    };
     let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
         write_file(&dir.join(name), bytes)?;
         written.push(name.to_string());
@@ -104,12 +94,12 @@ pub(crate) fn write_metadata(
     };
     put(
         "hf_quant_config.json",
-        hf_quant_config_json(&meta).as_bytes(),
+        hf_quant_config_json(meta).as_bytes(),
     )?;
     let config_path = input.join("config.json");
     put(
         "config.json",
-        export_config_json(config_text, &config_path, &meta)?.as_bytes(),
+        export_config_json(config_text, &config_path, meta)?.as_bytes(),
     )?;
     let gen_path = input.join("generation_config.json");
     let gen_text = match ckpt.lane().resolve(&gen_path) {
@@ -134,10 +124,7 @@ pub(crate) fn write_metadata(
         }
         put("generation_config.json", sanitized.text.as_bytes())?;
     }
-    put(
-        ".quant_summary.txt",
-        quant_summary(plan, options, &run.summary).as_bytes(),
-    )?;
+    put(".quant_summary.txt", quant_summary.as_bytes())?;
     let others = ckpt.other_entries()?;
     notes.extend(others.skipped.iter().map(|s| format!("warning: {s}")));
     for path in others.files {
@@ -146,7 +133,7 @@ pub(crate) fn write_metadata(
         };
         if REWRITTEN.contains(&name.as_str())
             || name == ".quant_summary.txt"
-            || name == crate::commands::convert::MANIFEST_FILE
+            || name == MANIFEST_FILE
         {
             continue;
         }

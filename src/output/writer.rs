@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use crate::digest::{hash_open_file, FileDigest, PrefixHasher};
 use crate::error::{Error, Result};
 use crate::fault;
-use crate::plan::{ShardPlan, INDEX_FILE_NAME};
+use crate::input::checkpoint::INDEX_FILE_NAME;
+use crate::plan::ShardPlan;
 use std::collections::BTreeMap;
 
 /// Suffix of the files being written; they get their final names when sealed.

@@ -387,7 +387,7 @@ fn quantize_group<'a>(
                 .importance
                 .then(|| plan.stats.module(&l.module))
                 .flatten()
-                .and_then(|s| Importance::from_stats(s, l.source.cols))
+                .and_then(|s| Importance::from_mean_sq(&s.mean_sq()?, l.source.cols))
         })
         .collect();
     let imp = |m: usize| importance[m].as_ref().map(|i| i.weights.as_slice());

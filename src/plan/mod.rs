@@ -15,7 +15,7 @@ mod sources;
 
 pub use classify::{classify, Classified, Linear};
 pub use exclude::summarize_exclude_modules;
-pub use shards::{OutputTensor, ShardPlan, INDEX_FILE_NAME, SINGLE_FILE_NAME};
+pub use shards::{OutputTensor, ShardPlan};
 pub use sources::{source_dtype, transpose_experts, ColumnSlice, WeightSource};
 
 use crate::compute::mse::Importance;
@@ -420,7 +420,7 @@ fn importance_coverage(
         .filter(|l| {
             stats
                 .module(&l.module)
-                .and_then(|m| Importance::from_stats(m, l.source.cols))
+                .and_then(|m| Importance::from_mean_sq(&m.mean_sq()?, l.source.cols))
                 .is_none()
         })
         .map(|l| l.module.as_str())

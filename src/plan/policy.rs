@@ -10,27 +10,9 @@
 use crate::compute::QuantFormat;
 use crate::input::layout::ExpertProj;
 use crate::input::stats::{ActivationStats, WeightAmax};
+use crate::options::{ExpertInputAmax, UncalibratedExperts};
 use crate::plan::Linear;
 use std::collections::BTreeMap;
-
-/// What to do with experts that saw no calibration tokens (`--uncalibrated-experts`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UncalibratedExperts {
-    /// Give each the max over the calibrated experts of the same layer and projection, with a
-    /// warning naming them (ModelOpt's export and DeepSeek flow do this).
-    PeerMax,
-    /// Stop before writing anything, naming the experts.
-    Error,
-}
-
-/// How experts of a layer share input amax (`--expert-input-amax`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpertInputAmax {
-    /// Every expert gets the layer's max per projection (what ModelOpt writes).
-    LayerMax,
-    /// Each calibrated expert keeps its own value (uncalibrated ones follow the policy above).
-    PerExpert,
-}
 
 /// Input amax per linear after the sharing rules.
 #[derive(Debug, Clone, Default)]

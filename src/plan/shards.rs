@@ -8,10 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 
-/// File name of the index of a sharded checkpoint.
-pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
-/// File name of a single-file checkpoint.
-pub const SINGLE_FILE_NAME: &str = "model.safetensors";
+use crate::input::checkpoint::SINGLE_FILE_NAME;
 
 /// The largest header the safetensors readers accept (their `MAX_HEADER_SIZE`).
 const MAX_HEADER_BYTES: usize = 100_000_000;

@@ -18,8 +18,8 @@ use crate::plan::Plan;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// The manifest's file name in the output.
-pub const MANIFEST_FILE: &str = "shardquant.json";
+pub use crate::output::metadata::MANIFEST_FILE;
+
 /// How many differences an explanation names.
 const MAX_EXPLAINED: usize = 3;
 

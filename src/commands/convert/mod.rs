@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::input::config::{read_config, refuse_quantized_input};
 use crate::input::layout::Layout;
 use crate::options::Options;
+use crate::output::export::{QuantMetadata, MODELOPT_VERSION};
 use crate::output::metadata::is_weight_file;
 use crate::output::ShardWriter;
 use crate::pipeline;
@@ -549,9 +550,14 @@ impl Job<'_> {
             staging.path(),
             self.ckpt,
             self.config_text,
-            plan,
-            options,
-            &run,
+            &QuantMetadata {
+                quant_algo: options.format.quant_algo().to_string(),
+                group_size: options.format.group_size(),
+                kv_cache_fp8: options.kv_cache_fp8,
+                exclude_modules: plan.exclude_modules.clone(),
+                producer_version: MODELOPT_VERSION.to_string(),
+            },
+            &quant_summary(plan, options, &run.summary),
             &mut notes,
         )?);
         for n in &notes {

@@ -33,3 +33,8 @@ pub use safetensors::Dtype;
 pub use size::parse_size;
 
 pub(crate) use validate::{parse_header, parse_index};
+
+/// File name of the index of a sharded checkpoint.
+pub const INDEX_FILE_NAME: &str = "model.safetensors.index.json";
+/// File name of a single-file checkpoint.
+pub const SINGLE_FILE_NAME: &str = "model.safetensors";

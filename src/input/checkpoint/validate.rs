@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 use super::diagnose::{describe_header_error, list_names, list_plain, Fix, MAX_NAMES};
 use super::lane::{Lane, Resolved};
 use super::reader::{Shard, TensorEntry};
+use super::{INDEX_FILE_NAME, SINGLE_FILE_NAME};
 use crate::error::{Error, Result};
 use crate::json_keys::first_duplicate;
-use crate::plan::{INDEX_FILE_NAME, SINGLE_FILE_NAME};
 
 /// How many problems one error lists before it only counts the rest.
 const MAX_LISTED: usize = 20;

@@ -78,6 +78,26 @@ pub struct ModuleStats {
     pub kv_cache_amax_exact: (Option<f64>, Option<f64>),
 }
 
+impl ModuleStats {
+    /// `E[x²]` per input channel, the weights of an importance-weighted MSE search:
+    /// `input_sum_sq / token_count` when both are there and the count is positive, else
+    /// `input_mean_sq`; `None` when the statistics have neither.
+    pub fn mean_sq(&self) -> Option<Vec<f64>> {
+        match (&self.input_sum_sq, self.token_count) {
+            (Some(sum_sq), Some(count)) if count > 0 => {
+                Some(sum_sq.iter().map(|s| s / count as f64).collect())
+            }
+            _ => Some(
+                self.input_mean_sq
+                    .as_ref()?
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// What an importer needs to know about the model to place foreign names: its module names
 /// and the shapes of its linears.
 #[derive(Debug, Clone, Default)]
