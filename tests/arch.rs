@@ -375,7 +375,7 @@ fn classification_rules() {
         let quantized = plan
             .linears
             .iter()
-            .any(|l| l.excluded.is_none() && l.module == module);
+            .any(|p| p.linear.excluded.is_none() && p.linear.module == module);
         assert!(
             beside_a_linear || !quantized,
             "{case}: {module} is quantized"

@@ -258,7 +258,7 @@ fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Opti
         let _ = writeln!(w, "    {name}");
     }
     if !options.stats.is_empty() {
-        let with_input = plan.input_amax.iter().filter(|a| a.is_some()).count();
+        let with_input = plan.linears.iter().filter(|p| p.input.is_some()).count();
         let _ = writeln!(
             w,
             "statistics  {} file(s): input amax for {} of {} quantized linears; {} unmatched key(s)",

@@ -1,7 +1,7 @@
 //! The quantization formats, declared once as data.
 //!
 //! Every fact about a format lives in its row of the private table `FORMATS`; the methods of [`QuantFormat`],
-//! [`output_tensors`] and [`check_shape`] read it from there (golden/README.md "Tensor layout of
+//! [`check_shape`] and [`crate::compute::linear`] read it from there (golden/README.md "Tensor layout of
 //! a quantized linear" and "hf_quant_config.json").
 
 /// A quantization format.
@@ -142,42 +142,6 @@ impl QuantFormat {
     }
 }
 
-/// The tensors a quantized linear `X` exports, as (suffix, safetensors dtype name, shape) for a
-/// weight `[rows, cols]`, in the order listed here:
-/// - NVFP4: `("weight", "U8", [rows, cols/2])`, `("weight_scale", "F8_E4M3", [rows, cols/16])`,
-///   `("weight_scale_2", "F32", [])`, `("input_scale", "F32", [])` (no `input_scale` for W4A16);
-/// - FP8: `("weight", "F8_E4M3", [rows, cols])`, `("weight_scale", "F32", [])`,
-///   `("input_scale", "F32", [])`.
-///
-/// Assumes [`check_shape`] passed.
-pub fn output_tensors(
-    format: QuantFormat,
-    rows: usize,
-    cols: usize,
-) -> Vec<(&'static str, &'static str, Vec<usize>)> {
-    let spec = format.spec();
-    let mut tensors = match spec.storage {
-        WeightStorage::Nvfp4Packed => {
-            let group = spec.group_size.unwrap_or(16) as usize;
-            vec![
-                ("weight", "U8", vec![rows, cols / 2]),
-                ("weight_scale", "F8_E4M3", vec![rows, cols / group]),
-                ("weight_scale_2", "F32", vec![]),
-            ]
-        }
-        WeightStorage::Fp8PerTensor => {
-            vec![
-                ("weight", "F8_E4M3", vec![rows, cols]),
-                ("weight_scale", "F32", vec![]),
-            ]
-        }
-    };
-    if format.needs_input_amax() {
-        tensors.push(("input_scale", "F32", vec![]));
-    }
-    tensors
-}
-
 /// Whether a weight `[rows, cols]` can be quantized in `format`; `Err(reason)` otherwise.
 ///
 /// Every format rejects an empty weight (ModelOpt cannot calibrate one). NVFP4 needs `cols` to
@@ -253,35 +217,6 @@ mod tests {
             ]
         );
         assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());
-    }
-
-    #[test]
-    fn test_output_tensors() {
-        assert_eq!(
-            output_tensors(QuantFormat::Nvfp4, 64, 128),
-            vec![
-                ("weight", "U8", vec![64, 64]),
-                ("weight_scale", "F8_E4M3", vec![64, 8]),
-                ("weight_scale_2", "F32", vec![]),
-                ("input_scale", "F32", vec![]),
-            ]
-        );
-        assert_eq!(
-            output_tensors(QuantFormat::W4a16Nvfp4, 3, 32),
-            vec![
-                ("weight", "U8", vec![3, 16]),
-                ("weight_scale", "F8_E4M3", vec![3, 2]),
-                ("weight_scale_2", "F32", vec![]),
-            ]
-        );
-        assert_eq!(
-            output_tensors(QuantFormat::Fp8, 5, 7),
-            vec![
-                ("weight", "F8_E4M3", vec![5, 7]),
-                ("weight_scale", "F32", vec![]),
-                ("input_scale", "F32", vec![]),
-            ]
-        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`numerics`]: the source element types ([`SourceDtype`]) and the two ModelOpt export
 //!   arithmetics ([`Numerics`]: CUDA and CPU round `tensor / python_float` differently).
 //! - [`format`](mod@format): every quantization format declared once, as data
-//!   ([`QuantFormat`]), and the tensors a quantized linear exports ([`output_tensors`]).
+//!   ([`QuantFormat`]).
+//! - [`linear`]: the tensors a quantized linear exports, in one order, and how one member
+//!   is quantized.
 //! - [`amax`](mod@amax): exact max |x| of a raw tensor.
 //! - [`nvfp4`]: dynamic and static NVFP4 weight quantization and scales.
 //! - [`fp8`]: per-tensor FP8 weight quantization and scales.
@@ -23,6 +25,7 @@ pub mod cuda;
 pub mod format;
 pub mod fp8;
 pub mod fp8_block;
+pub mod linear;
 pub mod mse;
 pub mod nonfinite;
 pub mod numerics;
@@ -30,9 +33,10 @@ pub mod nvfp4;
 
 pub use amax::amax;
 pub use codec::{bf16_round, e2m1_nibble, e2m1_to_f32, e4m3_from_f32, e4m3_to_f32, f16_round};
-pub use format::{check_shape, output_tensors, QuantFormat};
+pub use format::{check_shape, QuantFormat};
 pub use fp8::{fp8_divisor, fp8_scale, quantize_fp8, Fp8Quotient};
 pub use fp8_block::{dequantize_fp8_block, scale_inv_shape, DequantPrecision, FP8_BLOCK};
+pub use linear::{output_tensors, transpose_experts};
 pub use numerics::{load_f32, load_f32_into, Numerics, SourceDtype};
 pub use nvfp4::{
     nvfp4_global_scale, pack_nvfp4, quantize_nvfp4, quantize_nvfp4_static, NVFP4_BLOCK_SIZE,

@@ -202,7 +202,7 @@ fn check_case(case: &str, format: QuantFormat, numerics: Numerics) -> CaseReport
             let t = &exported[&format!("{name}.{suffix}")];
             assert_eq!(
                 (t.dtype.as_str(), &t.shape),
-                (dtype, &shape),
+                (format!("{dtype:?}").as_str(), &shape),
                 "{name}.{suffix}"
             );
         }

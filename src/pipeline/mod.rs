@@ -126,18 +126,13 @@ fn write_outputs(
                 writer.write(out, b)?;
                 b.len()
             }
-            Payload::Input {
-                tensor,
-                offset,
-                len,
-            } => {
+            Payload::Input(slice) => {
                 // Straight from the mapping, dropping pages as they are written.
-                let entry = &ckpt.tensors()[*tensor];
-                let data = &ckpt.bytes(entry)[*offset..offset + len];
-                writer.write_in_chunks(out, data, COPY_CHUNK, |r| {
-                    ckpt.release_range(entry, offset + r.start..offset + r.end)
+                let entry = &ckpt.tensors()[slice.tensor];
+                writer.write_in_chunks(out, slice.bytes(ckpt), COPY_CHUNK, |r| {
+                    ckpt.release_range(entry, slice.offset + r.start..slice.offset + r.end)
                 })?;
-                *len
+                slice.len
             }
         };
         bytes += len as u64;
@@ -165,8 +160,8 @@ fn compute_unit(
             gpu_units.fetch_add(1, Ordering::Relaxed);
             // Fault the pages in before taking a GPU slot, so slots are held for copies and
             // kernels, not for disk reads.
-            for &(t, offset, len) in &unit.reads {
-                touch(&ckpt.bytes(&ckpt.tensors()[t])[offset..offset + len]);
+            for slice in &unit.reads {
+                touch(slice.bytes(ckpt));
             }
             worker::execute(plan, ckpt, options, i, &mut pool.compute())
         }
@@ -265,8 +260,8 @@ pub fn run(
                 if !granted {
                     break;
                 }
-                for &(t, offset, len) in &unit.reads {
-                    ckpt.prefetch_range(&ckpt.tensors()[t], offset..offset + len);
+                for r in &unit.reads {
+                    ckpt.prefetch_range(&ckpt.tensors()[r.tensor], r.offset..r.offset + r.len);
                 }
                 if work_tx.send(i).is_err() {
                     break;

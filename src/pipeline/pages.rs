@@ -52,10 +52,10 @@ impl<'a> PageReleaser<'a> {
     /// (one expert of a fused tensor) is dropped at once; whole tensors when their last
     /// reader is done.
     pub fn unit_done(&mut self, unit: &Unit) {
-        for &(t, offset, len) in &unit.reads {
-            if self.users[t] > 1 {
-                let entry = &self.ckpt.tensors()[t];
-                self.ckpt.release_range(entry, offset..offset + len);
+        for r in &unit.reads {
+            if self.users[r.tensor] > 1 {
+                let entry = &self.ckpt.tensors()[r.tensor];
+                self.ckpt.release_range(entry, r.offset..r.offset + r.len);
             }
         }
         for &t in &unit.inputs {

@@ -2,6 +2,7 @@
 
 use crate::compute;
 use crate::compute::backend::UnitCompute;
+use crate::compute::linear::{MemberScales, QuantizedLinear, Scaling};
 use crate::compute::mse;
 use crate::compute::mse::{CalibMethod, Candidates, Importance, MseTarget};
 use crate::compute::{nonfinite, QuantFormat, SourceDtype};
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
 use crate::input::stats::WeightAmax;
 use crate::options::Options;
-use crate::plan::{Job, Linear, Plan, Unit};
+use crate::plan::{Job, Linear, Plan, TensorSlice, Unit};
 use std::borrow::Cow;
 
 /// Bytes of one output tensor.
@@ -18,14 +19,7 @@ pub enum Payload {
     /// Computed bytes.
     Owned(Vec<u8>),
     /// Unchanged bytes of an input tensor, written straight from the mapping.
-    Input {
-        /// Index into the checkpoint's tensors.
-        tensor: usize,
-        /// Byte offset in the tensor's data.
-        offset: usize,
-        /// Byte length.
-        len: usize,
-    },
+    Input(TensorSlice),
 }
 
 /// One line of `.quant_summary.txt`.
@@ -79,18 +73,7 @@ pub fn execute<'a>(
 ) -> Result<UnitResult> {
     let unit: &Unit = &plan.units[index];
     let (payloads, summary) = match &unit.job {
-        Job::Copy {
-            tensor,
-            offset,
-            len,
-        } => (
-            vec![Payload::Input {
-                tensor: *tensor,
-                offset: *offset,
-                len: *len,
-            }],
-            Vec::new(),
-        ),
+        Job::Copy(slice) => (vec![Payload::Input(*slice)], Vec::new()),
         Job::Scalars(values) => (
             values
                 .iter()
@@ -129,7 +112,7 @@ pub fn compute_bytes(plan: &Plan, index: usize) -> Vec<usize> {
         Job::Quantize(members) => members
             .iter()
             .map(|&i| {
-                let s = &plan.linears[i].source;
+                let s = &plan.linears[i].linear.source;
                 s.rows * s.cols * s.dtype.size()
             })
             .collect(),
@@ -167,7 +150,7 @@ fn member_amax(
     compute: &mut dyn UnitCompute,
 ) -> Result<std::result::Result<WeightAmax, usize>> {
     let scanned = compute.amax(m)?;
-    Ok(match (&plan.weight_stats[i], scanned) {
+    Ok(match (&plan.linears[i].weight_from_stats, scanned) {
         (_, Err(at)) => Err(at),
         (Some(a), Ok(v)) => {
             check_recorded_weight_amax(plan, ckpt, i, a, v)?;
@@ -201,7 +184,7 @@ fn check_recorded_weight_amax(
     if max_abs == 0.0 || (low..=high).contains(&value) {
         return Ok(());
     }
-    let l = &plan.linears[i];
+    let l = &plan.linears[i].linear;
     Err(Error::bad_input(format!(
         "{}: the statistics say the weight amax of {} is {value}, but max|W| of this checkpoint is {max_abs}; \
          no ModelOpt calibration of this weight picks that (max: max|W|, MSE: 0.25 to 4 x max|W|), \
@@ -245,7 +228,7 @@ fn member_weights<'a>(
 ) -> Result<Vec<(Cow<'a, [u8]>, SourceDtype)>> {
     let mut weights = Vec::with_capacity(members.len());
     for &i in members {
-        let l = &plan.linears[i];
+        let l = &plan.linears[i].linear;
         let bytes = weight_bytes(ckpt, l);
         let data = match l.source.fp8_scale {
             // FP8 block-scaled source: dequantized first (on the GPU when there is one).
@@ -302,7 +285,7 @@ fn load_and_amax<'a>(
                 bad.push(m);
                 amaxes.push(None);
             }
-            Err(at) => return Err(nonfinite_error(ckpt, &plan.linears[i], at)),
+            Err(at) => return Err(nonfinite_error(ckpt, &plan.linears[i].linear, at)),
         }
     }
     let mut passed: Vec<Option<PassThrough<'a>>> = members.iter().map(|_| None).collect();
@@ -314,7 +297,7 @@ fn load_and_amax<'a>(
             let found = nonfinite::zero_nonfinite(data.to_mut(), *dtype).ok_or_else(|| {
                 Error::other(format!(
                     "internal error: {} was reported non-finite, but holds no NaN or infinity",
-                    plan.linears[members[m]].module
+                    plan.linears[members[m]].linear.module
                 ))
             })?;
             passed[m] = Some(PassThrough {
@@ -327,7 +310,7 @@ fn load_and_amax<'a>(
         for &m in &bad {
             let i = members[m];
             let amax = member_amax(plan, ckpt, i, m, compute)?
-                .map_err(|at| nonfinite_error(ckpt, &plan.linears[i], at))?;
+                .map_err(|at| nonfinite_error(ckpt, &plan.linears[i].linear, at))?;
             amaxes[m] = Some(amax);
         }
     }
@@ -352,7 +335,7 @@ fn quantize_group<'a>(
     {
         let names: Vec<&str> = members
             .iter()
-            .map(|&i| plan.linears[i].module.as_str())
+            .map(|&i| plan.linears[i].linear.module.as_str())
             .collect();
         return Err(Error::bad_input(format!(
             "linears {} share scales, but the statistics give per-block amax for some and per-tensor amax for others",
@@ -362,7 +345,7 @@ fn quantize_group<'a>(
     // ModelOpt unifies the weight amax (or static global amax) over the group at export.
     let max_amax = group_max(&amaxes);
     if max_amax == 0.0 {
-        let l = &plan.linears[members[0]];
+        let l = &plan.linears[members[0]].linear;
         let finite = if passed.iter().any(Option::is_some) {
             " (its finite elements: the others are NaN or infinite)"
         } else {
@@ -382,7 +365,7 @@ fn quantize_group<'a>(
     let importance: Vec<Option<Importance>> = members
         .iter()
         .map(|&i| {
-            let l = &plan.linears[i];
+            let l = &plan.linears[i].linear;
             options
                 .importance
                 .then(|| plan.stats.module(&l.module))
@@ -400,7 +383,9 @@ fn quantize_group<'a>(
             QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => MseTarget::Nvfp4(options.numerics),
         };
         let joint = members.len() > 1
-            && members.iter().all(|&i| plan.linears[i].expert.is_some())
+            && members
+                .iter()
+                .all(|&i| plan.linears[i].linear.expert.is_some())
             && amaxes.iter().all(|a| matches!(a, WeightAmax::Tensor(_)));
         let searches: Vec<Vec<usize>> = if joint {
             vec![(0..members.len()).collect()]
@@ -420,12 +405,12 @@ fn quantize_group<'a>(
             let c = Candidates::new(target, a0);
             let mut partials = Vec::with_capacity(ms.len());
             for &m in &ms {
-                let cols = plan.linears[members[m]].source.cols;
+                let cols = plan.linears[members[m]].linear.source.cols;
                 partials.push(compute.mse_chunk_losses(m, cols, &c, imp(m))?);
             }
             let parts: Vec<&[f32]> = partials.iter().map(Vec::as_slice).collect();
             let k = mse::pick_joint(&parts, mse::MSE_STEPS);
-            let dtype = plan.linears[members[ms[0]]].source.dtype;
+            let dtype = plan.linears[members[ms[0]]].linear.source.dtype;
             for &m in &ms {
                 searched[m] = WeightAmax::Tensor(mse::stored_amax(&c, k, dtype));
             }
@@ -438,122 +423,70 @@ fn quantize_group<'a>(
     let mut payloads = Vec::new();
     let mut summary = Vec::new();
     for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
-        let l = &plan.linears[i];
+        let l = &plan.linears[i].linear;
         let (rows, cols) = (l.source.rows, l.source.cols);
-        let first_payload = payloads.len();
-        let input_amax = if options.format.needs_input_amax() {
-            plan.input_amax[i]
+        let input = if options.format.needs_input_amax() {
+            plan.linears[i].input
         } else {
             None
         };
-        let weight_scale = match options.format {
-            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
-                let mut packed = vec![0u8; rows * cols / 2];
-                let mut scales = vec![0u8; rows * cols / 16];
-                let ws2 = match amax {
-                    // Decoded here, from the statistics file's mapping: only the blocks of
-                    // the units in flight are ever in memory.
-                    WeightAmax::Blocks { blocks, .. } => compute.nvfp4_static(
-                        m,
-                        rows,
-                        cols,
-                        &blocks.decode(),
-                        group_amax,
-                        options.numerics,
-                        &mut packed,
-                        &mut scales,
-                    )?,
-                    // The sweep runs against the group's shared global amax (ModelOpt's
-                    // SharedWeightGlobalAmaxState), then exports as static NVFP4.
-                    WeightAmax::Tensor(_) if options.calib == CalibMethod::MseFp8Sweep => {
-                        let blocks = compute.sweep_block_amax(
-                            m,
-                            cols,
-                            group_amax,
-                            options.numerics,
-                            imp(m),
-                        )?;
-                        compute.nvfp4_static(
-                            m,
-                            rows,
-                            cols,
-                            &blocks,
-                            group_amax,
-                            options.numerics,
-                            &mut packed,
-                            &mut scales,
-                        )?
-                    }
-                    WeightAmax::Tensor(_) => {
-                        let ws2 = compute::nvfp4_global_scale(group_amax, options.numerics);
-                        compute.nvfp4(m, rows, cols, ws2, &mut packed, &mut scales)?;
-                        ws2
-                    }
-                };
-                if let Some(p) = &passed[m] {
-                    nonfinite::patch_nvfp4(&p.original, p.dtype, &mut packed);
-                }
-                payloads.push(Payload::Owned(packed));
-                payloads.push(Payload::Owned(scales));
-                payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
-                if let Some(a) = input_amax {
-                    let s = exact_or(plan.input_amax_exact[i], 2688.0, || {
-                        compute::nvfp4_global_scale(a, options.numerics)
-                    });
-                    payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
-                }
-                ws2
+        // Static blocks are decoded here, from the statistics file's mapping: only the blocks
+        // of the units in flight are ever in memory. The sweep runs against the group's shared
+        // global amax (ModelOpt's SharedWeightGlobalAmaxState), then exports as static NVFP4.
+        let blocks = match amax {
+            WeightAmax::Blocks { blocks, .. } => Some(blocks.decode()),
+            WeightAmax::Tensor(_) if options.calib == CalibMethod::MseFp8Sweep => {
+                Some(compute.sweep_block_amax(m, cols, group_amax, options.numerics, imp(m))?)
             }
-            QuantFormat::Fp8 => {
-                let ws = compute::fp8_scale(group_amax, options.numerics);
-                // ModelOpt divides a stacked 3-D expert weight by a 1-D scale (f32 quotient),
-                // a 2-D weight by a 0-d one (the quotient keeps the weight's dtype).
-                let quotient = match l.source.bmm_experts {
-                    Some(_) => compute::Fp8Quotient::F32,
-                    None => compute::Fp8Quotient::WeightDtype,
-                };
-                let zero_divisor = match quotient {
-                    compute::Fp8Quotient::WeightDtype => l.source.dtype.round(ws) == 0.0,
-                    compute::Fp8Quotient::F32 => ws == 0.0,
-                };
-                if zero_divisor {
-                    return Err(Error::bad_input(format!(
-                        "{}: the FP8 weight scale of {} ({ws:e}) rounds to zero in {}, so the export would divide by zero",
-                        where_is(ckpt, l),
-                        l.module,
-                        l.source.dtype.name()
-                    ))
-                    .with_hint(format!("leave it unquantized with --exclude '{}'", l.module)));
-                }
-                let mut out = vec![0u8; rows * cols];
-                compute.fp8(m, ws, options.numerics, quotient, &mut out)?;
-                if let Some(p) = &passed[m] {
-                    nonfinite::patch_fp8(&p.original, p.dtype, &mut out);
-                }
-                payloads.push(Payload::Owned(out));
-                payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
-                if let Some(a) = input_amax {
-                    let s = exact_or(plan.input_amax_exact[i], 448.0, || {
-                        compute::fp8_scale(a, options.numerics)
-                    });
-                    payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
-                }
-                ws
-            }
+            WeightAmax::Tensor(_) => None,
         };
-        if let Some(experts) = l.source.bmm_experts {
-            bmm_outputs_back(
-                &mut payloads[first_payload..],
-                options.format,
-                experts,
-                l.source.rows_per_matrix(),
-            );
+        let scales = MemberScales {
+            format: options.format,
+            numerics: options.numerics,
+            group_amax,
+            scaling: blocks
+                .as_deref()
+                .map_or(Scaling::Dynamic, Scaling::StaticBlocks),
+            // ModelOpt divides a stacked 3-D expert weight by a 1-D scale (f32 quotient), a
+            // 2-D weight by a 0-d one (the quotient keeps the weight's dtype).
+            quotient: match l.source.bmm_experts {
+                Some(_) => compute::Fp8Quotient::F32,
+                None => compute::Fp8Quotient::WeightDtype,
+            },
+            input,
+        };
+        if let Some(ws) = scales.fp8_zero_divisor(l.source.dtype) {
+            return Err(Error::bad_input(format!(
+                "{}: the FP8 weight scale of {} ({ws:e}) rounds to zero in {}, so the export would divide by zero",
+                where_is(ckpt, l),
+                l.module,
+                l.source.dtype.name()
+            ))
+            .with_hint(format!("leave it unquantized with --exclude '{}'", l.module)));
         }
+        let mut q = QuantizedLinear::compute(compute, m, rows, cols, &scales)?;
+        if let Some(p) = &passed[m] {
+            match options.format.is_nvfp4() {
+                true => nonfinite::patch_nvfp4(&p.original, p.dtype, &mut q.codes),
+                false => nonfinite::patch_fp8(&p.original, p.dtype, &mut q.codes),
+            }
+        }
+        if let Some(experts) = l.source.bmm_experts {
+            q.transpose_experts_back(experts, l.source.rows_per_matrix());
+        }
+        let weight_scale = q.tensor_scale;
+        let tensors = q.into_tensors(options.format).ok_or_else(|| {
+            Error::other(format!(
+                "internal: {} was planned with an input scale but has no input amax",
+                l.module
+            ))
+        })?;
+        payloads.extend(tensors.into_iter().map(Payload::Owned));
         summary.push(SummaryLine {
             module: l.module.clone(),
             weight_amax: group_amax,
             static_blocks: is_static || options.calib == CalibMethod::MseFp8Sweep,
-            input_amax,
+            input_amax: input.map(|i| i.amax),
             weight_scale,
             importance_weighted: importance[m].is_some(),
             nonfinite: passed[m].as_ref().map(|p| NonFiniteWeight {
@@ -564,21 +497,6 @@ fn quantize_group<'a>(
         });
     }
     Ok((payloads, summary))
-}
-
-/// A BMM expert stack was quantized as its transposed copy `[E * out, in]`: its weight codes
-/// (`[E * out, k]` bytes: NVFP4's packed pairs, FP8's codes) and NVFP4 block scales
-/// (`[E * out, in / 16]`) go back to the stored order `[E, k, out]`, as ModelOpt's export
-/// transposes them back. The payloads are the member's weight first, then its weight scale.
-fn bmm_outputs_back(payloads: &mut [Payload], format: QuantFormat, experts: usize, out: usize) {
-    // NVFP4: packed codes and block scales; FP8: the codes (its weight_scale is a scalar).
-    let transposed = if format.is_nvfp4() { 2 } else { 1 };
-    for payload in payloads.iter_mut().take(transposed) {
-        if let Payload::Owned(bytes) = payload {
-            let k = bytes.len() / (experts * out);
-            *bytes = crate::plan::transpose_experts(bytes, experts, out, k, 1);
-        }
-    }
 }
 
 /// The group's unified amax: the max of the members' per-tensor (or static global) amax.
@@ -603,7 +521,7 @@ fn check_against_stats(
 ) -> Result<()> {
     let recorded: Vec<f32> = members
         .iter()
-        .filter_map(|&i| plan.weight_check[i])
+        .filter_map(|&i| plan.linears[i].weight_check)
         .collect();
     if recorded.len() != members.len() || recorded.is_empty() {
         return Ok(());
@@ -611,7 +529,7 @@ fn check_against_stats(
     let expected = recorded.iter().copied().fold(0.0f32, f32::max);
     // FP8 sources dequantized to f32: the recording tools saw BF16-dequantized weights.
     let f32_fp8 = members.iter().any(|&i| {
-        let src = &plan.linears[i].source;
+        let src = &plan.linears[i].linear.source;
         src.fp8_scale.is_some() && src.dtype == compute::SourceDtype::F32
     });
     let computed = if f32_fp8 {
@@ -622,7 +540,7 @@ fn check_against_stats(
     if expected.to_bits() == computed.to_bits() {
         return Ok(());
     }
-    let l = &plan.linears[members[0]];
+    let l = &plan.linears[members[0]].linear;
     Err(Error::bad_input(format!(
         "{}: the statistics say the weight amax of {} is {expected}, but max|W| of this checkpoint is {computed}: \
          the statistics were made on a different checkpoint",
@@ -630,10 +548,4 @@ fn check_against_stats(
         l.module
     ))
     .with_hint("calibrate this checkpoint, or pass the statistics that were made on it"))
-}
-
-/// An input scale: from an amax recovered exactly from an exported scale (`f32(amax / bound)`,
-/// which gives back the exported scale itself), or computed by the numerics mode.
-fn exact_or(exact: Option<f64>, bound: f64, computed: impl FnOnce() -> f32) -> f32 {
-    exact.map_or_else(computed, |x| (x / bound) as f32)
 }

@@ -16,8 +16,9 @@ mod sources;
 pub use classify::{classify, Classified, Linear};
 pub use exclude::summarize_exclude_modules;
 pub use shards::{OutputTensor, ShardPlan};
-pub use sources::{source_dtype, transpose_experts, ColumnSlice, WeightSource};
+pub use sources::{source_dtype, ColumnSlice, WeightSource};
 
+use crate::compute::linear::InputAmax;
 use crate::compute::mse::Importance;
 use crate::compute::{fp8_scale, output_tensors};
 use crate::error::{Error, Result};
@@ -27,6 +28,33 @@ use crate::input::stats::{ActivationStats, ModelNames, WeightAmax};
 use crate::options::{Options, WeightAmaxMode};
 use std::collections::BTreeMap;
 
+/// A byte range of one input tensor's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TensorSlice {
+    /// Index into [`Checkpoint::tensors`].
+    pub tensor: usize,
+    /// Byte offset in the tensor's data.
+    pub offset: usize,
+    /// Byte length.
+    pub len: usize,
+}
+
+impl TensorSlice {
+    /// `len` bytes from `offset` of tensor `tensor`.
+    pub fn new(tensor: usize, offset: usize, len: usize) -> TensorSlice {
+        TensorSlice {
+            tensor,
+            offset,
+            len,
+        }
+    }
+
+    /// The slice's bytes in the checkpoint's mapping.
+    pub fn bytes<'a>(&self, ckpt: &'a Checkpoint) -> &'a [u8] {
+        &ckpt.bytes(&ckpt.tensors()[self.tensor])[self.offset..self.offset + self.len]
+    }
+}
+
 /// What a unit does.
 #[derive(Debug, Clone)]
 pub enum Job {
@@ -34,14 +62,7 @@ pub enum Job {
     Quantize(Vec<usize>),
     /// Copy bytes of one input tensor unchanged: a whole tensor, or one expert of a fused
     /// expert tensor that stays unquantized.
-    Copy {
-        /// Index into [`Checkpoint::tensors`].
-        tensor: usize,
-        /// Byte offset in the tensor's data.
-        offset: usize,
-        /// Byte length.
-        len: usize,
-    },
+    Copy(TensorSlice),
     /// Write precomputed f32 scalars (KV-cache scales).
     Scalars(Vec<f32>),
     /// Write an FP8 block-scaled tensor dequantized (it stays unquantized).
@@ -62,8 +83,8 @@ pub struct Unit {
     pub outputs: Vec<usize>,
     /// Input tensors the unit reads (indices into [`Checkpoint::tensors`]).
     pub inputs: Vec<usize>,
-    /// The byte ranges it reads: (tensor, offset, length).
-    pub reads: Vec<(usize, usize, usize)>,
+    /// The byte ranges it reads.
+    pub reads: Vec<TensorSlice>,
     /// Bytes the unit holds while in flight: input pages plus output buffers.
     pub bytes: u64,
 }
@@ -74,8 +95,23 @@ impl Unit {
         let mut reads = self.reads.clone();
         reads.sort_unstable();
         reads.dedup();
-        reads.iter().map(|r| r.2 as u64).sum()
+        reads.iter().map(|r| r.len as u64).sum()
     }
+}
+
+/// A linear and the amax the plan decided for it from the statistics.
+#[derive(Debug, Clone)]
+pub struct LinearPlan {
+    /// The linear as classified.
+    pub linear: Linear,
+    /// Its input amax after the sharing rules; `None` for excluded linears and formats that
+    /// do not quantize activations.
+    pub input: Option<InputAmax>,
+    /// Its weight amax from the statistics (`--weight-amax stats`).
+    pub weight_from_stats: Option<WeightAmax>,
+    /// The per-tensor weight amax the statistics record, to check against the computed one
+    /// (`--weight-amax compute`).
+    pub weight_check: Option<f32>,
 }
 
 /// Everything the conversion will do.
@@ -83,17 +119,8 @@ impl Unit {
 pub struct Plan {
     /// The layout used.
     pub layout: Layout,
-    /// All linears (quantized or excluded).
-    pub linears: Vec<Linear>,
-    /// Input amax per linear, after the sharing rules (None for excluded linears / weight-only).
-    pub input_amax: Vec<Option<f32>>,
-    /// The same, exactly, where it came from exported scales (see `stats::exported`).
-    pub input_amax_exact: Vec<Option<f64>>,
-    /// Weight amax from statistics per linear (`--weight-amax stats`).
-    pub weight_stats: Vec<Option<WeightAmax>>,
-    /// Per-tensor weight amax the statistics give, to check against the computed one
-    /// (`--weight-amax compute`).
-    pub weight_check: Vec<Option<f32>>,
+    /// All linears (quantized or excluded), with what the plan decided for each.
+    pub linears: Vec<LinearPlan>,
     /// Units in streaming order.
     pub units: Vec<Unit>,
     /// Output tensors in write order (the converter moves them into its shard plan).
@@ -319,13 +346,22 @@ impl Plan {
             })
             .collect();
         let exclude_modules = exclude_modules(&layout, &linears, &classified, &renames_used);
+        let linears = linears
+            .into_iter()
+            .zip(input_amax.into_iter().zip(input_amax_exact))
+            .zip(weight_stats.into_iter().zip(weight_check))
+            .map(
+                |((linear, (amax, exact)), (weight_from_stats, weight_check))| LinearPlan {
+                    input: amax.map(|amax| InputAmax { amax, exact }),
+                    linear,
+                    weight_from_stats,
+                    weight_check,
+                },
+            )
+            .collect();
         Ok(Plan {
             layout,
             linears,
-            input_amax,
-            input_amax_exact,
-            weight_stats,
-            weight_check,
             units,
             outputs,
             tensor_users,
@@ -347,8 +383,8 @@ impl Plan {
         let quantized = self
             .linears
             .iter()
-            .filter(|l| l.excluded.is_none())
-            .map(|l| l.module.clone())
+            .filter(|p| p.linear.excluded.is_none())
+            .map(|p| p.linear.module.clone())
             .collect();
         let outputs = self
             .outputs
@@ -360,7 +396,10 @@ impl Plan {
 
     /// Number of linears that are quantized.
     pub fn quantized_count(&self) -> usize {
-        self.linears.iter().filter(|l| l.excluded.is_none()).count()
+        self.linears
+            .iter()
+            .filter(|p| p.linear.excluded.is_none())
+            .count()
     }
 }
 
@@ -487,13 +526,13 @@ impl UnitBuilder {
         &mut self,
         key: (usize, u8),
         job: Job,
-        reads: Vec<(usize, usize, usize)>,
+        reads: Vec<TensorSlice>,
         extra: u64,
         outputs: Vec<OutputTensor>,
     ) {
-        let in_bytes: u64 = reads.iter().map(|r| r.2 as u64).sum::<u64>() + extra;
+        let in_bytes: u64 = reads.iter().map(|r| r.len as u64).sum::<u64>() + extra;
         let out_bytes: u64 = outputs.iter().map(|o| o.byte_len() as u64).sum();
-        let mut inputs: Vec<usize> = reads.iter().map(|r| r.0).collect();
+        let mut inputs: Vec<usize> = reads.iter().map(|r| r.tensor).collect();
         inputs.sort_unstable();
         inputs.dedup();
         let seq = self.pending.len();
@@ -522,14 +561,6 @@ impl UnitBuilder {
     }
 }
 
-fn dtype_of(name: &str) -> Dtype {
-    match name {
-        "U8" => Dtype::U8,
-        "F8_E4M3" => Dtype::F8_E4M3,
-        _ => Dtype::F32,
-    }
-}
-
 fn build_units(
     ckpt: &Checkpoint,
     linears: &[Linear],
@@ -546,12 +577,8 @@ fn build_units(
         };
         b.push(
             (t, 0),
-            Job::Copy {
-                tensor: t,
-                offset: 0,
-                len: e.len,
-            },
-            vec![(t, 0, e.len)],
+            Job::Copy(TensorSlice::new(t, 0, e.len)),
+            vec![TensorSlice::new(t, 0, e.len)],
             0,
             vec![out],
         );
@@ -572,12 +599,8 @@ fn build_units(
                 };
                 b.push(
                     (i, 0),
-                    Job::Copy {
-                        tensor: i,
-                        offset: 0,
-                        len: x.len,
-                    },
-                    vec![(i, 0, x.len)],
+                    Job::Copy(TensorSlice::new(i, 0, x.len)),
+                    vec![TensorSlice::new(i, 0, x.len)],
                     0,
                     vec![out],
                 );
@@ -595,7 +618,10 @@ fn build_units(
             b.push(
                 (t, 0),
                 Job::Dequant { tensor: t, scale },
-                vec![(t, 0, e.len), (scale, 0, se.len)],
+                vec![
+                    TensorSlice::new(t, 0, e.len),
+                    TensorSlice::new(scale, 0, se.len),
+                ],
                 dequantized_len(options, e),
                 vec![out],
             );
@@ -609,14 +635,10 @@ fn build_units(
     {
         let s = &l.source;
         let out = l.unchanged_output(ckpt);
-        let read = (s.tensor, s.offset, s.byte_len());
+        let read = TensorSlice::new(s.tensor, s.offset, s.byte_len());
         b.push(
             (s.tensor, 0),
-            Job::Copy {
-                tensor: s.tensor,
-                offset: s.offset,
-                len: s.byte_len(),
-            },
+            Job::Copy(TensorSlice::new(s.tensor, s.offset, s.byte_len())),
             vec![read],
             0,
             vec![out],
@@ -645,16 +667,20 @@ fn build_units(
             {
                 outs.push(OutputTensor {
                     name: l.output_name(suffix),
-                    dtype: dtype_of(dtype),
+                    dtype,
                     shape: l.source.output_shape(shape),
                 });
             }
-            reads.push((l.source.tensor, l.source.offset, l.source.byte_len()));
+            reads.push(TensorSlice::new(
+                l.source.tensor,
+                l.source.offset,
+                l.source.byte_len(),
+            ));
             if let Some(scale) = l.source.fp8_scale {
-                reads.push((scale, 0, ckpt.tensors()[scale].len));
+                reads.push(TensorSlice::new(scale, 0, ckpt.tensors()[scale].len));
             }
         }
-        let key = reads.iter().map(|r| r.0).min().unwrap_or(0);
+        let key = reads.iter().map(|r| r.tensor).min().unwrap_or(0);
         // FP8 sources are held dequantized, BMM expert stacks transposed, while they work.
         let copies: u64 = members
             .iter()

@@ -2,7 +2,7 @@
 //! `weight_scale_inv`, one expert of a fused `[E, out, in]` parameter, or a whole BMM-style
 //! `[E, in, out]` parameter.
 
-use crate::compute::SourceDtype;
+use crate::compute::{transpose_experts, SourceDtype};
 use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::options::Options;
 
@@ -194,56 +194,9 @@ pub fn matrix_source(
     Ok(WeightSource::matrix(idx, rows, cols, dtype))
 }
 
-/// Transposes each of `experts` row-major `[rows, cols]` matrices of `elem`-byte elements in
-/// `src` into `[cols, rows]`: the BMM-style `[E, in, out]` ↔ `[E, out, in]` change of order.
-pub fn transpose_experts(
-    src: &[u8],
-    experts: usize,
-    rows: usize,
-    cols: usize,
-    elem: usize,
-) -> Vec<u8> {
-    debug_assert_eq!(src.len(), experts * rows * cols * elem);
-    let mut dst = vec![0u8; src.len()];
-    let matrix = rows * cols * elem;
-    for (s, d) in src.chunks_exact(matrix).zip(dst.chunks_exact_mut(matrix)) {
-        // Tiles keep both sides in cache for large matrices.
-        const TILE: usize = 32;
-        for r0 in (0..rows).step_by(TILE) {
-            for c0 in (0..cols).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    for c in c0..(c0 + TILE).min(cols) {
-                        let from = (r * cols + c) * elem;
-                        let to = (c * rows + r) * elem;
-                        d[to..to + elem].copy_from_slice(&s[from..from + elem]);
-                    }
-                }
-            }
-        }
-    }
-    dst
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transposes_each_expert() {
-        // 2 experts of [2, 3] u16 elements.
-        let src: Vec<u16> = (0..12).collect();
-        let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = transpose_experts(&bytes, 2, 2, 3, 2);
-        let got: Vec<u16> = t
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        assert_eq!(got, vec![0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
-        // Twice is the identity, also for sizes that are not multiples of the tile.
-        let big: Vec<u8> = (0..3 * 37 * 45).map(|i| (i * 7 % 251) as u8).collect();
-        let there = transpose_experts(&big, 3, 37, 45, 1);
-        assert_eq!(transpose_experts(&there, 3, 45, 37, 1), big);
-    }
 
     #[test]
     fn bmm_output_shapes() {

@@ -49,7 +49,12 @@ fn verbose_plan(options: &Options, plan: &Plan) {
         crate::input::layout::Origin::Inferred => "inferred from the files",
     };
     info(options, &format!("layout {} ({origin})", plan.layout.name));
-    for l in plan.linears.iter().filter(|l| l.excluded.is_some()) {
+    for l in plan
+        .linears
+        .iter()
+        .map(|p| &p.linear)
+        .filter(|l| l.excluded.is_some())
+    {
         info(
             options,
             &format!(

@@ -54,7 +54,12 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
             l.weight_scale
         ));
     }
-    for l in plan.linears.iter().filter(|l| l.excluded.is_some()) {
+    for l in plan
+        .linears
+        .iter()
+        .map(|p| &p.linear)
+        .filter(|l| l.excluded.is_some())
+    {
         out.push_str(&format!(
             "{:80} unquantized ({})\n",
             l.module,
@@ -172,7 +177,7 @@ impl Report {
                 "quantized_linears": plan.quantized_count(),
                 "unquantized_linears": plan.linears.len() - plan.quantized_count(),
                 "passthrough_tensors": plan.classified.passthrough.len(),
-                "fp8_source_linears": plan.linears.iter().filter(|l| l.source.fp8_scale.is_some()).count(),
+                "fp8_source_linears": plan.linears.iter().filter(|p| p.linear.source.fp8_scale.is_some()).count(),
                 "fp8_source_unquantized": plan.classified.fp8_other.len(),
                 "units": plan.units.len(),
                 "units_skipped": run.units_skipped,

@@ -1,0 +1,365 @@
+//! A quantized linear: the tensors it exports, in the one order the format table states, and the
+//! per-member arithmetic that fills them, the same on the CPU and the GPU (both run through
+//! [`UnitCompute`]).
+//!
+//! The scale policy that decides the inputs (which amax a group shares, MSE searches, the
+//! checks against statistics) is the pipeline worker's; this module turns one member's
+//! decided scales into bytes.
+
+use crate::compute::backend::UnitCompute;
+use crate::compute::{
+    fp8_scale, nvfp4_global_scale, Fp8Quotient, Numerics, QuantFormat, SourceDtype,
+};
+use crate::error::Result;
+use safetensors::Dtype;
+
+/// One tensor that a quantized linear exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The weight codes: packed E2M1 pairs (`U8 [rows, cols/2]`) or E4M3 bytes
+    /// (`F8_E4M3 [rows, cols]`).
+    Codes,
+    /// NVFP4's E4M3 per-block scales (`F8_E4M3 [rows, cols/16]`).
+    BlockScales,
+    /// The per-tensor f32 weight scale: NVFP4's `weight_scale_2`, FP8's `weight_scale`.
+    TensorScale,
+    /// The per-tensor f32 `input_scale` (formats that quantize activations).
+    InputScale,
+}
+
+/// `(part, name suffix)` of each tensor a quantized linear exports, in the order every
+/// consumer uses: the plan's output tensors, the worker's payloads, the writer's offsets.
+pub fn parts(format: QuantFormat) -> &'static [(Part, &'static str)] {
+    const NVFP4: &[(Part, &str)] = &[
+        (Part::Codes, "weight"),
+        (Part::BlockScales, "weight_scale"),
+        (Part::TensorScale, "weight_scale_2"),
+        (Part::InputScale, "input_scale"),
+    ];
+    const FP8: &[(Part, &str)] = &[
+        (Part::Codes, "weight"),
+        (Part::TensorScale, "weight_scale"),
+        (Part::InputScale, "input_scale"),
+    ];
+    let all = if format.is_nvfp4() { NVFP4 } else { FP8 };
+    if format.needs_input_amax() {
+        all
+    } else {
+        &all[..all.len() - 1]
+    }
+}
+
+/// The tensors a quantized linear exports for a weight `[rows, cols]`, as (suffix, dtype,
+/// shape), in [`parts`] order:
+/// - NVFP4: `weight` U8 `[rows, cols/2]`, `weight_scale` F8_E4M3 `[rows, cols/16]`,
+///   `weight_scale_2` F32 `[]`, `input_scale` F32 `[]` (none for W4A16);
+/// - FP8: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` F32 `[]`, `input_scale` F32 `[]`.
+///
+/// Assumes [`crate::compute::check_shape`] passed.
+pub fn output_tensors(
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+    let group = format.group_size().map_or(1, |g| g as usize);
+    parts(format)
+        .iter()
+        .map(|&(part, suffix)| {
+            let (dtype, shape) = match part {
+                Part::Codes if format.is_nvfp4() => (Dtype::U8, vec![rows, cols / 2]),
+                Part::Codes => (Dtype::F8_E4M3, vec![rows, cols]),
+                Part::BlockScales => (Dtype::F8_E4M3, vec![rows, cols / group]),
+                Part::TensorScale | Part::InputScale => (Dtype::F32, vec![]),
+            };
+            (suffix, dtype, shape)
+        })
+        .collect()
+}
+
+/// Where a quantized input scale comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputAmax {
+    /// The input amax after the sharing rules.
+    pub amax: f32,
+    /// The same, exactly, where it was recovered from an exported scale: the scale is then
+    /// `f32(exact / bound)`, which gives back the exported scale itself.
+    pub exact: Option<f64>,
+}
+
+impl InputAmax {
+    /// The `input_scale` of `format` (`amax / 2688` for NVFP4, `amax / 448` for FP8).
+    pub fn scale(self, format: QuantFormat, numerics: Numerics) -> f32 {
+        let (bound, computed) = if format.is_nvfp4() {
+            (2688.0, nvfp4_global_scale(self.amax, numerics))
+        } else {
+            (448.0, fp8_scale(self.amax, numerics))
+        };
+        self.exact.map_or(computed, |x| (x / bound) as f32)
+    }
+}
+
+/// How one member's weight is scaled.
+#[derive(Debug, Clone, Copy)]
+pub enum Scaling<'b> {
+    /// NVFP4 block scales from the data under the group's global amax; FP8 per tensor from
+    /// the group amax.
+    Dynamic,
+    /// Static NVFP4: these per-block amax (`[rows, cols/16]`, from statistics or the FP8
+    /// scale sweep) under the group's global amax.
+    StaticBlocks(&'b [f32]),
+}
+
+/// What one member of a group is quantized with.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberScales<'b> {
+    /// The target format.
+    pub format: QuantFormat,
+    /// Which ModelOpt export arithmetic.
+    pub numerics: Numerics,
+    /// The group's unified weight amax (the static global amax for static blocks).
+    pub group_amax: f32,
+    /// Block scales from the data or given.
+    pub scaling: Scaling<'b>,
+    /// FP8: the precision of `w / weight_scale` ([`Fp8Quotient`]).
+    pub quotient: Fp8Quotient,
+    /// The input amax, for formats that quantize activations.
+    pub input: Option<InputAmax>,
+}
+
+impl MemberScales<'_> {
+    /// FP8's per-tensor weight scale, when it would divide by zero in the quotient's
+    /// precision (the weight's `dtype`, or f32): a quantization that must be refused.
+    pub fn fp8_zero_divisor(&self, dtype: SourceDtype) -> Option<f32> {
+        if self.format.is_nvfp4() {
+            return None;
+        }
+        let ws = fp8_scale(self.group_amax, self.numerics);
+        let zero = match self.quotient {
+            Fp8Quotient::WeightDtype => dtype.round(ws) == 0.0,
+            Fp8Quotient::F32 => ws == 0.0,
+        };
+        zero.then_some(ws)
+    }
+}
+
+/// A quantized linear's bytes, before they are laid out in [`parts`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLinear {
+    /// [`Part::Codes`].
+    pub codes: Vec<u8>,
+    /// [`Part::BlockScales`] (NVFP4), empty for FP8.
+    pub block_scales: Vec<u8>,
+    /// [`Part::TensorScale`].
+    pub tensor_scale: f32,
+    /// [`Part::InputScale`], for formats that quantize activations.
+    pub input_scale: Option<f32>,
+}
+
+impl QuantizedLinear {
+    /// Quantizes member `m` of the unit loaded in `compute` (a weight `[rows, cols]`).
+    pub fn compute<'a>(
+        compute: &mut dyn UnitCompute<'a>,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        scales: &MemberScales<'_>,
+    ) -> Result<QuantizedLinear> {
+        let (format, numerics) = (scales.format, scales.numerics);
+        let input_scale = scales.input.map(|i| i.scale(format, numerics));
+        if format.is_nvfp4() {
+            let mut codes = vec![0u8; rows * cols / 2];
+            let mut block_scales = vec![0u8; rows * cols / 16];
+            let tensor_scale = match scales.scaling {
+                Scaling::StaticBlocks(blocks) => compute.nvfp4_static(
+                    m,
+                    rows,
+                    cols,
+                    blocks,
+                    scales.group_amax,
+                    numerics,
+                    &mut codes,
+                    &mut block_scales,
+                )?,
+                Scaling::Dynamic => {
+                    let ws2 = nvfp4_global_scale(scales.group_amax, numerics);
+                    compute.nvfp4(m, rows, cols, ws2, &mut codes, &mut block_scales)?;
+                    ws2
+                }
+            };
+            Ok(QuantizedLinear {
+                codes,
+                block_scales,
+                tensor_scale,
+                input_scale,
+            })
+        } else {
+            let ws = fp8_scale(scales.group_amax, numerics);
+            let mut codes = vec![0u8; rows * cols];
+            compute.fp8(m, ws, numerics, scales.quotient, &mut codes)?;
+            Ok(QuantizedLinear {
+                codes,
+                block_scales: Vec::new(),
+                tensor_scale: ws,
+                input_scale,
+            })
+        }
+    }
+
+    /// A BMM expert stack `[E, in, out]` was quantized as its transposed copy `[E * out, in]`:
+    /// its codes and block scales go back to the stored order, as ModelOpt's export
+    /// transposes them back.
+    pub fn transpose_experts_back(&mut self, experts: usize, out: usize) {
+        for bytes in [&mut self.codes, &mut self.block_scales] {
+            if !bytes.is_empty() {
+                let k = bytes.len() / (experts * out);
+                *bytes = transpose_experts(bytes, experts, out, k, 1);
+            }
+        }
+    }
+
+    /// The exported tensors' bytes in [`parts`] order. `None` when `format` would export
+    /// a part this linear does not hold (an input scale without an input amax).
+    pub fn into_tensors(self, format: QuantFormat) -> Option<Vec<Vec<u8>>> {
+        let mut codes = Some(self.codes);
+        let mut block_scales = Some(self.block_scales);
+        parts(format)
+            .iter()
+            .map(|(part, _)| match part {
+                Part::Codes => codes.take(),
+                Part::BlockScales => block_scales.take(),
+                Part::TensorScale => Some(self.tensor_scale.to_le_bytes().to_vec()),
+                Part::InputScale => self.input_scale.map(|s| s.to_le_bytes().to_vec()),
+            })
+            .collect()
+    }
+}
+
+/// Transposes each of `experts` row-major `[rows, cols]` matrices of `elem`-byte elements in
+/// `src` into `[cols, rows]`: the BMM-style `[E, in, out]` ↔ `[E, out, in]` change of order.
+pub fn transpose_experts(
+    src: &[u8],
+    experts: usize,
+    rows: usize,
+    cols: usize,
+    elem: usize,
+) -> Vec<u8> {
+    debug_assert_eq!(src.len(), experts * rows * cols * elem);
+    let mut dst = vec![0u8; src.len()];
+    let matrix = rows * cols * elem;
+    for (s, d) in src.chunks_exact(matrix).zip(dst.chunks_exact_mut(matrix)) {
+        // Tiles keep both sides in cache for large matrices.
+        const TILE: usize = 32;
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for c in c0..(c0 + TILE).min(cols) {
+                        let from = (r * cols + c) * elem;
+                        let to = (c * rows + r) * elem;
+                        d[to..to + elem].copy_from_slice(&s[from..from + elem]);
+                    }
+                }
+            }
+        }
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposes_each_expert() {
+        // 2 experts of [2, 3] u16 elements.
+        let src: Vec<u16> = (0..12).collect();
+        let bytes: Vec<u8> = src.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = transpose_experts(&bytes, 2, 2, 3, 2);
+        let got: Vec<u16> = t
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(got, vec![0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+        // Twice is the identity, also for sizes that are not multiples of the tile.
+        let big: Vec<u8> = (0..3 * 37 * 45).map(|i| (i * 7 % 251) as u8).collect();
+        let there = transpose_experts(&big, 3, 37, 45, 1);
+        assert_eq!(transpose_experts(&there, 3, 45, 37, 1), big);
+    }
+
+    #[test]
+    fn parts_and_tensors_agree() {
+        assert_eq!(
+            output_tensors(QuantFormat::Nvfp4, 64, 128),
+            vec![
+                ("weight", Dtype::U8, vec![64, 64]),
+                ("weight_scale", Dtype::F8_E4M3, vec![64, 8]),
+                ("weight_scale_2", Dtype::F32, vec![]),
+                ("input_scale", Dtype::F32, vec![]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::W4a16Nvfp4, 3, 32),
+            vec![
+                ("weight", Dtype::U8, vec![3, 16]),
+                ("weight_scale", Dtype::F8_E4M3, vec![3, 2]),
+                ("weight_scale_2", Dtype::F32, vec![]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::Fp8, 5, 7),
+            vec![
+                ("weight", Dtype::F8_E4M3, vec![5, 7]),
+                ("weight_scale", Dtype::F32, vec![]),
+                ("input_scale", Dtype::F32, vec![]),
+            ]
+        );
+        // Each format's payloads come out in the same order and sizes as its tensors.
+        for format in QuantFormat::ALL {
+            let (rows, cols) = (4, 32);
+            let q = QuantizedLinear {
+                codes: vec![1; rows * cols / if format.is_nvfp4() { 2 } else { 1 }],
+                block_scales: if format.is_nvfp4() {
+                    vec![2; rows * cols / 16]
+                } else {
+                    Vec::new()
+                },
+                tensor_scale: 3.0,
+                input_scale: Some(4.0),
+            };
+            let tensors = q.into_tensors(format).unwrap();
+            let expected = output_tensors(format, rows, cols);
+            assert_eq!(tensors.len(), expected.len());
+            for (bytes, (name, dtype, shape)) in tensors.iter().zip(&expected) {
+                let len = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+                assert_eq!(bytes.len(), len, "{format:?} {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_input_scale_is_not_laid_out() {
+        let q = QuantizedLinear {
+            codes: vec![0; 8],
+            block_scales: Vec::new(),
+            tensor_scale: 1.0,
+            input_scale: None,
+        };
+        assert_eq!(q.into_tensors(QuantFormat::Fp8), None);
+    }
+
+    #[test]
+    fn input_scales_divide_or_give_back_the_exported_scale() {
+        let n = Numerics::ModeloptCuda;
+        let a = InputAmax {
+            amax: 10.0,
+            exact: None,
+        };
+        assert_eq!(a.scale(QuantFormat::Nvfp4, n), nvfp4_global_scale(10.0, n));
+        assert_eq!(a.scale(QuantFormat::Fp8, n), fp8_scale(10.0, n));
+        let exported = 0.013_f32;
+        let exact = InputAmax {
+            amax: 0.0,
+            exact: Some(f64::from(exported) * 448.0),
+        };
+        assert_eq!(exact.scale(QuantFormat::Fp8, n), exported);
+    }
+}
