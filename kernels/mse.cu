@@ -1,13 +1,12 @@
-// shardquant MSE calibration kernels: the twins of src/calib/mse.rs, bit for bit.
+// shardquant MSE calibration kernels: the twins of src/compute/mse.rs, bit for bit.
 //
 // Appended to kernels/quant.cu at compile time (it uses that file's codecs). The reductions
 // are fixed trees: a thread sums its 16-element group in index order, a 256-thread block sums
 // its 256 group sums pairwise (stride 128, 64, ..., 1) in shared memory, and the host adds the
 // chunk sums in order. Nothing depends on scheduling, so every run gives the same bits.
 
-#define MSE_STEPS 39
-#define SWEEP_STEPS 126
-#define CHUNK_GROUPS 256
+// MSE_STEPS, SWEEP_STEPS and CHUNK_GROUPS come from src/compute/mse.rs, defined on the NVRTC
+// command line (src/compute/cuda/device.rs, kernel_constants).
 
 // |E2M1 value| of e2m1_nibble(a) for a >= 0 or NaN (codec.rs: the same rounding bounds), without
 // a table: a local array here would cost local-memory traffic in the hottest loop.

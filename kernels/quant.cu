@@ -1,19 +1,18 @@
-// shardquant GPU kernels: the twins of src/quant (amax, NVFP4, FP8), bit-identical to the CPU.
+// shardquant GPU kernels: the twins of src/compute (amax, NVFP4, FP8), bit-identical to the CPU.
 //
 // Compiled at run time by NVRTC with --fmad=false and no fast-math; every floating-point step
 // that the CPU path rounds is written with an explicit round-to-nearest intrinsic (__fadd_rn,
 // __fmul_rn, __fdiv_rn), so no contraction or approximation can change a bit. No CUDA headers
 // are needed: dtype conversions and the E4M3 / E2M1 codecs are written out on bit patterns,
-// line for line the same as src/quant/codec.rs.
+// line for line the same as src/compute/codec.rs.
 
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define DTYPE_BF16 0
-#define DTYPE_F16 1
-#define DTYPE_F32 2
+// DTYPE_BF16, DTYPE_F16 and DTYPE_F32 (the dtype codes the host passes) are defined on the NVRTC
+// command line from the Rust ones (src/compute/cuda/device.rs, kernel_constants).
 
 __device__ __forceinline__ float bits_f32(u32 b) { return __int_as_float((int)b); }
 __device__ __forceinline__ u32 f32_bits(float f) { return (u32)__float_as_int(f); }

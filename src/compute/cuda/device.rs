@@ -6,6 +6,7 @@
 //! device's architecture, once per process, with `--fmad=false` and IEEE division: the same
 //! arithmetic as the CPU path, bit for bit.
 
+use crate::compute::SourceDtype;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{self, Ptx};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,6 +19,29 @@ pub const KERNEL_SOURCE: &str = concat!(
     "\n",
     include_str!("../../../kernels/mse.cu")
 );
+
+/// Constants the kernels share with the Rust code, declared once (here and in
+/// [`crate::compute::mse`]) and given to NVRTC as `-D` definitions.
+pub fn kernel_constants() -> [(&'static str, usize); 6] {
+    use crate::compute::mse::{CHUNK_GROUPS, MSE_STEPS, SWEEP_STEPS};
+    [
+        ("MSE_STEPS", MSE_STEPS),
+        ("SWEEP_STEPS", SWEEP_STEPS),
+        ("CHUNK_GROUPS", CHUNK_GROUPS),
+        ("DTYPE_BF16", dtype_code(SourceDtype::Bf16) as usize),
+        ("DTYPE_F16", dtype_code(SourceDtype::F16) as usize),
+        ("DTYPE_F32", dtype_code(SourceDtype::F32) as usize),
+    ]
+}
+
+/// The code of a source dtype in the kernels' `dtype` arguments.
+pub(crate) fn dtype_code(dtype: SourceDtype) -> i32 {
+    match dtype {
+        SourceDtype::Bf16 => 0,
+        SourceDtype::F16 => 1,
+        SourceDtype::F32 => 2,
+    }
+}
 
 /// A usable GPU with the kernels loaded.
 pub struct Gpu {
@@ -87,6 +111,11 @@ fn compile_cubin(arch: (i32, i32)) -> Result<Vec<u8>, String> {
     if let Some(dir) = cuda_include_dir() {
         opts.push(format!("--include-path={dir}"));
     }
+    opts.extend(
+        kernel_constants()
+            .iter()
+            .map(|(name, value)| format!("-D{name}={value}")),
+    );
     let src = CString::new(KERNEL_SOURCE).map_err(|e| e.to_string())?;
     let prog = nvrtc::result::create_program(&src, None).map_err(|e| format!("NVRTC: {e:?}"))?;
     // SAFETY: `prog` is a live program; the options outlive the call.
@@ -180,5 +209,25 @@ impl Gpu {
     pub fn memory(&self) -> Result<(usize, usize), String> {
         self.ctx.bind_to_thread().map_err(|e| format!("{e:?}"))?;
         cudarc::driver::result::mem_get_info().map_err(|e| format!("{e:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels use every shared constant and define none of them themselves.
+    #[test]
+    fn kernel_constants_come_from_rust_only() {
+        for (name, _) in kernel_constants() {
+            assert!(
+                KERNEL_SOURCE.contains(name),
+                "{name} is not used by the kernels"
+            );
+            assert!(
+                !KERNEL_SOURCE.contains(&format!("#define {name}")),
+                "kernels/*.cu define {name}: it must come from Rust"
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Per call the small per-candidate tables and the importance weights go up in one copy (one
 //! device allocation from the stream's pool), and only the losses or block amax come back.
 
-use super::slot::{cuda, dtype_code, per_block, GpuCompute};
+use super::device::dtype_code;
+use super::slot::{cuda, per_block, GpuCompute};
 use crate::compute::mse;
 use crate::compute::mse::{Candidates, MseTarget};
 use crate::compute::Numerics;

@@ -7,6 +7,7 @@
 //! With several slots, the copies of one unit overlap the kernels of another; GPU memory is
 //! `slots × capacity`, whatever the model size.
 
+use super::device::dtype_code;
 use super::Gpu;
 use crate::compute;
 use crate::compute::backend::UnitCompute;
@@ -168,14 +169,6 @@ impl Drop for GpuCompute<'_, '_> {
                 .push(slot);
             self.pool.freed.notify_one();
         }
-    }
-}
-
-pub(super) fn dtype_code(dtype: SourceDtype) -> i32 {
-    match dtype {
-        SourceDtype::Bf16 => 0,
-        SourceDtype::F16 => 1,
-        SourceDtype::F32 => 2,
     }
 }
 
