@@ -1,10 +1,8 @@
 //! `shardquant inspect`: what shardquant sees in a checkpoint and what it would write.
 
-use crate::input::checkpoint::Checkpoint;
-
 use crate::error::{Error, Result};
-use crate::input::config::read_config;
-use crate::input::layout::{Layout, Origin, Role};
+use crate::input::layout::{Origin, Role};
+use crate::input::model::Model;
 use crate::options::Options;
 use crate::plan::ShardPlan;
 use crate::plan::{classify, Plan};
@@ -32,18 +30,22 @@ pub struct Inspection {
 /// The layout of the checkpoint in `dir` (the `--layout` file, the shipped one its
 /// `config.json` selects, or the inferred one) as the JSON `--layout` accepts.
 pub fn layout_json(dir: &Path, options: &Options) -> Result<String> {
-    let ckpt = Checkpoint::open(dir)?;
-    let (_, config) = read_config(dir)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
-    Ok(layout.file.to_json())
+    Ok(Model::open(dir, options.layout.as_deref())?
+        .layout
+        .file
+        .to_json())
 }
 
 /// Describes the checkpoint in `dir` under `options`.
 pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
-    let ckpt = Checkpoint::open(dir)?;
-    let (_, config) = read_config(dir)?;
-    crate::input::config::refuse_quantized_input(dir, &config)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
+    let model = Model::open(dir, options.layout.as_deref())?;
+    model.refuse_quantized()?;
+    let Model {
+        checkpoint: ckpt,
+        config,
+        layout,
+        ..
+    } = model;
     let mut s = String::new();
     let w = &mut s;
     let _ = writeln!(w, "checkpoint  {}", dir.display());

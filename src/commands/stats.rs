@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
-use crate::input::config::read_config;
 use crate::input::layout::{ExpertProj, Layout};
+use crate::input::model::Model;
 use crate::input::stats::imatrix::read_imatrix;
 use crate::input::stats::torchfile::read_pt_tensors;
 use crate::input::stats::{detect_format, ActivationStats, ModelNames, StatsFile, StatsFormat};
@@ -15,19 +15,22 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 /// A model opened for statistics: its layout, linears and names.
-struct Model {
+struct StatsModel {
     layout: Layout,
     classified: Classified,
     names: ModelNames,
 }
 
-fn open_model(dir: &Path, options: &Options) -> Result<Model> {
-    let ckpt = Checkpoint::open(dir)?;
-    let (_, config) = read_config(dir)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, dir, ckpt.tensors())?;
+fn open_model(dir: &Path, options: &Options) -> Result<StatsModel> {
+    let Model {
+        checkpoint: ckpt,
+        config,
+        layout,
+        ..
+    } = Model::open(dir, options.layout.as_deref())?;
     let classified = classify(&ckpt, &layout, &config, options)?;
     let names = model_names(&classified, &layout);
-    Ok(Model {
+    Ok(StatsModel {
         layout,
         classified,
         names,
@@ -183,7 +186,7 @@ pub fn inspect(
 
 /// Writes the coverage of `stats` over the model; returns how many quantizable linears have
 /// any input statistic, and the coverage as JSON.
-fn coverage(m: &Model, stats: &ActivationStats, w: &mut String) -> (usize, serde_json::Value) {
+fn coverage(m: &StatsModel, stats: &ActivationStats, w: &mut String) -> (usize, serde_json::Value) {
     let linears: Vec<_> = m
         .classified
         .linears

@@ -22,8 +22,7 @@ use crate::plan::ShardPlan;
 use crate::compute::cuda::{DeviceChoice, Gpu, GpuPool};
 use crate::digest::{hash_files, FileDigest};
 use crate::error::{Error, ErrorKind, Result};
-use crate::input::config::{read_config, refuse_quantized_input};
-use crate::input::layout::Layout;
+use crate::input::model::Model;
 use crate::options::Options;
 use crate::output::export::{QuantMetadata, MODELOPT_VERSION};
 use crate::output::metadata::is_weight_file;
@@ -85,18 +84,20 @@ pub fn warn(options: &Options, msg: &str) {
 
 /// Opens a checkpoint and plans its conversion (everything before any weight is read).
 pub fn prepare(input: &Path, options: &Options) -> Result<(Checkpoint, String, Plan)> {
-    let ckpt = Checkpoint::open(input)?;
-    let (config_text, plan) = plan_checkpoint(&ckpt, input, options)?;
-    Ok((ckpt, config_text, plan))
+    let (model, plan) = plan_model(Model::open(input, options.layout.as_deref())?, options)?;
+    Ok((model.checkpoint, model.config_text, plan))
 }
 
-/// Plans the conversion of an opened checkpoint; returns its `config.json` text and the plan.
-fn plan_checkpoint(ckpt: &Checkpoint, input: &Path, options: &Options) -> Result<(String, Plan)> {
-    let (config_text, config) = read_config(input)?;
-    refuse_quantized_input(input, &config)?;
-    let layout = Layout::for_checkpoint(options.layout.as_deref(), &config, input, ckpt.tensors())?;
-    let plan = Plan::build(ckpt, layout, &config, options)?;
-    Ok((config_text, plan))
+/// Plans the conversion of an opened model; gives the model back with the plan.
+fn plan_model(model: Model, options: &Options) -> Result<(Model, Plan)> {
+    model.refuse_quantized()?;
+    let plan = Plan::build(
+        &model.checkpoint,
+        model.layout.clone(),
+        &model.config,
+        options,
+    )?;
+    Ok((model, plan))
 }
 
 fn check_input_dir(input: &Path) -> Result<()> {
@@ -350,7 +351,11 @@ fn convert_and_report(
         Freshness::Stale(_) => {}
     }
     resume::refuse_unasked(output, options)?;
-    let (config_text, mut plan) = plan_checkpoint(&ckpt, input, options)?;
+    let (model, mut plan) = plan_model(
+        Model::with_checkpoint(ckpt, input, options.layout.as_deref())?,
+        options,
+    )?;
+    let (ckpt, config_text) = (&model.checkpoint, model.config_text.as_str());
     for w in &plan.warnings {
         warn(options, w);
     }
@@ -381,10 +386,10 @@ fn convert_and_report(
     let job = Job {
         input,
         options,
-        ckpt: &ckpt,
+        ckpt,
         plan: &plan,
         shard_plan: &shard_plan,
-        config_text: &config_text,
+        config_text,
         provenance: &provenance,
         gpu: gpu.as_ref(),
     };
