@@ -413,7 +413,7 @@ fn convert_and_report(
         output,
         options,
         &plan,
-        &ckpt,
+        ckpt,
         &run,
         files,
         notes,
