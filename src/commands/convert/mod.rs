@@ -383,7 +383,7 @@ fn convert_and_report(
     info(options, &format!("device: {device}"));
     let preflight_s = started.elapsed().as_secs_f64();
     let (staging, state, done) = resume::staging_for(output, &key, &shard_plan, options)?;
-    let job = Job {
+    let job = Conversion {
         input,
         options,
         ckpt,
@@ -474,7 +474,7 @@ fn stopped(e: Error, staging: Staging, shards: usize) -> Error {
 }
 
 /// A planned conversion, ready to run in a staging directory.
-struct Job<'a> {
+struct Conversion<'a> {
     input: &'a Path,
     options: &'a Options,
     ckpt: &'a Checkpoint,
@@ -485,10 +485,10 @@ struct Job<'a> {
     gpu: Option<&'a GpuPool>,
 }
 
-/// What [`Job::run`] gives back: run statistics, files written, notes, conversion seconds.
+/// What [`Conversion::run`] gives back: run statistics, files written, notes, conversion seconds.
 type Ran = (pipeline::RunStats, Vec<String>, Vec<String>, f64);
 
-impl Job<'_> {
+impl Conversion<'_> {
     /// Writes the shards that `done` does not hold (journaling each as it is sealed), then the
     /// index, the metadata files and the manifest, into the staging directory.
     fn run(

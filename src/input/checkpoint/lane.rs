@@ -112,7 +112,7 @@ impl Lane {
             Err(e) => return Resolved::Unreadable(e),
         };
         if !meta.file_type().is_symlink() {
-            return classify(&meta, false);
+            return kind_of(&meta, false);
         }
         let target = match path.canonicalize() {
             Ok(t) => t,
@@ -128,7 +128,7 @@ impl Lane {
         if meta.is_dir() {
             return Resolved::LinkedDir { target };
         }
-        classify(&meta, true)
+        kind_of(&meta, true)
     }
 
     /// Lists `dir` (the input directory or one of its real subdirectories), leaving out the
@@ -233,7 +233,7 @@ pub const OUTSIDE_HINT: &str =
      or download with `huggingface-cli download REPO --local-dir DIR`";
 
 /// What a non-link entry is.
-fn classify(meta: &Metadata, linked: bool) -> Resolved {
+fn kind_of(meta: &Metadata, linked: bool) -> Resolved {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     if t.is_file() {
