@@ -882,5 +882,4 @@ fn parse_meta(
 }
 
 #[cfg(test)]
-#[path = "native_tests.rs"]
 mod tests;

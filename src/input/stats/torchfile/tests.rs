@@ -1,7 +1,7 @@
 //! Tests of the torch.save reader: the shipped golden files, files built here byte by byte, and
 //! hostile variants of them.
 
-use super::super::pickle::tests::Pw;
+use super::pickle::tests::Pw;
 use super::*;
 use crate::error::ErrorKind;
 use std::path::PathBuf;

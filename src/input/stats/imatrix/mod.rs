@@ -33,7 +33,9 @@
 //!
 //! [`llama_cpp_to_hf`] maps llama.cpp tensor names to HF module names (§6.5 of the document).
 
-use super::gguf::{is_gguf, GgufFile, GgufTensorInfo, GgufValue, LeReader};
+pub mod gguf;
+
+use self::gguf::{is_gguf, GgufFile, GgufTensorInfo, GgufValue, LeReader};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -732,5 +734,4 @@ pub fn llama_cpp_to_hf(
 }
 
 #[cfg(test)]
-#[path = "imatrix_tests.rs"]
 mod tests;
