@@ -1,6 +1,13 @@
+use super::read::read_native_limited;
+use super::write::{write_file, Data, Item};
 use super::*;
 use crate::error::ErrorKind;
+use crate::input::layout::Layout;
+use crate::input::stats::{ActivationStats, ModelNames, ModuleStats, StatDtype, WeightAmax};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::Path;
 
 use crate::input::stats::gguf::tests::{unique_temp_path, TestPath};
