@@ -9,12 +9,21 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
+use tempfile::TempPath;
 
-use crate::input::stats::gguf::tests::{unique_temp_path, TestPath};
-
-/// A fresh path in the temp directory, removed when the guard drops.
-fn tmp(name: &str) -> TestPath {
-    TestPath(unique_temp_path(name))
+/// A fresh path in the temp directory, not created yet (the writer makes it), removed when the
+/// guard drops, also when the test fails.
+fn tmp(name: &str) -> TempPath {
+    let unused = |p: &Path| match p.symlink_metadata() {
+        Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => Ok(()),
+    };
+    tempfile::Builder::new()
+        .prefix("shardquant-native-")
+        .suffix(&format!("-{name}"))
+        .make(unused)
+        .unwrap()
+        .into_temp_path()
 }
 
 fn qwen() -> Layout {
@@ -118,7 +127,7 @@ fn meta_json() -> String {
 }
 
 /// Writes a v1 file by hand (any keys, dtypes and version).
-fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> TestPath {
+fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> TempPath {
     let path = tmp(name);
     let mut md = vec![
         ("format", FORMAT.to_string()),
