@@ -8,6 +8,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::input::layout::{ExpertProj, Layout};
 use crate::input::stats::{ActivationStats, ModelNames, ModuleStats, StatDtype, WeightAmax};
+use crate::progress::human_bytes;
 use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -55,16 +56,12 @@ fn load(path: &Path, limit: u64) -> Result<Bytes> {
         .len();
     let limit = limit.min(compressed.saturating_mul(MAX_RATIO).max(RATIO_FLOOR));
     let too_big = || {
-        let limit = match limit {
-            l if l >= 1 << 30 => format!("{} GiB", l >> 30),
-            l if l >= 1 << 20 => format!("{} MiB", l >> 20),
-            l => format!("{l} bytes"),
-        };
         Error::bad_input(format!(
-            "{}: decompresses to more than {limit}, the limit for compressed statistics \
-             ({} GiB, and {MAX_RATIO} times the compressed size)",
+            "{}: decompresses to more than {}, the limit for compressed statistics \
+             ({}, and {MAX_RATIO} times the compressed size)",
             path.display(),
-            MAX_DECOMPRESSED >> 30
+            human_bytes(limit),
+            human_bytes(MAX_DECOMPRESSED)
         ))
         .with_hint("decompress it with `zstd -d` and pass the .stats.safetensors file")
     };
