@@ -255,8 +255,11 @@ mod tests {
 
     #[test]
     fn small_files_are_hashed_whole_and_large_ones_sampled() {
-        let dir = std::env::temp_dir().join(format!("sq-digest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("sq-digest-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let small = dir.join("small");
         std::fs::write(&small, b"abc").unwrap();
         let fp = fingerprint(&small).unwrap();
@@ -287,6 +290,6 @@ mod tests {
         );
         assert_eq!(many[1].as_ref().unwrap().size, FULL_HASH_LIMIT + 1);
         assert!(hash_files(&[("x".into(), dir.join("missing"))], 1)[0].is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        tmp.close().unwrap();
     }
 }

@@ -69,12 +69,12 @@ impl Progress {
                     let rate = s.0 as f64 / secs.max(1e-9);
                     let eta = (total.saturating_sub(s.0)) as f64 / rate.max(1.0);
                     eprintln!(
-                        "{}shardquant: {:.1}/{:.1} GB ({:.0}%), {:.0} MB/s, ETA {:.0}s",
+                        "{}shardquant: {}/{} ({:.0}%), {}/s, ETA {:.0}s",
                         log_prefix(),
-                        s.0 as f64 / 1e9,
-                        *total as f64 / 1e9,
+                        human_bytes(s.0),
+                        human_bytes(*total),
                         100.0 * s.0 as f64 / (*total).max(1) as f64,
-                        rate / 1e6,
+                        human_bytes(rate as u64),
                         eta
                     );
                 }
@@ -136,7 +136,8 @@ pub fn utc_timestamp(secs: u64) -> String {
     )
 }
 
-/// A byte count in decimal units (`412.00 kB`, `3.21 GB`), as the progress bar shows them.
+/// A byte count in decimal units (`412.00 kB`, `3.21 GB`), as the progress bar shows them: the
+/// one way a size is written for a user (messages, `inspect`, progress lines).
 pub fn human_bytes(n: u64) -> String {
     indicatif::DecimalBytes(n).to_string()
 }

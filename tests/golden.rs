@@ -55,7 +55,7 @@ fn convert_case_with(case: &str, format: QuantFormat, numerics: Numerics, calib:
     options.stats = vec![if calib == CalibMethod::Max {
         dir.join("amax.safetensors")
     } else {
-        input_amax_only(&dir.join("amax.safetensors"), &tmp.0)
+        input_amax_only(&dir.join("amax.safetensors"), tmp.path())
     }];
     shardquant::commands::convert::convert(&dir.join("input"), &out, &options).unwrap();
     common::assert_same_export(&out, &dir.join("modelopt"), case, |file, theirs| {

@@ -6,13 +6,10 @@ use crate::input::model::Model;
 use crate::options::Options;
 use crate::plan::ShardPlan;
 use crate::plan::{classify, Plan};
+use crate::progress::human_bytes;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
-
-fn gb(bytes: u64) -> String {
-    crate::progress::human_bytes(bytes)
-}
 
 /// What `inspect` (or `stats inspect`) found: the text, and why the command fails after
 /// printing it, if it does.
@@ -54,7 +51,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
         "  {} shard(s), {} tensors, {}",
         ckpt.shards().len(),
         ckpt.tensors().len(),
-        gb(ckpt.total_bytes())
+        human_bytes(ckpt.total_bytes())
     );
     let origin = match layout.origin {
         Origin::Shipped => "shipped layout",
@@ -251,9 +248,9 @@ fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Opti
         w,
         "output plan {} tensors, {} in {} shard(s) of at most {}",
         plan.outputs.len(),
-        gb(shards.total_bytes()),
+        human_bytes(shards.total_bytes()),
         shards.shard_count(),
-        gb(options.max_shard_size)
+        human_bytes(options.max_shard_size)
     );
     let _ = writeln!(w, "  exclude_modules ({}):", plan.exclude_modules.len());
     for name in &plan.exclude_modules {
@@ -281,7 +278,7 @@ fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Opti
         "memory      {} work units, the largest {}; work in flight never exceeds --max-memory {} \
          (or the largest unit, if larger), plus ~50 MB of bookkeeping",
         plan.units.len(),
-        gb(largest),
-        gb(options.max_memory),
+        human_bytes(largest),
+        human_bytes(options.max_memory),
     );
 }

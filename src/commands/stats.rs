@@ -52,7 +52,8 @@ fn describe_file(path: &Path, format: StatsFormat, w: &mut String) -> Result<()>
     } else {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
     };
-    let _ = writeln!(w, "{}  ({}, {} bytes)", path.display(), format.name(), size);
+    let size = crate::progress::human_bytes(size);
+    let _ = writeln!(w, "{}  ({}, {size})", path.display(), format.name());
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     match format {
         StatsFormat::ModeloptAmax | StatsFormat::Native => {

@@ -16,31 +16,23 @@ pub fn fixtures() -> PathBuf {
     }
 }
 
-/// A fresh, empty temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A fresh, empty temporary directory, removed on drop, also when the test fails: a
+/// `tempfile::TempDir` named after the test, with `join` for the paths the tests build in it.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("shardquant-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shardquant-test-{tag}-"))
+            .tempdir()
+            .unwrap();
         TempDir(dir)
     }
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
     pub fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join(p)
     }
 }
 

@@ -247,8 +247,11 @@ mod tests {
 
     #[test]
     fn records_survive_exactly_and_a_cut_line_ends_the_journal() {
-        let dir = std::env::temp_dir().join(format!("sq-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("sq-journal-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         let key = serde_json::json!({"version": "x", "inputs": [1, 2]});
         let state = JournalState {
             key: key.clone(),
@@ -304,6 +307,6 @@ mod tests {
         assert_eq!(reread.units.len(), 3);
         again.remove().unwrap();
         assert!(JournalState::read(&dir).is_none());
-        std::fs::remove_dir_all(&dir).unwrap();
+        tmp.close().unwrap();
     }
 }

@@ -218,7 +218,13 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
     let host_bound = (options.max_memory / (4 * GPU_SLOTS as u64)) as usize;
     let capacity = largest.min(gpu_bound).min(host_bound);
     if capacity < largest {
-        info(options, &format!("units larger than {capacity} bytes run on the CPU (raise --max-gpu-memory / --max-memory)"));
+        info(
+            options,
+            &format!(
+                "units larger than {} run on the CPU (raise --max-gpu-memory / --max-memory)",
+                crate::progress::human_bytes(capacity as u64)
+            ),
+        );
     }
     GpuPool::new(gpu, GPU_SLOTS, capacity).map(Some)
 }

@@ -282,25 +282,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    struct Tmp(PathBuf);
-    impl Tmp {
-        fn new(tag: &str) -> Tmp {
-            let p =
-                std::env::temp_dir().join(format!("shardquant-lane-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Tmp(p.canonicalize().unwrap())
-        }
-    }
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh directory: its canonical path (`.0`; the lane compares resolved paths) and the
+    /// guard that removes it on drop, also when the test fails.
+    fn tmp(tag: &str) -> (PathBuf, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shardquant-lane-{tag}-"))
+            .tempdir()
+            .unwrap();
+        (dir.path().canonicalize().unwrap(), dir)
     }
 
     #[test]
     fn links_are_classified_by_where_they_lead() {
-        let t = Tmp::new("classify");
+        let t = tmp("classify");
         let dir = t.0.join("in");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("a.json"), b"{}").unwrap();
@@ -346,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_fifo_is_never_opened() {
-        let t = Tmp::new("fifo");
+        let t = tmp("fifo");
         let fifo = t.0.join("config.json");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo reads a valid C string.
@@ -365,7 +359,7 @@ mod tests {
 
     #[test]
     fn read_small_caps_the_size() {
-        let t = Tmp::new("cap");
+        let t = tmp("cap");
         std::fs::write(t.0.join("config.json"), vec![b' '; 100]).unwrap();
         let lane = Lane::new(&t.0).unwrap();
         assert_eq!(
@@ -379,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_huggingface_cache_snapshot_may_link_into_its_blobs() {
-        let t = Tmp::new("hfcache");
+        let t = tmp("hfcache");
         let repo = t.0.join("models--org--tiny");
         let snap = repo.join("snapshots/0123abc");
         std::fs::create_dir_all(&snap).unwrap();

@@ -16,18 +16,20 @@
 mod blocks;
 pub mod exported;
 pub mod foreign;
-pub mod gguf;
 pub mod imatrix;
 pub mod modelopt;
 pub mod native;
-pub mod pickle;
 mod raw;
 #[cfg(test)]
 mod tests;
 pub mod torchfile;
 
 pub use blocks::BlockAmax;
+/// The GGUF container reader, kept under its one user, the imatrix reader.
+pub use imatrix::gguf;
 pub use raw::{read_safetensors_entries, RawEntry, StatDtype, StatsEntry, StatsFile};
+/// The safe pickle interpreter, kept under its one user, the `.pt` reader.
+pub use torchfile::pickle;
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -7,7 +7,7 @@ use crate::input::layout::Layout;
 use safetensors::Dtype;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use tempfile::TempDir;
 
 /// Counts the heap bytes each thread allocates, so a test can check what loading costs.
 struct CountingAlloc;
@@ -55,33 +55,12 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static COUNTING_ALLOC: CountingAlloc = CountingAlloc;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "shardquant-stats-{}-{}-{}",
-            std::process::id(),
-            n,
-            tag
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system temp dir, removed on drop (also when the test fails).
+fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("shardquant-stats-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Little-endian bytes of `values` in `dtype` (F32, BF16 or F16).
@@ -164,13 +143,16 @@ fn blocks_of(stats: &ActivationStats, module: &str) -> (f32, Vec<f32>, BlockAmax
 
 #[test]
 fn merged_files_take_the_elementwise_max_of_blocks() {
-    let tmp = TempDir::new("merge");
+    let tmp = temp_dir("merge");
     // [2, 64]: 8 blocks.
     let model = llama(2, 64);
     let key = format!("{ATTN}.o_proj.weight_quantizer");
     let a = [1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 0.5, 6.0];
     let b = [2.0, 4.0, 2.0, 1.0, 0.25, 8.0, 0.5, 3.0];
-    let (fa, fb) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
+    let (fa, fb) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
     write(
         &fa,
         &[
@@ -202,9 +184,12 @@ fn merged_files_take_the_elementwise_max_of_blocks() {
 
 #[test]
 fn merging_block_and_tensor_amax_fails() {
-    let tmp = TempDir::new("mergecount");
+    let tmp = temp_dir("mergecount");
     let key = format!("{ATTN}.o_proj.weight_quantizer");
-    let (fa, fb) = (tmp.join("a.safetensors"), tmp.join("b.safetensors"));
+    let (fa, fb) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
     write(
         &fa,
         &[
@@ -233,14 +218,14 @@ fn qwen3moe() -> ModelNames {
 
 #[test]
 fn fused_gate_up_blocks_split_into_gate_rows_then_up_rows() {
-    let tmp = TempDir::new("fused");
+    let tmp = temp_dir("fused");
     let model = qwen3moe();
     let fused = "model.layers.0.mlp.experts.gate_up_proj_weight_quantizers.1";
     let down = "model.layers.0.mlp.experts.down_proj_weight_quantizers.1";
     // gate_up [2·16, 32] → 64 blocks: rows 0..16 (blocks 0..32) are gate, the rest up.
     let values: Vec<f32> = (0..64).map(|i| 0.25 + i as f32).collect();
     let down_values: Vec<f32> = (0..32).map(|i| 100.0 + i as f32).collect();
-    let f1 = tmp.join("a.safetensors");
+    let f1 = tmp.path().join("a.safetensors");
     write(
         &f1,
         &[
@@ -264,7 +249,7 @@ fn fused_gate_up_blocks_split_into_gate_rows_then_up_rows() {
         .is_none());
 
     // A second file, in F16, whose up half is larger: the split halves merge per module.
-    let f2 = tmp.join("b.safetensors");
+    let f2 = tmp.path().join("b.safetensors");
     let second: Vec<f32> = (0..64).map(|i| if i < 32 { 0.0 } else { 1000.0 }).collect();
     write(
         &f2,
@@ -284,9 +269,9 @@ fn fused_gate_up_blocks_split_into_gate_rows_then_up_rows() {
 
 #[test]
 fn fused_gate_up_block_count_must_match_the_experts() {
-    let tmp = TempDir::new("fusedcount");
+    let tmp = temp_dir("fusedcount");
     let fused = "model.layers.0.mlp.experts.gate_up_proj_weight_quantizers.0";
-    let f = tmp.join("a.safetensors");
+    let f = tmp.path().join("a.safetensors");
     write(
         &f,
         &[
@@ -304,12 +289,12 @@ fn fused_gate_up_block_count_must_match_the_experts() {
 
 #[test]
 fn stats_dtypes_f32_bf16_f16() {
-    let tmp = TempDir::new("dtypes");
+    let tmp = temp_dir("dtypes");
     let model = llama(1, 64);
     // Exact in all three dtypes.
     let blocks = [0.5, 1.0, 2.5, 0.0];
     for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
-        let f = tmp.join(&format!("{dtype:?}.safetensors"));
+        let f = tmp.path().join(format!("{dtype:?}.safetensors"));
         write(
             &f,
             &[
@@ -357,8 +342,8 @@ fn stats_dtypes_f32_bf16_f16() {
 
 #[test]
 fn unsupported_dtype_is_an_error() {
-    let tmp = TempDir::new("i32");
-    let f = tmp.join("a.safetensors");
+    let tmp = temp_dir("i32");
+    let f = tmp.path().join("a.safetensors");
     let key = format!("{ATTN}.q_proj.input_quantizer._amax");
     write(
         &f,
@@ -371,8 +356,8 @@ fn unsupported_dtype_is_an_error() {
 
 #[test]
 fn nan_block_values_are_refused() {
-    let tmp = TempDir::new("nan");
-    let f = tmp.join("a.safetensors");
+    let tmp = temp_dir("nan");
+    let f = tmp.path().join("a.safetensors");
     let key = format!("{ATTN}.o_proj.weight_quantizer");
     write(
         &f,
@@ -411,10 +396,10 @@ fn big_blocks() -> Vec<f32> {
 
 #[test]
 fn compute_mode_ignores_weight_keys_without_reading_them() {
-    let tmp = TempDir::new("compute");
+    let tmp = temp_dir("compute");
     let model = llama(BIG.0, BIG.1);
     let blocks = big_blocks();
-    let f = tmp.join("a.safetensors");
+    let f = tmp.path().join("a.safetensors");
     let o = format!("{ATTN}.o_proj.weight_quantizer");
     let q = format!("{ATTN}.q_proj.weight_quantizer");
     let k = format!("{ATTN}.k_proj.weight_quantizer");
@@ -476,7 +461,7 @@ fn compute_mode_ignores_weight_keys_without_reading_them() {
     let msg = err.to_string();
     assert!(msg.contains(&format!("{k}._amax")), "{msg}"); // first key in order
     let only = |tensors: &[Tensor], name: &str| {
-        let p = tmp.join(name);
+        let p = tmp.path().join(name);
         write(&p, tensors);
         load_err(&[p], &lay, &model, true).to_string()
     };
@@ -514,10 +499,10 @@ fn compute_mode_ignores_weight_keys_without_reading_them() {
 fn loading_does_not_read_the_file_into_the_heap() {
     // The handle is a reference-counted list of (mapping, offset, count, dtype): no values.
     assert!(std::mem::size_of::<BlockAmax>() <= 2 * std::mem::size_of::<usize>());
-    let tmp = TempDir::new("heap");
+    let tmp = temp_dir("heap");
     let model = llama(BIG.0, BIG.1);
     let blocks = big_blocks();
-    let f = tmp.join("a.safetensors");
+    let f = tmp.path().join("a.safetensors");
     let o = format!("{ATTN}.o_proj.weight_quantizer");
     write(
         &f,

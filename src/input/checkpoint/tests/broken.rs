@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{bad_input_text, copy_dir, golden, raw_file, read_json, write_json, TempDir};
+use super::{bad_input_text, copy_dir, golden, raw_file, read_json, temp_dir, write_json, TempDir};
 use crate::input::checkpoint::Checkpoint;
 
 const S1: &str = "model-00001-of-00007.safetensors";
@@ -223,7 +223,7 @@ fn empty_html_and_lfs_pointer_shards() {
 
 /// A single-file checkpoint made of `header` and `data`.
 fn single(header: &str, data: &[u8]) -> TempDir {
-    let d = TempDir::new("single-broken");
+    let d = temp_dir("single-broken");
     std::fs::write(d.path().join("model.safetensors"), raw_file(header, data)).unwrap();
     d
 }
@@ -416,7 +416,7 @@ fn bad_index_files() {
 
 #[test]
 fn no_weights_at_all() {
-    let d = TempDir::new("empty");
+    let d = temp_dir("empty");
     std::fs::write(d.path().join("config.json"), "{}").unwrap();
     let text = open_err(d.path());
     assert_has(

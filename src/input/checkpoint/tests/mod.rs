@@ -7,39 +7,19 @@ mod size;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub(super) struct TempDir(PathBuf);
+pub(super) use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "shardquant-ckpt-{}-{}-{}",
-            std::process::id(),
-            n,
-            tag
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system temp dir, removed on drop (also when the test fails).
+pub(super) fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("shardquant-ckpt-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The golden cases: `fixtures/golden/<case>` directories that have an `input/`.
@@ -90,7 +70,7 @@ pub(super) fn expected_tensors(
 
 /// Copies the regular files of `src` into a new temp dir.
 pub(super) fn copy_dir(src: &Path, tag: &str) -> TempDir {
-    let dst = TempDir::new(tag);
+    let dst = temp_dir(tag);
     for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
         if p.is_file() {

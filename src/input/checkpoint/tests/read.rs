@@ -124,7 +124,7 @@ fn other_files_are_the_non_weight_files() {
 #[test]
 fn opens_a_single_file_checkpoint() {
     let src = Checkpoint::open(&golden("llama_fp8").join("input")).unwrap();
-    let tmp = super::TempDir::new("single");
+    let tmp = super::temp_dir("single");
     let outs: Vec<OutputTensor> = src
         .tensors()
         .iter()
@@ -157,7 +157,7 @@ fn a_single_file_that_agrees_with_the_index_is_accepted_and_not_listed() {
     let src = Checkpoint::open(&src_dir).unwrap();
     let copy = copy_dir(&src_dir, "agree");
     // Write model.safetensors with the same tensors next to the shards.
-    let single = super::TempDir::new("agree-single");
+    let single = super::temp_dir("agree-single");
     let outs: Vec<OutputTensor> = src
         .tensors()
         .iter()

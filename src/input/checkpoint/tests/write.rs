@@ -4,7 +4,7 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::{Rng, TempDir};
+use super::{temp_dir, Rng};
 use crate::error::ErrorKind;
 use crate::input::checkpoint::Checkpoint;
 use crate::output::ShardWriter;
@@ -90,7 +90,7 @@ fn round_trip_from_many_threads() {
     let mut rng = Rng::new(42);
     let tensors = random_tensors(&mut rng, 120);
     let total: usize = tensors.iter().map(|(t, _)| t.byte_len()).sum();
-    let dir = TempDir::new("roundtrip");
+    let dir = temp_dir("roundtrip");
     let names = write_all(dir.path(), &tensors, (total / 5) as u64, 1, 4);
     assert!(names.len() >= 6, "{:?}", names);
     assert_eq!(names.last().unwrap(), "model.safetensors.index.json");
@@ -128,7 +128,7 @@ fn round_trip_from_many_threads() {
 fn output_bytes_do_not_depend_on_write_order() {
     let mut rng = Rng::new(7);
     let tensors = random_tensors(&mut rng, 60);
-    let (a, b) = (TempDir::new("order-a"), TempDir::new("order-b"));
+    let (a, b) = (temp_dir("order-a"), temp_dir("order-b"));
     write_all(a.path(), &tensors, 3000, 1, 1);
     write_all(b.path(), &tensors, 3000, 99, 3);
     let (fa, fb) = (files_of(a.path()), files_of(b.path()));
@@ -140,7 +140,7 @@ fn output_bytes_do_not_depend_on_write_order() {
 fn single_shard_round_trip() {
     let mut rng = Rng::new(3);
     let tensors = random_tensors(&mut rng, 10);
-    let dir = TempDir::new("one");
+    let dir = temp_dir("one");
     assert_eq!(
         write_all(dir.path(), &tensors, u64::MAX, 5, 2),
         ["model.safetensors"]
@@ -153,7 +153,7 @@ fn single_shard_round_trip() {
 
 #[test]
 fn misuse_is_an_error_and_leaves_no_files() {
-    let dir = TempDir::new("misuse");
+    let dir = temp_dir("misuse");
     let tensors = vec![
         OutputTensor::new("a", Dtype::F32, vec![2]),
         OutputTensor::new("b", Dtype::U8, vec![3]),
@@ -188,7 +188,7 @@ fn misuse_is_an_error_and_leaves_no_files() {
 
 #[test]
 fn finish_replaces_existing_files_without_touching_their_old_inode() {
-    let dir = TempDir::new("replace");
+    let dir = temp_dir("replace");
     let path = dir.path().join("model.safetensors");
     std::fs::write(&path, b"old").unwrap();
     let old = std::fs::File::open(&path).unwrap();
@@ -219,12 +219,12 @@ fn sealed_shards_survive_and_a_resumed_writer_completes_the_same_bytes() {
     let tensors = random_tensors(&mut rng, 40);
     let total: usize = tensors.iter().map(|(t, _)| t.byte_len()).sum();
     let max = (total / 4) as u64;
-    let reference = TempDir::new("seal-ref");
+    let reference = temp_dir("seal-ref");
     write_all(reference.path(), &tensors, max, 1, 1);
     let plan = ShardPlan::new(tensors.iter().map(|(t, _)| t.clone()).collect(), max).unwrap();
     assert!(plan.shard_count() >= 3);
 
-    let dir = TempDir::new("seal");
+    let dir = temp_dir("seal");
     let w = ShardWriter::create(dir.path(), &plan).unwrap();
     let plan_ref = &plan;
     let in_shard = |s: usize| (0..tensors.len()).filter(move |&i| plan_ref.location(i).0 == s);
@@ -286,7 +286,7 @@ fn digests_hashed_while_writing_match_the_files() {
         let mut rng = Rng::new(seed);
         let tensors = random_tensors(&mut rng, 60);
         let plan = ShardPlan::new(tensors.iter().map(|(t, _)| t.clone()).collect(), 3000).unwrap();
-        let dir = TempDir::new("prefixhash");
+        let dir = temp_dir("prefixhash");
         let writer = ShardWriter::create(dir.path(), &plan).unwrap();
         let mut order: Vec<usize> = (0..tensors.len()).collect();
         for i in (1..order.len()).rev() {

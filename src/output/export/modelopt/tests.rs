@@ -1,4 +1,4 @@
-//! Tests of `modelopt.rs`: byte-identity with the golden ModelOpt exports, and the
+//! Tests of `modelopt`: byte-identity with the golden ModelOpt exports, and the
 //! quantization_config variants the goldens do not cover.
 
 use super::*;

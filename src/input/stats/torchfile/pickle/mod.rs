@@ -259,9 +259,7 @@ pub fn load(data: &[u8], what: &str) -> Result<Object> {
     vm::load(data, what)
 }
 
-#[path = "pickle_vm.rs"]
 mod vm;
 
 #[cfg(test)]
-#[path = "pickle_tests.rs"]
 pub(crate) mod tests;

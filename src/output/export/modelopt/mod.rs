@@ -367,5 +367,4 @@ fn as_nonnegative_int(value: &Value) -> Option<u64> {
 }
 
 #[cfg(test)]
-#[path = "modelopt_tests.rs"]
 mod tests;

@@ -572,5 +572,4 @@ impl GgufFile {
 }
 
 #[cfg(test)]
-#[path = "gguf_tests.rs"]
 pub(crate) mod tests;

@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::error::ErrorKind;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::Write;
+use tempfile::TempPath;
 
 /// A GGUF writer for tests: metadata values are given as (type, encoded bytes).
 pub(crate) struct GgufBuilder {
@@ -97,52 +98,23 @@ impl GgufBuilder {
     }
 }
 
-/// A test file in the temp directory (a unique name, no directory of its own), removed when the
-/// guard drops, so the tests leave nothing behind.
-#[derive(Debug)]
-pub(crate) struct TestPath(pub(crate) PathBuf);
-
-impl std::ops::Deref for TestPath {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::path::Path> for TestPath {
-    fn as_ref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TestPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Writes `bytes` to a fresh file in the temp directory.
-pub(crate) fn temp_file(tag: &str, bytes: &[u8]) -> TestPath {
-    let p = unique_temp_path(tag);
-    std::fs::write(&p, bytes).unwrap();
-    TestPath(p)
-}
-
-/// A path in the temp directory no other test (of any process) uses.
-pub(crate) fn unique_temp_path(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!(
-        "shardquant-test-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
+/// Writes `bytes` to a fresh file in the temp directory, removed when the returned path drops
+/// (also when the test fails), so the tests leave nothing behind.
+pub(crate) fn temp_file(tag: &str, bytes: &[u8]) -> TempPath {
+    let mut f = tempfile::Builder::new()
+        .prefix("shardquant-test-")
+        .suffix(&format!("-{tag}"))
+        .tempfile()
+        .unwrap();
+    f.write_all(bytes).unwrap();
+    f.into_temp_path()
 }
 
 /// An opened GGUF file with the test file it reads (kept until the test is done with it).
 #[derive(Debug)]
 struct Opened {
     file: GgufFile,
-    _path: TestPath,
+    _path: TempPath,
 }
 
 impl std::ops::Deref for Opened {

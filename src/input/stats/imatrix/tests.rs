@@ -1,7 +1,7 @@
 //! Tests of the imatrix readers and the llama.cpp → HF name mapping: the golden files, files
 //! built byte by byte in both formats, and hostile inputs.
 
-use super::super::gguf::tests::{f32_bytes, temp_file, GgufBuilder};
+use super::gguf::tests::{f32_bytes, temp_file, GgufBuilder};
 use super::*;
 use crate::error::ErrorKind;
 use std::collections::BTreeSet;

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-#[path = "pickle_calls.rs"]
 mod calls;
 
 /// See [`super::load`].

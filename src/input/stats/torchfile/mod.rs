@@ -5,19 +5,19 @@
 //! the file stem or `archive`): `<prefix>/data.pkl` (the pickled object), `<prefix>/data/<key>`
 //! (one raw storage per key), `<prefix>/byteorder` (`little`/`big`, absent in old files),
 //! `<prefix>/version` and a few other small files. The pickle is read by the safe interpreter in
-//! [`super::pickle`]; tensors are strided views of those storages, decoded here to `f32`.
+//! [`pickle`]; tensors are strided views of those storages, decoded here to `f32`.
 //!
 //! [`read_pt_tensors`] covers the statistics files other tools write: SmoothQuant `act_scales`
 //! (`dict[str, Tensor f32 [in_features]]`) and ModelOpt's DeepSeek dumps
 //! (`amax_dict_rank{r}-mp{N}.pt`, `dict[str, Tensor bf16 []]` with DeepSeek-native names, see
 //! [`deepseek_to_hf`]).
 
-use super::pickle::{self, Object, TensorRef, TorchDtype};
+use self::pickle::{Object, TensorRef, TorchDtype};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-#[path = "torch_zip.rs"]
+pub mod pickle;
 mod zip;
 
 /// One tensor from a `.pt` file, decoded to `f32` (exact for the F32/BF16/F16 storages read).
@@ -319,5 +319,4 @@ pub fn deepseek_to_hf(key: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "torch_tests.rs"]
 mod tests;

@@ -1,28 +1,23 @@
 //! Tests of the torch.save reader: the shipped golden files, files built here byte by byte, and
 //! hostile variants of them.
 
-use super::super::pickle::tests::Pw;
+use super::pickle::tests::Pw;
 use super::*;
 use crate::error::ErrorKind;
-use std::path::PathBuf;
+use std::io::Write;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden");
 
-/// A file in the temp dir, removed when dropped.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str, bytes: &[u8]) -> Tmp {
-        let p = std::env::temp_dir().join(format!("shardquant-pt-{}-{name}", std::process::id()));
-        std::fs::write(&p, bytes).expect("write temp file");
-        Tmp(p)
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// A file in the temp dir holding `bytes` (named `shardquant-pt-…-{name}`), removed when
+/// dropped, also when the test fails.
+fn tmp(name: &str, bytes: &[u8]) -> tempfile::TempPath {
+    let mut f = tempfile::Builder::new()
+        .prefix("shardquant-pt-")
+        .suffix(&format!("-{name}"))
+        .tempfile()
+        .expect("create temp file");
+    f.write_all(bytes).expect("write temp file");
+    f.into_temp_path()
 }
 
 /// Builds a ZIP of entries, all stored. Layout (little-endian):
@@ -149,8 +144,8 @@ fn one_tensor(offset: u64, shape: &[u64], stride: &[u64]) -> Vec<u8> {
 }
 
 fn read(name: &str, bytes: &[u8]) -> Result<(Vec<PtTensor>, Vec<String>)> {
-    let t = Tmp::new(name, bytes);
-    read_pt_tensors(&t.0)
+    let t = tmp(name, bytes);
+    read_pt_tensors(&t)
 }
 
 fn read_err(name: &str, bytes: &[u8]) -> String {
@@ -449,10 +444,10 @@ fn big_endian_archives_are_byte_swapped() {
 fn truncated_archives_fail_cleanly_at_every_length() {
     let full = one_tensor(0, &[4], &[1]);
     assert!(read("trunc-full", &full).is_ok());
-    let t = Tmp::new("trunc", b"");
+    let t = tmp("trunc", b"");
     for cut in 0..full.len() {
-        std::fs::write(&t.0, &full[..cut]).unwrap();
-        let e = read_pt_tensors(&t.0).expect_err("truncated file accepted");
+        std::fs::write(&t, &full[..cut]).unwrap();
+        let e = read_pt_tensors(&t).expect_err("truncated file accepted");
         assert_eq!(e.kind(), ErrorKind::BadInput, "cut {cut}: {e}");
     }
 }

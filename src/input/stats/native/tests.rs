@@ -1,13 +1,29 @@
+use super::read::read_native_limited;
+use super::write::{write_file, Data, Item};
 use super::*;
 use crate::error::ErrorKind;
+use crate::input::layout::Layout;
+use crate::input::stats::{ActivationStats, ModelNames, ModuleStats, StatDtype, WeightAmax};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::Path;
+use tempfile::TempPath;
 
-use crate::input::stats::gguf::tests::{unique_temp_path, TestPath};
-
-/// A fresh path in the temp directory, removed when the guard drops.
-fn tmp(name: &str) -> TestPath {
-    TestPath(unique_temp_path(name))
+/// A fresh path in the temp directory, not created yet (the writer makes it), removed when the
+/// guard drops, also when the test fails.
+fn tmp(name: &str) -> TempPath {
+    let unused = |p: &Path| match p.symlink_metadata() {
+        Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => Ok(()),
+    };
+    tempfile::Builder::new()
+        .prefix("shardquant-native-")
+        .suffix(&format!("-{name}"))
+        .make(unused)
+        .unwrap()
+        .into_temp_path()
 }
 
 fn qwen() -> Layout {
@@ -111,7 +127,7 @@ fn meta_json() -> String {
 }
 
 /// Writes a v1 file by hand (any keys, dtypes and version).
-fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> TestPath {
+fn raw(name: &str, items: Vec<Item<'_>>, version: &str, meta: Option<String>) -> TempPath {
     let path = tmp(name);
     let mut md = vec![
         ("format", FORMAT.to_string()),
@@ -597,7 +613,7 @@ fn decompression_is_bounded() {
     let mut s = ActivationStats::default();
     let e = read_native_limited(&zst, &qwen(), &model(), &mut s, 100).unwrap_err();
     assert!(
-        e.message().contains("decompresses to more than 100 bytes"),
+        e.message().contains("decompresses to more than 100 B,"),
         "{e}"
     );
     assert!(e.hint().unwrap().contains("zstd -d"));
@@ -611,7 +627,7 @@ fn decompression_is_bounded() {
     let streamed = tmp("streamed.zst");
     std::fs::write(&streamed, enc.finish().unwrap()).unwrap();
     let e = read_native_limited(&streamed, &qwen(), &model(), &mut s, 100).unwrap_err();
-    assert!(e.message().contains("more than 100 bytes"), "{e}");
+    assert!(e.message().contains("more than 100 B,"), "{e}");
     let limit = data.len() as u64;
     read_native_limited(&streamed, &qwen(), &model(), &mut s, limit).unwrap();
 }
@@ -629,7 +645,10 @@ fn a_declared_size_is_only_a_claim() {
     std::fs::write(&claim, &bytes).unwrap();
     let mut s = ActivationStats::default();
     let e = read_native(&claim, &qwen(), &model(), &mut s).unwrap_err();
-    assert!(e.message().contains("decompresses to more than 256"), "{e}");
+    assert!(
+        e.message().contains("decompresses to more than 268.44 MB"),
+        "{e}"
+    );
     // 300 MiB of zeros compress to a few KB: above the floor and the ratio, refused.
     let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
     enc.include_contentsize(false).unwrap();

@@ -451,5 +451,4 @@ pub fn sweep_block_amax(
 }
 
 #[cfg(test)]
-#[path = "mse_tests.rs"]
 mod tests;
