@@ -2,68 +2,93 @@
 
 use crate::compute::cuda::DeviceChoice;
 use crate::compute::mse::CalibMethod;
-use crate::compute::{DequantPrecision, Numerics, QuantFormat};
+use crate::compute::{value_name, DequantPrecision, Numerics, QuantFormat};
 use crate::input::stats::StatsFormat;
 use std::path::PathBuf;
 
+// The options' enums are the command line's values (`clap::ValueEnum`): the first paragraph of
+// each variant's doc is its `--help` line, and `value_name` gives its spelling everywhere.
+
 /// Where weight amax comes from (`--weight-amax`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightAmaxMode {
-    /// max |W| computed from the weights (ModelOpt's max calibration).
+    /// max|W| computed from the weights.
+    ///
+    /// ModelOpt's max calibration.
     Compute,
-    /// Taken from the statistics files (per-tensor, or static per-block with `_global_amax`).
+    /// Taken from the statistics files.
+    ///
+    /// Per-tensor, or static per-block with `_global_amax`.
     Stats,
 }
 
-impl WeightAmaxMode {
-    /// The `--weight-amax` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightAmaxMode::Compute => "compute",
-            WeightAmaxMode::Stats => "stats",
-        }
-    }
-}
-
 /// Which quantized linears to convert (`--scope`), as ModelOpt's recipes do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scope {
-    /// Every quantizable linear of the layout.
+    /// Every quantizable linear.
     All,
-    /// Dense MLP, shared experts and routed experts (ModelOpt's `*_mlp_only`).
+    /// MLP, shared experts and experts (ModelOpt's *_mlp_only).
+    ///
+    /// Dense MLP, shared experts and routed experts.
     Mlp,
-    /// Routed experts only (ModelOpt's `*_experts_only`).
+    /// Routed experts only (ModelOpt's *_experts_only).
     Experts,
 }
 
 impl Scope {
-    /// The `--scope` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::All => "all",
-            Scope::Mlp => "mlp",
-            Scope::Experts => "experts",
-        }
+    /// The `--scope` value (from the `clap::ValueEnum` derive).
+    pub fn name(self) -> String {
+        value_name(&self)
     }
 }
 
 /// What to do with experts that saw no calibration tokens (`--uncalibrated-experts`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UncalibratedExperts {
+    /// Max over the layer's calibrated experts, with a warning.
+    ///
     /// Give each the max over the calibrated experts of the same layer and projection, with a
     /// warning naming them (ModelOpt's export and DeepSeek flow do this).
     PeerMax,
-    /// Stop before writing anything, naming the experts.
+    /// Stop before writing anything (exit 3).
+    ///
+    /// The error names the experts.
     Error,
 }
 
 /// How experts of a layer share input amax (`--expert-input-amax`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExpertInputAmax {
+    /// The layer's max per projection.
+    ///
     /// Every expert gets the layer's max per projection (what ModelOpt writes).
     LayerMax,
-    /// Each calibrated expert keeps its own value (uncalibrated ones follow the policy above).
+    /// Each calibrated expert's own value.
+    ///
+    /// Each calibrated expert keeps its own value (uncalibrated ones follow
+    /// [`UncalibratedExperts`]).
     PerExpert,
+}
+
+/// KV-cache quantization (`--kv-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCache {
+    /// No KV-cache quantization.
+    None,
+    /// FP8 KV cache with k_scale / v_scale from the statistics.
+    Fp8,
+}
+
+/// What weights the squared errors of the MSE searches (`--importance`); the weights
+/// themselves are [`crate::compute::mse::Importance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportanceSource {
+    /// Every element's squared error counts the same.
+    None,
+    /// Per input channel, the mean squared activation from the statistics.
+    ///
+    /// `input_sum_sq / token_count`, e.g. from a llama.cpp imatrix.
+    Stats,
 }
 
 /// Everything that decides what a conversion writes, plus how it runs.
@@ -177,28 +202,22 @@ impl Options {
         };
         put("format", json!(self.format.cli_name()));
         put("numerics", json!(self.numerics.name()));
-        put("weight_amax", json!(self.weight_amax.name()));
+        put("weight_amax", json!(value_name(&self.weight_amax)));
         put("scope", json!(self.scope.name()));
         put("exclude", json!(self.excludes));
         put(
             "kv_cache",
             json!(if self.kv_cache_fp8 { "fp8" } else { "none" }),
         );
-        put("fp8_dequant", json!(self.fp8_dequant.name()));
+        put("fp8_dequant", json!(value_name(&self.fp8_dequant)));
         put("keep_fp8_source", json!(self.keep_fp8_source));
         put(
             "uncalibrated_experts",
-            json!(match self.uncalibrated_experts {
-                UncalibratedExperts::PeerMax => "peer-max",
-                UncalibratedExperts::Error => "error",
-            }),
+            json!(value_name(&self.uncalibrated_experts)),
         );
         put(
             "expert_input_amax",
-            json!(match self.expert_input_amax {
-                ExpertInputAmax::LayerMax => "layer-max",
-                ExpertInputAmax::PerExpert => "per-expert",
-            }),
+            json!(value_name(&self.expert_input_amax)),
         );
         put("stats_format", json!(self.stats_format.map(|f| f.name())));
         put("max_shard_size", json!(self.max_shard_size));

@@ -354,7 +354,7 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
     }
     let formats: Vec<String> = files
         .iter()
-        .map(|p| format_of(p, options).map(|f| f.name().to_string()))
+        .map(|p| format_of(p, options).map(|f| f.name()))
         .collect::<Result<_>>()?;
     let meta = crate::input::stats::native::NativeMeta {
         source_format: formats.join(","),
