@@ -42,13 +42,13 @@ fn main() -> ExitCode {
         }),
         Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
             shardquant::interrupt::install();
-            o.quiet = args.quiet > 0;
-            o.silent = args.quiet > 1;
-            o.verbose = args.verbose;
-            o.force = args.force;
-            o.resume = args.resume;
-            o.allow_nonfinite = args.allow_nonfinite;
-            o.report = args.report.clone();
+            o.run.quiet = args.quiet > 0;
+            o.run.silent = args.quiet > 1;
+            o.run.verbose = args.verbose;
+            o.run.force = args.force;
+            o.run.resume = args.resume;
+            o.output.allow_nonfinite = args.allow_nonfinite;
+            o.run.report = args.report.clone();
             shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {

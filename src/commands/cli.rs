@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::input::checkpoint::parse_size;
 use crate::input::stats::StatsFormat;
 use crate::options::{ExpertInputAmax, ImportanceSource, KvCache, UncalibratedExperts};
-use crate::options::{Options, Scope, WeightAmaxMode};
+use crate::options::{Options, OutputOptions, RunOptions, Scope, WeightAmaxMode};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -188,7 +188,7 @@ fn listed_values<T: ValueEnum + Send + Sync + 'static>() -> impl TypedValueParse
 fn stats_options(layout: &Option<PathBuf>, stats_format: Option<StatsFormat>) -> Options {
     let mut o = Options::new(QuantFormat::Nvfp4);
     o.layout = layout.clone();
-    o.stats_format = stats_format;
+    o.output.stats_format = stats_format;
     o
 }
 
@@ -203,7 +203,7 @@ impl StatsImportArgs {
     /// Options carrying the layout, format and --force choices.
     pub fn to_options(&self) -> Options {
         let mut o = stats_options(&self.layout, self.stats_format);
-        o.force = self.force;
+        o.run.force = self.force;
         o
     }
 }
@@ -350,31 +350,44 @@ impl PlanArgs {
                 self.device
             ))
         })?;
-        let mut o = Options::new(self.format.unwrap_or(QuantFormat::Nvfp4));
-        o.device = device;
-        o.max_gpu_memory = parse_size(&self.max_gpu_memory)?;
-        o.numerics = self.numerics;
-        o.weight_amax = self.weight_amax;
-        o.scope = self.scope;
-        o.kv_cache_fp8 = self.kv_cache == KvCache::Fp8;
-        o.fp8_dequant = self.fp8_dequant;
-        o.keep_fp8_source = self.keep_fp8_source;
-        o.uncalibrated_experts = self.uncalibrated_experts;
-        o.expert_input_amax = self.expert_input_amax;
-        o.stats_format = self.stats_format;
-        o.excludes = self.exclude.clone();
-        o.stats = self.stats.clone();
-        o.layout = self.layout.clone();
-        o.max_shard_size = parse_size(&self.max_shard_size)?;
-        o.max_memory = parse_size(&self.max_memory)?;
+        let max_gpu_memory = parse_size(&self.max_gpu_memory)?;
+        let max_shard_size = parse_size(&self.max_shard_size)?;
+        let max_memory = parse_size(&self.max_memory)?;
+        let mut run = RunOptions {
+            device,
+            max_memory,
+            max_gpu_memory,
+            ..RunOptions::default()
+        };
         if let Some(t) = self.threads {
-            o.threads = usize::from(t);
+            run.threads = usize::from(t);
         }
-        if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
+        let o = Options {
+            output: OutputOptions {
+                format: self.format.unwrap_or(QuantFormat::Nvfp4),
+                numerics: self.numerics,
+                weight_amax: self.weight_amax,
+                scope: self.scope,
+                excludes: self.exclude.clone(),
+                kv_cache: self.kv_cache,
+                fp8_dequant: self.fp8_dequant,
+                keep_fp8_source: self.keep_fp8_source,
+                uncalibrated_experts: self.uncalibrated_experts,
+                expert_input_amax: self.expert_input_amax,
+                stats_format: self.stats_format,
+                max_shard_size,
+                // A `convert` flag, not a planning one: `ConvertArgs::to_options` sets it.
+                allow_nonfinite: false,
+                calib: self.calib,
+                importance: self.importance,
+            },
+            stats: self.stats.clone(),
+            layout: self.layout.clone(),
+            run,
+        };
+        if o.output.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
             return Err(Error::usage("--weight-amax stats needs a --stats file"));
         }
-        o.calib = self.calib;
-        o.importance = self.importance == ImportanceSource::Stats;
         check_calib(&o)?;
         Ok(o)
     }
@@ -383,24 +396,25 @@ impl PlanArgs {
 /// The combinations of `--calib`, `--importance`, `--format` and `--weight-amax` that mean
 /// something.
 fn check_calib(o: &Options) -> Result<()> {
-    if o.calib == CalibMethod::MseFp8Sweep && !o.format.is_nvfp4() {
+    if o.output.calib == CalibMethod::MseFp8Sweep && !o.output.format.is_nvfp4() {
         return Err(Error::usage(format!(
             "--calib mse-fp8-sweep searches NVFP4 block scales; --format {} has none (use --calib mse)",
-            o.format.cli_name()
+            o.output.format.cli_name()
         )));
     }
-    if o.calib != CalibMethod::Max && o.weight_amax == WeightAmaxMode::Stats {
+    if o.output.calib != CalibMethod::Max && o.output.weight_amax == WeightAmaxMode::Stats {
         return Err(Error::usage(format!(
             "--calib {} computes the weight amax from the weights; it cannot be combined with --weight-amax stats",
-            o.calib.name()
+            o.output.calib.name()
         )));
     }
-    if o.importance && o.calib == CalibMethod::Max {
+    let importance = o.output.importance == ImportanceSource::Stats;
+    if importance && o.output.calib == CalibMethod::Max {
         return Err(Error::usage(
             "--importance stats weights the errors of an MSE search; add --calib mse or --calib mse-fp8-sweep",
         ));
     }
-    if o.importance && o.stats.is_empty() {
+    if importance && o.stats.is_empty() {
         return Err(Error::usage(
             "--importance stats needs --stats files with per-channel activation sums (e.g. a llama.cpp imatrix)",
         ));

@@ -236,7 +236,16 @@ mod tests {
         assert_eq!(
             facts,
             vec![
-                ("nvfp4".into(), "NVFP4", Some(16), true, true, 4, Some(4), true),
+                (
+                    "nvfp4".into(),
+                    "NVFP4",
+                    Some(16),
+                    true,
+                    true,
+                    4,
+                    Some(4),
+                    true
+                ),
                 (
                     "w4a16_nvfp4".into(),
                     "W4A16_NVFP4",

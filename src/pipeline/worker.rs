@@ -8,7 +8,7 @@ use crate::compute::{nonfinite, QuantFormat, SourceDtype};
 use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
 use crate::input::stats::WeightAmax;
-use crate::options::Options;
+use crate::options::{ImportanceSource, Options};
 use crate::plan::{Job, Linear, Plan, Unit};
 use std::borrow::Cow;
 
@@ -102,13 +102,13 @@ pub fn execute<'a>(
         Job::Dequant { tensor, scale } => {
             let (t, sc) = (&ckpt.tensors()[*tensor], &ckpt.tensors()[*scale]);
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let mut out = vec![0u8; rows * cols * options.fp8_dequant.dtype().size()];
+            let mut out = vec![0u8; rows * cols * options.output.fp8_dequant.dtype().size()];
             compute::dequantize_fp8_block(
                 ckpt.bytes(t),
                 ckpt.bytes(sc),
                 rows,
                 cols,
-                options.fp8_dequant,
+                options.output.fp8_dequant,
                 &mut out,
             );
             (vec![Payload::Owned(out)], Vec::new())
@@ -256,7 +256,7 @@ fn member_weights<'a>(
                     scale_bytes,
                     l.source.rows,
                     l.source.cols,
-                    options.fp8_dequant,
+                    options.output.fp8_dequant,
                 )?)
             }
             // A BMM expert stack [E, in, out] or a column slice of one expert's [in, out]: the
@@ -298,7 +298,7 @@ fn load_and_amax<'a>(
     for (m, &i) in members.iter().enumerate() {
         match member_amax(plan, ckpt, i, m, compute)? {
             Ok(a) => amaxes.push(Some(a)),
-            Err(_) if options.allow_nonfinite => {
+            Err(_) if options.output.allow_nonfinite => {
                 bad.push(m);
                 amaxes.push(None);
             }
@@ -383,8 +383,7 @@ fn quantize_group<'a>(
         .iter()
         .map(|&i| {
             let l = &plan.linears[i];
-            options
-                .importance
+            (options.output.importance == ImportanceSource::Stats)
                 .then(|| plan.stats.module(&l.module))
                 .flatten()
                 .and_then(|s| Importance::from_mean_sq(&s.mean_sq()?, l.source.cols))
@@ -394,10 +393,12 @@ fn quantize_group<'a>(
     // `--calib mse`: each weight quantizer's own search (ModelOpt calibrates each one), then
     // the same group unification as for max. The gate and up of a routed expert are one
     // quantizer in ModelOpt (the fused `gate_up_proj[e]`): one search over both.
-    let amaxes = if options.calib == CalibMethod::Mse {
-        let target = match options.format {
-            QuantFormat::Fp8 => MseTarget::Fp8(options.numerics),
-            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => MseTarget::Nvfp4(options.numerics),
+    let amaxes = if options.output.calib == CalibMethod::Mse {
+        let target = match options.output.format {
+            QuantFormat::Fp8 => MseTarget::Fp8(options.output.numerics),
+            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
+                MseTarget::Nvfp4(options.output.numerics)
+            }
         };
         let joint = members.len() > 1
             && members.iter().all(|&i| plan.linears[i].expert.is_some())
@@ -441,12 +442,12 @@ fn quantize_group<'a>(
         let l = &plan.linears[i];
         let (rows, cols) = (l.source.rows, l.source.cols);
         let first_payload = payloads.len();
-        let input_amax = if options.format.needs_input_amax() {
+        let input_amax = if options.output.format.needs_input_amax() {
             plan.input_amax[i]
         } else {
             None
         };
-        let weight_scale = match options.format {
+        let weight_scale = match options.output.format {
             QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
                 let mut packed = vec![0u8; rows * cols / 2];
                 let mut scales = vec![0u8; rows * cols / 16];
@@ -459,18 +460,18 @@ fn quantize_group<'a>(
                         cols,
                         &blocks.decode(),
                         group_amax,
-                        options.numerics,
+                        options.output.numerics,
                         &mut packed,
                         &mut scales,
                     )?,
                     // The sweep runs against the group's shared global amax (ModelOpt's
                     // SharedWeightGlobalAmaxState), then exports as static NVFP4.
-                    WeightAmax::Tensor(_) if options.calib == CalibMethod::MseFp8Sweep => {
+                    WeightAmax::Tensor(_) if options.output.calib == CalibMethod::MseFp8Sweep => {
                         let blocks = compute.sweep_block_amax(
                             m,
                             cols,
                             group_amax,
-                            options.numerics,
+                            options.output.numerics,
                             imp(m),
                         )?;
                         compute.nvfp4_static(
@@ -479,13 +480,13 @@ fn quantize_group<'a>(
                             cols,
                             &blocks,
                             group_amax,
-                            options.numerics,
+                            options.output.numerics,
                             &mut packed,
                             &mut scales,
                         )?
                     }
                     WeightAmax::Tensor(_) => {
-                        let ws2 = compute::nvfp4_global_scale(group_amax, options.numerics);
+                        let ws2 = compute::nvfp4_global_scale(group_amax, options.output.numerics);
                         compute.nvfp4(m, rows, cols, ws2, &mut packed, &mut scales)?;
                         ws2
                     }
@@ -498,14 +499,14 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(ws2.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
                     let s = exact_or(plan.input_amax_exact[i], 2688.0, || {
-                        compute::nvfp4_global_scale(a, options.numerics)
+                        compute::nvfp4_global_scale(a, options.output.numerics)
                     });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
                 ws2
             }
             QuantFormat::Fp8 => {
-                let ws = compute::fp8_scale(group_amax, options.numerics);
+                let ws = compute::fp8_scale(group_amax, options.output.numerics);
                 // ModelOpt divides a stacked 3-D expert weight by a 1-D scale (f32 quotient),
                 // a 2-D weight by a 0-d one (the quotient keeps the weight's dtype).
                 let quotient = match l.source.bmm_experts {
@@ -526,7 +527,7 @@ fn quantize_group<'a>(
                     .with_hint(format!("leave it unquantized with --exclude '{}'", l.module)));
                 }
                 let mut out = vec![0u8; rows * cols];
-                compute.fp8(m, ws, options.numerics, quotient, &mut out)?;
+                compute.fp8(m, ws, options.output.numerics, quotient, &mut out)?;
                 if let Some(p) = &passed[m] {
                     nonfinite::patch_fp8(&p.original, p.dtype, &mut out);
                 }
@@ -534,7 +535,7 @@ fn quantize_group<'a>(
                 payloads.push(Payload::Owned(ws.to_le_bytes().to_vec()));
                 if let Some(a) = input_amax {
                     let s = exact_or(plan.input_amax_exact[i], 448.0, || {
-                        compute::fp8_scale(a, options.numerics)
+                        compute::fp8_scale(a, options.output.numerics)
                     });
                     payloads.push(Payload::Owned(s.to_le_bytes().to_vec()));
                 }
@@ -544,7 +545,7 @@ fn quantize_group<'a>(
         if let Some(experts) = l.source.bmm_experts {
             bmm_outputs_back(
                 &mut payloads[first_payload..],
-                options.format,
+                options.output.format,
                 experts,
                 l.source.rows_per_matrix(),
             );
@@ -552,7 +553,7 @@ fn quantize_group<'a>(
         summary.push(SummaryLine {
             module: l.module.clone(),
             weight_amax: group_amax,
-            static_blocks: is_static || options.calib == CalibMethod::MseFp8Sweep,
+            static_blocks: is_static || options.output.calib == CalibMethod::MseFp8Sweep,
             input_amax,
             weight_scale,
             importance_weighted: importance[m].is_some(),

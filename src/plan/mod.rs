@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::input::layout::{ExpertProj, Layout};
 use crate::input::stats::{ActivationStats, ModelNames, WeightAmax};
-use crate::options::{Options, WeightAmaxMode};
+use crate::options::{ImportanceSource, KvCache, Options, WeightAmaxMode};
 use std::collections::BTreeMap;
 
 /// What a unit does.
@@ -133,10 +133,10 @@ impl Plan {
     ) -> Result<Plan> {
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
-        let want_weights = options.weight_amax == WeightAmaxMode::Stats;
+        let want_weights = options.output.weight_amax == WeightAmaxMode::Stats;
         let loaded = ActivationStats::load_formats(
             &options.stats,
-            options.stats_format,
+            options.output.stats_format,
             &layout,
             &names,
             want_weights,
@@ -171,13 +171,13 @@ impl Plan {
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }
-        let (input_amax, input_amax_exact) = if options.format.needs_input_amax() {
+        let (input_amax, input_amax_exact) = if options.output.format.needs_input_amax() {
             let resolved = policy::resolve_input_amax(
                 &linears,
                 &stats,
-                options.format,
-                options.uncalibrated_experts,
-                options.expert_input_amax,
+                options.output.format,
+                options.output.uncalibrated_experts,
+                options.output.expert_input_amax,
             );
             warnings.extend(resolved.warnings);
             // Without the statistics (reported above) every expert looks uncalibrated: only
@@ -189,7 +189,7 @@ impl Plan {
         } else {
             (vec![None; linears.len()], vec![None; linears.len()])
         };
-        if options.format.needs_input_amax() {
+        if options.output.format.needs_input_amax() {
             let missing: Vec<&str> = linears
                 .iter()
                 .zip(&input_amax)
@@ -202,7 +202,7 @@ impl Plan {
                 let first: Vec<&str> = missing.iter().take(5).copied().collect();
                 problems.push(format!(
                     "--format {} quantizes activations, but {} quantized linear(s) have no input amax in {}: {}{}",
-                    options.format.cli_name(),
+                    options.output.format.cli_name(),
                     missing.len(),
                     stats_files(options),
                     first.join(", "),
@@ -242,7 +242,7 @@ impl Plan {
         }
         // With computed weight amax, a per-tensor weight amax in the statistics is checked
         // against the weights (statistics made on another checkpoint are refused).
-        let weight_check: Vec<Option<f32>> = match options.weight_amax {
+        let weight_check: Vec<Option<f32>> = match options.output.weight_amax {
             WeightAmaxMode::Compute => linears
                 .iter()
                 .map(
@@ -254,7 +254,7 @@ impl Plan {
                 .collect(),
             WeightAmaxMode::Stats => vec![None; linears.len()],
         };
-        let weight_stats = match options.weight_amax {
+        let weight_stats = match options.output.weight_amax {
             WeightAmaxMode::Compute => vec![None; linears.len()],
             WeightAmaxMode::Stats => {
                 let w = policy::weight_amax_from_stats(&linears, &stats);
@@ -272,23 +272,25 @@ impl Plan {
                     ));
                 }
                 for (l, a) in linears.iter().zip(&w) {
-                    if matches!(a, Some(WeightAmax::Blocks { .. })) && !options.format.is_nvfp4() {
+                    if matches!(a, Some(WeightAmax::Blocks { .. }))
+                        && !options.output.format.is_nvfp4()
+                    {
                         problems.push(format!(
                             "{}: the statistics give per-block weight amax (static NVFP4), which --format {} cannot use",
                             l.module,
-                            options.format.cli_name()
+                            options.output.format.cli_name()
                         ));
                     }
                 }
                 w
             }
         };
-        if options.importance {
+        if options.output.importance == ImportanceSource::Stats {
             importance_coverage(&linears, &stats, &mut problems, &mut warnings);
         }
         let mut builder = UnitBuilder::default();
         build_units(ckpt, &linears, &classified, options, &mut builder);
-        if options.kv_cache_fp8 {
+        if options.output.kv_cache == KvCache::Fp8 {
             kv_units(
                 &layout,
                 &linears,
@@ -563,7 +565,7 @@ fn build_units(
         .filter_map(|l| l.source.fp8_scale.map(|sc| (l.source.tensor, sc)));
     for (t, scale) in classified.fp8_other.iter().copied().chain(fp8_excluded) {
         let (e, se) = (&ckpt.tensors()[t], &ckpt.tensors()[scale]);
-        if options.keep_fp8_source {
+        if options.output.keep_fp8_source {
             for (i, x) in [(t, e), (scale, se)] {
                 let out = OutputTensor {
                     name: x.name.clone(),
@@ -583,7 +585,7 @@ fn build_units(
                 );
             }
         } else {
-            let dtype = match options.fp8_dequant {
+            let dtype = match options.output.fp8_dequant {
                 crate::compute::DequantPrecision::Bf16 => Dtype::BF16,
                 crate::compute::DequantPrecision::F32 => Dtype::F32,
             };
@@ -630,7 +632,7 @@ fn build_units(
         }
         let key = match (l.expert, l.shared_group) {
             (Some((e, ExpertProj::Gate | ExpertProj::Up)), _) => (l.layer, 0, e, 0),
-            (None, Some(g)) if options.format.shares_group_scales() => (l.layer, 1, g, 0),
+            (None, Some(g)) if options.output.format.shares_group_scales() => (l.layer, 1, g, 0),
             _ => (l.layer, 2, i, 0),
         };
         groups.entry(key).or_default().push(i);
@@ -641,7 +643,7 @@ fn build_units(
         for &i in &members {
             let l = &linears[i];
             for (suffix, dtype, shape) in
-                output_tensors(options.format, l.source.rows, l.source.cols)
+                output_tensors(options.output.format, l.source.rows, l.source.cols)
             {
                 outs.push(OutputTensor {
                     name: l.output_name(suffix),
@@ -711,7 +713,9 @@ fn kv_units(
         // Scales recovered exactly from an export are written back unchanged.
         let exact = s.map(|s| s.kv_cache_amax_exact).unwrap_or_default();
         let scale = |amax: f32, exact: Option<f64>| {
-            exact.map_or(fp8_scale(amax, options.numerics), |x| (x / 448.0) as f32)
+            exact.map_or(fp8_scale(amax, options.output.numerics), |x| {
+                (x / 448.0) as f32
+            })
         };
         let values = vec![scale(k, exact.0), scale(v, exact.1)];
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
@@ -734,7 +738,7 @@ fn kv_units(
 
 /// Bytes of the dequantized copy of an FP8 tensor.
 fn dequantized_len(options: &Options, e: &crate::input::checkpoint::TensorEntry) -> u64 {
-    (e.len * options.fp8_dequant.dtype().size()) as u64
+    (e.len * options.output.fp8_dequant.dtype().size()) as u64
 }
 
 /// `exclude_modules` as ModelOpt summarises it; MTP layer prefixes are appended after the
