@@ -17,10 +17,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
-        Command::Convert(args) if args.plan.format.is_none() => Err(shardquant::error::Error::usage(
-            "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
-        )),
-        Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
+        Command::Convert(args) if args.check => args.to_options().and_then(|o| {
             let fresh = shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
             if args.json {
                 let (up, why) = match &fresh {
@@ -40,15 +37,8 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
+        Command::Convert(args) => args.to_options().and_then(|o| {
             shardquant::interrupt::install();
-            o.run.quiet = args.quiet > 0;
-            o.run.silent = args.quiet > 1;
-            o.run.verbose = args.verbose;
-            o.run.force = args.force;
-            o.run.resume = args.resume;
-            o.output.allow_nonfinite = args.allow_nonfinite;
-            o.run.report = args.report.clone();
             shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
         }),
         Command::Stats(StatsCommand::Inspect(args)) => {

@@ -188,7 +188,7 @@ impl OutputOptions {
 
 /// How a conversion runs. None of it changes the bytes written (the CPU and the GPU write the
 /// same, with any number of threads), so none of it is in the manifest's key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
     /// Worker threads.
     pub threads: usize,

@@ -341,6 +341,28 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+impl ConvertArgs {
+    /// Resolves the arguments into [`Options`]: the planning options, `--allow-nonfinite`, and
+    /// how the run reports and treats an existing output. `--check` gets the same options, so
+    /// it compares the key that this conversion would record.
+    pub fn to_options(&self) -> Result<Options> {
+        if self.plan.format.is_none() {
+            return Err(Error::usage(
+                "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
+            ));
+        }
+        let mut o = self.plan.to_options()?;
+        o.output.allow_nonfinite = self.allow_nonfinite;
+        o.run.quiet = self.quiet > 0;
+        o.run.silent = self.quiet > 1;
+        o.run.verbose = self.verbose;
+        o.run.force = self.force;
+        o.run.resume = self.resume;
+        o.run.report = self.report.clone();
+        Ok(o)
+    }
+}
+
 impl PlanArgs {
     /// Resolves the arguments into [`Options`].
     pub fn to_options(&self) -> Result<Options> {
@@ -420,4 +442,59 @@ fn check_calib(o: &Options) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_options(args: &[&str]) -> Result<Options> {
+        let argv = ["shardquant", "convert", "in", "out"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Convert(args) => args.to_options(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_command_lines_defaults_are_the_librarys() {
+        let o = convert_options(&["--format", "fp8"]).unwrap();
+        assert_eq!(o.output, OutputOptions::new(QuantFormat::Fp8));
+        assert_eq!(o.run, RunOptions::default());
+        assert!(o.stats.is_empty() && o.layout.is_none());
+        let e = convert_options(&[]).unwrap_err();
+        assert!(e.to_string().starts_with("convert needs --format"), "{e}");
+    }
+
+    #[test]
+    fn convert_flags_reach_the_options() {
+        let o = convert_options(&[
+            "--format",
+            "w4a16_nvfp4",
+            "--allow-nonfinite",
+            "-qq",
+            "--force",
+            "--resume",
+            "--report",
+            "r.json",
+            "--threads",
+            "3",
+            "--kv-cache",
+            "fp8",
+            "--stats-format",
+            "torch",
+            "--fp8-dequant",
+            "f32",
+        ])
+        .unwrap();
+        assert!(o.output.allow_nonfinite);
+        assert_eq!(o.output.format, QuantFormat::W4a16Nvfp4);
+        assert_eq!(o.output.kv_cache, KvCache::Fp8);
+        assert_eq!(o.output.stats_format, Some(StatsFormat::TorchPt));
+        assert_eq!(o.output.fp8_dequant, DequantPrecision::F32);
+        let run = &o.run;
+        assert!(run.quiet && run.silent && !run.verbose && run.force && run.resume);
+        assert_eq!(run.report.as_deref(), Some(std::path::Path::new("r.json")));
+        assert_eq!(run.threads, 3);
+    }
 }
