@@ -18,14 +18,19 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Convert(args) if args.check => args.to_options().and_then(|o| {
-            let fresh = shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
+            let fresh =
+                shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
             if args.json {
                 let (up, why) = match &fresh {
                     Freshness::UpToDate => (true, None),
                     Freshness::Stale(why) => (false, Some(why.clone())),
                 };
                 println!("{}", serde_json::json!({"up_to_date": up, "reason": why}));
-                return Ok(if up { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_UP_TO_DATE) });
+                return Ok(if up {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_NOT_UP_TO_DATE)
+                });
             }
             match fresh {
                 Freshness::UpToDate if args.quiet > 0 => {}
@@ -39,36 +44,50 @@ fn main() -> ExitCode {
         }),
         Command::Convert(args) => args.to_options().and_then(|o| {
             shardquant::interrupt::install();
-            shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
+            shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o)
+                .map(|_| ExitCode::SUCCESS)
         }),
-        Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::commands::stats::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.print_as(args.json)).map(|text| {
-                print!("{text}");
-                ExitCode::SUCCESS
+        Command::Stats(StatsCommand::Inspect(args)) => shardquant::commands::stats::inspect(
+            &args.files,
+            args.model.as_deref(),
+            &args.to_options(),
+        )
+        .and_then(|i| i.print_as(args.json))
+        .map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Stats(StatsCommand::Import(args)) => shardquant::commands::stats::import(
+            &args.files,
+            &args.model,
+            &args.output,
+            &args.to_options(),
+        )
+        .map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Verify(args) => {
+            shardquant::commands::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", v.report());
+                }
+                if v.problems.is_empty() {
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    Err(shardquant::error::Error::bad_input(format!(
+                        "{}: verification found {} problem(s)",
+                        args.dir.display(),
+                        v.problems.len()
+                    )))
+                }
             })
         }
-        Command::Stats(StatsCommand::Import(args)) => {
-            shardquant::commands::stats::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| {
-                print!("{text}");
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Verify(args) => shardquant::commands::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&v.to_json()).unwrap_or_default());
-            } else {
-                print!("{}", v.report());
-            }
-            if v.problems.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Err(shardquant::error::Error::bad_input(format!(
-                    "{}: verification found {} problem(s)",
-                    args.dir.display(),
-                    v.problems.len()
-                )))
-            }
-        }),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "shardquant", &mut std::io::stdout());
@@ -78,19 +97,25 @@ fn main() -> ExitCode {
             let cmd = <Cli as clap::CommandFactory>::command();
             match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => Err(shardquant::error::Error::output_io("writing", std::path::Path::new("stdout"), e)),
+                Err(e) => Err(shardquant::error::Error::output_io(
+                    "writing",
+                    std::path::Path::new("stdout"),
+                    e,
+                )),
             }
         }
-        Command::Layouts(args) => shardquant::input::layout::describe_shipped(args.name.as_deref()).map(|text| {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }),
+        Command::Layouts(args) => shardquant::input::layout::describe_shipped(args.name.as_deref())
+            .map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
         Command::Inspect(args) => args
             .plan
             .to_options()
             .and_then(|o| match args.layout_json {
                 true => shardquant::commands::inspect::layout_json(&args.dir, &o),
-                false => shardquant::commands::inspect::inspect(&args.dir, &o).and_then(|i| i.print_as(args.json)),
+                false => shardquant::commands::inspect::inspect(&args.dir, &o)
+                    .and_then(|i| i.print_as(args.json)),
             })
             .map(|text| {
                 print!("{text}");
