@@ -25,7 +25,7 @@ fn main() {
     let plan = stats.as_ref().map(|s| {
         let mut o = Options::new(QuantFormat::W4a16Nvfp4);
         o.stats = vec![s.clone()];
-        o.quiet = true;
+        o.run.quiet = true;
         shardquant::commands::convert::prepare(&source, &o)
             .expect("planning the source with the statistics")
             .2

@@ -38,7 +38,7 @@ struct Row {
 
 fn planned(ckpt: &Checkpoint, layout: Layout, config: &serde_json::Value) -> Result<Plan, String> {
     let mut options = Options::new(QuantFormat::W4a16Nvfp4);
-    options.quiet = true;
+    options.run.quiet = true;
     Plan::build(ckpt, layout, config, &options).map_err(|e| e.to_string())
 }
 
@@ -85,7 +85,7 @@ fn run(list_path: &Path, root: &Path) -> Result<Row, String> {
     };
     let t2 = Instant::now();
     let mut options = Options::new(QuantFormat::W4a16Nvfp4);
-    options.quiet = true;
+    options.run.quiet = true;
     let inspection =
         shardquant::commands::inspect::inspect(&dir, &options).map_err(|e| e.to_string())?;
     if inspection.failure.is_some() {

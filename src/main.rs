@@ -17,18 +17,20 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
-        Command::Convert(args) if args.plan.format.is_none() => Err(shardquant::error::Error::usage(
-            "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
-        )),
-        Command::Convert(args) if args.check => args.plan.to_options().and_then(|o| {
-            let fresh = shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
+        Command::Convert(args) if args.check => args.to_options().and_then(|o| {
+            let fresh =
+                shardquant::commands::convert::check(&args.input_dir, &args.output_dir, &o)?;
             if args.json {
                 let (up, why) = match &fresh {
                     Freshness::UpToDate => (true, None),
                     Freshness::Stale(why) => (false, Some(why.clone())),
                 };
                 println!("{}", serde_json::json!({"up_to_date": up, "reason": why}));
-                return Ok(if up { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_UP_TO_DATE) });
+                return Ok(if up {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_NOT_UP_TO_DATE)
+                });
             }
             match fresh {
                 Freshness::UpToDate if args.quiet > 0 => {}
@@ -40,45 +42,52 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Convert(args) => args.plan.to_options().and_then(|mut o| {
+        Command::Convert(args) => args.to_options().and_then(|o| {
             shardquant::interrupt::install();
-            o.quiet = args.quiet > 0;
-            o.silent = args.quiet > 1;
-            o.verbose = args.verbose;
-            o.force = args.force;
-            o.resume = args.resume;
-            o.allow_nonfinite = args.allow_nonfinite;
-            o.report = args.report.clone();
-            shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o).map(|_| ExitCode::SUCCESS)
+            shardquant::commands::convert::convert(&args.input_dir, &args.output_dir, &o)
+                .map(|_| ExitCode::SUCCESS)
         }),
-        Command::Stats(StatsCommand::Inspect(args)) => {
-            shardquant::commands::stats::inspect(&args.files, args.model.as_deref(), &args.to_options()).and_then(|i| i.print_as(args.json)).map(|text| {
-                print!("{text}");
-                ExitCode::SUCCESS
+        Command::Stats(StatsCommand::Inspect(args)) => shardquant::commands::stats::inspect(
+            &args.files,
+            args.model.as_deref(),
+            &args.to_options(),
+        )
+        .and_then(|i| i.print_as(args.json))
+        .map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Stats(StatsCommand::Import(args)) => shardquant::commands::stats::import(
+            &args.files,
+            &args.model,
+            &args.output,
+            &args.to_options(),
+        )
+        .map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::Verify(args) => {
+            shardquant::commands::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", v.report());
+                }
+                if v.problems.is_empty() {
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    Err(shardquant::error::Error::bad_input(format!(
+                        "{}: verification found {} problem(s)",
+                        args.dir.display(),
+                        v.problems.len()
+                    )))
+                }
             })
         }
-        Command::Stats(StatsCommand::Import(args)) => {
-            shardquant::commands::stats::import(&args.files, &args.model, &args.output, &args.to_options()).map(|text| {
-                print!("{text}");
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Verify(args) => shardquant::commands::verify::verify(&args.dir, args.source.as_deref()).and_then(|v| {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&v.to_json()).unwrap_or_default());
-            } else {
-                print!("{}", v.report());
-            }
-            if v.problems.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Err(shardquant::error::Error::bad_input(format!(
-                    "{}: verification found {} problem(s)",
-                    args.dir.display(),
-                    v.problems.len()
-                )))
-            }
-        }),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "shardquant", &mut std::io::stdout());
@@ -88,19 +97,25 @@ fn main() -> ExitCode {
             let cmd = <Cli as clap::CommandFactory>::command();
             match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => Err(shardquant::error::Error::output_io("writing", std::path::Path::new("stdout"), e)),
+                Err(e) => Err(shardquant::error::Error::output_io(
+                    "writing",
+                    std::path::Path::new("stdout"),
+                    e,
+                )),
             }
         }
-        Command::Layouts(args) => shardquant::input::layout::describe_shipped(args.name.as_deref()).map(|text| {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }),
+        Command::Layouts(args) => shardquant::input::layout::describe_shipped(args.name.as_deref())
+            .map(|text| {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }),
         Command::Inspect(args) => args
             .plan
             .to_options()
             .and_then(|o| match args.layout_json {
                 true => shardquant::commands::inspect::layout_json(&args.dir, &o),
-                false => shardquant::commands::inspect::inspect(&args.dir, &o).and_then(|i| i.print_as(args.json)),
+                false => shardquant::commands::inspect::inspect(&args.dir, &o)
+                    .and_then(|i| i.print_as(args.json)),
             })
             .map(|text| {
                 print!("{text}");

@@ -79,7 +79,7 @@ fn shipped_and_inferred_layouts_plan_the_same_checkpoint() {
         let inferred = infer::infer(&config, ckpt.tensors(), &input.join("config.json")).unwrap();
         let mut options = Options::new(format);
         options.stats = vec![case_dir(case).join("amax.safetensors")];
-        options.quiet = true;
+        options.run.quiet = true;
         let a = Plan::build(&ckpt, layout, &config, &options).unwrap();
         let b = Plan::build(&ckpt, inferred, &config, &options).unwrap();
         assert_eq!(Plan::what_it_writes(&a), Plan::what_it_writes(&b), "{case}");
@@ -367,7 +367,7 @@ fn classification_rules() {
         let config = config(&input);
         let layout = Layout::for_checkpoint(None, &config, &input, ckpt.tensors()).unwrap();
         let mut options = Options::new(QuantFormat::W4a16Nvfp4);
-        options.quiet = true;
+        options.run.quiet = true;
         let plan = Plan::build(&ckpt, layout, &config, &options).unwrap();
         let module = tensor.rsplit_once('.').unwrap().0;
         // A bias or sink belongs to a quantized module; anything else is not quantized.

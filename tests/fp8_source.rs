@@ -274,7 +274,7 @@ fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
 fn options() -> Options {
     let mut o = Options::new(QuantFormat::Nvfp4);
     o.stats = dumps();
-    o.quiet = true;
+    o.run.quiet = true;
     o
 }
 
@@ -339,13 +339,13 @@ fn unquantized_fp8_tensors_are_dequantized_or_kept() {
     let source = load_tensors(&fp8_dir);
     let dequantized = load_tensors(&bf16_dir);
     let mut o = options();
-    o.excludes = vec!["*self_attn*".to_string()];
+    o.output.excludes = vec!["*self_attn*".to_string()];
     shardquant::commands::convert::convert(&fp8_dir, &tmp.join("dq"), &o).unwrap();
     let t = load_tensors(&tmp.join("dq"));
     let name = "model.layers.0.self_attn.q_b_proj.weight";
     assert_eq!(t[name], dequantized[name], "written dequantized in BF16");
     assert!(!t.contains_key("model.layers.0.self_attn.q_b_proj.weight_scale_inv"));
-    o.keep_fp8_source = true;
+    o.output.keep_fp8_source = true;
     shardquant::commands::convert::convert(&fp8_dir, &tmp.join("keep"), &o).unwrap();
     let t = load_tensors(&tmp.join("keep"));
     assert_eq!(t[name], source[name], "kept in FP8");
@@ -405,10 +405,10 @@ fn fp8_source_gives_the_same_bytes_on_the_gpu() {
     for format in [QuantFormat::Nvfp4, QuantFormat::Fp8] {
         let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
         let mut o = options();
-        o.format = format;
-        o.device = shardquant::compute::cuda::DeviceChoice::Cpu;
+        o.output.format = format;
+        o.run.device = shardquant::compute::cuda::DeviceChoice::Cpu;
         shardquant::commands::convert::convert(&fp8_dir, &a, &o).unwrap();
-        o.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
+        o.run.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
         shardquant::commands::convert::convert(&fp8_dir, &b, &o).unwrap();
         common::assert_same_tensors(&b, &a);
         std::fs::remove_dir_all(&a).unwrap();
@@ -423,7 +423,7 @@ fn f32_dequantization_still_accepts_amax_recorded_on_bf16_weights() {
     let tmp = TempDir::new("fp8f32");
     let (fp8_dir, _) = make_checkpoints(&tmp);
     let mut o = options();
-    o.fp8_dequant = DequantPrecision::F32;
+    o.output.fp8_dequant = DequantPrecision::F32;
     shardquant::commands::convert::convert(&fp8_dir, &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     assert_eq!(

@@ -51,7 +51,7 @@ fn convert_case_with(case: &str, format: QuantFormat, numerics: Numerics, calib:
     let tmp = TempDir::new(case);
     let out = tmp.join("out");
     let mut options = common::modelopt_case_options(format, numerics);
-    options.calib = calib;
+    options.output.calib = calib;
     options.stats = vec![if calib == CalibMethod::Max {
         dir.join("amax.safetensors")
     } else {
@@ -125,9 +125,9 @@ fn wrong_numerics_do_not_match() {
     let tmp = TempDir::new("wrongnum");
     let out = tmp.join("out");
     let mut options = Options::new(QuantFormat::Fp8);
-    options.numerics = Numerics::ModeloptCpu;
+    options.output.numerics = Numerics::ModeloptCpu;
     options.stats = vec![dir.join("amax.safetensors")];
-    options.quiet = true;
+    options.run.quiet = true;
     shardquant::commands::convert::convert(&dir.join("input"), &out, &options).unwrap();
     let ours = common::load_tensors(&out);
     let theirs = common::load_tensors(&dir.join("modelopt"));

@@ -333,12 +333,12 @@ fn convert_calib(
     calib: CalibMethod,
 ) {
     let mut o = Options::new(format);
-    o.calib = calib;
-    o.numerics = numerics;
+    o.output.calib = calib;
+    o.output.numerics = numerics;
     o.stats = stats.map(|s| vec![s.to_path_buf()]).unwrap_or_default();
-    o.quiet = true;
-    o.device = device;
-    o.threads = 4;
+    o.run.quiet = true;
+    o.run.device = device;
+    o.run.threads = 4;
     shardquant::commands::convert::convert(input, out, &o).unwrap();
 }
 

@@ -8,7 +8,7 @@ use shardquant::compute::{Numerics, QuantFormat};
 use shardquant::input::layout::Layout;
 use shardquant::input::stats::{ActivationStats, ModelNames};
 use shardquant::options::Options;
-use shardquant::options::{ExpertInputAmax, UncalibratedExperts};
+use shardquant::options::{ExpertInputAmax, KvCache, UncalibratedExperts};
 use std::path::PathBuf;
 
 fn stats_fixture(name: &str) -> PathBuf {
@@ -27,9 +27,9 @@ fn smoothquant_act_scales_reproduce_the_modelopt_export() {
     let case = fixtures().join("golden/llama_nvfp4");
     let tmp = TempDir::new("actscales");
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.numerics = Numerics::ModeloptCpu;
+    o.output.numerics = Numerics::ModeloptCpu;
     o.stats = vec![stats_fixture("llama.act_scales.pt")];
-    o.quiet = true;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
@@ -260,11 +260,11 @@ fn dead_experts_under_each_policy() {
     let (input, amax) = moe_with_partial_stats(&tmp);
     let base = |u: UncalibratedExperts, e: ExpertInputAmax| {
         let mut o = Options::new(QuantFormat::Nvfp4);
-        o.numerics = Numerics::ModeloptCpu;
+        o.output.numerics = Numerics::ModeloptCpu;
         o.stats = vec![amax.clone()];
-        o.quiet = true;
-        o.uncalibrated_experts = u;
-        o.expert_input_amax = e;
+        o.run.quiet = true;
+        o.output.uncalibrated_experts = u;
+        o.output.expert_input_amax = e;
         o
     };
     // error: stops before writing anything, naming the layer and the expert.
@@ -341,13 +341,13 @@ fn token_counts_of_zero_make_an_expert_uncalibrated() {
     let case = fixtures().join("golden/qwen3moe_nvfp4");
     let tmp = TempDir::new("tokencount");
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.numerics = Numerics::ModeloptCpu;
+    o.output.numerics = Numerics::ModeloptCpu;
     o.stats = vec![
         case.join("amax.safetensors"),
         stats_fixture("qwen3moe.imatrix.gguf"),
     ];
-    o.quiet = true;
-    o.uncalibrated_experts = UncalibratedExperts::Error;
+    o.run.quiet = true;
+    o.output.uncalibrated_experts = UncalibratedExperts::Error;
     let err = shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o)
         .unwrap_err();
     assert!(
@@ -355,7 +355,7 @@ fn token_counts_of_zero_make_an_expert_uncalibrated() {
         "{err}"
     );
     // peer-max reproduces ModelOpt's export (its layer-wide input amax is the peer max).
-    o.uncalibrated_experts = UncalibratedExperts::PeerMax;
+    o.output.uncalibrated_experts = UncalibratedExperts::PeerMax;
     shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
@@ -398,9 +398,9 @@ fn stats_inspect_and_import_round_trip_through_the_cli() {
     ]);
     assert_eq!(code, 0, "{err}");
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.numerics = Numerics::ModeloptCpu;
+    o.output.numerics = Numerics::ModeloptCpu;
     o.stats = vec![native];
-    o.quiet = true;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&model, &tmp.join("out"), &o).unwrap();
     assert_same_tensors(&tmp.join("out"), &case.join("modelopt"));
 }
@@ -418,9 +418,9 @@ fn an_exported_checkpoint_gives_back_its_exact_scales() {
         for numerics in [Numerics::ModeloptCpu, Numerics::ModeloptCuda] {
             let tmp = TempDir::new("exported");
             let mut o = Options::new(format);
-            o.numerics = numerics;
+            o.output.numerics = numerics;
             o.stats = vec![dir.join("modelopt")];
-            o.quiet = true;
+            o.run.quiet = true;
             shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o)
                 .unwrap();
             let t = load_tensors(&tmp.join("out"));
@@ -440,7 +440,7 @@ fn an_exported_checkpoint_gives_back_its_exact_scales() {
     let tmp = TempDir::new("exported-cross");
     let mut o = Options::new(QuantFormat::Fp8);
     o.stats = vec![dir.join("modelopt")];
-    o.quiet = true;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     let reference = load_tensors(&dir.join("modelopt"));
@@ -460,10 +460,10 @@ fn kv_cache_scales_survive_a_round_trip_through_an_export() {
     spec.write_amax(&amax).unwrap();
     let convert = |stats: &std::path::Path, out: &std::path::Path, numerics: Numerics| {
         let mut o = Options::new(QuantFormat::Fp8);
-        o.numerics = numerics;
+        o.output.numerics = numerics;
         o.stats = vec![stats.to_path_buf()];
-        o.kv_cache_fp8 = true;
-        o.quiet = true;
+        o.output.kv_cache = KvCache::Fp8;
+        o.run.quiet = true;
         shardquant::commands::convert::convert(&input, out, &o).unwrap();
     };
     convert(&amax, &tmp.join("first"), Numerics::ModeloptCuda);
@@ -592,9 +592,9 @@ fn a_larger_plain_amax_beats_an_exact_exported_one() {
     let file = tmp.join("big.safetensors");
     safetensors::serialize_to_file(vec![(key, view)], None, &file).unwrap();
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.numerics = Numerics::ModeloptCpu;
+    o.output.numerics = Numerics::ModeloptCpu;
     o.stats = vec![dir.join("modelopt"), file];
-    o.quiet = true;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&dir.join("input"), &tmp.join("out"), &o).unwrap();
     let t = load_tensors(&tmp.join("out"));
     assert_eq!(
@@ -658,7 +658,7 @@ fn import_accepts_what_convert_accepts() {
     let tmp = TempDir::new("import-pair");
     let imported = tmp.join("pair.stats.safetensors");
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.quiet = true;
+    o.run.quiet = true;
     let text =
         shardquant::commands::stats::import(&pair, &case.join("input"), &imported, &o).unwrap();
     assert!(

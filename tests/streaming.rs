@@ -8,7 +8,7 @@ use common::{assert_same_tensors, fixtures, load_tensors, TempDir};
 use shardquant::compute;
 use shardquant::compute::{Numerics, QuantFormat};
 use shardquant::input::checkpoint::Checkpoint;
-use shardquant::options::{Options, Scope, WeightAmaxMode};
+use shardquant::options::{KvCache, Options, Scope, WeightAmaxMode};
 use shardquant::output::ShardWriter;
 use shardquant::plan::{OutputTensor, ShardPlan};
 use shardquant::synthetic::SyntheticSpec;
@@ -20,9 +20,9 @@ fn golden(case: &str) -> std::path::PathBuf {
 
 fn nvfp4_options(stats: &Path) -> Options {
     let mut o = Options::new(QuantFormat::Nvfp4);
-    o.numerics = Numerics::ModeloptCpu;
+    o.output.numerics = Numerics::ModeloptCpu;
     o.stats = vec![stats.to_path_buf()];
-    o.quiet = true;
+    o.run.quiet = true;
     o
 }
 
@@ -49,9 +49,9 @@ fn same_bytes_for_any_thread_count_and_tensors_for_any_shard_size() {
     for (threads, shard) in [(1, 5_000_000_000u64), (4, 5_000_000_000), (3, 30_000)] {
         let out = tmp.join(&format!("out-{threads}-{shard}"));
         let mut o = nvfp4_options(&case.join("amax.safetensors"));
-        o.threads = threads;
-        o.max_shard_size = shard;
-        o.max_memory = 50_000;
+        o.run.threads = threads;
+        o.output.max_shard_size = shard;
+        o.run.max_memory = 50_000;
         shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
         outs.push(out);
     }
@@ -87,10 +87,10 @@ fn many_layers_and_experts_stream_under_a_small_budget() {
     let out = tmp.join("out");
     let report_path = tmp.join("report.json");
     let mut o = nvfp4_options(&amax);
-    o.max_memory = 64 << 10;
-    o.max_shard_size = 150_000;
-    o.threads = 4;
-    o.report = Some(report_path.clone());
+    o.run.max_memory = 64 << 10;
+    o.output.max_shard_size = 150_000;
+    o.run.threads = 4;
+    o.run.report = Some(report_path.clone());
     shardquant::commands::convert::convert(&input, &out, &o).unwrap();
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
@@ -228,8 +228,8 @@ fn fp8_kv_cache_scales_from_statistics() {
     let out = tmp.join("out");
     let mut o = Options::new(QuantFormat::Fp8);
     o.stats = vec![amax.clone()];
-    o.kv_cache_fp8 = true;
-    o.quiet = true;
+    o.output.kv_cache = KvCache::Fp8;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&input, &out, &o).unwrap();
     let t = load_tensors(&out);
     let stats = shardquant::input::stats::read_safetensors_entries(&amax).unwrap();
@@ -264,7 +264,7 @@ fn weight_amax_from_statistics_matches_computed() {
     let tmp = TempDir::new("wstats");
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.weight_amax = WeightAmaxMode::Stats;
+    o.output.weight_amax = WeightAmaxMode::Stats;
     shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     assert_same_tensors(&out, &case.join("modelopt"));
 }
@@ -324,7 +324,7 @@ fn static_block_amax_from_statistics() {
     safetensors::serialize_to_file(views, None, &amax).unwrap();
     let out = tmp.join("out");
     let mut o = nvfp4_options(&amax);
-    o.weight_amax = WeightAmaxMode::Stats;
+    o.output.weight_amax = WeightAmaxMode::Stats;
     shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     let t = load_tensors(&out);
     // The golden README's static-block export formula, in CPU numerics, written out here.
@@ -367,8 +367,8 @@ fn scope_and_exclude_leave_linears_unquantized() {
     let tmp = TempDir::new("scope");
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.scope = Scope::Mlp;
-    o.excludes = vec!["*.1.mlp.down_proj".to_string()];
+    o.output.scope = Scope::Mlp;
+    o.output.excludes = vec!["*.1.mlp.down_proj".to_string()];
     shardquant::commands::convert::convert(&case.join("input"), &out, &o).unwrap();
     let t = load_tensors(&out);
     let input = load_tensors(&case.join("input"));
@@ -399,7 +399,7 @@ fn scope_and_exclude_leave_linears_unquantized() {
 fn inspect_explains_a_moe_checkpoint() {
     let case = golden("qwen3moe_nvfp4");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.max_shard_size = 100_000;
+    o.output.max_shard_size = 100_000;
     let inspection = shardquant::commands::inspect::inspect(&case.join("input"), &o).unwrap();
     assert!(inspection.failure.is_none());
     let text = inspection.text;
@@ -441,7 +441,7 @@ fn fused_experts_can_be_excluded_per_layer() {
     write_fused(&case.join("input"), &fused, 2, 8);
     let out = tmp.join("out");
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.excludes = vec!["*.1.mlp.experts.*".to_string()];
+    o.output.excludes = vec!["*.1.mlp.experts.*".to_string()];
     shardquant::commands::convert::convert(&fused, &out, &o).unwrap();
     let t = load_tensors(&out);
     let input = load_tensors(&case.join("input"));
@@ -492,7 +492,7 @@ fn excluding_part_of_a_fused_group_is_refused() {
     ] {
         let out = tmp.join("out");
         let mut o = nvfp4_options(&case.join("amax.safetensors"));
-        o.excludes = vec![exclude.to_string()];
+        o.output.excludes = vec![exclude.to_string()];
         let err = shardquant::commands::convert::convert(&fused, &out, &o).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("part of a fused group"), "{exclude}: {text}");
@@ -510,10 +510,10 @@ fn memory_of_a_fused_tensor_is_released_per_expert() {
     let fused = tmp.join("fused");
     write_fused(&case.join("input"), &fused, 2, 8);
     let mut o = nvfp4_options(&case.join("amax.safetensors"));
-    o.max_memory = 1;
-    o.threads = 3;
+    o.run.max_memory = 1;
+    o.run.threads = 3;
     let report = tmp.join("r.json");
-    o.report = Some(report.clone());
+    o.run.report = Some(report.clone());
     shardquant::commands::convert::convert(&fused, &tmp.join("out"), &o).unwrap();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -560,7 +560,7 @@ fn an_undescribed_3d_tensor_stops_preflight_unless_excluded() {
     );
     assert!(err.to_string().contains("--exclude"), "{err}");
     assert!(!tmp.join("out").exists());
-    o.excludes = vec!["model.layers.0.mlp.experts.gate_up_proj".to_string()];
+    o.output.excludes = vec!["model.layers.0.mlp.experts.gate_up_proj".to_string()];
     shardquant::commands::convert::convert(&input, &tmp.join("out"), &o).unwrap();
     assert_eq!(
         load_tensors(&tmp.join("out"))["model.layers.0.mlp.experts.gate_up_proj"].1,

@@ -178,6 +178,11 @@ fn check_is_0_or_10_and_any_change_of_input_stats_or_options_makes_it_stale() {
     c.assert_stale(&["--exclude", "*.mlp.down_proj"], "option exclude");
     c.assert_stale(&["--scope", "mlp"], "option scope");
     c.assert_stale(&["--kv-cache", "fp8"], "option kv_cache");
+    // A `convert` flag rather than a planning one: --check must take it as the conversion does.
+    c.assert_stale(
+        &["--allow-nonfinite"],
+        "option allow_nonfinite was false, now true",
+    );
 
     // Statistics: by content, not by path or modification time.
     let copy = c.amax.with_extension("copy.safetensors");

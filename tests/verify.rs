@@ -114,7 +114,7 @@ fn our_own_output_passes() {
     let tmp = TempDir::new("verify-ours");
     let mut o = shardquant::options::Options::new(shardquant::compute::QuantFormat::Nvfp4);
     o.stats = vec![case.join("amax.safetensors")];
-    o.quiet = true;
+    o.run.quiet = true;
     shardquant::commands::convert::convert(&case.join("input"), &tmp.join("out"), &o).unwrap();
     let v =
         shardquant::commands::verify::verify(&tmp.join("out"), Some(&case.join("input"))).unwrap();

@@ -6,8 +6,9 @@ use crate::compute::{DequantPrecision, Numerics, QuantFormat};
 use crate::error::{Error, Result};
 use crate::input::checkpoint::parse_size;
 use crate::input::stats::StatsFormat;
-use crate::options::{ExpertInputAmax, UncalibratedExperts};
-use crate::options::{Options, Scope, WeightAmaxMode};
+use crate::options::{ExpertInputAmax, ImportanceSource, KvCache, UncalibratedExperts};
+use crate::options::{Options, OutputOptions, RunOptions, Scope, WeightAmaxMode};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -143,8 +144,8 @@ pub struct StatsInspectArgs {
     #[arg(long, value_name = "FILE")]
     pub layout: Option<PathBuf>,
     /// Read every file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
-    pub stats_format: Option<String>,
+    #[arg(long, value_parser = listed_values::<StatsFormat>())]
+    pub stats_format: Option<StatsFormat>,
 }
 
 /// `stats import` arguments.
@@ -163,124 +164,48 @@ pub struct StatsImportArgs {
     #[arg(long, value_name = "FILE")]
     pub layout: Option<PathBuf>,
     /// Read every file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
-    pub stats_format: Option<String>,
+    #[arg(long, value_parser = listed_values::<StatsFormat>())]
+    pub stats_format: Option<StatsFormat>,
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
 }
 
+/// The parser of an option whose values `--help` lists by name only, `[possible values: ..]`
+/// (as `value_enum` would with undocumented variants): the values and their spelling are the
+/// enum's, its variants' docs stay out of the help.
+fn listed_values<T: ValueEnum + Send + Sync + 'static>() -> impl TypedValueParser<Value = T> {
+    let names = T::value_variants()
+        .iter()
+        .filter_map(ValueEnum::to_possible_value)
+        .map(|v| v.help(None::<&'static str>));
+    PossibleValuesParser::new(names).map(|name| {
+        T::from_str(&name, false).unwrap_or_else(|_| unreachable!("{name} is a listed value"))
+    })
+}
+
 /// Options for the `stats` subcommands: a layout override and a forced statistics format.
-fn stats_options(layout: &Option<PathBuf>, stats_format: &Option<String>) -> Options {
+fn stats_options(layout: &Option<PathBuf>, stats_format: Option<StatsFormat>) -> Options {
     let mut o = Options::new(QuantFormat::Nvfp4);
     o.layout = layout.clone();
-    o.stats_format = stats_format.as_deref().and_then(StatsFormat::from_name);
+    o.output.stats_format = stats_format;
     o
 }
 
 impl StatsInspectArgs {
     /// Options carrying the layout and format choices.
     pub fn to_options(&self) -> Options {
-        stats_options(&self.layout, &self.stats_format)
+        stats_options(&self.layout, self.stats_format)
     }
 }
 
 impl StatsImportArgs {
     /// Options carrying the layout, format and --force choices.
     pub fn to_options(&self) -> Options {
-        let mut o = stats_options(&self.layout, &self.stats_format);
-        o.force = self.force;
+        let mut o = stats_options(&self.layout, self.stats_format);
+        o.run.force = self.force;
         o
     }
-}
-
-/// `--format` values (ModelOpt qformat names).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum FormatArg {
-    /// NVFP4 weights and activations (W4A4); needs input amax from --stats.
-    Nvfp4,
-    /// NVFP4 weights only (W4A16); needs no statistics.
-    #[value(name = "w4a16_nvfp4")]
-    W4a16Nvfp4,
-    /// FP8 E4M3 per-tensor weights and activations (W8A8); needs input amax from --stats.
-    Fp8,
-}
-
-/// `--numerics` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum NumericsArg {
-    /// Match ModelOpt's export on CUDA (NVIDIA's published checkpoints).
-    ModeloptCuda,
-    /// Match ModelOpt's export on CPU.
-    ModeloptCpu,
-}
-
-/// `--weight-amax` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum WeightAmaxArg {
-    /// max|W| computed from the weights.
-    Compute,
-    /// Taken from the statistics files.
-    Stats,
-}
-
-/// `--scope` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ScopeArg {
-    /// Every quantizable linear.
-    All,
-    /// MLP, shared experts and experts (ModelOpt's *_mlp_only).
-    Mlp,
-    /// Routed experts only (ModelOpt's *_experts_only).
-    Experts,
-}
-
-/// `--uncalibrated-experts` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum UncalibratedArg {
-    /// Max over the layer's calibrated experts, with a warning.
-    PeerMax,
-    /// Stop before writing anything (exit 3).
-    Error,
-}
-
-/// `--expert-input-amax` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ExpertAmaxArg {
-    /// The layer's max per projection.
-    LayerMax,
-    /// Each calibrated expert's own value.
-    PerExpert,
-}
-
-/// `--kv-cache` values.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KvCacheArg {
-    /// No KV-cache quantization.
-    None,
-    /// FP8 KV cache with k_scale / v_scale from the statistics.
-    Fp8,
-}
-
-/// `--calib` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CalibArg {
-    /// max |W|.
-    Max,
-    /// Multiplier search of the per-tensor amax.
-    Mse,
-    /// Per-block FP8 scale sweep (NVFP4 only).
-    #[value(name = "mse-fp8-sweep")]
-    MseFp8Sweep,
-}
-
-/// `--importance` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ImportanceArg {
-    /// Every element's squared error counts the same.
-    None,
-    /// Per input channel, the mean squared activation from the statistics.
-    Stats,
 }
 
 /// Options shared by `convert` and `inspect`.
@@ -288,52 +213,52 @@ pub enum ImportanceArg {
 pub struct PlanArgs {
     /// Target format (required for convert; inspect plans nvfp4 when it is not given).
     #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
+    pub format: Option<QuantFormat>,
     /// Activation statistics: ModelOpt amax safetensors, shardquant's .stats.safetensors[.zst],
     /// torch.save amax dumps, llama.cpp imatrix (.dat or .gguf), or a quantized export whose
     /// input scales give the amax; the format is detected. Repeatable, merged by max.
     #[arg(long = "stats", value_name = "FILE")]
     pub stats: Vec<PathBuf>,
     /// Read every --stats file as this format instead of detecting it.
-    #[arg(long, value_parser = ["modelopt", "shardquant", "torch", "imatrix", "exported"])]
-    pub stats_format: Option<String>,
+    #[arg(long, value_parser = listed_values::<StatsFormat>())]
+    pub stats_format: Option<StatsFormat>,
     /// Experts that saw no calibration tokens: take the max over the layer's calibrated experts
     /// (with a warning naming them), or stop before writing anything.
-    #[arg(long, value_enum, default_value = "peer-max")]
-    pub uncalibrated_experts: UncalibratedArg,
+    #[arg(long, value_enum, default_value_t = UncalibratedExperts::PeerMax)]
+    pub uncalibrated_experts: UncalibratedExperts,
     /// Experts' input amax: the layer's max per projection (what ModelOpt writes), or each
     /// calibrated expert's own.
-    #[arg(long, value_enum, default_value = "layer-max")]
-    pub expert_input_amax: ExpertAmaxArg,
+    #[arg(long, value_enum, default_value_t = ExpertInputAmax::LayerMax)]
+    pub expert_input_amax: ExpertInputAmax,
     /// Precision of FP8 block-scaled source weights once dequantized: bf16 (as ModelOpt's
     /// DeepSeek calibration saw them) or f32.
-    #[arg(long, value_parser = ["bf16", "f32"], default_value = "bf16")]
-    pub fp8_dequant: String,
+    #[arg(long, value_parser = listed_values::<DequantPrecision>(), default_value = "bf16")]
+    pub fp8_dequant: DequantPrecision,
     /// Leave FP8 source tensors that stay unquantized in FP8 with their block scales (default:
     /// written dequantized).
     #[arg(long)]
     pub keep_fp8_source: bool,
     /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
-    #[arg(long, value_enum, default_value = "none")]
-    pub kv_cache: KvCacheArg,
+    #[arg(long, value_enum, default_value_t = KvCache::None)]
+    pub kv_cache: KvCache,
     /// Which ModelOpt export arithmetic to reproduce.
-    #[arg(long, value_enum, default_value = "modelopt-cuda")]
-    pub numerics: NumericsArg,
+    #[arg(long, value_enum, default_value_t = Numerics::ModeloptCuda)]
+    pub numerics: Numerics,
     /// Where weight amax comes from.
-    #[arg(long, value_enum, default_value = "compute")]
-    pub weight_amax: WeightAmaxArg,
+    #[arg(long, value_enum, default_value_t = WeightAmaxMode::Compute)]
+    pub weight_amax: WeightAmaxMode,
     /// Weight calibration: max |W|; mse (ModelOpt's multiplier search of the per-tensor FP8
     /// amax or the NVFP4 global amax); mse-fp8-sweep (NVFP4: per-block search over all 126 FP8
     /// scale codes, exported as static NVFP4).
-    #[arg(long, value_enum, default_value = "max")]
-    pub calib: CalibArg,
+    #[arg(long, value_enum, default_value_t = CalibMethod::Max)]
+    pub calib: CalibMethod,
     /// Weight the MSE search's squared errors by each input channel's mean squared activation
     /// (input_sum_sq / token_count, e.g. from a llama.cpp imatrix given with --stats).
-    #[arg(long, value_enum, default_value = "none")]
-    pub importance: ImportanceArg,
+    #[arg(long, value_enum, default_value_t = ImportanceSource::None)]
+    pub importance: ImportanceSource,
     /// Which linears to quantize.
-    #[arg(long, value_enum, default_value = "all")]
-    pub scope: ScopeArg,
+    #[arg(long, value_enum, default_value_t = Scope::All)]
+    pub scope: Scope,
     /// Leave modules matching this glob unquantized (repeatable; added to the layout's defaults).
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -416,6 +341,28 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+impl ConvertArgs {
+    /// Resolves the arguments into [`Options`]: the planning options, `--allow-nonfinite`, and
+    /// how the run reports and treats an existing output. `--check` gets the same options, so
+    /// it compares the key that this conversion would record.
+    pub fn to_options(&self) -> Result<Options> {
+        if self.plan.format.is_none() {
+            return Err(Error::usage(
+                "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
+            ));
+        }
+        let mut o = self.plan.to_options()?;
+        o.output.allow_nonfinite = self.allow_nonfinite;
+        o.run.quiet = self.quiet > 0;
+        o.run.silent = self.quiet > 1;
+        o.run.verbose = self.verbose;
+        o.run.force = self.force;
+        o.run.resume = self.resume;
+        o.run.report = self.report.clone();
+        Ok(o)
+    }
+}
+
 impl PlanArgs {
     /// Resolves the arguments into [`Options`].
     pub fn to_options(&self) -> Result<Options> {
@@ -425,63 +372,44 @@ impl PlanArgs {
                 self.device
             ))
         })?;
-        let format = match self.format.unwrap_or(FormatArg::Nvfp4) {
-            FormatArg::Nvfp4 => QuantFormat::Nvfp4,
-            FormatArg::W4a16Nvfp4 => QuantFormat::W4a16Nvfp4,
-            FormatArg::Fp8 => QuantFormat::Fp8,
+        let max_gpu_memory = parse_size(&self.max_gpu_memory)?;
+        let max_shard_size = parse_size(&self.max_shard_size)?;
+        let max_memory = parse_size(&self.max_memory)?;
+        let mut run = RunOptions {
+            device,
+            max_memory,
+            max_gpu_memory,
+            ..RunOptions::default()
         };
-        let mut o = Options::new(format);
-        o.device = device;
-        o.max_gpu_memory = parse_size(&self.max_gpu_memory)?;
-        o.numerics = match self.numerics {
-            NumericsArg::ModeloptCuda => Numerics::ModeloptCuda,
-            NumericsArg::ModeloptCpu => Numerics::ModeloptCpu,
-        };
-        o.weight_amax = match self.weight_amax {
-            WeightAmaxArg::Compute => WeightAmaxMode::Compute,
-            WeightAmaxArg::Stats => WeightAmaxMode::Stats,
-        };
-        o.scope = match self.scope {
-            ScopeArg::All => Scope::All,
-            ScopeArg::Mlp => Scope::Mlp,
-            ScopeArg::Experts => Scope::Experts,
-        };
-        o.kv_cache_fp8 = matches!(self.kv_cache, KvCacheArg::Fp8);
-        o.fp8_dequant = if self.fp8_dequant == "f32" {
-            DequantPrecision::F32
-        } else {
-            DequantPrecision::Bf16
-        };
-        o.keep_fp8_source = self.keep_fp8_source;
-        o.uncalibrated_experts = match self.uncalibrated_experts {
-            UncalibratedArg::PeerMax => UncalibratedExperts::PeerMax,
-            UncalibratedArg::Error => UncalibratedExperts::Error,
-        };
-        o.expert_input_amax = match self.expert_input_amax {
-            ExpertAmaxArg::LayerMax => ExpertInputAmax::LayerMax,
-            ExpertAmaxArg::PerExpert => ExpertInputAmax::PerExpert,
-        };
-        o.stats_format = self
-            .stats_format
-            .as_deref()
-            .and_then(StatsFormat::from_name);
-        o.excludes = self.exclude.clone();
-        o.stats = self.stats.clone();
-        o.layout = self.layout.clone();
-        o.max_shard_size = parse_size(&self.max_shard_size)?;
-        o.max_memory = parse_size(&self.max_memory)?;
         if let Some(t) = self.threads {
-            o.threads = usize::from(t);
+            run.threads = usize::from(t);
         }
-        if o.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
+        let o = Options {
+            output: OutputOptions {
+                format: self.format.unwrap_or(QuantFormat::Nvfp4),
+                numerics: self.numerics,
+                weight_amax: self.weight_amax,
+                scope: self.scope,
+                excludes: self.exclude.clone(),
+                kv_cache: self.kv_cache,
+                fp8_dequant: self.fp8_dequant,
+                keep_fp8_source: self.keep_fp8_source,
+                uncalibrated_experts: self.uncalibrated_experts,
+                expert_input_amax: self.expert_input_amax,
+                stats_format: self.stats_format,
+                max_shard_size,
+                // A `convert` flag, not a planning one: `ConvertArgs::to_options` sets it.
+                allow_nonfinite: false,
+                calib: self.calib,
+                importance: self.importance,
+            },
+            stats: self.stats.clone(),
+            layout: self.layout.clone(),
+            run,
+        };
+        if o.output.weight_amax == WeightAmaxMode::Stats && o.stats.is_empty() {
             return Err(Error::usage("--weight-amax stats needs a --stats file"));
         }
-        o.calib = match self.calib {
-            CalibArg::Max => CalibMethod::Max,
-            CalibArg::Mse => CalibMethod::Mse,
-            CalibArg::MseFp8Sweep => CalibMethod::MseFp8Sweep,
-        };
-        o.importance = self.importance == ImportanceArg::Stats;
         check_calib(&o)?;
         Ok(o)
     }
@@ -490,27 +418,83 @@ impl PlanArgs {
 /// The combinations of `--calib`, `--importance`, `--format` and `--weight-amax` that mean
 /// something.
 fn check_calib(o: &Options) -> Result<()> {
-    if o.calib == CalibMethod::MseFp8Sweep && !o.format.is_nvfp4() {
+    if o.output.calib == CalibMethod::MseFp8Sweep && !o.output.format.is_nvfp4() {
         return Err(Error::usage(format!(
             "--calib mse-fp8-sweep searches NVFP4 block scales; --format {} has none (use --calib mse)",
-            o.format.cli_name()
+            o.output.format.cli_name()
         )));
     }
-    if o.calib != CalibMethod::Max && o.weight_amax == WeightAmaxMode::Stats {
+    if o.output.calib != CalibMethod::Max && o.output.weight_amax == WeightAmaxMode::Stats {
         return Err(Error::usage(format!(
             "--calib {} computes the weight amax from the weights; it cannot be combined with --weight-amax stats",
-            o.calib.name()
+            o.output.calib.name()
         )));
     }
-    if o.importance && o.calib == CalibMethod::Max {
+    let importance = o.output.importance == ImportanceSource::Stats;
+    if importance && o.output.calib == CalibMethod::Max {
         return Err(Error::usage(
             "--importance stats weights the errors of an MSE search; add --calib mse or --calib mse-fp8-sweep",
         ));
     }
-    if o.importance && o.stats.is_empty() {
+    if importance && o.stats.is_empty() {
         return Err(Error::usage(
             "--importance stats needs --stats files with per-channel activation sums (e.g. a llama.cpp imatrix)",
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_options(args: &[&str]) -> Result<Options> {
+        let argv = ["shardquant", "convert", "in", "out"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Convert(args) => args.to_options(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_command_lines_defaults_are_the_librarys() {
+        let o = convert_options(&["--format", "fp8"]).unwrap();
+        assert_eq!(o.output, OutputOptions::new(QuantFormat::Fp8));
+        assert_eq!(o.run, RunOptions::default());
+        assert!(o.stats.is_empty() && o.layout.is_none());
+        let e = convert_options(&[]).unwrap_err();
+        assert!(e.to_string().starts_with("convert needs --format"), "{e}");
+    }
+
+    #[test]
+    fn convert_flags_reach_the_options() {
+        let o = convert_options(&[
+            "--format",
+            "w4a16_nvfp4",
+            "--allow-nonfinite",
+            "-qq",
+            "--force",
+            "--resume",
+            "--report",
+            "r.json",
+            "--threads",
+            "3",
+            "--kv-cache",
+            "fp8",
+            "--stats-format",
+            "torch",
+            "--fp8-dequant",
+            "f32",
+        ])
+        .unwrap();
+        assert!(o.output.allow_nonfinite);
+        assert_eq!(o.output.format, QuantFormat::W4a16Nvfp4);
+        assert_eq!(o.output.kv_cache, KvCache::Fp8);
+        assert_eq!(o.output.stats_format, Some(StatsFormat::TorchPt));
+        assert_eq!(o.output.fp8_dequant, DequantPrecision::F32);
+        let run = &o.run;
+        assert!(run.quiet && run.silent && !run.verbose && run.force && run.resume);
+        assert_eq!(run.report.as_deref(), Some(std::path::Path::new("r.json")));
+        assert_eq!(run.threads, 3);
+    }
 }

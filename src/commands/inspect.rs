@@ -87,7 +87,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
             .iter()
             .filter(|l| l.excluded.is_none())
             .count(),
-        options.format.cli_name()
+        options.output.format.cli_name()
     );
     for (role, (q, x)) in &by_role {
         let _ = writeln!(w, "  {role:10} {q} quantized, {x} left unquantized");
@@ -97,7 +97,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
     if let (Some(first), Some(last)) = (layers.first(), layers.last()) {
         let _ = writeln!(w, "layers      {} ({first}..={last})", layers.len());
     }
-    let format = options.format;
+    let format = options.output.format;
     let shared = match (format.shares_group_scales(), format.needs_input_amax()) {
         (true, true) => "one input_scale and one weight_scale_2",
         (true, false) => "one weight_scale_2",
@@ -179,7 +179,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
             Origin::File => "file",
             Origin::Inferred => "inferred",
         },
-        "format": options.format.cli_name(),
+        "format": options.output.format.cli_name(),
         "linears": classified.linears.len(),
         "quantized_linears": classified.linears.iter().filter(|l| l.excluded.is_none()).count(),
         "routers": classified.routers.len(),
@@ -188,7 +188,7 @@ pub fn inspect(dir: &Path, options: &Options) -> Result<Inspection> {
     });
     let would_fail = match Plan::from_classified(&ckpt, layout, &config, options, classified) {
         Ok(plan) => {
-            let shards = ShardPlan::new(plan.outputs.clone(), options.max_shard_size)?;
+            let shards = ShardPlan::new(plan.outputs.clone(), options.output.max_shard_size)?;
             describe_plan(w, &plan, &shards, options);
             json["plan"] = serde_json::json!({
                 "output_tensors": plan.outputs.len(),
@@ -250,7 +250,7 @@ fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Opti
         plan.outputs.len(),
         human_bytes(shards.total_bytes()),
         shards.shard_count(),
-        human_bytes(options.max_shard_size)
+        human_bytes(options.output.max_shard_size)
     );
     let _ = writeln!(w, "  exclude_modules ({}):", plan.exclude_modules.len());
     for name in &plan.exclude_modules {
@@ -279,6 +279,6 @@ fn describe_plan(w: &mut String, plan: &Plan, shards: &ShardPlan, options: &Opti
          (or the largest unit, if larger), plus ~50 MB of bookkeeping",
         plan.units.len(),
         human_bytes(largest),
-        human_bytes(options.max_memory),
+        human_bytes(options.run.max_memory),
     );
 }

@@ -39,7 +39,7 @@ fn open_model(dir: &Path, options: &Options) -> Result<StatsModel> {
 
 fn format_of(path: &Path, options: &Options) -> Result<StatsFormat> {
     crate::input::stats::refuse_special(path)?;
-    match options.stats_format {
+    match options.output.stats_format {
         Some(f) => Ok(f),
         None => detect_format(path),
     }
@@ -167,8 +167,13 @@ pub fn inspect(
         });
     };
     let m = open_model(dir, options)?;
-    let stats =
-        ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
+    let stats = ActivationStats::load_formats(
+        files,
+        options.output.stats_format,
+        &m.layout,
+        &m.names,
+        true,
+    )?;
     let (covered, summary) = coverage(&m, &stats, &mut w);
     if covered == 0 {
         let _ = writeln!(
@@ -334,8 +339,13 @@ fn coverage(m: &StatsModel, stats: &ActivationStats, w: &mut String) -> (usize, 
 /// when `out` ends in `.zst`).
 pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) -> Result<String> {
     let m = open_model(model, options)?;
-    let mut stats =
-        ActivationStats::load_formats(files, options.stats_format, &m.layout, &m.names, true)?;
+    let mut stats = ActivationStats::load_formats(
+        files,
+        options.output.stats_format,
+        &m.layout,
+        &m.names,
+        true,
+    )?;
     // Merged files can disagree: an imatrix says an expert saw no tokens, a ModelOpt amax file
     // gives it the layer's shared input amax. `convert` treats such a module as uncalibrated
     // (its input statistics are not used); the imported file says the same.
@@ -358,7 +368,7 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
     }
     let formats: Vec<String> = files
         .iter()
-        .map(|p| format_of(p, options).map(|f| f.name().to_string()))
+        .map(|p| format_of(p, options).map(|f| f.name()))
         .collect::<Result<_>>()?;
     let meta = crate::input::stats::native::NativeMeta {
         source_format: formats.join(","),
@@ -367,7 +377,7 @@ pub fn import(files: &[PathBuf], model: &Path, out: &Path, options: &Options) ->
         expert_input_amax: "unknown".to_string(),
     };
     let compress = out.extension().is_some_and(|e| e == "zst");
-    if out.exists() && !options.force {
+    if out.exists() && !options.run.force {
         return Err(Error::usage(format!("{} already exists", out.display()))
             .with_hint("pass --force to replace it"));
     }

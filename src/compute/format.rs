@@ -2,16 +2,25 @@
 //!
 //! Every fact about a format lives in its row of the private table `FORMATS`; the methods of [`QuantFormat`],
 //! [`check_shape`] and [`crate::compute::linear`] read it from there (golden/README.md "Tensor layout of
-//! a quantized linear" and "hf_quant_config.json").
+//! a quantized linear" and "hf_quant_config.json"). Its command-line name and `--help` line are
+//! on the enum itself (`clap::ValueEnum`).
 
-/// A quantization format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A quantization format (`--format`, ModelOpt qformat names). The first paragraph of each
+/// variant's doc is its `--help` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QuantFormat {
-    /// NVFP4 weights and activations (ModelOpt `NVFP4_DEFAULT_CFG`, W4A4).
+    /// NVFP4 weights and activations (W4A4); needs input amax from --stats.
+    ///
+    /// ModelOpt `NVFP4_DEFAULT_CFG`.
     Nvfp4,
-    /// NVFP4 weights, unquantized activations (ModelOpt `W4A16_NVFP4`).
+    /// NVFP4 weights only (W4A16); needs no statistics.
+    ///
+    /// ModelOpt `W4A16_NVFP4`: activations stay unquantized.
+    #[value(name = "w4a16_nvfp4")]
     W4a16Nvfp4,
-    /// FP8 E4M3 per-tensor weights and activations (ModelOpt `FP8_DEFAULT_CFG`).
+    /// FP8 E4M3 per-tensor weights and activations (W8A8); needs input amax from --stats.
+    ///
+    /// ModelOpt `FP8_DEFAULT_CFG`.
     Fp8,
 }
 
@@ -29,7 +38,6 @@ enum WeightStorage {
 #[derive(Debug)]
 struct FormatSpec {
     format: QuantFormat,
-    cli_name: &'static str,
     quant_algo: &'static str,
     group_size: Option<u32>,
     weight_bits: u32,
@@ -42,7 +50,6 @@ struct FormatSpec {
 const FORMATS: [FormatSpec; 3] = [
     FormatSpec {
         format: QuantFormat::Nvfp4,
-        cli_name: "nvfp4",
         quant_algo: "NVFP4",
         group_size: Some(16),
         weight_bits: 4,
@@ -52,7 +59,6 @@ const FORMATS: [FormatSpec; 3] = [
     },
     FormatSpec {
         format: QuantFormat::W4a16Nvfp4,
-        cli_name: "w4a16_nvfp4",
         quant_algo: "W4A16_NVFP4",
         group_size: Some(16),
         weight_bits: 4,
@@ -62,7 +68,6 @@ const FORMATS: [FormatSpec; 3] = [
     },
     FormatSpec {
         format: QuantFormat::Fp8,
-        cli_name: "fp8",
         quant_algo: "FP8",
         group_size: None,
         weight_bits: 8,
@@ -90,17 +95,9 @@ impl QuantFormat {
         spec
     }
 
-    /// The CLI value: `"nvfp4"`, `"w4a16_nvfp4"` or `"fp8"`.
-    pub fn cli_name(self) -> &'static str {
-        self.spec().cli_name
-    }
-
-    /// The format whose CLI value is `s`, or `None`.
-    pub fn from_cli_name(s: &str) -> Option<Self> {
-        FORMATS
-            .iter()
-            .find(|spec| spec.cli_name == s)
-            .map(|spec| spec.format)
+    /// The CLI value: `"nvfp4"`, `"w4a16_nvfp4"` or `"fp8"` (from the `clap::ValueEnum` derive).
+    pub fn cli_name(self) -> String {
+        super::value_name(&self)
     }
 
     /// `quant_algo` in `hf_quant_config.json` / `quantization_config`: `"NVFP4"`,
@@ -170,15 +167,16 @@ pub fn check_shape(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::ValueEnum;
 
     #[test]
     fn test_table_rows_match_formats() {
         for (i, format) in QuantFormat::ALL.into_iter().enumerate() {
             assert_eq!(FORMATS[i].format, format);
-            assert_eq!(QuantFormat::from_cli_name(format.cli_name()), Some(format));
+            assert_eq!(QuantFormat::from_str(&format.cli_name(), false), Ok(format));
         }
-        assert_eq!(QuantFormat::from_cli_name("NVFP4"), None);
-        assert_eq!(QuantFormat::from_cli_name("int4"), None);
+        assert!(QuantFormat::from_str("NVFP4", false).is_err());
+        assert!(QuantFormat::from_str("int4", false).is_err());
     }
 
     #[test]
@@ -202,9 +200,18 @@ mod tests {
         assert_eq!(
             facts,
             vec![
-                ("nvfp4", "NVFP4", Some(16), true, true, 4, Some(4), true),
                 (
-                    "w4a16_nvfp4",
+                    "nvfp4".into(),
+                    "NVFP4",
+                    Some(16),
+                    true,
+                    true,
+                    4,
+                    Some(4),
+                    true
+                ),
+                (
+                    "w4a16_nvfp4".into(),
                     "W4A16_NVFP4",
                     Some(16),
                     false,
@@ -213,7 +220,7 @@ mod tests {
                     None,
                     true
                 ),
-                ("fp8", "FP8", None, true, false, 8, Some(8), false),
+                ("fp8".into(), "FP8", None, true, false, 8, Some(8), false),
             ]
         );
         assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());

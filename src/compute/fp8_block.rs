@@ -9,8 +9,9 @@ use super::SourceDtype;
 /// Side of the square scale blocks.
 pub const FP8_BLOCK: usize = 128;
 
-/// Precision of the dequantized weight (`--fp8-dequant`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Precision of the dequantized weight (`--fp8-dequant`; its values are the `clap::ValueEnum`
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DequantPrecision {
     /// Round each product to BF16 (ModelOpt's DeepSeek calibration path; the default).
     Bf16,
@@ -24,14 +25,6 @@ impl DequantPrecision {
         match self {
             DequantPrecision::Bf16 => SourceDtype::Bf16,
             DequantPrecision::F32 => SourceDtype::F32,
-        }
-    }
-
-    /// The `--fp8-dequant` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DequantPrecision::Bf16 => "bf16",
-            DequantPrecision::F32 => "f32",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`nvfp4`]: dynamic and static NVFP4 weight quantization and scales.
 //! - [`fp8`]: per-tensor FP8 weight quantization and scales.
 //! - [`nonfinite`]: NaN / infinite weight elements passed through (`--allow-nonfinite`).
+//! - [`value_name`]: the command line's spelling of the options' enums declared here.
 //!
 //! The formulas are those of `shared/golden/README.md` (verified against ModelOpt's bytes) and
 //! `docs/modelopt-format.md` §1–§2. Every function here works on little-endian byte
@@ -42,6 +43,16 @@ pub use nvfp4::{
     nvfp4_global_scale, pack_nvfp4, quantize_nvfp4, quantize_nvfp4_static, NVFP4_BLOCK_SIZE,
     NVFP4_GLOBAL_SCALE_DIVISOR,
 };
+
+/// How the command line spells `value`, a value of an option's enum (its `#[value(name)]`, else
+/// clap's kebab-case of the variant). The help, the manifest, the report and the error messages
+/// all take the spelling from here, so it is written once, on the enum.
+pub fn value_name<T: clap::ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
 
 #[cfg(test)]
 pub(crate) mod test_util;

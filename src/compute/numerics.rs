@@ -93,13 +93,17 @@ fn bf16_bits_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-/// Which ModelOpt export arithmetic to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which ModelOpt export arithmetic to reproduce (`--numerics`). The first paragraph of each
+/// variant's doc is its `--help` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Numerics {
-    /// ModelOpt exporting on a CUDA device (NVIDIA's published checkpoints): `x / c` for a
-    /// Python float `c` is `x * f32(1 / c)`, and a bf16 tensor divided by an f32 0-d tensor
-    /// reads the divisor as bf16.
+    /// Match ModelOpt's export on CUDA (NVIDIA's published checkpoints).
+    ///
+    /// ModelOpt exporting on a CUDA device: `x / c` for a Python float `c` is `x * f32(1 / c)`,
+    /// and a bf16 tensor divided by an f32 0-d tensor reads the divisor as bf16.
     ModeloptCuda,
+    /// Match ModelOpt's export on CPU.
+    ///
     /// ModelOpt exporting on the CPU: IEEE f32 division, f32 divisors read as f32.
     ModeloptCpu,
 }
@@ -117,25 +121,17 @@ impl Numerics {
         }
     }
 
-    /// The CLI / report name: `"modelopt-cuda"` or `"modelopt-cpu"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Numerics::ModeloptCuda => "modelopt-cuda",
-            Numerics::ModeloptCpu => "modelopt-cpu",
-        }
-    }
-
-    /// The numerics named `name` (see [`Numerics::name`]), or `None`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|numerics| numerics.name() == name)
+    /// The CLI / report name: `"modelopt-cuda"` or `"modelopt-cpu"` (from the `clap::ValueEnum`
+    /// derive).
+    pub fn name(self) -> String {
+        super::value_name(&self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::ValueEnum;
 
     #[test]
     fn test_div_const_documented_values() {
@@ -181,13 +177,13 @@ mod tests {
     #[test]
     fn test_names_round_trip() {
         for numerics in Numerics::ALL {
-            assert_eq!(Numerics::from_name(numerics.name()), Some(numerics));
+            assert_eq!(Numerics::from_str(&numerics.name(), false), Ok(numerics));
         }
         for dtype in SourceDtype::ALL {
             assert_eq!(SourceDtype::from_name(dtype.name()), Some(dtype));
         }
         assert_eq!(SourceDtype::from_name("F8_E4M3"), None);
-        assert_eq!(Numerics::from_name("cuda"), None);
+        assert!(Numerics::from_str("cuda", false).is_err());
     }
 
     #[test]

@@ -182,14 +182,15 @@ pub fn run(
     sealing: &Sealing,
 ) -> Result<RunStats> {
     let gpu_units = AtomicUsize::new(0);
-    let threads = options.threads.max(1);
+    let threads = options.run.threads.max(1);
     // The GPU slots' pinned staging buffers live for the whole run: they come out of the budget.
     let pinned = gpu.map_or(0, |p| p.pinned_bytes() as u64);
     let budget = Budget::new(
         options
+            .run
             .max_memory
             .saturating_sub(pinned)
-            .max(options.max_memory / 4),
+            .max(options.run.max_memory / 4),
     );
     let cancelled = AtomicBool::new(false);
     let clock = StageClock::default();

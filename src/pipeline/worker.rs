@@ -9,7 +9,7 @@ use crate::compute::{nonfinite, QuantFormat, SourceDtype};
 use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
 use crate::input::stats::WeightAmax;
-use crate::options::Options;
+use crate::options::{ImportanceSource, Options};
 use crate::plan::{Job, Linear, Plan, TensorSlice, Unit};
 use std::borrow::Cow;
 
@@ -85,13 +85,13 @@ pub fn execute<'a>(
         Job::Dequant { tensor, scale } => {
             let (t, sc) = (&ckpt.tensors()[*tensor], &ckpt.tensors()[*scale]);
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let mut out = vec![0u8; rows * cols * options.fp8_dequant.dtype().size()];
+            let mut out = vec![0u8; rows * cols * options.output.fp8_dequant.dtype().size()];
             compute::dequantize_fp8_block(
                 ckpt.bytes(t),
                 ckpt.bytes(sc),
                 rows,
                 cols,
-                options.fp8_dequant,
+                options.output.fp8_dequant,
                 &mut out,
             );
             (vec![Payload::Owned(out)], Vec::new())
@@ -239,7 +239,7 @@ fn member_weights<'a>(
                     scale_bytes,
                     l.source.rows,
                     l.source.cols,
-                    options.fp8_dequant,
+                    options.output.fp8_dequant,
                 )?)
             }
             // A BMM expert stack [E, in, out] or a column slice of one expert's [in, out]: the
@@ -281,7 +281,7 @@ fn load_and_amax<'a>(
     for (m, &i) in members.iter().enumerate() {
         match member_amax(plan, ckpt, i, m, compute)? {
             Ok(a) => amaxes.push(Some(a)),
-            Err(_) if options.allow_nonfinite => {
+            Err(_) if options.output.allow_nonfinite => {
                 bad.push(m);
                 amaxes.push(None);
             }
@@ -366,8 +366,7 @@ fn quantize_group<'a>(
         .iter()
         .map(|&i| {
             let l = &plan.linears[i].linear;
-            options
-                .importance
+            (options.output.importance == ImportanceSource::Stats)
                 .then(|| plan.stats.module(&l.module))
                 .flatten()
                 .and_then(|s| Importance::from_mean_sq(&s.mean_sq()?, l.source.cols))
@@ -377,10 +376,12 @@ fn quantize_group<'a>(
     // `--calib mse`: each weight quantizer's own search (ModelOpt calibrates each one), then
     // the same group unification as for max. The gate and up of a routed expert are one
     // quantizer in ModelOpt (the fused `gate_up_proj[e]`): one search over both.
-    let amaxes = if options.calib == CalibMethod::Mse {
-        let target = match options.format {
-            QuantFormat::Fp8 => MseTarget::Fp8(options.numerics),
-            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => MseTarget::Nvfp4(options.numerics),
+    let amaxes = if options.output.calib == CalibMethod::Mse {
+        let target = match options.output.format {
+            QuantFormat::Fp8 => MseTarget::Fp8(options.output.numerics),
+            QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
+                MseTarget::Nvfp4(options.output.numerics)
+            }
         };
         let joint = members.len() > 1
             && members
@@ -425,7 +426,7 @@ fn quantize_group<'a>(
     for (m, (&i, amax)) in members.iter().zip(&amaxes).enumerate() {
         let l = &plan.linears[i].linear;
         let (rows, cols) = (l.source.rows, l.source.cols);
-        let input = if options.format.needs_input_amax() {
+        let input = if options.output.format.needs_input_amax() {
             plan.linears[i].input
         } else {
             None
@@ -435,14 +436,14 @@ fn quantize_group<'a>(
         // global amax (ModelOpt's SharedWeightGlobalAmaxState), then exports as static NVFP4.
         let blocks = match amax {
             WeightAmax::Blocks { blocks, .. } => Some(blocks.decode()),
-            WeightAmax::Tensor(_) if options.calib == CalibMethod::MseFp8Sweep => {
-                Some(compute.sweep_block_amax(m, cols, group_amax, options.numerics, imp(m))?)
-            }
+            WeightAmax::Tensor(_) if options.output.calib == CalibMethod::MseFp8Sweep => Some(
+                compute.sweep_block_amax(m, cols, group_amax, options.output.numerics, imp(m))?,
+            ),
             WeightAmax::Tensor(_) => None,
         };
         let scales = MemberScales {
-            format: options.format,
-            numerics: options.numerics,
+            format: options.output.format,
+            numerics: options.output.numerics,
             group_amax,
             scaling: blocks
                 .as_deref()
@@ -466,7 +467,7 @@ fn quantize_group<'a>(
         }
         let mut q = QuantizedLinear::compute(compute, m, rows, cols, &scales)?;
         if let Some(p) = &passed[m] {
-            match options.format.is_nvfp4() {
+            match options.output.format.is_nvfp4() {
                 true => nonfinite::patch_nvfp4(&p.original, p.dtype, &mut q.codes),
                 false => nonfinite::patch_fp8(&p.original, p.dtype, &mut q.codes),
             }
@@ -475,7 +476,7 @@ fn quantize_group<'a>(
             q.transpose_experts_back(experts, l.source.rows_per_matrix());
         }
         let weight_scale = q.tensor_scale;
-        let tensors = q.into_tensors(options.format).ok_or_else(|| {
+        let tensors = q.into_tensors(options.output.format).ok_or_else(|| {
             Error::other(format!(
                 "internal: {} was planned with an input scale but has no input amax",
                 l.module
@@ -485,7 +486,7 @@ fn quantize_group<'a>(
         summary.push(SummaryLine {
             module: l.module.clone(),
             weight_amax: group_amax,
-            static_blocks: is_static || options.calib == CalibMethod::MseFp8Sweep,
+            static_blocks: is_static || options.output.calib == CalibMethod::MseFp8Sweep,
             input_amax: input.map(|i| i.amax),
             weight_scale,
             importance_weighted: importance[m].is_some(),

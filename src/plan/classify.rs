@@ -121,13 +121,13 @@ impl Exclusions<'_> {
         if let Some(p) = disabled_pattern(tensor) {
             return Some(format!("ModelOpt leaves '{p}' unquantized"));
         }
-        let in_scope = match self.options.scope {
+        let in_scope = match self.options.output.scope {
             Scope::All => true,
             Scope::Mlp => role != Role::Attention,
             Scope::Experts => role == Role::Expert,
         };
         if !in_scope {
-            return Some(format!("--scope {}", self.options.scope.name()));
+            return Some(format!("--scope {}", self.options.output.scope.name()));
         }
         self.excluded_by_pattern(module)
     }
@@ -135,11 +135,12 @@ impl Exclusions<'_> {
     fn excluded_by_pattern(&mut self, module: &str) -> Option<String> {
         let hit = self
             .options
+            .output
             .excludes
             .iter()
             .position(|p| glob_match(p, module))?;
         self.used.insert(hit);
-        Some(format!("--exclude {}", self.options.excludes[hit]))
+        Some(format!("--exclude {}", self.options.output.excludes[hit]))
     }
 }
 
@@ -222,9 +223,9 @@ pub fn classify(
         }
     }
     out.routers = routers.into_iter().map(|(_, r)| r).collect();
-    out.unused_excludes = (0..options.excludes.len())
+    out.unused_excludes = (0..options.output.excludes.len())
         .filter(|i| !ex.used.contains(i))
-        .map(|i| options.excludes[i].clone())
+        .map(|i| options.output.excludes[i].clone())
         .collect();
     if !unclassified.is_empty() {
         out.problems
@@ -524,7 +525,7 @@ fn expert_parts(gate_up: bool, total: usize) -> Vec<(ExpertProj, usize, usize)> 
 }
 
 fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
-    if let Err(reason) = check_shape(options.format, source.rows, source.cols) {
+    if let Err(reason) = check_shape(options.output.format, source.rows, source.cols) {
         let t = &ckpt.tensors()[source.tensor];
         let file = ckpt.shards()[t.shard].path.display();
         let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
@@ -534,7 +535,7 @@ fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: 
             t.name,
             source.rows_per_matrix(),
             source.cols,
-            options.format.cli_name(),
+            options.output.format.cli_name(),
         ));
     }
 }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
 use crate::input::layout::Layout;
 use crate::input::stats::{ActivationStats, ModelNames, WeightAmax};
-use crate::options::{Options, WeightAmaxMode};
+use crate::options::{ImportanceSource, KvCache, Options, WeightAmaxMode};
 
 /// A linear and the amax the plan decided for it from the statistics.
 #[derive(Debug, Clone)]
@@ -90,10 +90,10 @@ impl Plan {
     ) -> Result<Plan> {
         let mut problems = classified.problems.clone();
         let names = model_names(&classified, &layout);
-        let want_weights = options.weight_amax == WeightAmaxMode::Stats;
+        let want_weights = options.output.weight_amax == WeightAmaxMode::Stats;
         let loaded = ActivationStats::load_formats(
             &options.stats,
-            options.stats_format,
+            options.output.stats_format,
             &layout,
             &names,
             want_weights,
@@ -128,13 +128,13 @@ impl Plan {
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }
-        let (input_amax, input_amax_exact) = if options.format.needs_input_amax() {
+        let (input_amax, input_amax_exact) = if options.output.format.needs_input_amax() {
             let resolved = policy::resolve_input_amax(
                 &linears,
                 &stats,
-                options.format,
-                options.uncalibrated_experts,
-                options.expert_input_amax,
+                options.output.format,
+                options.output.uncalibrated_experts,
+                options.output.expert_input_amax,
             );
             warnings.extend(resolved.warnings);
             // Without the statistics (reported above) every expert looks uncalibrated: only
@@ -146,7 +146,7 @@ impl Plan {
         } else {
             (vec![None; linears.len()], vec![None; linears.len()])
         };
-        if options.format.needs_input_amax() {
+        if options.output.format.needs_input_amax() {
             let missing: Vec<&str> = linears
                 .iter()
                 .zip(&input_amax)
@@ -159,7 +159,7 @@ impl Plan {
                 let first: Vec<&str> = missing.iter().take(5).copied().collect();
                 problems.push(format!(
                     "--format {} quantizes activations, but {} quantized linear(s) have no input amax in {}: {}{}",
-                    options.format.cli_name(),
+                    options.output.format.cli_name(),
                     missing.len(),
                     stats_files(options),
                     first.join(", "),
@@ -199,7 +199,7 @@ impl Plan {
         }
         // With computed weight amax, a per-tensor weight amax in the statistics is checked
         // against the weights (statistics made on another checkpoint are refused).
-        let weight_check: Vec<Option<f32>> = match options.weight_amax {
+        let weight_check: Vec<Option<f32>> = match options.output.weight_amax {
             WeightAmaxMode::Compute => linears
                 .iter()
                 .map(
@@ -211,7 +211,7 @@ impl Plan {
                 .collect(),
             WeightAmaxMode::Stats => vec![None; linears.len()],
         };
-        let weight_stats = match options.weight_amax {
+        let weight_stats = match options.output.weight_amax {
             WeightAmaxMode::Compute => vec![None; linears.len()],
             WeightAmaxMode::Stats => {
                 let w = policy::weight_amax_from_stats(&linears, &stats);
@@ -229,23 +229,25 @@ impl Plan {
                     ));
                 }
                 for (l, a) in linears.iter().zip(&w) {
-                    if matches!(a, Some(WeightAmax::Blocks { .. })) && !options.format.is_nvfp4() {
+                    if matches!(a, Some(WeightAmax::Blocks { .. }))
+                        && !options.output.format.is_nvfp4()
+                    {
                         problems.push(format!(
                             "{}: the statistics give per-block weight amax (static NVFP4), which --format {} cannot use",
                             l.module,
-                            options.format.cli_name()
+                            options.output.format.cli_name()
                         ));
                     }
                 }
                 w
             }
         };
-        if options.importance {
+        if options.output.importance == ImportanceSource::Stats {
             importance_coverage(&linears, &stats, &mut problems, &mut warnings);
         }
         let mut builder = UnitBuilder::default();
         build_units(ckpt, &linears, &classified, options, &mut builder);
-        if options.kv_cache_fp8 {
+        if options.output.kv_cache == KvCache::Fp8 {
             kv_units(
                 &layout,
                 &linears,

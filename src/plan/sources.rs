@@ -173,8 +173,12 @@ pub fn matrix_source(
     if t.dtype == Dtype::F8_E4M3 {
         let scale = fp8_scale_of(ckpt, idx)?
             .ok_or_else(|| format!("{file}: FP8 tensor '{}' is not a 2-D weight", t.name))?;
-        let mut source =
-            WeightSource::matrix(idx, t.shape[0], t.shape[1], options.fp8_dequant.dtype());
+        let mut source = WeightSource::matrix(
+            idx,
+            t.shape[0],
+            t.shape[1],
+            options.output.fp8_dequant.dtype(),
+        );
         source.fp8_scale = Some(scale);
         return Ok(source);
     }

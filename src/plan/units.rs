@@ -159,7 +159,7 @@ pub(super) fn build_units(
         .filter_map(|l| l.source.fp8_scale.map(|sc| (l.source.tensor, sc)));
     for (t, scale) in classified.fp8_other.iter().copied().chain(fp8_excluded) {
         let (e, se) = (&ckpt.tensors()[t], &ckpt.tensors()[scale]);
-        if options.keep_fp8_source {
+        if options.output.keep_fp8_source {
             for (i, x) in [(t, e), (scale, se)] {
                 let out = OutputTensor {
                     name: x.name.clone(),
@@ -175,7 +175,7 @@ pub(super) fn build_units(
                 );
             }
         } else {
-            let dtype = match options.fp8_dequant {
+            let dtype = match options.output.fp8_dequant {
                 crate::compute::DequantPrecision::Bf16 => Dtype::BF16,
                 crate::compute::DequantPrecision::F32 => Dtype::F32,
             };
@@ -221,7 +221,7 @@ pub(super) fn build_units(
         }
         let key = match (l.expert, l.shared_group) {
             (Some((e, ExpertProj::Gate | ExpertProj::Up)), _) => (l.layer, 0, e, 0),
-            (None, Some(g)) if options.format.shares_group_scales() => (l.layer, 1, g, 0),
+            (None, Some(g)) if options.output.format.shares_group_scales() => (l.layer, 1, g, 0),
             _ => (l.layer, 2, i, 0),
         };
         groups.entry(key).or_default().push(i);
@@ -232,7 +232,7 @@ pub(super) fn build_units(
         for &i in &members {
             let l = &linears[i];
             for (suffix, dtype, shape) in
-                output_tensors(options.format, l.source.rows, l.source.cols)
+                output_tensors(options.output.format, l.source.rows, l.source.cols)
             {
                 outs.push(OutputTensor {
                     name: l.output_name(suffix),
@@ -306,7 +306,9 @@ pub(super) fn kv_units(
         // Scales recovered exactly from an export are written back unchanged.
         let exact = s.map(|s| s.kv_cache_amax_exact).unwrap_or_default();
         let scale = |amax: f32, exact: Option<f64>| {
-            exact.map_or(fp8_scale(amax, options.numerics), |x| (x / 448.0) as f32)
+            exact.map_or(fp8_scale(amax, options.output.numerics), |x| {
+                (x / 448.0) as f32
+            })
         };
         let values = vec![scale(k, exact.0), scale(v, exact.1)];
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
@@ -329,5 +331,5 @@ pub(super) fn kv_units(
 
 /// Bytes of the dequantized copy of an FP8 tensor.
 fn dequantized_len(options: &Options, e: &crate::input::checkpoint::TensorEntry) -> u64 {
-    (e.len * options.fp8_dequant.dtype().size()) as u64
+    (e.len * options.output.fp8_dequant.dtype().size()) as u64
 }

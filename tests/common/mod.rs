@@ -235,11 +235,11 @@ pub fn modelopt_case_options(
     numerics: shardquant::compute::Numerics,
 ) -> shardquant::options::Options {
     let mut options = shardquant::options::Options::new(format);
-    options.numerics = numerics;
-    options.quiet = true;
-    options.threads = 2;
+    options.output.numerics = numerics;
+    options.run.quiet = true;
+    options.run.threads = 2;
     if std::env::var("SHARDQUANT_GOLDEN_DEVICE").as_deref() == Ok("cuda") {
-        options.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
+        options.run.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
     }
     options
 }

@@ -501,4 +501,151 @@ mod tests {
         );
         assert!(explain(&key("1", "nvfp4", 5, &["z"]), &base).contains("statistics"));
     }
+
+    /// The key of a conversion with `options` (what [`Provenance::compute`] records, inputs
+    /// left out).
+    fn options_key(options: &Options) -> Value {
+        key_of(&json!({
+            "version": "1",
+            "build": "b1",
+            "options": options.output_options(),
+            "inputs": [],
+            "stats": [],
+            "layout_file": null,
+        }))
+    }
+
+    #[test]
+    fn every_output_option_is_in_the_key() {
+        use crate::compute::mse::CalibMethod;
+        use crate::compute::{DequantPrecision, Numerics, QuantFormat};
+        use crate::input::stats::StatsFormat;
+        use crate::options::*;
+        let base = Options::new(QuantFormat::Nvfp4);
+        // No `..`: a new field does not compile until it gets a change in the table below.
+        let OutputOptions {
+            format: _,
+            numerics: _,
+            weight_amax: _,
+            scope: _,
+            excludes: _,
+            kv_cache: _,
+            fp8_dequant: _,
+            keep_fp8_source: _,
+            uncalibrated_experts: _,
+            expert_input_amax: _,
+            stats_format: _,
+            max_shard_size: _,
+            allow_nonfinite: _,
+            calib: _,
+            importance: _,
+        } = &base.output;
+        // The options of a conversion with the defaults, as manifests record them (in this
+        // order): manifests written before must keep their key.
+        let defaults = json!({
+            "format": "nvfp4",
+            "numerics": "modelopt-cuda",
+            "weight_amax": "compute",
+            "scope": "all",
+            "exclude": [],
+            "kv_cache": "none",
+            "fp8_dequant": "bf16",
+            "keep_fp8_source": false,
+            "uncalibrated_experts": "peer-max",
+            "expert_input_amax": "layer-max",
+            "stats_format": null,
+            "max_shard_size": 5_000_000_000u64,
+            "allow_nonfinite": false,
+            "calib": "max",
+            "importance": "none",
+        });
+        assert_eq!(base.output_options().to_string(), defaults.to_string());
+        // A change to each field, and what the manifest records for it.
+        type Change = fn(&mut OutputOptions);
+        let changes: [(Change, Value); 15] = [
+            (|o| o.format = QuantFormat::Fp8, json!({"format": "fp8"})),
+            (
+                |o| o.numerics = Numerics::ModeloptCpu,
+                json!({"numerics": "modelopt-cpu"}),
+            ),
+            (
+                |o| o.weight_amax = WeightAmaxMode::Stats,
+                json!({"weight_amax": "stats"}),
+            ),
+            (|o| o.scope = Scope::Experts, json!({"scope": "experts"})),
+            (
+                |o| o.excludes.push("*.mlp.*".into()),
+                json!({"exclude": ["*.mlp.*"]}),
+            ),
+            (|o| o.kv_cache = KvCache::Fp8, json!({"kv_cache": "fp8"})),
+            (
+                |o| o.fp8_dequant = DequantPrecision::F32,
+                json!({"fp8_dequant": "f32"}),
+            ),
+            (
+                |o| o.keep_fp8_source = true,
+                json!({"keep_fp8_source": true}),
+            ),
+            (
+                |o| o.uncalibrated_experts = UncalibratedExperts::Error,
+                json!({"uncalibrated_experts": "error"}),
+            ),
+            (
+                |o| o.expert_input_amax = ExpertInputAmax::PerExpert,
+                json!({"expert_input_amax": "per-expert"}),
+            ),
+            (
+                |o| o.stats_format = Some(StatsFormat::ModeloptAmax),
+                json!({"stats_format": "modelopt"}),
+            ),
+            (
+                |o| o.max_shard_size = 1 << 20,
+                json!({"max_shard_size": 1 << 20}),
+            ),
+            (
+                |o| o.allow_nonfinite = true,
+                json!({"allow_nonfinite": true}),
+            ),
+            (
+                |o| o.calib = CalibMethod::MseFp8Sweep,
+                json!({"calib": "mse-fp8-sweep"}),
+            ),
+            (
+                |o| o.importance = ImportanceSource::Stats,
+                json!({"importance": "stats"}),
+            ),
+        ];
+        let old = options_key(&base);
+        let mut changed = Vec::new();
+        for (change, recorded) in &changes {
+            let mut o = base.clone();
+            change(&mut o.output);
+            let new = options_key(&o);
+            let (name, value) = recorded.as_object().unwrap().iter().next().unwrap();
+            assert_eq!(&new["options"][name], value, "{name}");
+            let mut back = new.clone();
+            back["options"][name] = old["options"][name].clone();
+            assert_eq!(back, old, "changing {name} changed more than {name}");
+            let why = explain(&old, &new);
+            assert!(why.starts_with(&format!("option {name} was ")), "{why}");
+            changed.push(name.clone());
+        }
+        let all: Vec<String> = defaults.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(changed, all, "each option is changed once");
+        // How a conversion runs is not in the key.
+        let mut o = base.clone();
+        o.run = RunOptions {
+            threads: 3,
+            device: crate::compute::cuda::DeviceChoice::Cpu,
+            max_memory: 1,
+            max_gpu_memory: 1,
+            quiet: true,
+            silent: true,
+            verbose: true,
+            report: Some("r.json".into()),
+            force: true,
+            resume: true,
+        };
+        assert_eq!(options_key(&o), old);
+    }
 }

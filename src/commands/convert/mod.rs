@@ -23,7 +23,7 @@ use crate::compute::cuda::{DeviceChoice, Gpu, GpuPool};
 use crate::digest::{hash_files, FileDigest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::model::Model;
-use crate::options::Options;
+use crate::options::{KvCache, Options};
 use crate::output::export::{QuantMetadata, MODELOPT_VERSION};
 use crate::output::metadata::is_weight_file;
 use crate::output::ShardWriter;
@@ -35,7 +35,7 @@ use std::time::Instant;
 
 /// Prints an info line unless quiet (`-q`).
 pub fn info(options: &Options, msg: &str) {
-    if !options.quiet {
+    if !options.run.quiet {
         eprintln!("{}shardquant: {msg}", crate::progress::log_prefix());
     }
 }
@@ -74,7 +74,7 @@ fn verbose_plan(options: &Options, plan: &Plan) {
 
 /// Prints a warning unless silent (`-qq`): `-q` hides progress and info, never warnings.
 pub fn warn(options: &Options, msg: &str) {
-    if !options.silent {
+    if !options.run.silent {
         eprintln!(
             "{}shardquant: warning: {msg}",
             crate::progress::log_prefix()
@@ -166,10 +166,10 @@ fn check_paths(input: &Path, output: &Path, options: &Options) -> Result<()> {
         ))
         .with_hint("remove it or choose another OUTPUT_DIR"));
     }
-    if let Some(report) = &options.report {
+    if let Some(report) = &options.run.report {
         check_report_path(report, input, &canon_in)?;
     }
-    if output.is_dir() && options.force && !replaceable(output) {
+    if output.is_dir() && options.run.force && !replaceable(output) {
         return Err(Error::usage(format!(
             "refusing to replace {}: it is not empty and holds no config.json or shardquant.json",
             output.display()
@@ -186,14 +186,14 @@ const GPU_SLOTS: usize = 4;
 
 /// Resolves `--device`: a pool of GPU slots sized for the plan's units, or None for the CPU.
 fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
-    let ordinal = match options.device {
+    let ordinal = match options.run.device {
         DeviceChoice::Cpu => return Ok(None),
         DeviceChoice::Auto => 0,
         DeviceChoice::Cuda(n) => n,
     };
     let gpu = match Gpu::open(ordinal) {
         Ok(gpu) => gpu,
-        Err(reason) if options.device == DeviceChoice::Auto => {
+        Err(reason) if options.run.device == DeviceChoice::Auto => {
             info(options, &format!("no usable GPU ({reason}); using the CPU"));
             return Ok(None);
         }
@@ -213,9 +213,9 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
         })
         .max()
         .unwrap_or(0);
-    let gpu_bound = (options.max_gpu_memory as f64 / (GPU_SLOTS as f64 * 2.25)) as usize;
+    let gpu_bound = (options.run.max_gpu_memory as f64 / (GPU_SLOTS as f64 * 2.25)) as usize;
     // Pinned staging (2 x capacity per slot) takes at most half of --max-memory.
-    let host_bound = (options.max_memory / (4 * GPU_SLOTS as u64)) as usize;
+    let host_bound = (options.run.max_memory / (4 * GPU_SLOTS as u64)) as usize;
     let capacity = largest.min(gpu_bound).min(host_bound);
     if capacity < largest {
         info(
@@ -266,7 +266,7 @@ pub fn check(input: &Path, output: &Path, options: &Options) -> Result<Freshness
 pub fn convert(input: &Path, output: &Path, options: &Options) -> Result<Report> {
     let started = Instant::now();
     let result = convert_and_report(input, output, options, started);
-    if let (Err(e), Some(path)) = (&result, &options.report) {
+    if let (Err(e), Some(path)) = (&result, &options.run.report) {
         // A nightly job with a fixed report path must not keep yesterday's "ok": every outcome
         // writes one, unless the report path itself is what was refused.
         if report_path_usable(input, path) {
@@ -334,12 +334,12 @@ fn convert_and_report(
                 ),
             );
             let report = Report::up_to_date(input, output, options, started);
-            if let Some(path) = &options.report {
+            if let Some(path) = &options.run.report {
                 write_file(path, report.to_json().as_bytes())?;
             }
             return Ok(report);
         }
-        Freshness::Stale(why) if output.symlink_metadata().is_ok() && !options.force => {
+        Freshness::Stale(why) if output.symlink_metadata().is_ok() && !options.run.force => {
             // Say what will work: --force replaces only a previous checkpoint or an empty
             // directory, never other files.
             let hint = if !output.is_dir() || crate::output::publish::replaceable(output) {
@@ -365,7 +365,10 @@ fn convert_and_report(
     for w in &plan.warnings {
         warn(options, w);
     }
-    let shard_plan = ShardPlan::new(std::mem::take(&mut plan.outputs), options.max_shard_size)?;
+    let shard_plan = ShardPlan::new(
+        std::mem::take(&mut plan.outputs),
+        options.output.max_shard_size,
+    )?;
     info(
         options,
         &format!(
@@ -374,12 +377,12 @@ fn convert_and_report(
             plan.layout.name,
             ckpt.tensors().len(),
             plan.quantized_count(),
-            options.format.cli_name(),
+            options.output.format.cli_name(),
             shard_plan.shard_count(),
-            options.threads
+            options.run.threads
         ),
     );
-    if options.verbose {
+    if options.run.verbose {
         verbose_plan(options, &plan);
     }
     let gpu = open_device(&plan, options)?;
@@ -412,7 +415,7 @@ fn convert_and_report(
     crate::fault::crash_point("publish", 1);
     std::fs::remove_file(staging.path().join(JOURNAL_FILE))
         .map_err(|e| Error::output_io("removing", &staging.path().join(JOURNAL_FILE), e))?;
-    staging.publish(options.force)?;
+    staging.publish(options.run.force)?;
     files.sort();
     let report = Report::new(
         input,
@@ -427,7 +430,7 @@ fn convert_and_report(
         convert_s,
         started,
     );
-    if let Some(path) = &options.report {
+    if let Some(path) = &options.run.report {
         write_file(path, report.to_json().as_bytes())?;
     }
     info(
@@ -525,7 +528,7 @@ impl Conversion<'_> {
         let sealed_before: Vec<bool> = done.iter().map(Option::is_some).collect();
         let writer = ShardWriter::resume(staging.path(), self.shard_plan, done)?;
         let total: u64 = plan.units.iter().map(|u| u.read_bytes()).sum();
-        let progress = Progress::new(total, options.quiet);
+        let progress = Progress::new(total, options.run.quiet);
         let run_started = Instant::now();
         let on_sealed = |digest: FileDigest, units: &[(usize, Vec<pipeline::SummaryLine>)]| {
             journal.record(digest, units)
@@ -567,9 +570,9 @@ impl Conversion<'_> {
             self.ckpt,
             self.config_text,
             &QuantMetadata {
-                quant_algo: options.format.quant_algo().to_string(),
-                group_size: options.format.group_size(),
-                kv_cache_fp8: options.kv_cache_fp8,
+                quant_algo: options.output.format.quant_algo().to_string(),
+                group_size: options.output.format.group_size(),
+                kv_cache_fp8: options.output.kv_cache == KvCache::Fp8,
                 exclude_modules: plan.exclude_modules.clone(),
                 producer_version: MODELOPT_VERSION.to_string(),
             },
@@ -582,7 +585,7 @@ impl Conversion<'_> {
                 None => info(options, n),
             }
         }
-        let outputs = output_digests(staging.path(), shards, options.threads)?;
+        let outputs = output_digests(staging.path(), shards, options.run.threads)?;
         write_file(
             &staging.path().join(MANIFEST_FILE),
             manifest::manifest_json(self.provenance, self.input, plan, &outputs).as_bytes(),

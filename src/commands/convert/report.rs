@@ -2,7 +2,7 @@
 //! `shardquant.json` manifest is [`super::manifest`]'s).
 
 use crate::input::checkpoint::Checkpoint;
-use crate::options::Options;
+use crate::options::{ImportanceSource, Options};
 use crate::pipeline::{RunStats, SummaryLine};
 use crate::plan::Plan;
 use serde_json::json;
@@ -15,10 +15,10 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
     let mut out = format!(
         "# shardquant {} quantization summary: format {}, numerics {}, calib {}{}\n",
         env!("CARGO_PKG_VERSION"),
-        options.format.cli_name(),
-        options.numerics.name(),
-        options.calib.name(),
-        if options.importance {
+        options.output.format.cli_name(),
+        options.output.numerics.name(),
+        options.output.calib.name(),
+        if options.output.importance == ImportanceSource::Stats {
             " (importance-weighted)"
         } else {
             ""
@@ -38,7 +38,7 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
         out.push_str(&format!(
             "{:80} {} weight_amax={:.6e}{}{} input_amax={} weight_scale={:.6e}{nonfinite}\n",
             l.module,
-            options.format.quant_algo(),
+            options.output.format.quant_algo(),
             l.weight_amax,
             if l.static_blocks {
                 " (static per-block)"
@@ -77,8 +77,8 @@ fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Val
         lines.iter().partition(|l| l.importance_weighted);
     let names = |v: &[&SummaryLine]| v.iter().map(|l| l.module.clone()).collect::<Vec<_>>();
     json!({
-        "method": options.calib.name(),
-        "importance": if options.importance {
+        "method": options.output.calib.name(),
+        "importance": if options.output.importance == ImportanceSource::Stats {
             json!({
                 "weighted": names(&weighted),
                 "unweighted": names(&unweighted),
@@ -167,8 +167,8 @@ impl Report {
             "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "options": options.output_options(),
             "calibration": calibration_json(options, &run.summary),
-            "threads": options.threads,
-            "max_memory": options.max_memory,
+            "threads": options.run.threads,
+            "max_memory": options.run.max_memory,
             "counts": {
                 "input_tensors": ckpt.tensors().len(),
                 "input_bytes": ckpt.total_bytes(),

@@ -58,7 +58,7 @@ pub fn resumable(output: &Path, key: &serde_json::Value) -> Option<(PathBuf, usi
 /// Before planning: refuses to start while a stopped run's completed work lies beside the
 /// output and neither `--resume` nor `--force` says what to do with it. Touches nothing.
 pub fn refuse_unasked(output: &Path, options: &Options) -> Result<()> {
-    if options.resume || options.force {
+    if options.run.resume || options.run.force {
         return Ok(());
     }
     let Some(l) = found(output).into_iter().find(|l| completed(l) > 0) else {
@@ -87,6 +87,7 @@ pub fn staging_for(
 ) -> Result<(Staging, JournalState, Vec<Option<FileDigest>>)> {
     let mut lefts = found(output);
     let pick = options
+        .run
         .resume
         .then(|| {
             lefts
@@ -100,7 +101,7 @@ pub fn staging_for(
     let chosen = pick.map(|i| lefts.remove(i));
     for l in &lefts {
         if completed(l) > 0 {
-            let why = match (&l.1, options.resume) {
+            let why = match (&l.1, options.run.resume) {
                 (Some(j), true) => format!(
                     "it was made with other inputs or options: {}",
                     explain(&j.key, key)
@@ -123,7 +124,7 @@ pub fn staging_for(
         ..JournalState::default()
     };
     let Some((dir, Some(state))) = chosen else {
-        if options.resume {
+        if options.run.resume {
             info(
                 options,
                 "--resume: no partial conversion to continue; starting from the beginning",
@@ -174,7 +175,7 @@ fn check_shards(
         .iter()
         .map(|(_, d)| (d.path.clone(), dir.join(&d.path)))
         .collect();
-    for ((s, want), got) in listed.iter().zip(hash_files(&paths, options.threads)) {
+    for ((s, want), got) in listed.iter().zip(hash_files(&paths, options.run.threads)) {
         match got {
             Ok(got) if &got == *want => done[*s] = Some(got),
             _ => info(

@@ -25,25 +25,29 @@ use crate::compute::codec::{
 use crate::compute::numerics::{load_f32_into, Numerics, SourceDtype};
 use crate::compute::nvfp4::{nvfp4_global_scale, NVFP4_BLOCK_SIZE};
 
-/// How weight amax is calibrated (`--calib`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How weight amax is calibrated (`--calib`). The first paragraph of each variant's doc is its
+/// `--help` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CalibMethod {
-    /// max |W| (ModelOpt's max calibration).
+    /// max |W|.
+    ///
+    /// ModelOpt's max calibration.
     Max,
+    /// Multiplier search of the per-tensor amax.
+    ///
     /// The multiplier search around max |W| (per-tensor FP8 amax, NVFP4 global amax).
     Mse,
+    /// Per-block FP8 scale sweep (NVFP4 only).
+    ///
     /// The per-block FP8 scale sweep of static NVFP4.
+    #[value(name = "mse-fp8-sweep")]
     MseFp8Sweep,
 }
 
 impl CalibMethod {
-    /// The `--calib` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            CalibMethod::Max => "max",
-            CalibMethod::Mse => "mse",
-            CalibMethod::MseFp8Sweep => "mse-fp8-sweep",
-        }
+    /// The `--calib` value (from the `clap::ValueEnum` derive).
+    pub fn name(self) -> String {
+        super::value_name(&self)
     }
 }
 

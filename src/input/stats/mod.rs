@@ -150,14 +150,18 @@ pub fn corrupt_value(path: &Path, key: &str, value: impl std::fmt::Display) -> E
     )
 }
 
-/// A statistics file format, detected from content (`--stats-format` forces one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A statistics file format, detected from content (`--stats-format` forces one; its values
+/// are the `clap::ValueEnum` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StatsFormat {
     /// ModelOpt amax safetensors (`*_quantizer._amax` keys).
+    #[value(name = "modelopt")]
     ModeloptAmax,
     /// shardquant's own schema v1 (`.stats.safetensors`, optionally zstd-compressed).
+    #[value(name = "shardquant")]
     Native,
     /// A `torch.save` file: ModelOpt / DeepSeek amax dumps, SmoothQuant `act_scales`.
+    #[value(name = "torch")]
     TorchPt,
     /// A llama.cpp importance matrix (legacy `.dat` or GGUF).
     Imatrix,
@@ -166,28 +170,9 @@ pub enum StatsFormat {
 }
 
 impl StatsFormat {
-    /// The `--stats-format` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            StatsFormat::ModeloptAmax => "modelopt",
-            StatsFormat::Native => "shardquant",
-            StatsFormat::TorchPt => "torch",
-            StatsFormat::Imatrix => "imatrix",
-            StatsFormat::Exported => "exported",
-        }
-    }
-
-    /// Parses a `--stats-format` name.
-    pub fn from_name(name: &str) -> Option<StatsFormat> {
-        [
-            StatsFormat::ModeloptAmax,
-            StatsFormat::Native,
-            StatsFormat::TorchPt,
-            StatsFormat::Imatrix,
-            StatsFormat::Exported,
-        ]
-        .into_iter()
-        .find(|f| f.name() == name)
+    /// The `--stats-format` name (from the `clap::ValueEnum` derive).
+    pub fn name(self) -> String {
+        crate::compute::value_name(&self)
     }
 }
 
