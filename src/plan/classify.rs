@@ -10,6 +10,7 @@
 
 use super::shapes;
 use super::sources::{fp8_scale_of, matrix_source, source_dtype, ColumnSlice, WeightSource};
+use super::Problem;
 use crate::compute::check_shape;
 use crate::error::Result;
 use crate::input::checkpoint::{Checkpoint, Dtype, TensorEntry};
@@ -105,7 +106,7 @@ pub struct Classified {
     /// Notes for the user.
     pub warnings: Vec<String>,
     /// Problems that stop the conversion (reported together in pre-flight).
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
 }
 
 /// Decides which linears `--scope` and `--exclude` leave unquantized, remembering which
@@ -183,7 +184,7 @@ pub fn classify(
                     Ok(Some(scale)) if t.dtype == Dtype::F8_E4M3 => {
                         out.fp8_other.push((idx, scale))
                     }
-                    Err(problem) if t.dtype == Dtype::F8_E4M3 => out.problems.push(problem),
+                    Err(problem) if t.dtype == Dtype::F8_E4M3 => out.problems.push(problem.into()),
                     _ => out.passthrough.push(idx),
                 }
                 continue;
@@ -214,7 +215,7 @@ pub fn classify(
             None if t.dtype == Dtype::F8_E4M3 => match fp8_scale_of(ckpt, idx) {
                 Ok(Some(scale)) => out.fp8_other.push((idx, scale)),
                 Ok(None) => out.passthrough.push(idx),
-                Err(problem) => out.problems.push(problem),
+                Err(problem) => out.problems.push(problem.into()),
             },
             None => {
                 out.passthrough.push(idx);
@@ -229,7 +230,7 @@ pub fn classify(
         .collect();
     if !unclassified.is_empty() {
         out.problems
-            .push(unclassified_problem(layout, &unclassified));
+            .push(unclassified_problem(layout, &unclassified).into());
     }
     partly_excluded_bmm(&out.linears, &mut out.problems);
     shapes::check(
@@ -298,7 +299,7 @@ fn unclassified_problem(layout: &Layout, unclassified: &[String]) -> String {
 
 /// ModelOpt quantizes a BMM experts module as a whole: excluding one of its two parameters
 /// would leave the module half quantized, which no engine loads.
-fn partly_excluded_bmm(linears: &[Linear], problems: &mut Vec<String>) {
+fn partly_excluded_bmm(linears: &[Linear], problems: &mut Vec<Problem>) {
     let mut modules: std::collections::BTreeMap<&str, (Vec<&str>, Vec<&str>)> =
         std::collections::BTreeMap::new();
     for l in linears.iter().filter(|l| l.source.bmm_experts.is_some()) {
@@ -315,7 +316,7 @@ fn partly_excluded_bmm(linears: &[Linear], problems: &mut Vec<String>) {
                  engines load it so (exclude both with --exclude '{module}.*', or neither)",
                 quantized.join(", "),
                 excluded.join(", ")
-            ));
+            ).into());
         }
     }
 }
@@ -344,7 +345,7 @@ fn linear_of(
             if excluded.is_some() {
                 out.excluded_other.push(module.to_string());
             } else {
-                out.problems.push(problem);
+                out.problems.push(problem.into());
             }
             return Some(Vec::new());
         }
@@ -371,7 +372,7 @@ fn fused_linears(
     layout: &Layout,
     idx: usize,
     ex: &mut Exclusions,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Option<Vec<Linear>> {
     let experts = layout.experts.as_ref()?;
     let t = &ckpt.tensors()[idx];
@@ -388,11 +389,14 @@ fn fused_linears(
     };
     let file = ckpt.shards()[t.shard].path.display();
     let Some(dtype) = source_dtype(t.dtype) else {
-        problems.push(format!(
+        problems.push(
+            format!(
             "{file}: tensor '{}' has dtype {:?}; fused expert weights must be BF16, F16 or F32 \
              (fused FP8 experts are not supported; per-expert FP8 tensors are)",
             t.name, t.dtype
-        ));
+        )
+            .into(),
+        );
         return Some(Vec::new());
     };
     let orientation = if experts.fused_transposed {
@@ -401,10 +405,13 @@ fn fused_linears(
         "[experts, out, in]"
     };
     let &[n_experts, d1, d2] = t.shape.as_slice() else {
-        problems.push(format!(
+        problems.push(
+            format!(
             "{file}: tensor '{}' should be a fused expert parameter {orientation}, has shape {:?}",
             t.name, t.shape
-        ));
+        )
+            .into(),
+        );
         return Some(Vec::new());
     };
     if experts.fused_transposed && experts.module.is_some() {
@@ -412,10 +419,13 @@ fn fused_linears(
         // of its expert's [in, out] matrix; gate and up are the two halves of gate_up.
         let (cols, out_total) = (d1, d2);
         if gate_up && out_total % 2 != 0 {
-            problems.push(format!(
-                "{file}: tensor '{}': fused gate_up has an odd output count {out_total}",
-                t.name
-            ));
+            problems.push(
+                format!(
+                    "{file}: tensor '{}': fused gate_up has an odd output count {out_total}",
+                    t.name
+                )
+                .into(),
+            );
             return Some(Vec::new());
         }
         let expert_bytes = cols * out_total * dtype.size();
@@ -438,7 +448,7 @@ fn fused_linears(
                         "{module}: experts stored [experts, in, out] ('{}') cannot be left unquantized one by one; \
                          quantize them (drop the --exclude / --scope that matches them) or convert the tensor to [experts, out, in] first",
                         t.name
-                    ));
+                    ).into());
                     return Some(Vec::new());
                 }
                 check(ckpt, &source, ex.options, problems);
@@ -476,10 +486,13 @@ fn fused_linears(
     }
     let (rows, cols) = (d1, d2);
     if gate_up && rows % 2 != 0 {
-        problems.push(format!(
-            "{file}: tensor '{}': fused gate_up has an odd row count {rows}",
-            t.name
-        ));
+        problems.push(
+            format!(
+                "{file}: tensor '{}': fused gate_up has an odd row count {rows}",
+                t.name
+            )
+            .into(),
+        );
         return Some(Vec::new());
     }
     let mut linears = Vec::new();
@@ -524,18 +537,21 @@ fn expert_parts(gate_up: bool, total: usize) -> Vec<(ExpertProj, usize, usize)> 
     }
 }
 
-fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<String>) {
+fn check(ckpt: &Checkpoint, source: &WeightSource, options: &Options, problems: &mut Vec<Problem>) {
     if let Err(reason) = check_shape(options.output.format, source.rows, source.cols) {
         let t = &ckpt.tensors()[source.tensor];
         let file = ckpt.shards()[t.shard].path.display();
         let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
-        problems.push(format!(
-            "{file}: tensor '{}' [{}, {}] cannot be quantized to {}: {reason} \
+        problems.push(
+            format!(
+                "{file}: tensor '{}' [{}, {}] cannot be quantized to {}: {reason} \
              (leave it unquantized with --exclude '{module}')",
-            t.name,
-            source.rows_per_matrix(),
-            source.cols,
-            options.output.format.cli_name(),
-        ));
+                t.name,
+                source.rows_per_matrix(),
+                source.cols,
+                options.output.format.cli_name(),
+            )
+            .into(),
+        );
     }
 }

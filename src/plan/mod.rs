@@ -9,6 +9,7 @@ mod classify;
 pub mod exclude;
 mod groups;
 pub mod policy;
+mod problem;
 mod shapes;
 pub(crate) mod shards;
 mod sources;
@@ -16,6 +17,7 @@ mod units;
 
 pub use classify::{classify, Classified, Linear};
 pub use exclude::summarize_exclude_modules;
+pub use problem::Problem;
 pub use shards::{OutputTensor, ShardPlan};
 pub use sources::{source_dtype, ColumnSlice, WeightSource};
 use units::{build_units, kv_units, UnitBuilder};
@@ -100,7 +102,7 @@ impl Plan {
         );
         let stats_loaded = loaded.is_ok();
         let stats = loaded.unwrap_or_else(|e| {
-            problems.push(e.to_string().replace('\n', "\n  "));
+            problems.push(Problem::from_lines(&e.to_string()));
             ActivationStats::default()
         });
         let mut warnings = std::mem::take(&mut classified.warnings);
@@ -124,7 +126,11 @@ impl Plan {
             ));
         }
         let linears = std::mem::take(&mut classified.linears);
-        problems.extend(groups::partial_groups(&linears));
+        problems.extend(
+            groups::partial_groups(&linears)
+                .into_iter()
+                .map(Problem::new),
+        );
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }
@@ -140,7 +146,7 @@ impl Plan {
             // Without the statistics (reported above) every expert looks uncalibrated: only
             // the cause is reported.
             if stats_loaded {
-                problems.extend(resolved.problems);
+                problems.extend(resolved.problems.into_iter().map(Problem::new));
             }
             (resolved.per_linear, resolved.per_linear_exact)
         } else {
@@ -157,7 +163,7 @@ impl Plan {
             // input amax follow from it.
             if !missing.is_empty() && stats_loaded {
                 let first: Vec<&str> = missing.iter().take(5).copied().collect();
-                problems.push(format!(
+                let mut problem = Problem::new(format!(
                     "--format {} quantizes activations, but {} quantized linear(s) have no input amax in {}: {}{}",
                     options.output.format.cli_name(),
                     missing.len(),
@@ -172,16 +178,16 @@ impl Plan {
                     .count();
                 if not_amax > 0 && not_amax == stats.ignored.len() && stats.unmatched.is_empty() {
                     let example = stats.ignored[0].trim_end_matches(": not an amax buffer");
-                    problems.push(format!(
-                        "  the statistics hold {not_amax} tensor(s) such as '{example}' and no quantizer amax \
+                    problem.details.push(format!(
+                        "the statistics hold {not_amax} tensor(s) such as '{example}' and no quantizer amax \
                          (`*_quantizer._amax`): is a weight shard passed as --stats?"
                     ));
                 }
                 if !stats.invalid.is_empty() {
                     let zeros: Vec<&str> =
                         stats.invalid.iter().take(5).map(String::as_str).collect();
-                    problems.push(format!(
-                        "  the statistics give zero, treated as missing, for {} value(s): {}{}",
+                    problem.details.push(format!(
+                        "the statistics give zero, treated as missing, for {} value(s): {}{}",
                         stats.invalid.len(),
                         zeros.join(", "),
                         if stats.invalid.len() > zeros.len() {
@@ -191,10 +197,9 @@ impl Plan {
                         }
                     ));
                 }
-                problems.push(
-                    "  fix: pass a ModelOpt amax file with --stats FILE, or use --format w4a16_nvfp4 (weight-only, needs no statistics)"
-                        .to_string(),
-                );
+                problems.push(problem.with(
+                    "fix: pass a ModelOpt amax file with --stats FILE, or use --format w4a16_nvfp4 (weight-only, needs no statistics)",
+                ));
             }
         }
         // With computed weight amax, a per-tensor weight amax in the statistics is checked
@@ -236,7 +241,7 @@ impl Plan {
                             "{}: the statistics give per-block weight amax (static NVFP4), which --format {} cannot use",
                             l.module,
                             options.output.format.cli_name()
-                        ));
+                        ).into());
                     }
                 }
                 w
@@ -335,12 +340,12 @@ impl Plan {
     }
 }
 
-fn problem_report(problems: Vec<String>, warnings: &[String]) -> Error {
-    let count = problems.iter().filter(|p| !p.starts_with("  ")).count();
+fn problem_report(problems: Vec<Problem>, warnings: &[String]) -> Error {
+    let count = problems.len();
     let mut text = format!("pre-flight found {count} problem(s); nothing was written:");
     for p in problems.iter().take(40) {
         text.push_str("\n  ");
-        text.push_str(p);
+        text.push_str(&p.to_string().replace('\n', "\n  "));
     }
     if problems.len() > 40 {
         text.push_str(&format!("\n  ... and {} more", problems.len() - 40));
@@ -382,7 +387,7 @@ fn dtype_mismatch(config: &serde_json::Value, linears: &[Linear]) -> Option<Stri
 fn importance_coverage(
     linears: &[Linear],
     stats: &ActivationStats,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
     warnings: &mut Vec<String>,
 ) {
     let quantized: Vec<&Linear> = linears.iter().filter(|l| l.excluded.is_none()).collect();
@@ -397,9 +402,9 @@ fn importance_coverage(
         .map(|l| l.module.as_str())
         .collect();
     if !quantized.is_empty() && missing.len() == quantized.len() {
-        problems.push(
-            "--importance stats: the statistics hold no per-channel activation sums (input_sum_sq with token_count, or input_mean_sq) for any quantized linear; pass a llama.cpp imatrix or a shardquant statistics file with them".to_string(),
-        );
+        problems.push(Problem::new(
+            "--importance stats: the statistics hold no per-channel activation sums (input_sum_sq with token_count, or input_mean_sq) for any quantized linear; pass a llama.cpp imatrix or a shardquant statistics file with them",
+        ));
     } else if !missing.is_empty() {
         warnings.push(format!(
             "--importance stats: {} linear(s) have no usable per-channel activation statistics (or saw no tokens); their MSE search is unweighted: {}",

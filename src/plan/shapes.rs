@@ -15,6 +15,7 @@
 //!   them, and fused expert parameters hold `E` experts.
 
 use super::classify::Linear;
+use super::Problem;
 use crate::input::checkpoint::Checkpoint;
 use crate::input::layout::infer::{config_usize, EXPERT_COUNT_KEYS};
 use crate::input::layout::vocabulary::{dense, expert_io, Io};
@@ -28,7 +29,7 @@ pub fn check(
     layout: &Layout,
     config: &serde_json::Value,
     linears: &[Linear],
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
     warnings: &mut Vec<String>,
 ) {
     let mut found = Vec::new();
@@ -74,12 +75,14 @@ pub fn check(
     check_pairs(linears, &place, &mut found);
     if !found.is_empty() {
         let count = found.len();
-        problems.extend(found.into_iter().take(20));
+        problems.extend(found.into_iter().take(20).map(Problem::new));
+        let last = problems.last_mut().expect("a shape problem was just added");
         if count > 20 {
-            problems.push(format!("  ... and {} more shape problems", count - 20));
+            last.details
+                .push(format!("... and {} more shape problems", count - 20));
         }
-        problems.push(format!(
-            "  the layout '{}' does not describe this checkpoint (a --layout for another model, fused experts in \
+        last.details.push(format!(
+            "the layout '{}' does not describe this checkpoint (a --layout for another model, fused experts in \
              another orientation, or an architecture it does not know); nothing was written. Check it with \
              `shardquant inspect DIR --layout-json`",
             layout.name

@@ -1,6 +1,6 @@
 //! Units of work: what each unit reads, does and writes, and the streaming order.
 
-use super::{stats_files, Classified, Linear, OutputTensor};
+use super::{stats_files, Classified, Linear, OutputTensor, Problem};
 use crate::compute::{fp8_scale, output_tensors};
 use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::input::layout::{ExpertProj, Layout};
@@ -268,13 +268,13 @@ pub(super) fn kv_units(
     stats: &ActivationStats,
     options: &Options,
     b: &mut UnitBuilder,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) {
     let Some(kv) = &layout.kv_cache else {
-        problems.push(format!(
+        problems.push(Problem::new(format!(
             "--kv-cache fp8: layout '{}' does not say where KV-cache scales go (no \"kv_cache\" entry)",
             layout.name
-        ));
+        )));
         return;
     };
     let mut missing = Vec::new();
@@ -314,18 +314,17 @@ pub(super) fn kv_units(
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
     }
     if !missing.is_empty() {
-        problems.push(format!(
+        problems.push(Problem::new(format!(
             "--kv-cache fp8 needs k/v amax (ModelOpt k_bmm_quantizer / v_bmm_quantizer) for {} attention block(s) \
              missing from {}, e.g. {}",
             missing.len(),
             stats_files(options),
             missing.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .with(
+            "fix: calibrate with KV-cache quantization enabled (ModelOpt --kv_cache_qformat fp8) and pass that amax file, \
+             or drop --kv-cache fp8",
         ));
-        problems.push(
-            "  fix: calibrate with KV-cache quantization enabled (ModelOpt --kv_cache_qformat fp8) and pass that amax file, \
-             or drop --kv-cache fp8"
-                .to_string(),
-        );
     }
 }
 

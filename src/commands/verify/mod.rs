@@ -428,7 +428,9 @@ fn source_linears(
     // Shape contradictions and weights the layout cannot classify make the comparison
     // untrustworthy; other planning problems (odd dtypes of excluded tensors) do not matter.
     for p in &classified.problems {
-        problems.push(format!("source {}: {}", dir.display(), p.trim_start()));
+        for line in std::iter::once(&p.what).chain(&p.details) {
+            problems.push(format!("source {}: {line}", dir.display()));
+        }
     }
     Ok(classified
         .linears
