@@ -99,7 +99,7 @@ impl TensorList {
                 offset += len;
             }
             let mut text = serde_json::to_vec(&header).expect("a header serializes");
-            while text.len() % 8 != 0 {
+            while !text.len().is_multiple_of(8) {
                 text.push(b' ');
             }
             let path = dir.join(&name);

@@ -211,7 +211,7 @@ impl SyntheticSpec {
                 .map(|_| {
                     let r = rng.next();
                     let base = f64::from(rng.normal(1.0)).powi(2) + 0.05;
-                    let outlier = if r % 97 == 0 { 100.0 } else { 1.0 };
+                    let outlier = if r.is_multiple_of(97) { 100.0 } else { 1.0 };
                     base * outlier * tokens as f64
                 })
                 .collect()

@@ -100,7 +100,11 @@ fn fp8_weight(rows: usize, cols: usize, amax: f32, rng: &mut Rng) -> (Vec<u8>, V
     let mut w: Vec<u8> = (0..rows * cols)
         .map(|_| {
             let code = (rng.next() % 0x7E) as u8; // 0x00..=0x7D: below 448, never NaN
-            code | if rng.next() % 2 == 0 { 0x80 } else { 0 }
+            code | if rng.next().is_multiple_of(2) {
+                0x80
+            } else {
+                0
+            }
         })
         .collect();
     w[0] = 0x7E;

@@ -154,7 +154,7 @@ pub fn check_shape(
     }
     if let Some(group) = format.group_size() {
         let group = group as usize;
-        if cols % group != 0 {
+        if !cols.is_multiple_of(group) {
             return Err(format!(
                 "inner dimension {cols} is not a multiple of the {} block size {group}",
                 format.cli_name()

@@ -328,11 +328,10 @@ impl Drop for OutputLock {
     }
 }
 
-/// `flock(LOCK_EX | LOCK_NB)` (`File::try_lock` needs Rust 1.89; the crate supports 1.82).
+/// An exclusive lock without waiting (`flock(LOCK_EX | LOCK_NB)` on Unix): false when another
+/// run holds it.
 fn try_lock(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    file.try_lock().is_ok()
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `dir` (statvfs).

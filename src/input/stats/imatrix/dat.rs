@@ -229,7 +229,7 @@ fn infer_experts(
 ) -> Option<usize> {
     let (layer, tensor) = split_block_name(name)?;
     let h = (*hidden.get(&layer)?)?;
-    let from_hidden = |n: usize| (n % h == 0 && n >= h).then_some(n / h);
+    let from_hidden = |n: usize| (n.is_multiple_of(h) && n >= h).then_some(n / h);
     match tensor {
         "ffn_gate_exps" | "ffn_up_exps" => from_hidden(nval),
         "ffn_down_exps" => {

@@ -192,7 +192,7 @@ impl<'a> Vm<'a> {
         };
         match (&mut self.heap[id], pairs) {
             (Node::List(l), false) => l.extend(items),
-            (Node::Dict(d), true) if items.len() % 2 == 0 => {
+            (Node::Dict(d), true) if items.len().is_multiple_of(2) => {
                 let mut it = items.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
                     d.push((k, v));
