@@ -213,6 +213,24 @@ pub fn key_of(manifest: &Value) -> Value {
     })
 }
 
+/// `shardquant.json`, in the order its fields are written.
+#[derive(serde::Serialize)]
+struct Manifest<'a> {
+    tool: &'static str,
+    version: &'a Value,
+    build: &'a Value,
+    modelopt_format_version: &'static str,
+    input: String,
+    layout: &'a str,
+    quantized_linears: usize,
+    unquantized_linears: usize,
+    options: &'a Value,
+    inputs: &'a Value,
+    stats: &'a Value,
+    layout_file: &'a Value,
+    outputs: &'a [FileDigest],
+}
+
 /// The text of `shardquant.json`.
 pub fn manifest_json(
     provenance: &Provenance,
@@ -221,22 +239,22 @@ pub fn manifest_json(
     outputs: &[FileDigest],
 ) -> String {
     let p = &provenance.value;
-    let value = json!({
-        "tool": "shardquant",
-        "version": p["version"],
-        "build": p["build"],
-        "modelopt_format_version": crate::output::export::MODELOPT_VERSION,
-        "input": input.display().to_string(),
-        "layout": plan.layout.name,
-        "quantized_linears": plan.quantized_count(),
-        "unquantized_linears": plan.linears.len() - plan.quantized_count(),
-        "options": p["options"],
-        "inputs": p["inputs"],
-        "stats": p["stats"],
-        "layout_file": p["layout_file"],
-        "outputs": outputs,
-    });
-    serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    let manifest = Manifest {
+        tool: "shardquant",
+        version: &p["version"],
+        build: &p["build"],
+        modelopt_format_version: crate::output::export::MODELOPT_VERSION,
+        input: input.display().to_string(),
+        layout: &plan.layout.name,
+        quantized_linears: plan.quantized_count(),
+        unquantized_linears: plan.linears.len() - plan.quantized_count(),
+        options: &p["options"],
+        inputs: &p["inputs"],
+        stats: &p["stats"],
+        layout_file: &p["layout_file"],
+        outputs,
+    };
+    serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n"
 }
 
 /// Reads `dir/shardquant.json`: `None` when there is none, an error text when it is unreadable.
