@@ -5,6 +5,7 @@ use crate::input::checkpoint::Checkpoint;
 use crate::options::{ImportanceSource, Options};
 use crate::pipeline::{RunStats, SummaryLine};
 use crate::plan::Plan;
+use serde::Serialize;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -72,37 +73,59 @@ pub fn quant_summary(plan: &Plan, options: &Options, lines: &[SummaryLine]) -> S
 
 /// Which calibration each quantized linear got: the method, and with `--importance stats`
 /// which linears' searches were weighted by activation statistics and which were not.
-fn calibration_json(options: &Options, lines: &[SummaryLine]) -> serde_json::Value {
-    let (weighted, unweighted): (Vec<&SummaryLine>, Vec<&SummaryLine>) =
-        lines.iter().partition(|l| l.importance_weighted);
-    let names = |v: &[&SummaryLine]| v.iter().map(|l| l.module.clone()).collect::<Vec<_>>();
-    json!({
-        "method": options.output.calib.name(),
-        "importance": if options.output.importance == ImportanceSource::Stats {
-            json!({
-                "weighted": names(&weighted),
-                "unweighted": names(&unweighted),
-            })
-        } else {
-            serde_json::Value::Null
-        },
-    })
+#[derive(Debug, Clone, Serialize)]
+struct Calibration {
+    method: String,
+    importance: Option<ImportanceCoverage>,
 }
 
-/// The weights whose NaN / infinite elements were passed through (`--allow-nonfinite`), in
-/// output order.
-fn nonfinite_json(lines: &[SummaryLine]) -> serde_json::Value {
+/// The linears whose MSE searches were weighted by activation statistics, and the others.
+#[derive(Debug, Clone, Serialize)]
+struct ImportanceCoverage {
+    weighted: Vec<String>,
+    unweighted: Vec<String>,
+}
+
+impl Calibration {
+    fn of(options: &Options, lines: &[SummaryLine]) -> Calibration {
+        let (weighted, unweighted): (Vec<&SummaryLine>, Vec<&SummaryLine>) =
+            lines.iter().partition(|l| l.importance_weighted);
+        let names = |v: &[&SummaryLine]| v.iter().map(|l| l.module.clone()).collect();
+        Calibration {
+            method: options.output.calib.name(),
+            importance: (options.output.importance == ImportanceSource::Stats).then(|| {
+                ImportanceCoverage {
+                    weighted: names(&weighted),
+                    unweighted: names(&unweighted),
+                }
+            }),
+        }
+    }
+}
+
+/// A weight whose NaN / infinite elements were passed through (`--allow-nonfinite`).
+#[derive(Debug, Clone, Serialize)]
+struct NonFiniteEntry {
+    tensor: String,
+    module: String,
+    nan: u64,
+    inf: u64,
+    first: [usize; 2],
+}
+
+/// The weights whose NaN / infinite elements were passed through, in output order.
+fn nonfinite_entries(lines: &[SummaryLine]) -> Vec<NonFiniteEntry> {
     lines
         .iter()
         .filter_map(|l| {
             let n = l.nonfinite.as_ref()?;
-            Some(json!({
-                "tensor": n.tensor,
-                "module": l.module,
-                "nan": n.counts.nan,
-                "inf": n.counts.inf,
-                "first": n.first,
-            }))
+            Some(NonFiniteEntry {
+                tensor: n.tensor.clone(),
+                module: l.module.clone(),
+                nan: n.counts.nan as u64,
+                inf: n.counts.inf as u64,
+                first: n.first,
+            })
         })
         .collect()
 }
@@ -135,13 +158,127 @@ pub fn peak_rss_bytes() -> u64 {
     }
 }
 
-/// The `--report` JSON: inputs, options, counts, timings, memory, warnings.
-#[derive(Debug, Clone)]
+/// The `--report` JSON: inputs, options, counts, timings, memory, warnings. The fields of a
+/// finished conversion are `None` in the reports of runs that wrote nothing or stopped, and are
+/// then left out.
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    value: serde_json::Value,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    input: String,
+    output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_units: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layout: Option<String>,
+    stats: Vec<String>,
+    options: serde_json::Value,
+    #[serde(flatten)]
+    run: Option<RunDetails>,
+    timings_s: Timings,
+    #[serde(flatten)]
+    outcome: Option<Outcome>,
+}
+
+/// How a finished conversion ran.
+#[derive(Debug, Clone, Serialize)]
+struct RunDetails {
+    calibration: Calibration,
+    threads: usize,
+    max_memory: u64,
+    counts: Counts,
+}
+
+/// What a finished conversion read and wrote.
+#[derive(Debug, Clone, Serialize)]
+struct Counts {
+    input_tensors: usize,
+    input_bytes: u64,
+    output_tensors: usize,
+    output_bytes: u64,
+    quantized_linears: usize,
+    unquantized_linears: usize,
+    passthrough_tensors: usize,
+    fp8_source_linears: usize,
+    fp8_source_unquantized: usize,
+    units: usize,
+    units_skipped: usize,
+}
+
+/// Seconds: pre-flight, conversion and total (only the total for runs that wrote nothing), and
+/// thread-seconds per pipeline stage.
+#[derive(Debug, Clone, Serialize)]
+struct Timings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preflight: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    convert: Option<f64>,
+    total: f64,
+    /// Several threads run each stage, so these add up to more than the wall time; their
+    /// ratios show where the run spends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages_thread_s: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Memory, warnings and files of a finished conversion.
+#[derive(Debug, Clone, Serialize)]
+struct Outcome {
+    memory: Memory,
+    warnings: Vec<String>,
+    nonfinite_weights: Vec<NonFiniteEntry>,
+    notes: Vec<String>,
+    files: Vec<String>,
+}
+
+/// Peak memory of a finished conversion.
+#[derive(Debug, Clone, Serialize)]
+struct Memory {
+    peak_rss_bytes: u64,
+    peak_in_flight_bytes: u64,
+    largest_unit_bytes: u64,
+    gpu_memory_bytes: u64,
 }
 
 impl Report {
+    /// A report with the fields every outcome has.
+    fn base(
+        status: &'static str,
+        input: &Path,
+        output: &Path,
+        options: &Options,
+        total: f64,
+    ) -> Report {
+        Report {
+            status,
+            exit_code: None,
+            error: None,
+            input: input.display().to_string(),
+            output: output.display().to_string(),
+            device: None,
+            gpu_units: None,
+            layout: None,
+            stats: options
+                .stats
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            options: options.output_options(),
+            run: None,
+            timings_s: Timings {
+                preflight: None,
+                convert: None,
+                total,
+                stages_thread_s: None,
+            },
+            outcome: None,
+        }
+    }
+
     /// Builds the report of a finished conversion.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -157,68 +294,70 @@ impl Report {
         convert_s: f64,
         started: Instant,
     ) -> Report {
-        let value = json!({
-            "status": "ok",
-            "input": input.display().to_string(),
-            "output": output.display().to_string(),
-            "device": run.device,
-            "gpu_units": run.gpu_units,
-            "layout": plan.layout.name,
-            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "options": options.output_options(),
-            "calibration": calibration_json(options, &run.summary),
-            "threads": options.run.threads,
-            "max_memory": options.run.max_memory,
-            "counts": {
-                "input_tensors": ckpt.tensors().len(),
-                "input_bytes": ckpt.total_bytes(),
-                "output_tensors": run.tensors_written,
-                "output_bytes": run.bytes_written,
-                "quantized_linears": plan.quantized_count(),
-                "unquantized_linears": plan.linears.len() - plan.quantized_count(),
-                "passthrough_tensors": plan.classified.passthrough.len(),
-                "fp8_source_linears": plan.linears.iter().filter(|p| p.linear.source.fp8_scale.is_some()).count(),
-                "fp8_source_unquantized": plan.classified.fp8_other.len(),
-                "units": plan.units.len(),
-                "units_skipped": run.units_skipped,
-            },
-            "timings_s": {
-                "preflight": preflight_s,
-                "convert": convert_s,
-                "total": started.elapsed().as_secs_f64(),
-                // Thread-seconds per stage: several threads run each stage, so these add up
-                // to more than the wall time; their ratios show where the run spends it.
-                "stages_thread_s": run
-                    .stage_seconds
+        let mut report = Report::base(
+            "ok",
+            input,
+            output,
+            options,
+            started.elapsed().as_secs_f64(),
+        );
+        report.device = Some(run.device.clone());
+        report.gpu_units = Some(run.gpu_units);
+        report.layout = Some(plan.layout.name.clone());
+        report.run = Some(RunDetails {
+            calibration: Calibration::of(options, &run.summary),
+            threads: options.run.threads,
+            max_memory: options.run.max_memory,
+            counts: Counts {
+                input_tensors: ckpt.tensors().len(),
+                input_bytes: ckpt.total_bytes(),
+                output_tensors: run.tensors_written,
+                output_bytes: run.bytes_written,
+                quantized_linears: plan.quantized_count(),
+                unquantized_linears: plan.linears.len() - plan.quantized_count(),
+                passthrough_tensors: plan.classified.passthrough.len(),
+                fp8_source_linears: plan
+                    .linears
                     .iter()
-                    .map(|(k, v)| (k.to_string(), json!(v)))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+                    .filter(|p| p.linear.source.fp8_scale.is_some())
+                    .count(),
+                fp8_source_unquantized: plan.classified.fp8_other.len(),
+                units: plan.units.len(),
+                units_skipped: run.units_skipped,
             },
-            "memory": {
-                "peak_rss_bytes": peak_rss_bytes(),
-                "peak_in_flight_bytes": run.peak_in_flight,
-                "largest_unit_bytes": plan.largest_unit_bytes(),
-                "gpu_memory_bytes": run.gpu_memory_bytes,
-            },
-            "warnings": plan.warnings,
-            "nonfinite_weights": nonfinite_json(&run.summary),
-            "notes": notes,
-            "files": files,
         });
-        Report { value }
+        report.timings_s.preflight = Some(preflight_s);
+        report.timings_s.convert = Some(convert_s);
+        report.timings_s.stages_thread_s = Some(
+            run.stage_seconds
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect(),
+        );
+        report.outcome = Some(Outcome {
+            memory: Memory {
+                peak_rss_bytes: peak_rss_bytes(),
+                peak_in_flight_bytes: run.peak_in_flight,
+                largest_unit_bytes: plan.largest_unit_bytes(),
+                gpu_memory_bytes: run.gpu_memory_bytes,
+            },
+            warnings: plan.warnings.clone(),
+            nonfinite_weights: nonfinite_entries(&run.summary),
+            notes,
+            files,
+        });
+        report
     }
 
     /// The report of a run that found the output up to date and wrote nothing.
     pub fn up_to_date(input: &Path, output: &Path, options: &Options, started: Instant) -> Report {
-        let value = json!({
-            "status": "up_to_date",
-            "input": input.display().to_string(),
-            "output": output.display().to_string(),
-            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "options": options.output_options(),
-            "timings_s": { "total": started.elapsed().as_secs_f64() },
-        });
-        Report { value }
+        Report::base(
+            "up_to_date",
+            input,
+            output,
+            options,
+            started.elapsed().as_secs_f64(),
+        )
     }
 
     /// The report of a run that stopped with `error`: what failed, with which exit code.
@@ -233,26 +372,20 @@ impl Report {
             crate::error::ErrorKind::Interrupted(_) => "interrupted",
             _ => "failed",
         };
-        let value = json!({
-            "status": status,
-            "exit_code": error.kind().exit_code(),
-            "error": error.to_string(),
-            "input": input.display().to_string(),
-            "output": output.display().to_string(),
-            "stats": options.stats.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "options": options.output_options(),
-            "timings_s": { "total": started.elapsed().as_secs_f64() },
-        });
-        Report { value }
+        let mut report = Report::base(
+            status,
+            input,
+            output,
+            options,
+            started.elapsed().as_secs_f64(),
+        );
+        report.exit_code = Some(error.kind().exit_code());
+        report.error = Some(error.to_string());
+        report
     }
 
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(&self.value).unwrap_or_default() + "\n"
-    }
-
-    /// The report as a JSON value.
-    pub fn value(&self) -> &serde_json::Value {
-        &self.value
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 }
