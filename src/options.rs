@@ -272,9 +272,7 @@ impl Options {
     pub fn check_export(&self) -> crate::error::Result<()> {
         use crate::error::Error;
         let o = &self.output;
-        o.format
-            .check_export(o.export)
-            .map_err(Error::usage)?;
+        o.format.check_export(o.export).map_err(Error::usage)?;
         if o.export == Export::Modelopt {
             return Ok(());
         }

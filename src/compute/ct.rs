@@ -241,7 +241,7 @@ mod tests {
         quantize_nvfp4_ct(&src, SourceDtype::Bf16, 1, 32, g, &mut packed, &mut scales);
         assert_eq!(scales[0], 0x20);
         assert_eq!(&packed[..8], &[0u8; 8]); // -0.0 -> 0x0, not 0x8
-        // block 1: s = min(448 * bf16(6/6), 448) = 448 -> 0x7E, d = 448/448.
+                                             // block 1: s = min(448 * bf16(6/6), 448) = 448 -> 0x7E, d = 448/448.
         assert_eq!(scales[1], 0x7E);
         let d = 1.0f32;
         let expect: Vec<u8> = w[16..]

@@ -42,7 +42,8 @@ pub fn parts(format: QuantFormat, export: Export) -> &'static [(Part, &'static s
             (Part::BlockScales, "weight_scale"),
             (Part::TensorScale, "weight_global_scale"),
         ];
-        const CT_FP8: &[(Part, &str)] = &[(Part::Codes, "weight"), (Part::BlockScales, "weight_scale")];
+        const CT_FP8: &[(Part, &str)] =
+            &[(Part::Codes, "weight"), (Part::BlockScales, "weight_scale")];
         return if format.is_nvfp4() { CT_NVFP4 } else { CT_FP8 };
     }
     const NVFP4: &[(Part, &str)] = &[
@@ -410,7 +411,11 @@ mod tests {
             ]
         );
         // Each format's payloads come out in the same order and sizes as its tensors.
-        for format in [QuantFormat::Nvfp4, QuantFormat::W4a16Nvfp4, QuantFormat::Fp8] {
+        for format in [
+            QuantFormat::Nvfp4,
+            QuantFormat::W4a16Nvfp4,
+            QuantFormat::Fp8,
+        ] {
             let (rows, cols) = (4, 32);
             let q = QuantizedLinear {
                 codes: vec![1; rows * cols / if format.is_nvfp4() { 2 } else { 1 }],

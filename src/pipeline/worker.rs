@@ -487,12 +487,14 @@ fn quantize_group<'a>(
             q.transpose_experts_back(experts, l.source.rows_per_matrix());
         }
         let weight_scale = q.tensor_scale;
-        let tensors = q.into_tensors(options.output.format, options.output.export).ok_or_else(|| {
-            Error::other(format!(
-                "internal: {} was planned with an input scale but has no input amax",
-                l.module
-            ))
-        })?;
+        let tensors = q
+            .into_tensors(options.output.format, options.output.export)
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "internal: {} was planned with an input scale but has no input amax",
+                    l.module
+                ))
+            })?;
         payloads.extend(tensors.into_iter().map(Payload::Owned));
         summary.push(SummaryLine {
             module: l.module.clone(),

@@ -407,7 +407,11 @@ pub(crate) fn format_ct_index(mut entries: Vec<(&str, &str)>, total_size: u64) -
         out.push_str(": ");
         crate::pyjson_text::push_py_json_str(&mut out, file);
     }
-    out.push_str(if entries.is_empty() { "}\n}" } else { "\n  }\n}" });
+    out.push_str(if entries.is_empty() {
+        "}\n}"
+    } else {
+        "\n  }\n}"
+    });
     out
 }
 
