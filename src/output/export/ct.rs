@@ -116,7 +116,7 @@ pub fn ignore_list(ckpt: &Checkpoint, plan: &Plan) -> Vec<String> {
         .filter(|m| !m.ends_with("norm") && !quantized.contains(m))
         .map(str::to_string)
         .collect();
-    out.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    out.sort_by_key(|a| natural_key(a));
     out.dedup();
     out
 }
@@ -159,7 +159,7 @@ pub fn fused_partners<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(String, 
         let Some((parent, leaf)) = module.rsplit_once('.') else {
             continue;
         };
-        let last = parent.rsplit_once('.').map(|(p, l)| (p, l));
+        let last = parent.rsplit_once('.');
         let partners: &[&str] = match (leaf, last) {
             ("q_proj", Some((p, "attn" | "attention" | "self_attn" | "self_attention")))
                 if !p.is_empty() =>
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn natural_order_compares_numbers() {
         let mut v = vec!["m.layers.10.gate", "m.layers.2.gate", "lm_head", "m.embed"];
-        v.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        v.sort_by_key(|a| natural_key(a));
         assert_eq!(
             v,
             ["lm_head", "m.embed", "m.layers.2.gate", "m.layers.10.gate"]
