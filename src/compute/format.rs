@@ -345,8 +345,43 @@ mod tests {
                     true
                 ),
                 ("fp8".into(), "FP8", None, true, false, 8, Some(8), false),
+                (
+                    "fp8_dynamic".into(),
+                    "FP8_DYNAMIC",
+                    None,
+                    false,
+                    false,
+                    8,
+                    None,
+                    false
+                ),
+                (
+                    "fp8_block".into(),
+                    "FP8_BLOCK",
+                    Some(128),
+                    false,
+                    false,
+                    8,
+                    None,
+                    false
+                ),
             ]
         );
+        // Which export writes which format.
+        for f in [Nvfp4, W4a16Nvfp4, Fp8] {
+            assert_eq!(f.check_export(Export::Modelopt), Ok(()));
+        }
+        for f in [Fp8Dynamic, Fp8Block] {
+            assert!(f.check_export(Export::Modelopt).is_err());
+        }
+        for f in [W4a16Nvfp4, Fp8Dynamic, Fp8Block] {
+            assert_eq!(f.check_export(Export::CompressedTensors), Ok(()));
+        }
+        for f in [Nvfp4, Fp8] {
+            assert!(f.check_export(Export::CompressedTensors).is_err());
+        }
+        assert_eq!(check_shape(Fp8Block, 64, 256), Ok(()));
+        assert!(check_shape(Fp8Block, 64, 192).is_err());
         assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());
     }
 
