@@ -2,7 +2,7 @@
 
 use crate::compute::cuda::DeviceChoice;
 use crate::compute::mse::CalibMethod;
-use crate::compute::{value_name, DequantPrecision, Numerics, QuantFormat};
+use crate::compute::{value_name, DequantPrecision, Export, Numerics, QuantFormat};
 use crate::input::stats::StatsFormat;
 use clap::ValueEnum;
 use serde::{Serialize, Serializer};
@@ -103,6 +103,13 @@ pub struct OutputOptions {
     /// Target format.
     #[serde(serialize_with = "as_value_name")]
     pub format: QuantFormat,
+    /// Output checkpoint format: ModelOpt or compressed-tensors. Recorded only when it is not
+    /// ModelOpt, so that the keys of ModelOpt outputs made before the option existed still match.
+    #[serde(
+        serialize_with = "as_value_name",
+        skip_serializing_if = "Export::is_modelopt"
+    )]
+    pub export: Export,
     /// Which ModelOpt export arithmetic to reproduce.
     #[serde(serialize_with = "as_value_name")]
     pub numerics: Numerics,
@@ -168,6 +175,7 @@ impl OutputOptions {
     pub fn new(format: QuantFormat) -> OutputOptions {
         OutputOptions {
             format,
+            export: Export::Modelopt,
             numerics: Numerics::ModeloptCuda,
             weight_amax: WeightAmaxMode::Compute,
             scope: Scope::All,
@@ -254,6 +262,57 @@ impl Options {
             layout: None,
             run: RunOptions::default(),
         }
+    }
+
+    /// Refuses the combinations with `--export` that are not built (a usage error naming the
+    /// option and what to use instead): a format the export cannot write, and, for
+    /// compressed-tensors, what its first version does not do yet (KV-cache scales, weight
+    /// calibration other than max|W|, weight amax from statistics, `--allow-nonfinite`, and
+    /// `--device cuda`: its kernels have no GPU twins yet, so it runs on the CPU).
+    pub fn check_export(&self) -> crate::error::Result<()> {
+        use crate::error::Error;
+        let o = &self.output;
+        o.format.check_export(o.export).map_err(Error::usage)?;
+        if o.export == Export::Modelopt {
+            return Ok(());
+        }
+        let not_yet = |what: &str, instead: &str| {
+            Err(Error::usage(format!(
+                "--export compressed-tensors does not support {what} yet (not built in this version)"
+            ))
+            .with_hint(instead.to_string()))
+        };
+        if o.kv_cache != KvCache::None {
+            return not_yet(
+                "--kv-cache fp8 (kv_cache_scheme with k_scale / v_scale)",
+                "drop --kv-cache, or use --export modelopt --kv-cache fp8",
+            );
+        }
+        if o.calib != CalibMethod::Max {
+            return not_yet(
+                &format!("--calib {}", o.calib.name()),
+                "drop --calib (max|W|, what llm-compressor's model_free_ptq does), or use --export modelopt",
+            );
+        }
+        if o.weight_amax != WeightAmaxMode::Compute {
+            return not_yet(
+                "--weight-amax stats",
+                "drop --weight-amax (max|W| from the weights), or use --export modelopt",
+            );
+        }
+        if o.allow_nonfinite {
+            return not_yet(
+                "--allow-nonfinite",
+                "drop --allow-nonfinite (NaN / infinite weights are then refused), or use --export modelopt",
+            );
+        }
+        if matches!(self.run.device, DeviceChoice::Cuda(_)) {
+            return not_yet(
+                "--device cuda (its kernels have no GPU version yet)",
+                "use --device cpu or --device auto (both run it on the CPU)",
+            );
+        }
+        Ok(())
     }
 
     /// The options that decide the output bytes, by name, with their values as the command line

@@ -2,7 +2,7 @@
 
 use crate::compute::cuda::DeviceChoice;
 use crate::compute::mse::CalibMethod;
-use crate::compute::{DequantPrecision, Numerics, QuantFormat};
+use crate::compute::{DequantPrecision, Export, Numerics, QuantFormat};
 use crate::error::{Error, Result};
 use crate::input::checkpoint::parse_size;
 use crate::input::stats::StatsFormat;
@@ -214,6 +214,11 @@ pub struct PlanArgs {
     /// Target format (required for convert; inspect plans nvfp4 when it is not given).
     #[arg(long, value_enum)]
     pub format: Option<QuantFormat>,
+    /// Output checkpoint format. compressed-tensors writes what llm-compressor's
+    /// model_free_ptq writes (--format w4a16_nvfp4, fp8_dynamic or fp8_block; on the CPU; its
+    /// output shards mirror the input's, so --max-shard-size does not apply).
+    #[arg(long, value_enum, default_value_t = Export::Modelopt)]
+    pub export: Export,
     /// Activation statistics: ModelOpt amax safetensors, shardquant's .stats.safetensors[.zst],
     /// torch.save amax dumps, llama.cpp imatrix (.dat or .gguf), or a quantized export whose
     /// input scales give the amax; the format is detected. Repeatable, merged by max.
@@ -348,11 +353,13 @@ impl ConvertArgs {
     pub fn to_options(&self) -> Result<Options> {
         if self.plan.format.is_none() {
             return Err(Error::usage(
-                "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats)",
+                "convert needs --format: nvfp4 (W4A4, needs --stats), w4a16_nvfp4 (weights only) or fp8 (W8A8, needs --stats); \
+                 with --export compressed-tensors also fp8_dynamic or fp8_block",
             ));
         }
         let mut o = self.plan.to_options()?;
         o.output.allow_nonfinite = self.allow_nonfinite;
+        o.check_export()?;
         o.run.quiet = self.quiet > 0;
         o.run.silent = self.quiet > 1;
         o.run.verbose = self.verbose;
@@ -387,6 +394,7 @@ impl PlanArgs {
         let o = Options {
             output: OutputOptions {
                 format: self.format.unwrap_or(QuantFormat::Nvfp4),
+                export: self.export,
                 numerics: self.numerics,
                 weight_amax: self.weight_amax,
                 scope: self.scope,
@@ -411,6 +419,7 @@ impl PlanArgs {
             return Err(Error::usage("--weight-amax stats needs a --stats file"));
         }
         check_calib(&o)?;
+        o.check_export()?;
         Ok(o)
     }
 }

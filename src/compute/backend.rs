@@ -57,6 +57,28 @@ pub trait UnitCompute<'a> {
         quotient: compute::Fp8Quotient,
         out: &mut [u8],
     ) -> Result<()>;
+    /// compressed-tensors NVFP4 of member `m` under the global scale `g` (see
+    /// [`compute::ct::quantize_nvfp4_ct`]).
+    fn ct_nvfp4(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        g: f32,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()>;
+    /// compressed-tensors FP8 of member `m`, per channel or per 128x128 block as `format`
+    /// says (see [`compute::ct::quantize_fp8_channel_ct`], [`compute::ct::quantize_fp8_block_ct`]).
+    fn ct_fp8(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        format: compute::QuantFormat,
+        codes: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()>;
     /// The multiplier search's chunk losses of member `m` (see [`mse::chunk_losses`]).
     fn mse_chunk_losses(
         &mut self,
@@ -147,6 +169,38 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
     ) -> Result<()> {
         let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
         compute::quantize_fp8(src, dtype, scale, numerics, quotient, out);
+        Ok(())
+    }
+
+    fn ct_nvfp4(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        g: f32,
+        packed: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        compute::ct::quantize_nvfp4_ct(src, dtype, rows, cols, g, packed, scales);
+        Ok(())
+    }
+
+    fn ct_fp8(
+        &mut self,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        format: compute::QuantFormat,
+        codes: &mut [u8],
+        scales: &mut [u8],
+    ) -> Result<()> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        if format.is_fp8_block() {
+            compute::ct::quantize_fp8_block_ct(src, dtype, rows, cols, codes, scales);
+        } else {
+            compute::ct::quantize_fp8_channel_ct(src, dtype, rows, cols, codes, scales);
+        }
         Ok(())
     }
 

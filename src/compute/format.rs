@@ -22,6 +22,42 @@ pub enum QuantFormat {
     ///
     /// ModelOpt `FP8_DEFAULT_CFG`.
     Fp8,
+    /// FP8 E4M3 per-channel weights, dynamic per-token activations; needs no statistics.
+    ///
+    /// compressed-tensors `FP8_DYNAMIC` (`--export compressed-tensors` only).
+    #[value(name = "fp8_dynamic")]
+    Fp8Dynamic,
+    /// FP8 E4M3 weights in 128x128 blocks, dynamic activations; needs no statistics.
+    ///
+    /// compressed-tensors `FP8_BLOCK` (`--export compressed-tensors` only).
+    #[value(name = "fp8_block")]
+    Fp8Block,
+}
+
+/// Which checkpoint format the output is written in (`--export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Export {
+    /// NVIDIA ModelOpt (hf_quant_config.json; TensorRT-LLM, vLLM, SGLang).
+    ///
+    /// What ModelOpt 0.47's `export_hf_checkpoint` writes.
+    Modelopt,
+    /// compressed-tensors (llm-compressor's format; vLLM, transformers).
+    ///
+    /// What llm-compressor 0.14's `model_free_ptq` writes (CPU path).
+    CompressedTensors,
+}
+
+impl Export {
+    /// The CLI value: `"modelopt"` or `"compressed-tensors"`.
+    pub fn cli_name(self) -> String {
+        super::value_name(&self)
+    }
+
+    /// Whether this is the default, ModelOpt (takes a reference for serde's
+    /// `skip_serializing_if`).
+    pub fn is_modelopt(&self) -> bool {
+        *self == Export::Modelopt
+    }
 }
 
 /// How the quantized weight tensor is stored.
@@ -32,6 +68,10 @@ enum WeightStorage {
     Nvfp4Packed,
     /// One E4M3 byte per element (`F8_E4M3 [rows, cols]`) and an f32 per-tensor `weight_scale`.
     Fp8PerTensor,
+    /// One E4M3 byte per element and one scale per output channel (row).
+    Fp8PerChannel,
+    /// One E4M3 byte per element and one scale per 128x128 block.
+    Fp8Block,
 }
 
 /// One row of the format table.
@@ -44,10 +84,15 @@ struct FormatSpec {
     activation_bits: Option<u32>,
     shares_group_scales: bool,
     storage: WeightStorage,
+    /// Which exports can write the format.
+    modelopt: bool,
+    /// compressed-tensors: the scheme name (the config group's name, llm-compressor's preset)
+    /// when the compressed-tensors export writes it; `None` when it is not built (yet).
+    ct_scheme: Option<&'static str>,
 }
 
 /// The format table: one row per [`QuantFormat`], in the order of [`QuantFormat::ALL`].
-const FORMATS: [FormatSpec; 3] = [
+const FORMATS: [FormatSpec; 5] = [
     FormatSpec {
         format: QuantFormat::Nvfp4,
         quant_algo: "NVFP4",
@@ -56,6 +101,8 @@ const FORMATS: [FormatSpec; 3] = [
         activation_bits: Some(4),
         shares_group_scales: true,
         storage: WeightStorage::Nvfp4Packed,
+        modelopt: true,
+        ct_scheme: None,
     },
     FormatSpec {
         format: QuantFormat::W4a16Nvfp4,
@@ -65,6 +112,8 @@ const FORMATS: [FormatSpec; 3] = [
         activation_bits: None,
         shares_group_scales: true,
         storage: WeightStorage::Nvfp4Packed,
+        modelopt: true,
+        ct_scheme: Some("NVFP4A16"),
     },
     FormatSpec {
         format: QuantFormat::Fp8,
@@ -74,15 +123,41 @@ const FORMATS: [FormatSpec; 3] = [
         activation_bits: Some(8),
         shares_group_scales: false,
         storage: WeightStorage::Fp8PerTensor,
+        modelopt: true,
+        ct_scheme: None,
+    },
+    FormatSpec {
+        format: QuantFormat::Fp8Dynamic,
+        quant_algo: "FP8_DYNAMIC",
+        group_size: None,
+        weight_bits: 8,
+        activation_bits: None,
+        shares_group_scales: false,
+        storage: WeightStorage::Fp8PerChannel,
+        modelopt: false,
+        ct_scheme: Some("FP8_DYNAMIC"),
+    },
+    FormatSpec {
+        format: QuantFormat::Fp8Block,
+        quant_algo: "FP8_BLOCK",
+        group_size: Some(128),
+        weight_bits: 8,
+        activation_bits: None,
+        shares_group_scales: false,
+        storage: WeightStorage::Fp8Block,
+        modelopt: false,
+        ct_scheme: Some("FP8_BLOCK"),
     },
 ];
 
 impl QuantFormat {
     /// Every format, in table order.
-    pub const ALL: [QuantFormat; 3] = [
+    pub const ALL: [QuantFormat; 5] = [
         QuantFormat::Nvfp4,
         QuantFormat::W4a16Nvfp4,
         QuantFormat::Fp8,
+        QuantFormat::Fp8Dynamic,
+        QuantFormat::Fp8Block,
     ];
 
     fn spec(self) -> &'static FormatSpec {
@@ -90,6 +165,8 @@ impl QuantFormat {
             QuantFormat::Nvfp4 => &FORMATS[0],
             QuantFormat::W4a16Nvfp4 => &FORMATS[1],
             QuantFormat::Fp8 => &FORMATS[2],
+            QuantFormat::Fp8Dynamic => &FORMATS[3],
+            QuantFormat::Fp8Block => &FORMATS[4],
         };
         debug_assert_eq!(spec.format, self);
         spec
@@ -137,6 +214,43 @@ impl QuantFormat {
     pub fn is_nvfp4(self) -> bool {
         self.spec().storage == WeightStorage::Nvfp4Packed
     }
+
+    /// FP8 weights with one scale per output channel (`fp8_dynamic`).
+    pub fn is_fp8_per_channel(self) -> bool {
+        self.spec().storage == WeightStorage::Fp8PerChannel
+    }
+
+    /// FP8 weights with one scale per 128x128 block (`fp8_block`).
+    pub fn is_fp8_block(self) -> bool {
+        self.spec().storage == WeightStorage::Fp8Block
+    }
+
+    /// Whether `export` can write this format. `Err` says what to use instead.
+    pub fn check_export(self, export: Export) -> std::result::Result<(), String> {
+        let spec = self.spec();
+        match export {
+            Export::Modelopt if spec.modelopt => Ok(()),
+            Export::Modelopt => Err(format!(
+                "--format {} exists only in compressed-tensors; ModelOpt has no such format \
+                 (add --export compressed-tensors, or use --format fp8 for ModelOpt's per-tensor FP8)",
+                self.cli_name()
+            )),
+            Export::CompressedTensors if spec.ct_scheme.is_some() => Ok(()),
+            Export::CompressedTensors => Err(format!(
+                "--export compressed-tensors cannot write --format {} yet (not built in this version); \
+                 it writes w4a16_nvfp4 (NVFP4A16), fp8_dynamic (FP8_DYNAMIC) and fp8_block (FP8_BLOCK), \
+                 or use --export modelopt for --format {}",
+                self.cli_name(),
+                self.cli_name()
+            )),
+        }
+    }
+
+    /// compressed-tensors: the scheme (config group) name, e.g. `"NVFP4A16"`; `None` where
+    /// the compressed-tensors export does not write this format.
+    pub fn ct_scheme(self) -> Option<&'static str> {
+        self.spec().ct_scheme
+    }
 }
 
 /// Whether a weight `[rows, cols]` can be quantized in `format`; `Err(reason)` otherwise.
@@ -151,6 +265,16 @@ pub fn check_shape(
 ) -> std::result::Result<(), String> {
     if rows == 0 || cols == 0 {
         return Err(format!("weight [{rows}, {cols}] is empty"));
+    }
+    if format.is_fp8_block() {
+        // vLLM's block kernels need whole blocks along the input dimension (compressed-tensors'
+        // `initialize_qparams`), and llm-compressor 0.14 cannot save any other (SPEC §6.2).
+        if !cols.is_multiple_of(128) {
+            return Err(format!(
+                "inner dimension {cols} is not a multiple of the fp8_block block size 128"
+            ));
+        }
+        return Ok(());
     }
     if let Some(group) = format.group_size() {
         let group = group as usize;
@@ -221,8 +345,43 @@ mod tests {
                     true
                 ),
                 ("fp8".into(), "FP8", None, true, false, 8, Some(8), false),
+                (
+                    "fp8_dynamic".into(),
+                    "FP8_DYNAMIC",
+                    None,
+                    false,
+                    false,
+                    8,
+                    None,
+                    false
+                ),
+                (
+                    "fp8_block".into(),
+                    "FP8_BLOCK",
+                    Some(128),
+                    false,
+                    false,
+                    8,
+                    None,
+                    false
+                ),
             ]
         );
+        // Which export writes which format.
+        for f in [Nvfp4, W4a16Nvfp4, Fp8] {
+            assert_eq!(f.check_export(Export::Modelopt), Ok(()));
+        }
+        for f in [Fp8Dynamic, Fp8Block] {
+            assert!(f.check_export(Export::Modelopt).is_err());
+        }
+        for f in [W4a16Nvfp4, Fp8Dynamic, Fp8Block] {
+            assert_eq!(f.check_export(Export::CompressedTensors), Ok(()));
+        }
+        for f in [Nvfp4, Fp8] {
+            assert!(f.check_export(Export::CompressedTensors).is_err());
+        }
+        assert_eq!(check_shape(Fp8Block, 64, 256), Ok(()));
+        assert!(check_shape(Fp8Block, 64, 192).is_err());
         assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());
     }
 

@@ -7,8 +7,9 @@
 //! decided scales into bytes.
 
 use crate::compute::backend::UnitCompute;
+use crate::compute::ct::{ct_fp8_block_grid, ct_global_scale};
 use crate::compute::{
-    fp8_scale, nvfp4_global_scale, Fp8Quotient, Numerics, QuantFormat, SourceDtype,
+    fp8_scale, nvfp4_global_scale, Export, Fp8Quotient, Numerics, QuantFormat, SourceDtype,
 };
 use crate::error::Result;
 use safetensors::Dtype;
@@ -19,9 +20,12 @@ pub enum Part {
     /// The weight codes: packed E2M1 pairs (`U8 [rows, cols/2]`) or E4M3 bytes
     /// (`F8_E4M3 [rows, cols]`).
     Codes,
-    /// NVFP4's E4M3 per-block scales (`F8_E4M3 [rows, cols/16]`).
+    /// The weight's scale tensor: NVFP4's E4M3 per-block scales (`F8_E4M3 [rows, cols/16]`);
+    /// compressed-tensors FP8's bf16 per-channel (`[rows, 1]`) or per-128x128-block
+    /// (`[ceil(rows/128), ceil(cols/128)]`) scales.
     BlockScales,
-    /// The per-tensor f32 weight scale: NVFP4's `weight_scale_2`, FP8's `weight_scale`.
+    /// The per-tensor f32 weight scale: NVFP4's `weight_scale_2` (ModelOpt, a multiplier) or
+    /// `weight_global_scale` (compressed-tensors, a divisor), ModelOpt FP8's `weight_scale`.
     TensorScale,
     /// The per-tensor f32 `input_scale` (formats that quantize activations).
     InputScale,
@@ -29,7 +33,19 @@ pub enum Part {
 
 /// `(part, name suffix)` of each tensor a quantized linear exports, in the order every
 /// consumer uses: the plan's output tensors, the worker's payloads, the writer's offsets.
-pub fn parts(format: QuantFormat) -> &'static [(Part, &'static str)] {
+pub fn parts(format: QuantFormat, export: Export) -> &'static [(Part, &'static str)] {
+    if export == Export::CompressedTensors {
+        // compressed-tensors 0.19 names (SPEC §3); activations are never stored (the formats
+        // built are weight-only or dynamic).
+        const CT_NVFP4: &[(Part, &str)] = &[
+            (Part::Codes, "weight_packed"),
+            (Part::BlockScales, "weight_scale"),
+            (Part::TensorScale, "weight_global_scale"),
+        ];
+        const CT_FP8: &[(Part, &str)] =
+            &[(Part::Codes, "weight"), (Part::BlockScales, "weight_scale")];
+        return if format.is_nvfp4() { CT_NVFP4 } else { CT_FP8 };
+    }
     const NVFP4: &[(Part, &str)] = &[
         (Part::Codes, "weight"),
         (Part::BlockScales, "weight_scale"),
@@ -50,25 +66,39 @@ pub fn parts(format: QuantFormat) -> &'static [(Part, &'static str)] {
 }
 
 /// The tensors a quantized linear exports for a weight `[rows, cols]`, as (suffix, dtype,
-/// shape), in [`parts`] order:
+/// shape), in [`parts`] order. ModelOpt:
 /// - NVFP4: `weight` U8 `[rows, cols/2]`, `weight_scale` F8_E4M3 `[rows, cols/16]`,
 ///   `weight_scale_2` F32 `[]`, `input_scale` F32 `[]` (none for W4A16);
 /// - FP8: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` F32 `[]`, `input_scale` F32 `[]`.
 ///
+/// compressed-tensors (scalars are `[1]`, FP8 scales bf16, the BF16 weights' dtype):
+/// - NVFP4: `weight_packed` U8 `[rows, cols/2]`, `weight_scale` F8_E4M3 `[rows, cols/16]`,
+///   `weight_global_scale` F32 `[1]`;
+/// - FP8 per channel: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` BF16 `[rows, 1]`;
+/// - FP8 block: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` BF16
+///   `[ceil(rows/128), ceil(cols/128)]`.
+///
 /// Assumes [`crate::compute::check_shape`] passed.
 pub fn output_tensors(
     format: QuantFormat,
+    export: Export,
     rows: usize,
     cols: usize,
 ) -> Vec<(&'static str, Dtype, Vec<usize>)> {
-    let group = format.group_size().map_or(1, |g| g as usize);
-    parts(format)
+    let ct = export == Export::CompressedTensors;
+    parts(format, export)
         .iter()
         .map(|&(part, suffix)| {
             let (dtype, shape) = match part {
                 Part::Codes if format.is_nvfp4() => (Dtype::U8, vec![rows, cols / 2]),
                 Part::Codes => (Dtype::F8_E4M3, vec![rows, cols]),
-                Part::BlockScales => (Dtype::F8_E4M3, vec![rows, cols / group]),
+                Part::BlockScales if format.is_nvfp4() => (Dtype::F8_E4M3, vec![rows, cols / 16]),
+                Part::BlockScales if format.is_fp8_block() => {
+                    let (gr, gc) = ct_fp8_block_grid(rows, cols);
+                    (Dtype::BF16, vec![gr, gc])
+                }
+                Part::BlockScales => (Dtype::BF16, vec![rows, 1]),
+                Part::TensorScale | Part::InputScale if ct => (Dtype::F32, vec![1]),
                 Part::TensorScale | Part::InputScale => (Dtype::F32, vec![]),
             };
             (suffix, dtype, shape)
@@ -114,6 +144,8 @@ pub enum Scaling<'b> {
 pub struct MemberScales<'b> {
     /// The target format.
     pub format: QuantFormat,
+    /// The export, whose arithmetic rules apply.
+    pub export: Export,
     /// Which ModelOpt export arithmetic.
     pub numerics: Numerics,
     /// The group's unified weight amax (the static global amax for static blocks).
@@ -130,7 +162,8 @@ impl MemberScales<'_> {
     /// FP8's per-tensor weight scale, when it would divide by zero in the quotient's
     /// precision (the weight's `dtype`, or f32): a quantization that must be refused.
     pub fn fp8_zero_divisor(&self, dtype: SourceDtype) -> Option<f32> {
-        if self.format.is_nvfp4() {
+        // compressed-tensors replaces a zero scale by bf16 eps: it never divides by zero.
+        if self.format.is_nvfp4() || self.export == Export::CompressedTensors {
             return None;
         }
         let ws = fp8_scale(self.group_amax, self.numerics);
@@ -147,7 +180,8 @@ impl MemberScales<'_> {
 pub struct QuantizedLinear {
     /// [`Part::Codes`].
     pub codes: Vec<u8>,
-    /// [`Part::BlockScales`] (NVFP4), empty for FP8.
+    /// [`Part::BlockScales`] (NVFP4; compressed-tensors FP8's bf16 scales), empty for
+    /// ModelOpt FP8.
     pub block_scales: Vec<u8>,
     /// [`Part::TensorScale`].
     pub tensor_scale: f32,
@@ -165,6 +199,9 @@ impl QuantizedLinear {
         scales: &MemberScales<'_>,
     ) -> Result<QuantizedLinear> {
         let (format, numerics) = (scales.format, scales.numerics);
+        if scales.export == Export::CompressedTensors {
+            return Self::compute_ct(compute, m, rows, cols, scales);
+        }
         let input_scale = scales.input.map(|i| i.scale(format, numerics));
         if format.is_nvfp4() {
             let mut codes = vec![0u8; rows * cols / 2];
@@ -205,6 +242,45 @@ impl QuantizedLinear {
         }
     }
 
+    /// compressed-tensors' arithmetic ([`crate::compute::ct`]): NVFP4 under the divisor
+    /// global scale of the group amax, or FP8 per channel / per block from the data.
+    fn compute_ct<'a>(
+        compute: &mut dyn UnitCompute<'a>,
+        m: usize,
+        rows: usize,
+        cols: usize,
+        scales: &MemberScales<'_>,
+    ) -> Result<QuantizedLinear> {
+        let format = scales.format;
+        if format.is_nvfp4() {
+            let g = ct_global_scale(scales.group_amax);
+            let mut codes = vec![0u8; rows * cols / 2];
+            let mut block_scales = vec![0u8; rows * cols / 16];
+            compute.ct_nvfp4(m, rows, cols, g, &mut codes, &mut block_scales)?;
+            return Ok(QuantizedLinear {
+                codes,
+                block_scales,
+                tensor_scale: g,
+                input_scale: None,
+            });
+        }
+        let scale_count = if format.is_fp8_block() {
+            let (gr, gc) = ct_fp8_block_grid(rows, cols);
+            gr * gc
+        } else {
+            rows
+        };
+        let mut codes = vec![0u8; rows * cols];
+        let mut block_scales = vec![0u8; scale_count * 2];
+        compute.ct_fp8(m, rows, cols, format, &mut codes, &mut block_scales)?;
+        Ok(QuantizedLinear {
+            codes,
+            block_scales,
+            tensor_scale: 0.0,
+            input_scale: None,
+        })
+    }
+
     /// A BMM expert stack `[E, in, out]` was quantized as its transposed copy `[E * out, in]`:
     /// its codes and block scales go back to the stored order, as ModelOpt's export
     /// transposes them back.
@@ -219,10 +295,10 @@ impl QuantizedLinear {
 
     /// The exported tensors' bytes in [`parts`] order. `None` when `format` would export
     /// a part this linear does not hold (an input scale without an input amax).
-    pub fn into_tensors(self, format: QuantFormat) -> Option<Vec<Vec<u8>>> {
+    pub fn into_tensors(self, format: QuantFormat, export: Export) -> Option<Vec<Vec<u8>>> {
         let mut codes = Some(self.codes);
         let mut block_scales = Some(self.block_scales);
-        parts(format)
+        parts(format, export)
             .iter()
             .map(|(part, _)| match part {
                 Part::Codes => codes.take(),
@@ -288,7 +364,7 @@ mod tests {
     #[test]
     fn parts_and_tensors_agree() {
         assert_eq!(
-            output_tensors(QuantFormat::Nvfp4, 64, 128),
+            output_tensors(QuantFormat::Nvfp4, Export::Modelopt, 64, 128),
             vec![
                 ("weight", Dtype::U8, vec![64, 64]),
                 ("weight_scale", Dtype::F8_E4M3, vec![64, 8]),
@@ -297,7 +373,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            output_tensors(QuantFormat::W4a16Nvfp4, 3, 32),
+            output_tensors(QuantFormat::W4a16Nvfp4, Export::Modelopt, 3, 32),
             vec![
                 ("weight", Dtype::U8, vec![3, 16]),
                 ("weight_scale", Dtype::F8_E4M3, vec![3, 2]),
@@ -305,15 +381,41 @@ mod tests {
             ]
         );
         assert_eq!(
-            output_tensors(QuantFormat::Fp8, 5, 7),
+            output_tensors(QuantFormat::Fp8, Export::Modelopt, 5, 7),
             vec![
                 ("weight", Dtype::F8_E4M3, vec![5, 7]),
                 ("weight_scale", Dtype::F32, vec![]),
                 ("input_scale", Dtype::F32, vec![]),
             ]
         );
+        assert_eq!(
+            output_tensors(QuantFormat::W4a16Nvfp4, Export::CompressedTensors, 3, 32),
+            vec![
+                ("weight_packed", Dtype::U8, vec![3, 16]),
+                ("weight_scale", Dtype::F8_E4M3, vec![3, 2]),
+                ("weight_global_scale", Dtype::F32, vec![1]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::Fp8Dynamic, Export::CompressedTensors, 5, 7),
+            vec![
+                ("weight", Dtype::F8_E4M3, vec![5, 7]),
+                ("weight_scale", Dtype::BF16, vec![5, 1]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::Fp8Block, Export::CompressedTensors, 64, 256),
+            vec![
+                ("weight", Dtype::F8_E4M3, vec![64, 256]),
+                ("weight_scale", Dtype::BF16, vec![1, 2]),
+            ]
+        );
         // Each format's payloads come out in the same order and sizes as its tensors.
-        for format in QuantFormat::ALL {
+        for format in [
+            QuantFormat::Nvfp4,
+            QuantFormat::W4a16Nvfp4,
+            QuantFormat::Fp8,
+        ] {
             let (rows, cols) = (4, 32);
             let q = QuantizedLinear {
                 codes: vec![1; rows * cols / if format.is_nvfp4() { 2 } else { 1 }],
@@ -325,8 +427,8 @@ mod tests {
                 tensor_scale: 3.0,
                 input_scale: Some(4.0),
             };
-            let tensors = q.into_tensors(format).unwrap();
-            let expected = output_tensors(format, rows, cols);
+            let tensors = q.into_tensors(format, Export::Modelopt).unwrap();
+            let expected = output_tensors(format, Export::Modelopt, rows, cols);
             assert_eq!(tensors.len(), expected.len());
             for (bytes, (name, dtype, shape)) in tensors.iter().zip(&expected) {
                 let len = shape.iter().product::<usize>() * dtype.bitsize() / 8;
@@ -343,7 +445,7 @@ mod tests {
             tensor_scale: 1.0,
             input_scale: None,
         };
-        assert_eq!(q.into_tensors(QuantFormat::Fp8), None);
+        assert_eq!(q.into_tensors(QuantFormat::Fp8, Export::Modelopt), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   is quantized.
 //! - [`amax`](mod@amax): exact max |x| of a raw tensor.
 //! - [`nvfp4`]: dynamic and static NVFP4 weight quantization and scales.
+//! - [`ct`]: compressed-tensors' NVFP4 and per-channel / 128x128-block FP8 arithmetic.
 //! - [`fp8`]: per-tensor FP8 weight quantization and scales.
 //! - [`nonfinite`]: NaN / infinite weight elements passed through (`--allow-nonfinite`).
 //! - [`value_name`]: the command line's spelling of the options' enums declared here.
@@ -22,6 +23,7 @@
 pub mod amax;
 pub mod backend;
 pub mod codec;
+pub mod ct;
 pub mod cuda;
 pub mod format;
 pub mod fp8;
@@ -34,7 +36,7 @@ pub mod nvfp4;
 
 pub use amax::amax;
 pub use codec::{bf16_round, e2m1_nibble, e2m1_to_f32, e4m3_from_f32, e4m3_to_f32, f16_round};
-pub use format::{check_shape, QuantFormat};
+pub use format::{check_shape, Export, QuantFormat};
 pub use fp8::{fp8_divisor, fp8_scale, quantize_fp8, Fp8Quotient};
 pub use fp8_block::{dequantize_fp8_block, scale_inv_shape, DequantPrecision, FP8_BLOCK};
 pub use linear::{output_tensors, transpose_experts};

@@ -196,9 +196,12 @@ fn check_case(case: &str, format: QuantFormat, numerics: Numerics) -> CaseReport
     // The exported dtypes and shapes are the ones `output_tensors` promises.
     for name in &report.linears {
         let weight = &input[&format!("{name}.weight")];
-        for (suffix, dtype, shape) in
-            crate::compute::output_tensors(format, weight.shape[0], weight.shape[1])
-        {
+        for (suffix, dtype, shape) in crate::compute::output_tensors(
+            format,
+            crate::compute::Export::Modelopt,
+            weight.shape[0],
+            weight.shape[1],
+        ) {
             let t = &exported[&format!("{name}.{suffix}")];
             assert_eq!(
                 (t.dtype.as_str(), &t.shape),

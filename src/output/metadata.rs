@@ -75,14 +75,26 @@ fn copy_tree(ckpt: &Checkpoint, src: &Path, dest: &Path, notes: &mut Vec<String>
     Ok(())
 }
 
-/// Writes the metadata files into the staging directory (`meta` gives ModelOpt's files,
-/// `quant_summary` is `.quant_summary.txt`); returns their names.
+/// The compressed-tensors export's metadata: the format and the `ignore` list.
+pub(crate) struct CtMetadata {
+    /// The format written.
+    pub format: crate::compute::QuantFormat,
+    /// The `ignore` list ([`crate::output::export::ct::ignore_list`]).
+    pub ignore: Vec<String>,
+}
+
+/// Writes the metadata files into the staging directory (`meta` gives ModelOpt's files, or
+/// `ct` compressed-tensors' `config.json`; `quant_summary` is `.quant_summary.txt`); returns
+/// their names. compressed-tensors writes no `hf_quant_config.json` and copies
+/// `generation_config.json` unchanged, as llm-compressor does.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_metadata(
     input: &Path,
     dir: &Path,
     ckpt: &Checkpoint,
     config_text: &str,
     meta: &QuantMetadata,
+    ct: Option<&CtMetadata>,
     quant_summary: &str,
     notes: &mut Vec<String>,
 ) -> Result<Vec<String>> {
@@ -92,15 +104,28 @@ pub(crate) fn write_metadata(
         written.push(name.to_string());
         Ok(())
     };
-    put(
-        "hf_quant_config.json",
-        hf_quant_config_json(meta).as_bytes(),
-    )?;
     let config_path = input.join("config.json");
-    put(
-        "config.json",
-        export_config_json(config_text, &config_path, meta)?.as_bytes(),
-    )?;
+    if let Some(ct) = ct {
+        put(
+            "config.json",
+            crate::output::export::ct::config_json(
+                config_text,
+                &config_path,
+                ct.format,
+                &ct.ignore,
+            )?
+            .as_bytes(),
+        )?;
+    } else {
+        put(
+            "hf_quant_config.json",
+            hf_quant_config_json(meta).as_bytes(),
+        )?;
+        put(
+            "config.json",
+            export_config_json(config_text, &config_path, meta)?.as_bytes(),
+        )?;
+    }
     let gen_path = input.join("generation_config.json");
     let gen_text = match ckpt.lane().resolve(&gen_path) {
         Resolved::Missing => None,
@@ -118,11 +143,15 @@ pub(crate) fn write_metadata(
     if let Some(bytes) = gen_text {
         let text = String::from_utf8(bytes)
             .map_err(|_| Error::bad_input(format!("{}: is not UTF-8 text", gen_path.display())))?;
-        let sanitized = sanitize_generation_config(&text, &gen_path)?;
-        if let Some(change) = &sanitized.changed {
-            notes.push(format!("generation_config.json: {change}"));
+        if ct.is_some() {
+            put("generation_config.json", text.as_bytes())?;
+        } else {
+            let sanitized = sanitize_generation_config(&text, &gen_path)?;
+            if let Some(change) = &sanitized.changed {
+                notes.push(format!("generation_config.json: {change}"));
+            }
+            put("generation_config.json", sanitized.text.as_bytes())?;
         }
-        put("generation_config.json", sanitized.text.as_bytes())?;
     }
     put(".quant_summary.txt", quant_summary.as_bytes())?;
     let others = ckpt.other_entries()?;

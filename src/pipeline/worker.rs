@@ -344,7 +344,9 @@ fn quantize_group<'a>(
     }
     // ModelOpt unifies the weight amax (or static global amax) over the group at export.
     let max_amax = group_max(&amaxes);
-    if max_amax == 0.0 {
+    // compressed-tensors' formulas are defined for zero weights (global scale 1.0, scale
+    // 0.125 or bf16 eps), and llm-compressor writes them.
+    if max_amax == 0.0 && options.output.export == compute::Export::Modelopt {
         let l = &plan.linears[members[0]].linear;
         let finite = if passed.iter().any(Option::is_some) {
             " (its finite elements: the others are NaN or infinite)"
@@ -381,6 +383,14 @@ fn quantize_group<'a>(
             QuantFormat::Fp8 => MseTarget::Fp8(options.output.numerics),
             QuantFormat::Nvfp4 | QuantFormat::W4a16Nvfp4 => {
                 MseTarget::Nvfp4(options.output.numerics)
+            }
+            // Refused up front (`Options::check_export`): no MSE search for these yet.
+            QuantFormat::Fp8Dynamic | QuantFormat::Fp8Block => {
+                return Err(Error::usage(format!(
+                    "--calib {} is not built for --format {}",
+                    options.output.calib.name(),
+                    options.output.format.cli_name()
+                )))
             }
         };
         let joint = members.len() > 1
@@ -443,6 +453,7 @@ fn quantize_group<'a>(
         };
         let scales = MemberScales {
             format: options.output.format,
+            export: options.output.export,
             numerics: options.output.numerics,
             group_amax,
             scaling: blocks
@@ -476,12 +487,14 @@ fn quantize_group<'a>(
             q.transpose_experts_back(experts, l.source.rows_per_matrix());
         }
         let weight_scale = q.tensor_scale;
-        let tensors = q.into_tensors(options.output.format).ok_or_else(|| {
-            Error::other(format!(
-                "internal: {} was planned with an input scale but has no input amax",
-                l.module
-            ))
-        })?;
+        let tensors = q
+            .into_tensors(options.output.format, options.output.export)
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "internal: {} was planned with an input scale but has no input amax",
+                    l.module
+                ))
+            })?;
         payloads.extend(tensors.into_iter().map(Payload::Owned));
         summary.push(SummaryLine {
             module: l.module.clone(),

@@ -131,6 +131,13 @@ impl Plan {
                 .into_iter()
                 .map(Problem::new),
         );
+        if options.output.export == crate::compute::Export::CompressedTensors {
+            problems.extend(
+                ct_unsupported(ckpt, &linears, classified.fp8_other.len())
+                    .into_iter()
+                    .map(Problem::new),
+            );
+        }
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
         }
@@ -498,4 +505,47 @@ fn exclude_modules(
         }
     }
     out
+}
+
+/// Why this plan cannot be written as compressed-tensors by this version: quantized weights
+/// that are not whole 2-D BF16 tensors (fused or BMM expert stacks, column slices, FP8 or F16 /
+/// F32 sources: their CT naming or scale dtype is not built or not verified), FP8 tensors
+/// that would be dequantized.
+fn ct_unsupported(ckpt: &Checkpoint, plan_linears: &[Linear], fp8_other: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut shown = 0;
+    for l in plan_linears.iter().filter(|l| l.excluded.is_none()) {
+        let s = &l.source;
+        let t = &ckpt.tensors()[s.tensor];
+        let why = if s.fp8_scale.is_some() {
+            Some("an FP8 block-scaled source weight")
+        } else if s.bmm_experts.is_some() || s.fused || s.columns.is_some() || t.shape.len() != 2 {
+            Some("a slice of a fused or stacked tensor")
+        } else if t.dtype != crate::input::checkpoint::Dtype::BF16 {
+            Some("not BF16")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            if shown < 5 {
+                problems.push(format!(
+                    "--export compressed-tensors: {} ({}) is {why}; this version writes compressed-tensors only from whole 2-D BF16 weights",
+                    l.module, t.name
+                ));
+            }
+            shown += 1;
+        }
+    }
+    if shown > 5 {
+        problems.push(format!("  ... and {} more such linears", shown - 5));
+    }
+    if fp8_other > 0 {
+        problems.push(format!(
+            "--export compressed-tensors: the checkpoint holds {fp8_other} FP8 block-scaled tensor(s) that would be dequantized; not built for compressed-tensors yet"
+        ));
+    }
+    if !problems.is_empty() {
+        problems.push("  fix: use --export modelopt for this checkpoint".to_string());
+    }
+    problems
 }

@@ -95,9 +95,41 @@ pub struct ShardPlan {
     shards: Vec<PlannedShard>,
     total_bytes: u64,
     total_parameters: u64,
+    /// compressed-tensors style (llm-compressor's `save_file` and index): see
+    /// [`ShardPlan::mirrored`].
+    compressed_tensors: bool,
 }
 
 impl ShardPlan {
+    /// compressed-tensors' layout, as llm-compressor's `model_free_ptq` writes it (SPEC §10):
+    /// tensor `i` goes to the file `names[shard_of[i]]` (the input's shard names: output shards
+    /// mirror the input's, with no resharding; a file left without tensors is not written).
+    /// Inside a file the tensors are ordered by dtype descending (safetensors' `Dtype` order:
+    /// F32, BF16, F8_E4M3, U8), then by name bytewise; the header has no `__metadata__` and is
+    /// padded with spaces to a multiple of 8 (`safetensors.torch.save_file` without metadata).
+    /// The index is always written ([`ShardPlan::index_json`]).
+    ///
+    /// Errors as [`ShardPlan::new`] does.
+    pub fn mirrored(
+        tensors: Vec<OutputTensor>,
+        shard_of: &[usize],
+        names: &[String],
+    ) -> Result<ShardPlan> {
+        let lens = check_tensors(&tensors)?;
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+        for (i, &s) in shard_of.iter().enumerate() {
+            groups[s].push(i);
+        }
+        let (groups, names): (Vec<Vec<usize>>, Vec<String>) = groups
+            .into_iter()
+            .zip(names.iter().cloned())
+            .filter(|(g, _)| !g.is_empty())
+            .unzip();
+        let mut plan = ShardPlan::lay_out(tensors, lens, groups, |_, n| names[n].clone(), true)?;
+        plan.compressed_tensors = true;
+        Ok(plan)
+    }
+
     /// Assigns tensors to shards greedily, like HuggingFace `save_pretrained`
     /// (`huggingface_hub.split_state_dict_into_shards_factory`): walking the tensors in the given
     /// order, a new shard is started when adding the next tensor would make the current one's
@@ -115,38 +147,46 @@ impl ShardPlan {
     /// Errors if two tensors have the same name, a name is `__metadata__`, a byte length
     /// overflows, or a header would exceed the 100 MB that safetensors readers accept.
     pub fn new(tensors: Vec<OutputTensor>, max_shard_size: u64) -> Result<ShardPlan> {
-        let mut by_name = HashMap::with_capacity(tensors.len());
-        let mut lens = Vec::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            if t.name == "__metadata__" {
-                return Err(Error::other(
-                    "output tensor name `__metadata__` is reserved by the safetensors format",
-                ));
-            }
-            if let Some(j) = by_name.insert(t.name.clone(), i) {
-                return Err(Error::bad_input(format!(
-                    "output tensor `{}` would be written twice (entries {} and {} of the output plan)",
-                    t.name, j, i
-                ))
-                .with_hint("is the input already quantized? Its scale tensors collide with the ones being added"));
-            }
-            let len = t.checked_byte_len().ok_or_else(|| {
-                Error::other(format!(
-                    "output tensor `{}`: {} with shape {:?} is not a whole number of bytes or overflows",
-                    t.name, t.dtype, t.shape
-                ))
-            })?;
-            lens.push(len);
-        }
-
+        let lens = check_tensors(&tensors)?;
         let groups = split(&lens, max_shard_size);
         let n = groups.len();
+        let name = |si: usize, _: usize| {
+            if n == 1 {
+                SINGLE_FILE_NAME.to_owned()
+            } else {
+                shard_name(si, n)
+            }
+        };
+        ShardPlan::lay_out(tensors, lens, groups, name, false)
+    }
+
+    /// Lays out `groups` of tensors as files named by `name(shard, index in groups)`:
+    /// ModelOpt / transformers style, or compressed-tensors style (`ct`).
+    fn lay_out(
+        tensors: Vec<OutputTensor>,
+        lens: Vec<usize>,
+        groups: Vec<Vec<usize>>,
+        name: impl Fn(usize, usize) -> String,
+        ct: bool,
+    ) -> Result<ShardPlan> {
+        let by_name: HashMap<String, usize> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         let mut locations = vec![(0usize, 0u64, 0usize); tensors.len()];
-        let mut shards = Vec::with_capacity(n);
+        let mut shards = Vec::with_capacity(groups.len());
         for (si, mut members) in groups.into_iter().enumerate() {
-            members.sort_by_key(|&i| Reverse(alignment(tensors[i].dtype)));
             let mut header = Map::new();
-            header.insert("__metadata__".into(), json!({"format": "pt"}));
+            if ct {
+                members.sort_by(|&a, &b| {
+                    (Reverse(tensors[a].dtype), tensors[a].name.as_bytes())
+                        .cmp(&(Reverse(tensors[b].dtype), tensors[b].name.as_bytes()))
+                });
+            } else {
+                members.sort_by_key(|&i| Reverse(alignment(tensors[i].dtype)));
+                header.insert("__metadata__".into(), json!({"format": "pt"}));
+            }
             let mut offset = 0usize;
             for &i in &members {
                 let t = &tensors[i];
@@ -156,11 +196,7 @@ impl ShardPlan {
                 );
                 offset += lens[i];
             }
-            let name = if n == 1 {
-                SINGLE_FILE_NAME.to_owned()
-            } else {
-                shard_name(si, n)
-            };
+            let name = name(si, si);
             let mut json = serde_json::to_vec(&Value::Object(header))
                 .map_err(|e| Error::other(format!("building the header of {}: {}", name, e)))?;
             json.resize(json.len().div_ceil(8) * 8, b' ');
@@ -202,9 +238,42 @@ impl ShardPlan {
             shards,
             total_bytes,
             total_parameters,
+            compressed_tensors: false,
         })
     }
+}
 
+/// Checks the tensors' names and byte lengths (see [`ShardPlan::new`]); returns the lengths.
+fn check_tensors(tensors: &[OutputTensor]) -> Result<Vec<usize>> {
+    {
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        let mut lens = Vec::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if t.name == "__metadata__" {
+                return Err(Error::other(
+                    "output tensor name `__metadata__` is reserved by the safetensors format",
+                ));
+            }
+            if let Some(j) = by_name.insert(t.name.clone(), i) {
+                return Err(Error::bad_input(format!(
+                    "output tensor `{}` would be written twice (entries {} and {} of the output plan)",
+                    t.name, j, i
+                ))
+                .with_hint("is the input already quantized? Its scale tensors collide with the ones being added"));
+            }
+            let len = t.checked_byte_len().ok_or_else(|| {
+                Error::other(format!(
+                    "output tensor `{}`: {} with shape {:?} is not a whole number of bytes or overflows",
+                    t.name, t.dtype, t.shape
+                ))
+            })?;
+            lens.push(len);
+        }
+        Ok(lens)
+    }
+}
+
+impl ShardPlan {
     /// Number of output files holding tensors (the index not counted).
     pub fn shard_count(&self) -> usize {
         self.shards.len()
@@ -267,20 +336,24 @@ impl ShardPlan {
         &self.shards
     }
 
-    /// `model.safetensors.index.json` as HuggingFace writes it (Python
+    /// `model.safetensors.index.json` as HuggingFace writes it (compressed-tensors: as
+    /// llm-compressor writes it, [`format_ct_index`], also for a single shard) (Python
     /// `json.dumps(index, indent=2, sort_keys=True) + "\n"`, so non-ASCII names are `\u`-escaped):
     /// `{"metadata": {"total_parameters": .., "total_size": ..}, "weight_map": {name: file, ..}}`
     /// with the names sorted. `None` for a single shard, which has no index.
     pub fn index_json(&self) -> Option<String> {
-        if self.shards.len() < 2 {
-            return None;
-        }
         let entries: Vec<(&str, &str)> = self
             .tensors
             .iter()
             .zip(&self.locations)
             .map(|(t, &(s, _, _))| (t.name.as_str(), self.shards[s].name.as_str()))
             .collect();
+        if self.compressed_tensors {
+            return Some(format_ct_index(entries, self.total_bytes));
+        }
+        if self.shards.len() < 2 {
+            return None;
+        }
         Some(format_index(
             entries,
             self.total_parameters,
@@ -315,6 +388,29 @@ pub(crate) fn format_index(
         "}\n}\n"
     } else {
         "\n  }\n}\n"
+    });
+    out
+}
+
+/// The index as llm-compressor's `model_free_ptq` writes it: Python
+/// `json.dumps({"metadata": {"total_size": T}, "weight_map": {..}}, indent=2, sort_keys=True)`,
+/// with no trailing newline and no other metadata.
+pub(crate) fn format_ct_index(mut entries: Vec<(&str, &str)>, total_size: u64) -> String {
+    entries.sort_unstable();
+    let mut out = String::with_capacity(64 + entries.len() * 96);
+    out.push_str(&format!(
+        "{{\n  \"metadata\": {{\n    \"total_size\": {total_size}\n  }},\n  \"weight_map\": {{"
+    ));
+    for (k, (name, file)) in entries.iter().enumerate() {
+        out.push_str(if k == 0 { "\n    " } else { ",\n    " });
+        crate::pyjson_text::push_py_json_str(&mut out, name);
+        out.push_str(": ");
+        crate::pyjson_text::push_py_json_str(&mut out, file);
+    }
+    out.push_str(if entries.is_empty() {
+        "}\n}"
+    } else {
+        "\n  }\n}"
     });
     out
 }

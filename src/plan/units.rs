@@ -231,9 +231,12 @@ pub(super) fn build_units(
         let mut reads = Vec::new();
         for &i in &members {
             let l = &linears[i];
-            for (suffix, dtype, shape) in
-                output_tensors(options.output.format, l.source.rows, l.source.cols)
-            {
+            for (suffix, dtype, shape) in output_tensors(
+                options.output.format,
+                options.output.export,
+                l.source.rows,
+                l.source.cols,
+            ) {
                 outs.push(OutputTensor {
                     name: l.output_name(suffix),
                     dtype,

@@ -543,6 +543,7 @@ mod tests {
         // No `..`: a new field does not compile until it gets a change in the table below.
         let OutputOptions {
             format: _,
+            export: _,
             numerics: _,
             weight_amax: _,
             scope: _,
@@ -650,6 +651,16 @@ mod tests {
         }
         let all: Vec<String> = defaults.as_object().unwrap().keys().cloned().collect();
         assert_eq!(changed, all, "each option is changed once");
+        // `export` is recorded only when it is not the default, so that the manifests of
+        // ModelOpt conversions written before it existed keep their key.
+        let mut o = base.clone();
+        o.output.export = crate::compute::Export::CompressedTensors;
+        let new = options_key(&o);
+        assert_eq!(new["options"]["export"], json!("compressed-tensors"));
+        let mut back = new.clone();
+        back["options"].as_object_mut().unwrap().remove("export");
+        assert_eq!(back, old);
+        assert_ne!(new, old);
         // How a conversion runs is not in the key.
         let mut o = base.clone();
         o.run = RunOptions {

@@ -21,12 +21,15 @@ use crate::input::checkpoint::Checkpoint;
 use crate::plan::ShardPlan;
 
 use crate::compute::cuda::{DeviceChoice, Gpu, GpuPool};
+use crate::compute::Export;
 use crate::digest::{hash_files, FileDigest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::model::Model;
 use crate::options::{KvCache, Options};
+use crate::output::export::ct as ct_export;
 use crate::output::export::{QuantMetadata, MODELOPT_VERSION};
 use crate::output::metadata::is_weight_file;
+use crate::output::metadata::CtMetadata;
 use crate::output::ShardWriter;
 use crate::pipeline;
 use crate::plan::Plan;
@@ -107,6 +110,16 @@ const GPU_SLOTS: usize = 4;
 
 /// Resolves `--device`: a pool of GPU slots sized for the plan's units, or None for the CPU.
 fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
+    if options.output.export == Export::CompressedTensors {
+        // Its kernels have no GPU twins yet (`--device cuda` is refused up front).
+        if options.run.device == DeviceChoice::Auto {
+            info(
+                options,
+                "--export compressed-tensors runs on the CPU (its kernels have no GPU version yet)",
+            );
+        }
+        return Ok(None);
+    }
     let ordinal = match options.run.device {
         DeviceChoice::Cpu => return Ok(None),
         DeviceChoice::Auto => 0,
@@ -209,6 +222,8 @@ fn convert_and_report(
     options: &Options,
     started: Instant,
 ) -> Result<Report> {
+    // The command line refused these already; a library caller gets the same refusal.
+    options.check_export()?;
     check_paths(input, output, options)?;
     let _lock = OutputLock::acquire(output)?;
     let ckpt = Checkpoint::open(input)?;
@@ -255,10 +270,26 @@ fn convert_and_report(
     for w in &plan.warnings {
         warn(options, w);
     }
-    let shard_plan = ShardPlan::new(
-        std::mem::take(&mut plan.outputs),
-        options.output.max_shard_size,
-    )?;
+    let ct = options.output.export == Export::CompressedTensors;
+    let shard_plan = if ct {
+        // compressed-tensors: output shards mirror the input's (llm-compressor's layout).
+        let shard_of = ct_export::output_shards(ckpt, &plan, options.output.format);
+        let names: Vec<String> = ckpt
+            .shards()
+            .iter()
+            .map(|s| {
+                s.path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            })
+            .collect();
+        ShardPlan::mirrored(std::mem::take(&mut plan.outputs), &shard_of, &names)?
+    } else {
+        ShardPlan::new(
+            std::mem::take(&mut plan.outputs),
+            options.output.max_shard_size,
+        )?
+    };
     info(
         options,
         &format!(
@@ -466,6 +497,12 @@ impl Conversion<'_> {
                 exclude_modules: plan.exclude_modules.clone(),
                 producer_version: MODELOPT_VERSION.to_string(),
             },
+            (options.output.export == Export::CompressedTensors)
+                .then(|| CtMetadata {
+                    format: options.output.format,
+                    ignore: ct_export::ignore_list(self.ckpt, plan),
+                })
+                .as_ref(),
             &quant_summary(plan, options, &run.summary),
             &mut notes,
         )?);

@@ -500,6 +500,36 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         self.fetch(out.len(), out, None)
     }
 
+    // The compressed-tensors kernels have no GPU twins yet: the convert command runs that
+    // export on the CPU (and refuses `--device cuda`), so these are never reached from it.
+    fn ct_nvfp4(
+        &mut self,
+        _m: usize,
+        _rows: usize,
+        _cols: usize,
+        _g: f32,
+        _packed: &mut [u8],
+        _scales: &mut [u8],
+    ) -> Result<()> {
+        Err(Error::other(
+            "internal: the compressed-tensors NVFP4 kernel has no GPU version; run it on the CPU",
+        ))
+    }
+
+    fn ct_fp8(
+        &mut self,
+        _m: usize,
+        _rows: usize,
+        _cols: usize,
+        _format: crate::compute::QuantFormat,
+        _codes: &mut [u8],
+        _scales: &mut [u8],
+    ) -> Result<()> {
+        Err(Error::other(
+            "internal: the compressed-tensors FP8 kernels have no GPU version; run them on the CPU",
+        ))
+    }
+
     fn mse_chunk_losses(
         &mut self,
         m: usize,

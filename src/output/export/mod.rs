@@ -9,6 +9,8 @@
 //! - [`modelopt`]: `hf_quant_config.json`, the `quantization_config` object, and `config.json`;
 //! - [`exclude`]: the prefix-wildcard summary that becomes `exclude_modules` / `ignore`;
 //! - [`generation`]: `generation_config.json` (`_sanitize_generation_config_for_save`);
+//! - [`ct`]: the compressed-tensors export's `config.json`, `ignore` list and shard layout
+//!   (llm-compressor's `model_free_ptq`);
 //! - [`pyjson`]: Python-`json`-compatible serialisation that all of the above use;
 //!
 //! One thing in these files comes from the exporting environment rather than the checkpoint:
@@ -16,6 +18,7 @@
 //! export (the `*_gpu` goldens say `5.17.0` where their input says `5.23.0`). [`SaveEnv`] lets a
 //! caller reproduce a particular run; by default the input's value is kept.
 
+pub mod ct;
 pub mod generation;
 pub mod modelopt;
 pub mod pyjson;
