@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The real-client check of issue 16: transformers with compressed-tensors (the versions pinned
+# in fixtures/ct/requirements-check.txt, on the CPU) loads shardquant's compressed-tensors
+# outputs of tiny dense and MoE models, runs a forward pass, and compares the logits with the
+# BF16 source; each quantized weight is also decompressed with compressed-tensors' own API and
+# compared with the source (fixtures/ct/check_client.py says exactly what it checks).
+#
+#   bash tests/client/check.sh            # from the repository root
+#
+# The Python environment is made once, outside the repository, in $SHARDQUANT_CLIENT_VENV
+# (default ~/.cache/shardquant-client-venv); torch's Linux wheels from PyPI bring their CUDA
+# libraries, so it takes about 6 GB and a few minutes the first time.
+set -euo pipefail
+export TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+cd "$(dirname "$0")/../.."
+VENV=${SHARDQUANT_CLIENT_VENV:-$HOME/.cache/shardquant-client-venv}
+REQS=fixtures/ct/requirements-check.txt
+if [ ! -f "$VENV/.installed" ] || ! cmp -s "$REQS" "$VENV/.installed"; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    # Without ensurepip (Debian's python3 without python3-venv): virtualenv instead.
+    python3 -m pip install --quiet --user virtualenv
+    python3 -m virtualenv --quiet "$VENV"
+  }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQS"
+  cp "$REQS" "$VENV/.installed"
+fi
+cargo build --release --locked --quiet
+BIN=target/release/shardquant
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+failed=0
+# source, --format, and whether the model is MoE (gate/up sharing is strict for ours).
+for case in \
+  "llama128_source w4a16_nvfp4" "llama128_source fp8_dynamic" "llama128_source fp8_block" \
+  "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block"; do
+  set -- $case
+  src=fixtures/ct/$1
+  out=$WORK/$1-$2
+  "$BIN" convert "$src" "$out" --format "$2" --export compressed-tensors --device cpu -qq
+  echo "== $1 --format $2"
+  if ! "$VENV/bin/python" fixtures/ct/check_client.py "$out" "$src" --strict-fusion; then
+    echo "FAILED: $1 --format $2"
+    failed=1
+  fi
+done
+exit $failed
