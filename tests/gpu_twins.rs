@@ -357,8 +357,7 @@ fn ct_kernels_match_the_cpu_bit_for_bit() {
                         let (a, b) = both(pool, &w, dtype, |c| {
                             let (mut codes, mut s) =
                                 (vec![0x11u8; rows * cols], vec![0x11u8; scale_count * 2]);
-                            c.ct_fp8(0, rows, cols, format, &mut codes, &mut s)
-                                .unwrap();
+                            c.ct_fp8(0, rows, cols, format, &mut codes, &mut s).unwrap();
                             (codes, s)
                         });
                         if a != b {
