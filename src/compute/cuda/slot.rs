@@ -553,7 +553,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         scales: &mut [u8],
     ) -> Result<()> {
         let (off, len, dtype) = self.member(m);
-        if cols % 16 != 0
+        if !cols.is_multiple_of(16)
             || len != rows * cols * dtype.size()
             || packed.len() != rows * cols / 2
             || scales.len() != rows * cols / 16
