@@ -234,6 +234,194 @@ fn mse_kernels_match_the_cpu_bit_for_bit() {
     }
 }
 
+/// Random weights for the compressed-tensors kernels ([`weights`]: zero 16-blocks, E2M1 ties,
+/// -0.0), with a zero row, a row of -0.0, a row of E4M3 ties under the scale 2^-8 (amax 1.75:
+/// 8.5 → 8, 9.5 → 10 after the division) and, when the weight has a second 128-row band, an
+/// all-zero 128x128 block.
+fn ct_weights(dtype: SourceDtype, rows: usize, cols: usize, seed: u64, kind: usize) -> Vec<u8> {
+    let mut w: Vec<f32> = weights(SourceDtype::F32, rows * cols, seed, kind)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let tie = 1.0f32 / 256.0;
+    let ties = [
+        1.75,
+        8.5 * tie,
+        9.5 * tie,
+        -0.0,
+        248.0 * tie,
+        -232.0 * tie,
+        -8.5 * tie,
+        0.0,
+    ];
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = &mut w[r * cols + c];
+            match r % 7 {
+                1 => *v = 0.0,
+                2 => *v = -0.0,
+                3 => *v = ties[c % ties.len()],
+                _ => {}
+            }
+            if (128..256).contains(&r) && c < 128 {
+                *v = 0.0;
+            }
+        }
+    }
+    w.iter()
+        .flat_map(|&v| match dtype {
+            SourceDtype::Bf16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+            SourceDtype::F16 => half::f16::from_f32(v.clamp(-60000.0, 60000.0))
+                .to_le_bytes()
+                .to_vec(),
+            SourceDtype::F32 => v.to_le_bytes().to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
+)]
+fn ct_kernels_match_the_cpu_bit_for_bit() {
+    use shardquant::compute::ct::{ct_fp8_block_grid, ct_global_scale};
+    let Some(gpu) = gpu() else { return };
+    // The small pool cannot hold the per-channel scales of narrow weights: those go to the CPU
+    // twin (the same bytes by construction); the large one runs everything on the GPU.
+    let pools = [
+        GpuPool::new(gpu.clone(), 2, 8 << 20).unwrap(),
+        GpuPool::new(gpu, 1, 64 << 10).unwrap(),
+    ];
+    // Ragged 128x128 edges in both directions, single rows and columns, an all-zero weight.
+    let shapes = [
+        (1usize, 16usize),
+        (3, 32),
+        (200, 130),
+        (200, 144),
+        (129, 129),
+        (256, 256),
+        (300, 1008),
+        (5, 37),
+        (1000, 16),
+        (3000, 8),
+        (1, 1),
+    ];
+    for dtype in [SourceDtype::Bf16, SourceDtype::F16, SourceDtype::F32] {
+        for (k, &(rows, cols)) in shapes.iter().enumerate() {
+            for zero in [false, true] {
+                let w = if zero {
+                    vec![0u8; rows * cols * dtype.size()]
+                } else {
+                    ct_weights(dtype, rows, cols, 5 + k as u64 * 17, k)
+                };
+                for pool in &pools {
+                    if !pool.fits([w.len()]) {
+                        continue;
+                    }
+                    let what = format!(
+                        "{dtype:?} {rows}x{cols}{}",
+                        if zero { " all zero" } else { "" }
+                    );
+                    let amax = shardquant::compute::amax(&w, dtype).unwrap();
+                    if cols % 16 == 0 {
+                        // The data's global scale, smaller and larger ones (block scales clamped
+                        // at 448, elements at ±6), 1.0 (an all-zero group) and one that makes
+                        // every block scale underflow to 0.125 (and every element to 0).
+                        for g in [
+                            ct_global_scale(amax),
+                            ct_global_scale(amax * 0.37),
+                            ct_global_scale(amax * 3.0),
+                            1.0,
+                            ct_global_scale(amax * 1e-3),
+                            ct_global_scale(1e30),
+                        ] {
+                            let (a, b) = both(pool, &w, dtype, |c| {
+                                let (mut p, mut s) = (
+                                    vec![0xAAu8; rows * cols / 2],
+                                    vec![0xAAu8; rows * cols / 16],
+                                );
+                                c.ct_nvfp4(0, rows, cols, g, &mut p, &mut s).unwrap();
+                                (p, s)
+                            });
+                            assert!(a == b, "ct nvfp4 {what} g {g}");
+                        }
+                    }
+                    for format in [QuantFormat::Fp8Dynamic, QuantFormat::Fp8Block] {
+                        let scale_count = if format == QuantFormat::Fp8Block {
+                            let (gr, gc) = ct_fp8_block_grid(rows, cols);
+                            gr * gc
+                        } else {
+                            rows
+                        };
+                        let (a, b) = both(pool, &w, dtype, |c| {
+                            let (mut codes, mut s) =
+                                (vec![0x11u8; rows * cols], vec![0x11u8; scale_count * 2]);
+                            c.ct_fp8(0, rows, cols, format, &mut codes, &mut s).unwrap();
+                            (codes, s)
+                        });
+                        if a != b {
+                            let first = (0..rows * cols).find(|&i| a.0[i] != b.0[i]);
+                            let first_scale = (0..scale_count * 2).find(|&i| a.1[i] != b.1[i]);
+                            panic!(
+                                "ct {format:?} {what}: first code difference {first:?}, \
+                                 first scale byte difference {first_scale:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
+)]
+fn ct_global_scale_matches_the_cpu() {
+    use shardquant::compute::ct::ct_global_scale;
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 1, 1 << 20).unwrap();
+    // Every non-negative bf16 value (amaxes of bf16 weights), then f32 edge cases: subnormals,
+    // the 2^-126 floor, where the scale stops being finite, the largest finite, inf, NaN.
+    let mut amax: Vec<f32> = (0u32..=0x7F80).map(|b| f32::from_bits(b << 16)).collect();
+    amax.extend([
+        -0.0,
+        f32::from_bits(1),
+        1e-40,
+        7.9e-36,
+        7.8e-36,
+        1e-37,
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        f32::INFINITY,
+        f32::NAN,
+        -1.0,
+        0.1,
+        1.3125,
+        2688.0,
+    ]);
+    let mut state = 12345u64;
+    for _ in 0..100_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        amax.push(f32::from_bits((state >> 33) as u32 & 0x7FFF_FFFF));
+    }
+    let gpu_scales = pool.ct_global_scales(&amax).unwrap();
+    assert_eq!(gpu_scales.len(), amax.len());
+    for (a, g) in amax.iter().zip(&gpu_scales) {
+        assert_eq!(
+            ct_global_scale(*a).to_bits(),
+            g.to_bits(),
+            "global scale of amax {a:e} ({:#010x})",
+            a.to_bits()
+        );
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(gpu_tests),

@@ -1,4 +1,4 @@
-//! Finding a usable GPU without panicking, and compiling `kernels/quant.cu` for it with NVRTC.
+//! Finding a usable GPU without panicking, and compiling `kernels/*.cu` for it with NVRTC.
 //!
 //! cudarc's dynamic loading panics when libcuda or libnvrtc is missing, so presence is checked
 //! first (`is_culib_present`) and the remaining calls run under `catch_unwind` with a silent
@@ -13,11 +13,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The kernel source, compiled into the binary: the quantization kernels, then the MSE
-/// calibration kernels that use their codecs.
+/// calibration kernels and the compressed-tensors kernels, which use their codecs.
 pub const KERNEL_SOURCE: &str = concat!(
     include_str!("../../../kernels/quant.cu"),
     "\n",
-    include_str!("../../../kernels/mse.cu")
+    include_str!("../../../kernels/mse.cu"),
+    "\n",
+    include_str!("../../../kernels/ct.cu")
 );
 
 /// Constants the kernels share with the Rust code, declared once (here and in
@@ -63,6 +65,9 @@ pub struct Gpu {
     pub(crate) fp8_block_dequant: CudaFunction,
     pub(crate) mse_chunk_losses: CudaFunction,
     pub(crate) nvfp4_sweep: CudaFunction,
+    pub(crate) ct_global_scales: CudaFunction,
+    pub(crate) ct_nvfp4: CudaFunction,
+    pub(crate) ct_fp8_tiles: CudaFunction,
 }
 
 /// Runs `f`, turning a panic into an error message without printing it.
@@ -130,7 +135,7 @@ fn compile_cubin(arch: (i32, i32)) -> Result<Vec<u8>, String> {
         // SAFETY: as above; the program is not used afterwards.
         let _ = unsafe { nvrtc::result::destroy_program(prog) };
         return Err(format!(
-            "NVRTC could not compile kernels/quant.cu + kernels/mse.cu: {e:?}\n{log}"
+            "NVRTC could not compile kernels/quant.cu + mse.cu + ct.cu: {e:?}\n{log}"
         ));
     }
     let mut size = 0usize;
@@ -197,6 +202,9 @@ impl Gpu {
             fp8_block_dequant: f("fp8_block_dequant")?,
             mse_chunk_losses: f("mse_chunk_losses")?,
             nvfp4_sweep: f("nvfp4_sweep")?,
+            ct_global_scales: f("ct_global_scales")?,
+            ct_nvfp4: f("ct_nvfp4")?,
+            ct_fp8_tiles: f("ct_fp8_tiles")?,
             _module: module,
             ctx,
             ordinal,

@@ -12,6 +12,7 @@ use super::Gpu;
 use crate::compute;
 use crate::compute::backend::UnitCompute;
 use crate::compute::codec::E2M1_MAX;
+use crate::compute::ct::CT_FP8_BLOCK;
 use crate::compute::mse::Candidates;
 use crate::compute::{DequantPrecision, Numerics, SourceDtype};
 use crate::error::{Error, Result};
@@ -132,6 +133,48 @@ impl GpuPool {
             .map(|n| n.next_multiple_of(ALIGN))
             .sum::<usize>()
             <= self.capacity
+    }
+
+    /// compressed-tensors' NVFP4 global scales ([`compute::ct::ct_global_scale`]) of `amax`, on
+    /// the GPU: the twin of the CPU function, for the tests (the export computes the one scale
+    /// each group needs on the host, whatever the device).
+    pub fn ct_global_scales(&self, amax: &[f32]) -> Result<Vec<f32>> {
+        if amax.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut unit = self.compute();
+        let slot = unit.slot();
+        slot.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| cuda("binding the context", e))?;
+        let dev_amax = slot
+            .stream
+            .clone_htod(amax)
+            .map_err(|e| cuda("copy to GPU", e))?;
+        let mut dev_out = slot
+            .stream
+            .alloc_zeros::<f32>(amax.len())
+            .map_err(|e| cuda("device memory", e))?;
+        let n = amax.len() as u64;
+        // SAFETY: n floats are read from `dev_amax` and n written to `dev_out`.
+        unsafe {
+            slot.stream
+                .launch_builder(&self.gpu.ct_global_scales)
+                .arg(&dev_amax)
+                .arg(&n)
+                .arg(&mut dev_out)
+                .launch(per_block(amax.len()))
+        }
+        .map_err(|e| cuda("compressed-tensors global scale kernel", e))?;
+        let mut out = vec![0f32; amax.len()];
+        slot.stream
+            .memcpy_dtoh(&dev_out, &mut out)
+            .map_err(|e| cuda("copy to host", e))?;
+        slot.stream
+            .synchronize()
+            .map_err(|e| cuda("synchronise", e))?;
+        Ok(out)
     }
 
     /// Takes a free slot (waiting for one) for one unit's work.
@@ -500,34 +543,117 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         self.fetch(out.len(), out, None)
     }
 
-    // The compressed-tensors kernels have no GPU twins yet: the convert command runs that
-    // export on the CPU (and refuses `--device cuda`), so these are never reached from it.
     fn ct_nvfp4(
         &mut self,
-        _m: usize,
-        _rows: usize,
-        _cols: usize,
-        _g: f32,
-        _packed: &mut [u8],
-        _scales: &mut [u8],
+        m: usize,
+        rows: usize,
+        cols: usize,
+        g: f32,
+        packed: &mut [u8],
+        scales: &mut [u8],
     ) -> Result<()> {
-        Err(Error::other(
-            "internal: the compressed-tensors NVFP4 kernel has no GPU version; run it on the CPU",
-        ))
+        let (off, len, dtype) = self.member(m);
+        if !cols.is_multiple_of(16)
+            || len != rows * cols * dtype.size()
+            || packed.len() != rows * cols / 2
+            || scales.len() != rows * cols / 16
+        {
+            return Err(Error::other(format!(
+                "internal: compressed-tensors NVFP4 of a [{rows}, {cols}] weight of {len} bytes \
+                 into {} + {} bytes",
+                packed.len(),
+                scales.len()
+            )));
+        }
+        let gpu = self.pool.gpu.clone();
+        let nblocks = (rows * cols / 16) as u64;
+        let code = dtype_code(dtype);
+        let slot = self.slot();
+        let src = slot.dev_in.slice(off..off + len);
+        // SAFETY: nblocks 16-element blocks are read from `src`; nblocks*8 packed bytes and
+        // nblocks scale bytes are written, within the slot's buffers (checked in load).
+        unsafe {
+            slot.stream
+                .launch_builder(&gpu.ct_nvfp4)
+                .arg(&src)
+                .arg(&code)
+                .arg(&nblocks)
+                .arg(&g)
+                .arg(&mut slot.dev_out)
+                .arg(&mut slot.dev_scales)
+                .launch(per_block(nblocks as usize))
+        }
+        .map_err(|e| cuda("compressed-tensors nvfp4 kernel", e))?;
+        self.fetch(packed.len(), packed, Some(scales))
     }
 
     fn ct_fp8(
         &mut self,
-        _m: usize,
-        _rows: usize,
-        _cols: usize,
-        _format: crate::compute::QuantFormat,
-        _codes: &mut [u8],
-        _scales: &mut [u8],
+        m: usize,
+        rows: usize,
+        cols: usize,
+        format: crate::compute::QuantFormat,
+        codes: &mut [u8],
+        scales: &mut [u8],
     ) -> Result<()> {
-        Err(Error::other(
-            "internal: the compressed-tensors FP8 kernels have no GPU version; run them on the CPU",
-        ))
+        let (off, len, dtype) = self.member(m);
+        // One scale per tile: a row (FP8_DYNAMIC) or a 128x128 block cut at the edges (FP8_BLOCK).
+        let (tile_rows, tile_cols) = if format.is_fp8_block() {
+            (CT_FP8_BLOCK, CT_FP8_BLOCK)
+        } else {
+            (1, cols)
+        };
+        if len != rows * cols * dtype.size() || codes.len() != rows * cols {
+            return Err(Error::other(format!(
+                "internal: compressed-tensors FP8 of a [{rows}, {cols}] weight of {len} bytes \
+                 into {} bytes",
+                codes.len()
+            )));
+        }
+        if rows == 0 || cols == 0 || scales.len() > self.slot().dev_scales.len() {
+            // Empty, or more scales than the slot holds (per channel, rows narrower than 32
+            // bytes): the CPU twin gives the same bytes.
+            let (src, dtype) = (&*self.members[m].1, self.members[m].2);
+            if format.is_fp8_block() {
+                compute::ct::quantize_fp8_block_ct(src, dtype, rows, cols, codes, scales);
+            } else {
+                compute::ct::quantize_fp8_channel_ct(src, dtype, rows, cols, codes, scales);
+            }
+            return Ok(());
+        }
+        let tiles = rows.div_ceil(tile_rows) * cols.div_ceil(tile_cols);
+        if scales.len() != tiles * 2 {
+            return Err(Error::other(format!(
+                "internal: {tiles} compressed-tensors FP8 scales into {} bytes",
+                scales.len()
+            )));
+        }
+        let gpu = self.pool.gpu.clone();
+        let code = dtype_code(dtype);
+        let (r, c, tr, tc) = (rows as u64, cols as u64, tile_rows as u64, tile_cols as u64);
+        let slot = self.slot();
+        let src = slot.dev_in.slice(off..off + len);
+        // SAFETY: rows*cols elements are read from `src`; rows*cols code bytes and 2 bytes per
+        // tile of scales are written, within the slot's buffers (checked above and in load).
+        unsafe {
+            slot.stream
+                .launch_builder(&gpu.ct_fp8_tiles)
+                .arg(&src)
+                .arg(&code)
+                .arg(&r)
+                .arg(&c)
+                .arg(&tr)
+                .arg(&tc)
+                .arg(&mut slot.dev_out)
+                .arg(&mut slot.dev_scales)
+                .launch(LaunchConfig {
+                    grid_dim: (tiles as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+        }
+        .map_err(|e| cuda("compressed-tensors fp8 kernel", e))?;
+        self.fetch(codes.len(), codes, Some(scales))
     }
 
     fn mse_chunk_losses(
