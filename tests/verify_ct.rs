@@ -157,7 +157,7 @@ fn rewrite(dir: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String,
         data.extend_from_slice(bytes);
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = (h.len() as u64).to_le_bytes().to_vec();
@@ -283,5 +283,17 @@ fn broken_invariants_are_found() {
     assert!(
         text.contains("model.layers.0.self_attn.q_proj: relative error") && v.problems.len() == 1,
         "{text}"
+    );
+}
+
+#[test]
+fn inspect_says_a_compressed_tensors_checkpoint_is_already_quantized_and_points_to_verify() {
+    let dir = case("llama128_nvfp4a16");
+    let (code, _, stderr) = common::run(&["inspect", dir.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("already quantized (compressed-tensors")
+            && stderr.contains("shardquant verify"),
+        "{stderr}"
     );
 }
