@@ -271,6 +271,17 @@ fn broken_invariants_are_found() {
         "{text}"
     );
 
+    // An unquantized linear missing from `ignore` matters only when the groups target every
+    // `Linear`.
+    let targets = tmp.join("targets");
+    copy_dir(&case("llama128_fp8_dynamic"), &targets);
+    edit_config(&targets, |q| q["ignore"] = serde_json::json!([]));
+    assert!(problems_of(&targets).contains("(e.g. lm_head)"));
+    edit_config(&targets, |q| {
+        q["config_groups"]["FP8_DYNAMIC"]["targets"] = serde_json::json!([r"re:.*_proj$"])
+    });
+    assert_eq!(problems_of(&targets), "");
+
     // --source: a weight from another linear is far off the bound.
     let swapped = tmp.join("swapped");
     copy_dir(&case("llama128_fp8_dynamic"), &swapped);

@@ -36,6 +36,20 @@ enum Scheme {
 struct Group {
     scheme: Scheme,
     static_input: bool,
+    /// `targets` holds `"Linear"`: every linear not ignored is quantized.
+    all_linears: bool,
+}
+
+impl Group {
+    /// The `weight_scale` shape of an FP8 weight `[out, k]` under this group.
+    fn fp8_scale_shape(&self, out: usize, k: usize) -> Vec<usize> {
+        match self.scheme {
+            Scheme::Fp8Tensor => vec![1],
+            Scheme::Fp8Channel => vec![out, 1],
+            Scheme::Fp8Block(br, bc) => vec![out.div_ceil(br), k.div_ceil(bc)],
+            Scheme::Nvfp4 => Vec::new(),
+        }
+    }
 }
 
 /// Whether `config` declares a compressed-tensors checkpoint.
@@ -93,11 +107,15 @@ fn read_groups(q: &serde_json::Value, problems: &mut Vec<String>) -> Vec<(String
         // with per-block scales computed at run time) store a scale per linear.
         let input = &g["input_activations"];
         let static_input = !input.is_null() && input["dynamic"] != serde_json::Value::Bool(true);
+        let all_linears = g["targets"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "Linear"));
         out.push((
             name.clone(),
             Group {
                 scheme,
                 static_input,
+                all_linears,
             },
         ));
     }
@@ -234,12 +252,7 @@ fn check_linear(ckpt: &Checkpoint, m: &str, f: &CtLinear, g: Group, p: &mut Vec<
                 w.dtype
             ));
         }
-        let expected = match g.scheme {
-            Scheme::Fp8Tensor => vec![1],
-            Scheme::Fp8Channel => vec![out, 1],
-            Scheme::Fp8Block(br, bc) => vec![out.div_ceil(br), k.div_ceil(bc)],
-            Scheme::Nvfp4 => unreachable!(),
-        };
+        let expected = g.fp8_scale_shape(out, k);
         if scale.shape != expected || source_dtype(scale.dtype).is_none() {
             p.push(format!(
                 "{m}: FP8 weight_scale should be a float {expected:?} for {:?}, is {:?} {:?}",
@@ -376,17 +389,26 @@ pub(super) fn verify_ct(
     let q = &config["quantization_config"];
     let problems = &mut v.problems;
     let groups_ = read_groups(q, problems);
-    let find = |nvfp4: bool| {
-        groups_
-            .iter()
-            .find(|(_, g)| (g.scheme == Scheme::Nvfp4) == nvfp4)
-            .map(|(_, g)| *g)
-    };
     let found = ct_linears(ckpt);
     v.linears = found.len();
+    // Each linear's group: the one of its scheme (for FP8, the one whose scale shape its
+    // weight_scale has, when groups differ in strategy). `targets` are not matched.
+    let mut group_of: BTreeMap<&str, Group> = BTreeMap::new();
     for (m, f) in &found {
-        match find(f.nvfp4) {
-            Some(g) => check_linear(ckpt, m, f, g, problems),
+        let mut candidates = groups_
+            .iter()
+            .map(|(_, g)| *g)
+            .filter(|g| (g.scheme == Scheme::Nvfp4) == f.nvfp4);
+        let first = candidates.clone().next();
+        let fits = |g: &Group| match (f.weight.map(|w| w.shape.as_slice()), f.scale) {
+            (Some(&[out, k]), Some(s)) => g.fp8_scale_shape(out, k) == s.shape,
+            _ => false,
+        };
+        match candidates.find(fits).or(first) {
+            Some(g) => {
+                check_linear(ckpt, m, f, g, problems);
+                group_of.insert(m, g);
+            }
             None => problems.push(format!(
                 "{m}: quantized as {} but no config group declares that scheme",
                 if f.nvfp4 { "NVFP4" } else { "FP8" }
@@ -407,7 +429,8 @@ pub(super) fn verify_ct(
         .filter_map(|t| t.name.strip_suffix(".weight"))
         .filter(|m| !found.contains_key(m) && !ignored(m) && !is_embedding(m))
         .collect();
-    if let Some(first) = missed.first() {
+    let all_linears = groups_.iter().any(|(_, g)| g.all_linears);
+    if let Some(first) = missed.first().filter(|_| all_linears) {
         problems.push(format!(
             "{} linear(s) are not quantized but the ignore list does not name them (e.g. \
              {first}): engines expect quantized tensors for every targeted Linear",
@@ -442,7 +465,7 @@ pub(super) fn verify_ct(
         let any_nvfp4 = found.values().any(|f| f.nvfp4);
         let algo = if any_nvfp4 { "W4A16_NVFP4" } else { "FP8" };
         let sources = super::source_linears(&src, src_dir, algo, &mut v.problems)?;
-        compare(ckpt, &src, &sources, &found, &groups_, v);
+        compare(ckpt, &src, &sources, &found, &group_of, v);
     }
     Ok(())
 }
@@ -496,7 +519,7 @@ fn compare(
     src: &Checkpoint,
     sources: &BTreeMap<String, Linear>,
     found: &BTreeMap<&str, CtLinear>,
-    groups_: &[(String, Group)],
+    group_of: &BTreeMap<&str, Group>,
     v: &mut Verification,
 ) {
     for (m, f) in found {
@@ -558,11 +581,7 @@ fn compare(
             let Some(s) = floats(ckpt, scale) else {
                 continue;
             };
-            let Some(g) = groups_
-                .iter()
-                .map(|g| g.1)
-                .find(|g| g.scheme != Scheme::Nvfp4)
-            else {
+            let Some(g) = group_of.get(m) else {
                 continue;
             };
             let at = |r: usize, c: usize| match g.scheme {
