@@ -282,6 +282,22 @@ fn broken_invariants_are_found() {
     });
     assert_eq!(problems_of(&targets), "");
 
+    // llm-compressor with `ignore=[]` quantizes the embedding too; lm_head is compared with
+    // its source tensor as stored.
+    let v = check(&case("llama128_nvfp4a16_noignore"), &src);
+    assert_eq!(
+        v.problems,
+        [
+            "model.embed_tokens is quantized but it is an embedding: engines (vLLM, transformers) \
+          load it unquantized and cannot read its compressed-tensors weights; add it to ignore"
+        ]
+    );
+    assert!(
+        v.errors.iter().any(|e| e.0 == "lm_head" && e.1 < 0.15),
+        "{:?}",
+        v.errors
+    );
+
     // --source: a weight from another linear is far off the bound.
     let swapped = tmp.join("swapped");
     copy_dir(&case("llama128_fp8_dynamic"), &swapped);

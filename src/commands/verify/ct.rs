@@ -415,6 +415,13 @@ pub(super) fn verify_ct(
             )),
         }
     }
+    // Embeddings are not `Linear`s: engines load them as plain tensors.
+    for m in found.keys().filter(|m| is_embedding(m)) {
+        problems.push(format!(
+            "{m} is quantized but it is an embedding: engines (vLLM, transformers) load it \
+             unquantized and cannot read its compressed-tensors weights; add it to ignore"
+        ));
+    }
     // `ignore` against the tensors, both ways.
     let ignore = read_ignore(q, problems);
     let ignored = |m: &str| ignore.iter().any(|i| i.matches(m));
@@ -526,25 +533,37 @@ fn compare(
         let (Some(w), Some(scale)) = (f.weight, f.scale) else {
             continue; // reported by check_linear
         };
-        let Some(l) = sources.get(*m) else {
-            v.problems.push(format!(
-                "{m}: the source checkpoint has no weight for this linear, so it cannot be compared \
-                 (is --source the checkpoint this one was made from?)"
-            ));
-            continue;
-        };
         let &[rows, k] = w.shape.as_slice() else {
             continue;
         };
         let cols = if f.nvfp4 { k * 2 } else { k };
-        if (rows, cols) != (l.source.rows, l.source.cols) {
+        // A linear the plan does not quantize (lm_head, when a checkpoint quantized it): its
+        // source tensor as stored.
+        let raw = src
+            .get(&format!("{m}.weight"))
+            .filter(|t| t.shape.len() == 2 && source_dtype(t.dtype).is_some());
+        let (source_shape, source) = match (sources.get(*m), raw) {
+            (Some(l), _) => ((l.source.rows, l.source.cols), source_matrix(src, l)),
+            (None, Some(t)) => (
+                (t.shape[0], t.shape[1]),
+                floats(src, t).ok_or_else(|| "unreadable".to_string()),
+            ),
+            (None, None) => {
+                v.problems.push(format!(
+                    "{m}: the source checkpoint has no weight for this linear, so it cannot be \
+                     compared (is --source the checkpoint this one was made from?)"
+                ));
+                continue;
+            }
+        };
+        if (rows, cols) != source_shape {
             v.problems.push(format!(
-                "{m}: the quantized weight {:?} does not match its source: [{}, {}] expected",
-                w.shape, l.source.rows, l.source.cols
+                "{m}: the quantized weight {:?} does not match its source: {source_shape:?} expected",
+                w.shape
             ));
             continue;
         }
-        let source = match source_matrix(src, l) {
+        let source = match source {
             Ok(s) => s,
             Err(why) => {
                 v.problems.push(format!("{m}: cannot be compared: {why}"));
