@@ -50,11 +50,34 @@ pub fn refuse_quantized_input(input: &Path, config: &serde_json::Value) -> Resul
     if (config.get("quantization_config").is_some() && !fp8_block_source)
         || input.join("hf_quant_config.json").exists()
     {
+        let method = config
+            .pointer("/quantization_config/quant_method")
+            .and_then(|m| m.as_str());
+        let what = match method {
+            Some("compressed-tensors") => {
+                "compressed-tensors: config.json's quantization_config".to_string()
+            }
+            _ if input.join("hf_quant_config.json").exists() => {
+                "ModelOpt: hf_quant_config.json".to_string()
+            }
+            Some(m) => format!("config.json has quantization_config, quant_method {m:?}"),
+            None => "config.json has quantization_config".to_string(),
+        };
+        let verifiable = matches!(method, Some("compressed-tensors" | "modelopt"))
+            || input.join("hf_quant_config.json").exists();
         return Err(Error::bad_input(format!(
-            "{}: this checkpoint is already quantized (config.json has quantization_config)",
+            "{}: this checkpoint is already quantized ({what})",
             input.display()
         ))
-        .with_hint("convert from the original BF16/FP16/FP32 checkpoint"));
+        .with_hint(if verifiable {
+            format!(
+                "convert from the original BF16/FP16/FP32 checkpoint; `shardquant verify {}` \
+                 checks this one",
+                input.display()
+            )
+        } else {
+            "convert from the original BF16/FP16/FP32 checkpoint".to_string()
+        }));
     }
     Ok(())
 }

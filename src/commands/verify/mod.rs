@@ -1,4 +1,5 @@
-//! `shardquant verify`: re-reads a ModelOpt-format checkpoint (ours or anyone's) and checks what
+//! `shardquant verify`: re-reads a ModelOpt-format or compressed-tensors checkpoint (ours or
+//! anyone's; compressed-tensors in `ct.rs`) and checks what
 //! serving engines rely on; with `--source`, measures the quantization error against the source.
 //!
 //! Checked: the index against the shards and every header (as any input is); the metadata
@@ -8,7 +9,9 @@
 //! and up) sharing `weight_scale_2` and `input_scale`; every expert's `input_scale` usable; and
 //! `exclude_modules` agreeing with the tensors present.
 
+mod ct;
 mod groups;
+mod pyre;
 
 use crate::commands::convert::{check_checksums, ChecksumCheck, MANIFEST_FILE};
 use crate::compute::{
@@ -208,6 +211,15 @@ pub fn verify_weighted(
         false => e.context(&format!("also: {}", corrupt.join("; "))),
     })?;
     let (_, config) = read_config(dir)?;
+    if ct::is_ct(&config) {
+        let mut v = Verification {
+            problems: corrupt,
+            checksums: Some(checksums),
+            ..Verification::default()
+        };
+        ct::verify_ct(&ckpt, dir, &config, source, &mut v)?;
+        return Ok(v);
+    }
     let hf: serde_json::Value = crate::input::checkpoint::Lane::new(dir)
         .ok()
         .and_then(|lane| lane.read_small("hf_quant_config.json", 16 << 20).ok())
@@ -215,7 +227,7 @@ pub fn verify_weighted(
         .and_then(|t| serde_json::from_slice(&t).ok())
         .ok_or_else(|| {
             Error::bad_input(format!("{}: no readable hf_quant_config.json", dir.display()))
-                .with_hint("verify checks ModelOpt-format checkpoints (hf_quant_config.json + quantization_config)")
+                .with_hint("verify checks ModelOpt-format checkpoints (hf_quant_config.json + quantization_config) and compressed-tensors ones (quantization_config.quant_method \"compressed-tensors\")")
         })?;
     let mut v = Verification {
         problems: corrupt,
