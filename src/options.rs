@@ -267,8 +267,7 @@ impl Options {
     /// Refuses the combinations with `--export` that are not built (a usage error naming the
     /// option and what to use instead): a format the export cannot write, and, for
     /// compressed-tensors, what its first version does not do yet (KV-cache scales, weight
-    /// calibration other than max|W|, weight amax from statistics, `--allow-nonfinite`, and
-    /// `--device cuda`: its kernels have no GPU twins yet, so it runs on the CPU).
+    /// calibration other than max|W|, weight amax from statistics, `--allow-nonfinite`).
     pub fn check_export(&self) -> crate::error::Result<()> {
         use crate::error::Error;
         let o = &self.output;
@@ -304,12 +303,6 @@ impl Options {
             return not_yet(
                 "--allow-nonfinite",
                 "drop --allow-nonfinite (NaN / infinite weights are then refused), or use --export modelopt",
-            );
-        }
-        if matches!(self.run.device, DeviceChoice::Cuda(_)) {
-            return not_yet(
-                "--device cuda (its kernels have no GPU version yet)",
-                "use --device cpu or --device auto (both run it on the CPU)",
             );
         }
         Ok(())

@@ -110,16 +110,6 @@ const GPU_SLOTS: usize = 4;
 
 /// Resolves `--device`: a pool of GPU slots sized for the plan's units, or None for the CPU.
 fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
-    if options.output.export == Export::CompressedTensors {
-        // Its kernels have no GPU twins yet (`--device cuda` is refused up front).
-        if options.run.device == DeviceChoice::Auto {
-            info(
-                options,
-                "--export compressed-tensors runs on the CPU (its kernels have no GPU version yet)",
-            );
-        }
-        return Ok(None);
-    }
     let ordinal = match options.run.device {
         DeviceChoice::Cpu => return Ok(None),
         DeviceChoice::Auto => 0,
