@@ -1,7 +1,8 @@
 //! Units of work: what each unit reads, does and writes, and the streaming order.
 
 use super::{stats_files, Classified, Linear, OutputTensor, Problem};
-use crate::compute::{fp8_scale, output_tensors};
+use crate::compute::linear::InputAmax;
+use crate::compute::{output_tensors, QuantFormat};
 use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::input::layout::{ExpertProj, Layout};
 use crate::input::stats::ActivationStats;
@@ -308,10 +309,9 @@ pub(super) fn kv_units(
         ];
         // Scales recovered exactly from an export are written back unchanged.
         let exact = s.map(|s| s.kv_cache_amax_exact).unwrap_or_default();
+        // FP8 KV scales follow the input-scale rule: amax / 448, or the exported scale back.
         let scale = |amax: f32, exact: Option<f64>| {
-            exact.map_or(fp8_scale(amax, options.output.numerics), |x| {
-                (x / 448.0) as f32
-            })
+            InputAmax { amax, exact }.scale(QuantFormat::Fp8, options.output.numerics)
         };
         let values = vec![scale(k, exact.0), scale(v, exact.1)];
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);
