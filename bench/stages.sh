@@ -17,17 +17,26 @@ t0=$(date +%s.%N); cat "$CKPT"/*.safetensors > /dev/null; t1=$(date +%s.%N)
 echo "input $((in_bytes / 1000000)) MB; cached read floor $(python3 -c "print(round($t1 - $t0, 2))") s"
 # BINS: the binaries to compare side by side (default: .device/shardquant), two rounds interleaved.
 BINS=${BINS:-.device/shardquant}
+# FEW_CORES=1 adds runs pinned to 4 cores with --threads 4 (the issue's few-cores target).
+CORES="all"
+[ "${FEW_CORES:-0}" = 1 ] && CORES="all 4"
 for round in 1 2; do
+for cores in $CORES; do
 for bin in $BINS; do
 for device in cuda cpu; do
   out=$WORK/out-$device
   rm -rf "$out"
+  pin=()
+  [ "$cores" = 4 ] && pin=(taskset -c 0-3)
+  extra=()
+  [ "$cores" = 4 ] && extra=(--threads 4)
   t0=$(date +%s.%N)
-  "$bin" convert "$CKPT" "$out" --format nvfp4 --stats "$AMAX" --device "$device" -qq --report "$WORK/report-$device.json"
+  "${pin[@]}" "$bin" convert "$CKPT" "$out" --format nvfp4 --stats "$AMAX" --device "$device" -qq --report "$WORK/report-$device.json" "${extra[@]}"
   t1=$(date +%s.%N)
   out_bytes=$(cat "$out"/*.safetensors | wc -c)
-  echo "round $round $(basename "$bin") $device: wall $(python3 -c "print(round($t1 - $t0, 2))") s, output $((out_bytes / 1000000)) MB"
-  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); t=r['timings_s']; print('   ', {k: round(v, 2) for k, v in t.get('stages_thread_s', {}).items()}, 'gpu_units', r['gpu_units'], 'threads', r['threads'])" "$WORK/report-$device.json"
+  echo "round $round $(basename "$bin") $device cores=$cores: wall $(python3 -c "print(round($t1 - $t0, 2))") s, output $((out_bytes / 1000000)) MB"
+  python3 bench/report_line.py "$WORK/report-$device.json"
+done
 done
 done
 done

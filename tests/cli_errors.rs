@@ -1385,8 +1385,10 @@ fn success_writes_output_and_report() {
         "reader_waiting_for_budget",
         "compute",
         "write",
+        "write_pwrite",
+        "shard_writeback_start",
+        "shard_sha256",
         "shard_fsync",
-        "shard_sha256_read_back",
     ] {
         assert!(
             stages[stage].as_f64().unwrap() >= 0.0,
@@ -1394,6 +1396,23 @@ fn success_writes_output_and_report() {
         );
     }
     assert!(stages["compute"].as_f64().unwrap() > 0.0);
+    // When the run reached each milestone, in order, and the bytes through the stages.
+    let milestones = value["timings_s"]["milestones_s"].as_object().unwrap();
+    let at = |m: &str| milestones[m].as_f64().unwrap_or_else(|| panic!("{m}: {milestones:?}"));
+    assert!(0.0 < at("first_unit_written"), "{milestones:?}");
+    assert!(at("first_unit_written") <= at("all_units_written"), "{milestones:?}");
+    assert!(at("all_units_written") <= at("all_shards_sealed"), "{milestones:?}");
+    let bytes = value["timings_s"]["stages_bytes"].as_object().unwrap();
+    let input: u64 = std::fs::read_dir(&sb.input)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let read = bytes["read"].as_u64().unwrap();
+    assert!(read > 0 && read <= input, "read {read} of {input}: {bytes:?}");
+    assert!(bytes["written"].as_u64().unwrap() > 0, "{bytes:?}");
+    assert_eq!(bytes["to_device"], 0, "a CPU run copies nothing to a GPU: {bytes:?}");
     let counts = &value["counts"];
     assert_eq!(counts["input_tensors"], 21, "{counts}");
     assert_eq!(counts["quantized_linears"], 14, "{counts}");

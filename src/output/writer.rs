@@ -5,7 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::digest::{hash_open_file, FileDigest, PrefixHasher};
 use crate::error::{Error, Result};
@@ -72,16 +74,96 @@ pub struct ShardWriter {
     /// The index's partial file while it is being written (removed on drop).
     index_partial: Option<PathBuf>,
     finished: bool,
-    /// Nanoseconds spent in shard fsyncs and in reading shards back for their SHA-256, summed
-    /// over the sealing threads (for the report's stage timings).
-    seal_clock: (AtomicU64, AtomicU64),
+    /// Nanoseconds spent (summed over threads) for the report's stage timings.
+    clock: WriterClock,
+    /// Written ranges `(shard, start, end)` for the background threads ([`ShardWriter::serve`]):
+    /// one channel for the writeback, one for hashing; `None` once [`ShardWriter::stop_serving`]
+    /// was called (the serving threads then drain what was sent and return).
+    served: RwLock<Option<[Sender<(usize, u64, u64)>; 2]>>,
+    to_serve: [Receiver<(usize, u64, u64)>; 2],
+}
+
+/// Work that background threads do for a [`ShardWriter`] while tensors are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Start the disk writeback of each range written (`sync_file_range`), so that the disk is
+    /// busy from the first tensor on and the fsync at sealing has little left to do. The call
+    /// blocks while the disk's queue is full, so it has threads of its own.
+    Writeback = 0,
+    /// Advance each shard's SHA-256 over its written prefix (read back from the page cache),
+    /// so that sealing does not read the shard back. One thread hashes a shard at a time.
+    Hashing = 1,
+}
+
+/// Nanoseconds per writer stage, summed over the threads that ran it.
+#[derive(Default)]
+struct WriterClock {
+    /// Positioned writes into the shard files (page-cache copies; queueing on the file).
+    pwrite: AtomicU64,
+    /// Starting the disk writeback of written ranges (`sync_file_range`).
+    writeback: AtomicU64,
+    /// SHA-256 of the written prefixes (read back from the page cache), and of what sealing
+    /// had left to hash.
+    hash: AtomicU64,
+    /// fsync of complete shards at sealing.
+    fsync: AtomicU64,
+}
+
+impl WriterClock {
+    fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Seconds a writer spent per stage, summed over threads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriterSeconds {
+    /// Positioned writes into the shard files.
+    pub pwrite: f64,
+    /// Starting the disk writeback of written ranges.
+    pub writeback: f64,
+    /// SHA-256 of the shards.
+    pub hash: f64,
+    /// fsync of complete shards.
+    pub fsync: f64,
 }
 
 impl ShardWriter {
-    /// Seconds spent syncing shards and hashing them back, summed over threads.
-    pub fn seal_seconds(&self) -> (f64, f64) {
+    /// Seconds spent per writer stage, summed over threads.
+    pub fn seconds(&self) -> WriterSeconds {
         let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-        (s(&self.seal_clock.0), s(&self.seal_clock.1))
+        WriterSeconds {
+            pwrite: s(&self.clock.pwrite),
+            writeback: s(&self.clock.writeback),
+            hash: s(&self.clock.hash),
+            fsync: s(&self.clock.fsync),
+        }
+    }
+
+    /// Runs `service` on the calling thread for the ranges written, until
+    /// [`ShardWriter::stop_serving`] was called and every range written before is handled.
+    /// Writers never wait for it. Without serving threads, sealing hashes what is left and its
+    /// fsync writes it: the bytes and digests are the same.
+    pub fn serve(&self, service: Service) {
+        let rx = &self.to_serve[service as usize];
+        for (s, start, end) in rx.iter() {
+            let shard = &self.shards[s];
+            let Some(file) = &shard.file else { continue };
+            match service {
+                Service::Writeback => {
+                    let started = std::time::Instant::now();
+                    start_writeback(file, start, end - start);
+                    WriterClock::add(&self.clock.writeback, started);
+                }
+                Service::Hashing => self.advance_hash(shard, file),
+            }
+        }
+    }
+
+    /// Makes the threads running [`ShardWriter::serve`] return once the ranges written so far
+    /// are handled. Ranges written later are left to sealing.
+    pub fn stop_serving(&self) {
+        self.served.write().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Creates every shard file of `plan` in `dir` (which must exist), writes its header and sets
@@ -110,6 +192,8 @@ impl ShardWriter {
             .map(|i| plan.location(i))
             .collect();
         let mut members = vec![Vec::new(); plan.shard_count()];
+        let (writeback_tx, writeback_rx) = unbounded();
+        let (hashing_tx, hashing_rx) = unbounded();
         for (i, &(s, _, _)) in locations.iter().enumerate() {
             members[s].push(i);
         }
@@ -125,7 +209,9 @@ impl ShardWriter {
             index: plan.index_json(),
             index_partial: None,
             finished: false,
-            seal_clock: (AtomicU64::new(0), AtomicU64::new(0)),
+            clock: WriterClock::default(),
+            served: RwLock::new(Some([writeback_tx, hashing_tx])),
+            to_serve: [writeback_rx, hashing_rx],
         };
         for ((shard, members), done) in plan.planned_shards().iter().zip(members).zip(done) {
             let partial = dir.join(format!("{}{}", shard.name, PARTIAL));
@@ -213,23 +299,19 @@ impl ShardWriter {
         let started = std::time::Instant::now();
         file.sync_all()
             .map_err(|e| Error::output_io("syncing", &shard.partial, e))?;
-        let nanos = |t: std::time::Instant| t.elapsed().as_nanos() as u64;
-        self.seal_clock
-            .0
-            .fetch_add(nanos(started), Ordering::Relaxed);
+        WriterClock::add(&self.clock.fsync, started);
         let digest = if hash {
-            let started = std::time::Instant::now();
-            // The prefix hashed while writing, completed; or the whole file read back.
+            // The prefix hashed while writing (waiting for a hashing thread that holds it: its
+            // time is counted there), completed; or the whole file read back.
             let prefix = shard.hash.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let started = std::time::Instant::now();
             let sha256 = crate::fault::read_back()
                 .and_then(|_| match prefix {
                     Some(h) => h.finish(file, shard.file_len),
                     None => hash_open_file(file, shard.file_len),
                 })
                 .map_err(|e| Error::output_io("reading back", &shard.partial, e))?;
-            self.seal_clock
-                .1
-                .fetch_add(nanos(started), Ordering::Relaxed);
+            WriterClock::add(&self.clock.hash, started);
             Some(FileDigest {
                 path: shard.name.clone(),
                 size: shard.file_len,
@@ -324,14 +406,22 @@ impl ShardWriter {
             let end = bytes.len().min(start.saturating_add(chunk));
             let piece = &bytes[start..end];
             let allowed = fault::write_allowance(piece.len());
+            let started = std::time::Instant::now();
             file.write_all_at(&piece[..allowed], offset + start as u64)
                 .and_then(|_| match allowed < piece.len() {
                     true => Err(fault::disk_full()),
                     false => Ok(()),
                 })
                 .map_err(|e| Error::output_io("writing", &shard.partial, e))?;
+            WriterClock::add(&self.clock.pwrite, started);
             fault::data_written();
-            self.hash_written(shard, file, offset + start as u64, offset + end as u64);
+            let range = (offset + start as u64, offset + end as u64);
+            lock(&shard.pending).insert(range.0, range.1);
+            if let Some(served) = &*self.served.read().unwrap_or_else(|e| e.into_inner()) {
+                for tx in served {
+                    let _ = tx.send((s, range.0, range.1));
+                }
+            }
             after(start..end);
             if end == bytes.len() {
                 break;
@@ -341,14 +431,10 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Records that `start..end` of `shard` is written and advances its hash over the written
-    /// prefix, unless another thread is doing that now (it picks this range up, or sealing
-    /// does). The bytes read back are the ones just written, still in the page cache.
-    fn hash_written(&self, shard: &OpenShard, file: &File, start: u64, end: u64) {
-        fn lock(m: &Mutex<BTreeMap<u64, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
-            m.lock().unwrap_or_else(|e| e.into_inner())
-        }
-        lock(&shard.pending).insert(start, end);
+    /// Advances `shard`'s hash over its written prefix, unless another thread is doing that
+    /// now (it picks the new ranges up, or sealing does). The bytes read back are the ones
+    /// just written, still in the page cache.
+    fn advance_hash(&self, shard: &OpenShard, file: &File) {
         let Ok(mut hash) = shard.hash.try_lock() else {
             return;
         };
@@ -366,16 +452,10 @@ impl ShardWriter {
             };
             let Some(to) = next else { return };
             let started = std::time::Instant::now();
-            let from = h.at();
-            if to > from {
-                match h.advance(file, to) {
-                    Ok(()) => start_writeback(file, from, to - from),
-                    Err(_) => *hash = None,
-                }
+            if to > h.at() && h.advance(file, to).is_err() {
+                *hash = None;
             }
-            self.seal_clock
-                .1
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            WriterClock::add(&self.clock.hash, started);
         }
     }
 
@@ -450,6 +530,10 @@ impl ShardWriter {
         self.finished = true;
         Ok(files)
     }
+}
+
+fn lock(m: &Mutex<BTreeMap<u64, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// fsyncs a directory, so that renames in it are durable.

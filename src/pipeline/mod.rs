@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::input::checkpoint::Checkpoint;
 use crate::interrupt;
 use crate::options::Options;
+use crate::output::writer::Service;
 use crate::output::ShardWriter;
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -36,7 +37,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Threads that seal completed output shards.
 const SEALERS: usize = 4;
-use std::time::Duration;
+/// Threads that start the writeback of written ranges, and threads that hash the shards as they
+/// are written ([`ShardWriter::serve`]).
+const WRITEBACK_THREADS: usize = 2;
+const HASHING_THREADS: usize = 2;
+use std::time::{Duration, Instant};
 pub use worker::{NonFiniteWeight, Payload, SummaryLine, UnitResult};
 
 /// Pass-through tensors are copied in pieces of this size, releasing each piece's input pages.
@@ -49,6 +54,8 @@ pub struct RunStats {
     pub summary: Vec<SummaryLine>,
     /// Most bytes of work in flight at once.
     pub peak_in_flight: u64,
+    /// Bytes of input read by the units run (skipped units not counted).
+    pub bytes_read: u64,
     /// Bytes of output written.
     pub bytes_written: u64,
     /// Output tensors written.
@@ -63,6 +70,12 @@ pub struct RunStats {
     pub units_skipped: usize,
     /// Seconds per stage, summed over the threads that ran it: (stage, seconds).
     pub stage_seconds: Vec<(&'static str, f64)>,
+    /// Wall-clock seconds from the start of the run to each milestone: (milestone, seconds).
+    pub milestones: Vec<(&'static str, f64)>,
+    /// Bytes of weights copied to the GPU (0 on the CPU).
+    pub bytes_to_device: u64,
+    /// Bytes of results copied back from the GPU.
+    pub bytes_from_device: u64,
 }
 
 /// Nanoseconds per pipeline stage, summed over threads.
@@ -181,6 +194,8 @@ pub fn run(
     gpu: Option<&GpuPool>,
     sealing: &Sealing,
 ) -> Result<RunStats> {
+    let run_started = Instant::now();
+    let (mut first_written, mut all_written) = (None, None);
     let gpu_units = AtomicUsize::new(0);
     let threads = options.run.threads.max(1);
     // The GPU slots' pinned staging buffers live for the whole run: they come out of the budget.
@@ -251,6 +266,12 @@ pub fn run(
             })
             .collect();
         drop(seal_rx);
+        for _ in 0..WRITEBACK_THREADS {
+            scope.spawn(|| writer.serve(Service::Writeback));
+        }
+        for _ in 0..HASHING_THREADS {
+            scope.spawn(|| writer.serve(Service::Hashing));
+        }
         scope.spawn(move || {
             for &i in todo {
                 let unit = &plan.units[i];
@@ -329,8 +350,10 @@ pub fn run(
                 }
             };
             remaining -= 1;
+            first_written.get_or_insert_with(|| run_started.elapsed().as_secs_f64());
             let unit = &plan.units[done.unit];
             stats.bytes_written += done.bytes;
+            stats.bytes_read += unit.read_bytes();
             stats.tensors_written += done.tensors;
             pages.unit_done(unit);
             summaries[done.unit] = done.summary;
@@ -348,6 +371,8 @@ pub fn run(
         }
         drop(done_rx);
         drop(seal_tx);
+        all_written = Some(run_started.elapsed().as_secs_f64());
+        writer.stop_serving();
         if first_error.is_none() {
             let pending = writer.shard_count() as u64
                 - sealed_count
@@ -372,7 +397,7 @@ pub fn run(
         }
     });
     outcome?;
-    let (fsync, hash) = writer.seal_seconds();
+    let w = writer.seconds();
     stats.stage_seconds = vec![
         (
             "reader_waiting_for_budget",
@@ -380,9 +405,30 @@ pub fn run(
         ),
         ("compute", StageClock::seconds(&clock.compute)),
         ("write", StageClock::seconds(&clock.write)),
-        ("shard_fsync", fsync),
-        ("shard_sha256_read_back", hash),
+        ("write_pwrite", w.pwrite),
+        ("shard_writeback_start", w.writeback),
+        ("shard_sha256", w.hash),
+        ("shard_fsync", w.fsync),
     ];
+    if let Some(pool) = gpu {
+        let g = pool.stages();
+        stats.stage_seconds.extend([
+            ("gpu_slot_wait", g.slot_wait_s),
+            ("gpu_staging_copy_in", g.staging_in_s),
+            ("gpu_device_wait", g.device_wait_s),
+            ("gpu_staging_copy_out", g.staging_out_s),
+        ]);
+        stats.bytes_to_device = g.bytes_to_device;
+        stats.bytes_from_device = g.bytes_from_device;
+    }
+    stats.milestones = [
+        ("first_unit_written", first_written),
+        ("all_units_written", all_written),
+        ("all_shards_sealed", Some(run_started.elapsed().as_secs_f64())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect();
     stats.peak_in_flight = budget.peak();
     stats.gpu_units = gpu_units.into_inner();
     stats.summary = summaries.into_iter().flatten().collect();

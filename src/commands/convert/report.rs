@@ -223,6 +223,13 @@ struct Timings {
     /// ratios show where the run spends it.
     #[serde(skip_serializing_if = "Option::is_none")]
     stages_thread_s: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Wall-clock seconds from the start of the conversion (after pre-flight) to each milestone:
+    /// the first unit written, every unit written, every shard sealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    milestones_s: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Bytes through the stages: input read, output written, to and from the GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stages_bytes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Memory, warnings and files of a finished conversion.
@@ -274,6 +281,8 @@ impl Report {
                 convert: None,
                 total,
                 stages_thread_s: None,
+                milestones_s: None,
+                stages_bytes: None,
             },
             outcome: None,
         }
@@ -333,6 +342,23 @@ impl Report {
                 .iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect(),
+        );
+        report.timings_s.milestones_s = Some(
+            run.milestones
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect(),
+        );
+        report.timings_s.stages_bytes = Some(
+            [
+                ("read", run.bytes_read),
+                ("written", run.bytes_written),
+                ("to_device", run.bytes_to_device),
+                ("from_device", run.bytes_from_device),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect(),
         );
         report.outcome = Some(Outcome {
             memory: Memory {

@@ -7,7 +7,7 @@ mod mse;
 mod slot;
 
 pub use device::{Gpu, KERNEL_SOURCE};
-pub use slot::{GpuCompute, GpuPool};
+pub use slot::{GpuCompute, GpuPool, GpuStages};
 
 /// Which device `--device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,9 @@ use crate::compute::{DequantPrecision, Numerics, SourceDtype};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 /// Member weights start at multiples of this in the staging buffers (aligned loads).
 const ALIGN: usize = 256;
@@ -44,6 +46,41 @@ pub struct GpuPool {
     capacity: usize,
     slots: Mutex<Vec<Slot>>,
     freed: Condvar,
+    clock: GpuClock,
+}
+
+/// Nanoseconds and bytes of the GPU path's stages, summed over the worker threads.
+#[derive(Default)]
+struct GpuClock {
+    slot_wait: AtomicU64,
+    staging_in: AtomicU64,
+    device_wait: AtomicU64,
+    staging_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+fn add_since(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Where the GPU path's worker threads spent their time, summed over threads, and the bytes
+/// that crossed to and from the device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuStages {
+    /// Waiting for a free slot.
+    pub slot_wait_s: f64,
+    /// Copying weights from the input mapping into the pinned staging buffer (the input's
+    /// page faults happen here).
+    pub staging_in_s: f64,
+    /// Waiting for the stream: host-to-device copies, kernels, device-to-host copies.
+    pub device_wait_s: f64,
+    /// Copying results out of the pinned staging buffer.
+    pub staging_out_s: f64,
+    /// Bytes copied to the device.
+    pub bytes_to_device: u64,
+    /// Bytes copied back from the device.
+    pub bytes_from_device: u64,
 }
 
 impl GpuPool {
@@ -96,7 +133,22 @@ impl GpuPool {
             capacity,
             slots: Mutex::new(all),
             freed: Condvar::new(),
+            clock: GpuClock::default(),
         })
+    }
+
+    /// Where the worker threads spent their GPU time so far, summed over threads.
+    pub fn stages(&self) -> GpuStages {
+        let c = &self.clock;
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        GpuStages {
+            slot_wait_s: s(&c.slot_wait),
+            staging_in_s: s(&c.staging_in),
+            device_wait_s: s(&c.device_wait),
+            staging_out_s: s(&c.staging_out),
+            bytes_to_device: c.bytes_in.load(Ordering::Relaxed),
+            bytes_from_device: c.bytes_out.load(Ordering::Relaxed),
+        }
     }
 
     /// Device memory held by the slots, in bytes (fixed for the whole run).
@@ -179,11 +231,14 @@ impl GpuPool {
 
     /// Takes a free slot (waiting for one) for one unit's work.
     pub fn compute<'a>(&self) -> GpuCompute<'_, 'a> {
+        let started = Instant::now();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         while slots.is_empty() {
             slots = self.freed.wait(slots).unwrap_or_else(|e| e.into_inner());
         }
         let slot = slots.pop();
+        drop(slots);
+        add_since(&self.clock.slot_wait, started);
         GpuCompute {
             pool: self,
             slot,
@@ -261,13 +316,21 @@ impl GpuCompute<'_, '_> {
                 .memcpy_dtoh(&slot.dev_scales.slice(..nscales), &mut host_rest[..nscales])
                 .map_err(|e| cuda("copy to host", e))?;
         }
+        let started = Instant::now();
         slot.stream
             .synchronize()
             .map_err(|e| cuda("synchronise", e))?;
+        let clock = &self.pool.clock;
+        add_since(&clock.device_wait, started);
+        let started = Instant::now();
         out.copy_from_slice(host_main);
         if let Some(scales) = scales {
             scales.copy_from_slice(&host_rest[..nscales]);
         }
+        add_since(&clock.staging_out, started);
+        clock
+            .bytes_out
+            .fetch_add((n + nscales) as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -297,10 +360,14 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             .host_in
             .as_mut_slice()
             .map_err(|e| cuda("staging", e))?;
+        let started = Instant::now();
         for (off, bytes, _) in &members {
             // The page faults of the mapping happen here, on the worker thread.
             host[*off..*off + bytes.len()].copy_from_slice(bytes);
         }
+        let clock = &self.pool.clock;
+        add_since(&clock.staging_in, started);
+        clock.bytes_in.fetch_add(offset as u64, Ordering::Relaxed);
         let result = slot
             .stream
             .memcpy_htod(&host[..offset], &mut slot.dev_in.slice_mut(..offset))
@@ -399,9 +466,11 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         slot.stream
             .memcpy_dtoh(&slot.dev_amax, &mut bits)
             .map_err(|e| cuda("copy to host", e))?;
+        let started = Instant::now();
         slot.stream
             .synchronize()
             .map_err(|e| cuda("synchronise", e))?;
+        add_since(&self.pool.clock.device_wait, started);
         let (value, finite) = match dtype {
             SourceDtype::Bf16 => (f32::from_bits(bits[0] << 16), bits[0] < 0x7F80),
             SourceDtype::F16 => (

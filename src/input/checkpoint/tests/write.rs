@@ -7,6 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::{temp_dir, Rng};
 use crate::error::ErrorKind;
 use crate::input::checkpoint::Checkpoint;
+use crate::output::writer::Service;
 use crate::output::ShardWriter;
 use crate::plan::{OutputTensor, ShardPlan};
 
@@ -281,8 +282,10 @@ fn sealed_shards_survive_and_a_resumed_writer_completes_the_same_bytes() {
 #[test]
 fn digests_hashed_while_writing_match_the_files() {
     // Shuffled order, several threads, some tensors in small chunks: the prefix hash that
-    // follows the writes must equal the SHA-256 of each finished file.
-    for seed in 1..6u64 {
+    // follows the writes (on background threads for odd seeds, else all at sealing) must equal
+    // the SHA-256 of each finished file.
+    for seed in 1..7u64 {
+        let serving = seed % 2 == 1;
         let mut rng = Rng::new(seed);
         let tensors = random_tensors(&mut rng, 60);
         let plan = ShardPlan::new(tensors.iter().map(|(t, _)| t.clone()).collect(), 3000).unwrap();
@@ -293,18 +296,38 @@ fn digests_hashed_while_writing_match_the_files() {
             order.swap(i, rng.below(i + 1));
         }
         std::thread::scope(|s| {
-            for chunk in order.chunks(order.len().div_ceil(4)) {
-                let (writer, tensors) = (&writer, &tensors);
-                s.spawn(move || {
-                    for &i in chunk {
-                        let step = if i % 3 == 0 { 7 } else { usize::MAX };
-                        writer
-                            .write_in_chunks(i, &tensors[i].1, step, |_| {})
-                            .unwrap();
-                    }
-                });
+            let servers: Vec<_> = [Service::Writeback, Service::Hashing, Service::Hashing]
+                .into_iter()
+                .filter(|_| serving)
+                .map(|service| {
+                    let writer = &writer;
+                    s.spawn(move || writer.serve(service))
+                })
+                .collect();
+            let writers: Vec<_> = order
+                .chunks(order.len().div_ceil(4))
+                .map(|chunk| {
+                    let (writer, tensors) = (&writer, &tensors);
+                    s.spawn(move || {
+                        for &i in chunk {
+                            let step = if i % 3 == 0 { 7 } else { usize::MAX };
+                            writer
+                                .write_in_chunks(i, &tensors[i].1, step, |_| {})
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            writer.stop_serving();
+            for h in servers {
+                h.join().unwrap();
             }
         });
+        let hashed_while_writing = writer.seconds().hash > 0.0;
+        assert_eq!(hashed_while_writing, serving, "seed {seed}");
         for d in writer.finish_hashed().unwrap() {
             let bytes = std::fs::read(dir.path().join(&d.path)).unwrap();
             assert_eq!(
