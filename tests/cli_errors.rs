@@ -1398,10 +1398,20 @@ fn success_writes_output_and_report() {
     assert!(stages["compute"].as_f64().unwrap() > 0.0);
     // When the run reached each milestone, in order, and the bytes through the stages.
     let milestones = value["timings_s"]["milestones_s"].as_object().unwrap();
-    let at = |m: &str| milestones[m].as_f64().unwrap_or_else(|| panic!("{m}: {milestones:?}"));
+    let at = |m: &str| {
+        milestones[m]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{m}: {milestones:?}"))
+    };
     assert!(0.0 < at("first_unit_written"), "{milestones:?}");
-    assert!(at("first_unit_written") <= at("all_units_written"), "{milestones:?}");
-    assert!(at("all_units_written") <= at("all_shards_sealed"), "{milestones:?}");
+    assert!(
+        at("first_unit_written") <= at("all_units_written"),
+        "{milestones:?}"
+    );
+    assert!(
+        at("all_units_written") <= at("all_shards_sealed"),
+        "{milestones:?}"
+    );
     let bytes = value["timings_s"]["stages_bytes"].as_object().unwrap();
     let input: u64 = std::fs::read_dir(&sb.input)
         .unwrap()
@@ -1410,9 +1420,15 @@ fn success_writes_output_and_report() {
         .map(|e| e.metadata().unwrap().len())
         .sum();
     let read = bytes["read"].as_u64().unwrap();
-    assert!(read > 0 && read <= input, "read {read} of {input}: {bytes:?}");
+    assert!(
+        read > 0 && read <= input,
+        "read {read} of {input}: {bytes:?}"
+    );
     assert!(bytes["written"].as_u64().unwrap() > 0, "{bytes:?}");
-    assert_eq!(bytes["to_device"], 0, "a CPU run copies nothing to a GPU: {bytes:?}");
+    assert_eq!(
+        bytes["to_device"], 0,
+        "a CPU run copies nothing to a GPU: {bytes:?}"
+    );
     let counts = &value["counts"];
     assert_eq!(counts["input_tensors"], 21, "{counts}");
     assert_eq!(counts["quantized_linears"], 14, "{counts}");

@@ -8,7 +8,7 @@
 
 mod common;
 
-use shardquant::compute::backend::{CpuCompute, UnitCompute};
+use shardquant::compute::backend::{CpuCompute, MemberWeight, UnitCompute};
 use shardquant::compute::cuda::{DeviceChoice, Gpu, GpuPool};
 use shardquant::compute::mse::{CalibMethod, Candidates, Importance, MseTarget};
 use shardquant::compute::{Fp8Quotient, Numerics, QuantFormat, SourceDtype};
@@ -69,9 +69,11 @@ fn both<'a, R: PartialEq + std::fmt::Debug>(
     f: impl Fn(&mut dyn UnitCompute<'a>) -> R,
 ) -> (R, R) {
     let mut cpu = CpuCompute::default();
-    cpu.load(vec![(Cow::Borrowed(w), dtype)]).unwrap();
+    cpu.load(vec![MemberWeight::Plain(Cow::Borrowed(w), dtype)])
+        .unwrap();
     let mut gpu = pool.compute();
-    gpu.load(vec![(Cow::Borrowed(w), dtype)]).unwrap();
+    gpu.load(vec![MemberWeight::Plain(Cow::Borrowed(w), dtype)])
+        .unwrap();
     (f(&mut cpu), f(&mut gpu))
 }
 
@@ -466,6 +468,99 @@ fn fp8_block_dequantization_matches_the_cpu() {
                     assert_eq!(x, y, "{rows}x{cols} {precision:?} element {i}");
                 }
             }
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(gpu_tests),
+    ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
+)]
+fn fp8_sources_dequantized_on_the_device_quantize_like_the_cpu() {
+    // FP8 members loaded as codes + block scales (dequantized on the device, where they stay)
+    // beside a plain member: amax and NVFP4 of each must equal the CPU's, which dequantizes on
+    // the host.
+    let Some(gpu) = gpu() else { return };
+    let pool = GpuPool::new(gpu, 1, 8 << 20).unwrap();
+    let shapes = [(200usize, 144usize), (256, 512), (1, 16)];
+    let mut state = 7u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Finite FP8 codes only (0x7F / 0xFF are NaN).
+    let codes: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(r, c)| {
+            (0..r * c)
+                .map(|_| match next() as u8 {
+                    0x7F | 0xFF => 0,
+                    b => b,
+                })
+                .collect()
+        })
+        .collect();
+    let scales: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(r, c)| {
+            let (sr, sc) = shardquant::compute::scale_inv_shape(r, c);
+            (0..sr * sc)
+                .flat_map(|i| (2f32.powi((i % 9) as i32 - 6) * 1.7).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let plain = weights(SourceDtype::Bf16, 64 * 64, 5, 1);
+    for precision in [
+        shardquant::compute::DequantPrecision::Bf16,
+        shardquant::compute::DequantPrecision::F32,
+    ] {
+        let members = || {
+            let mut m: Vec<MemberWeight> = shapes
+                .iter()
+                .zip(&codes)
+                .zip(&scales)
+                .map(|((&(rows, cols), fp8), scale_inv)| MemberWeight::Fp8Block {
+                    fp8,
+                    scale_inv,
+                    rows,
+                    cols,
+                    precision,
+                })
+                .collect();
+            m.insert(
+                1,
+                MemberWeight::Plain(Cow::Borrowed(&plain), SourceDtype::Bf16),
+            );
+            m
+        };
+        let mut cpu = CpuCompute::default();
+        cpu.load(members()).unwrap();
+        let mut gpu = pool.compute();
+        gpu.load(members()).unwrap();
+        let dims: Vec<(usize, usize)> = members()
+            .iter()
+            .map(|w| match w {
+                MemberWeight::Fp8Block { rows, cols, .. } => (*rows, *cols),
+                MemberWeight::Plain(..) => (64, 64),
+            })
+            .collect();
+        for (m, &(rows, cols)) in dims.iter().enumerate() {
+            let a = cpu.amax(m).unwrap().unwrap();
+            let b = gpu.amax(m).unwrap().unwrap();
+            assert_eq!(a.to_bits(), b.to_bits(), "amax of member {m} {precision:?}");
+            let ws2 = shardquant::compute::nvfp4_global_scale(a.max(1e-3), Numerics::ModeloptCuda);
+            let run = |c: &mut dyn UnitCompute| {
+                let (mut p, mut s) = (vec![0u8; rows * cols / 2], vec![0u8; rows * cols / 16]);
+                c.nvfp4(m, rows, cols, ws2, &mut p, &mut s).unwrap();
+                (p, s)
+            };
+            assert!(
+                run(&mut cpu) == run(&mut gpu),
+                "nvfp4 of member {m} {precision:?}"
+            );
         }
     }
 }

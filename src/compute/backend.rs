@@ -10,10 +10,79 @@ use crate::compute::{DequantPrecision, Numerics, SourceDtype};
 use crate::error::Result;
 use std::borrow::Cow;
 
+/// One member's weight, as the caller hands it to [`UnitCompute::load`].
+#[derive(Debug, Clone)]
+pub enum MemberWeight<'a> {
+    /// The bytes the kernels read (row-major `[rows, cols]` of `dtype`).
+    Plain(Cow<'a, [u8]>, SourceDtype),
+    /// An FP8 block-scaled weight that the backend dequantizes to `dtype` first (see
+    /// [`compute::dequantize_fp8_block`]); a GPU does it on the device, where the result stays.
+    Fp8Block {
+        /// `[rows, cols]` FP8 E4M3 codes.
+        fp8: &'a [u8],
+        /// The F32 `weight_scale_inv` of its 128x128 blocks.
+        scale_inv: &'a [u8],
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// The dtype it is dequantized to.
+        precision: DequantPrecision,
+    },
+}
+
+impl<'a> MemberWeight<'a> {
+    /// The dtype the kernels see.
+    pub fn dtype(&self) -> SourceDtype {
+        match self {
+            MemberWeight::Plain(_, dtype) => *dtype,
+            MemberWeight::Fp8Block { precision, .. } => precision.dtype(),
+        }
+    }
+
+    /// Bytes the kernels see.
+    pub fn len(&self) -> usize {
+        match self {
+            MemberWeight::Plain(bytes, _) => bytes.len(),
+            MemberWeight::Fp8Block {
+                rows,
+                cols,
+                precision,
+                ..
+            } => rows * cols * precision.dtype().size(),
+        }
+    }
+
+    /// Whether the weight has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes the kernels see, computed on the CPU where they are not at hand.
+    pub fn into_host(self) -> (Cow<'a, [u8]>, SourceDtype) {
+        let dtype = self.dtype();
+        match self {
+            MemberWeight::Plain(bytes, dtype) => (bytes, dtype),
+            MemberWeight::Fp8Block {
+                fp8,
+                scale_inv,
+                rows,
+                cols,
+                precision,
+            } => {
+                let mut out = vec![0u8; rows * cols * precision.dtype().size()];
+                compute::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
+                (Cow::Owned(out), dtype)
+            }
+        }
+    }
+}
+
 /// The numeric kernels of one unit of work, over the unit's member weights.
 pub trait UnitCompute<'a> {
-    /// Makes the members' weights available (a GPU uploads them); called once per unit.
-    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()>;
+    /// Makes the members' weights available (a GPU uploads them, and dequantizes FP8 sources
+    /// there); called once per unit.
+    fn load(&mut self, weights: Vec<MemberWeight<'a>>) -> Result<()>;
     /// Dequantizes an FP8 block-scaled weight (see [`compute::dequantize_fp8_block`]).
     fn dequant_fp8(
         &mut self,
@@ -105,8 +174,8 @@ pub struct CpuCompute<'a> {
 }
 
 impl<'a> UnitCompute<'a> for CpuCompute<'a> {
-    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()> {
-        self.weights = weights;
+    fn load(&mut self, weights: Vec<MemberWeight<'a>>) -> Result<()> {
+        self.weights = weights.into_iter().map(MemberWeight::into_host).collect();
         Ok(())
     }
 

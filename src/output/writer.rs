@@ -21,6 +21,43 @@ const PARTIAL: &str = ".partial";
 /// How many missing tensors the error of [`ShardWriter::finish`] names.
 const MAX_NAMED: usize = 5;
 
+/// Writeback is started for a shard's written prefix in pieces of at least this many bytes: the
+/// disk then sees large sequential writes, as from `dd`, not one small write per tensor in the
+/// order the workers finish.
+const WRITEBACK_CHUNK: u64 = 32 << 20;
+
+/// A shard's written prefix and the part of it whose writeback was started.
+struct WritebackCursor {
+    /// Written ranges (start → end) beyond the prefix.
+    pending: BTreeMap<u64, u64>,
+    /// End of the written prefix.
+    written: u64,
+    /// End of the part whose writeback was started.
+    started: u64,
+}
+
+impl WritebackCursor {
+    /// Records a written range; returns the range whose writeback should start now: the new
+    /// part of the prefix, once it is [`WRITEBACK_CHUNK`] long or reaches the end of the file.
+    fn add(&mut self, start: u64, end: u64, file_len: u64) -> Option<(u64, u64)> {
+        self.pending.insert(start, end);
+        while let Some((&s, &e)) = self.pending.first_key_value() {
+            if s > self.written {
+                break;
+            }
+            self.pending.remove(&s);
+            self.written = self.written.max(e);
+        }
+        let ready = self.written - self.started;
+        if ready >= WRITEBACK_CHUNK || (ready > 0 && self.written >= file_len) {
+            let range = (self.started, self.written);
+            self.started = self.written;
+            return Some(range);
+        }
+        None
+    }
+}
+
 /// Where a shard stands.
 #[derive(Debug, Clone)]
 enum Sealed {
@@ -42,6 +79,8 @@ struct OpenShard {
     sealed: Mutex<Sealed>,
     /// Written byte ranges (start → end) not hashed yet.
     pending: Mutex<BTreeMap<u64, u64>>,
+    /// The written prefix whose disk writeback was started.
+    writeback: Mutex<WritebackCursor>,
     /// The SHA-256 of the written prefix, advanced as writes complete it; `None` once a
     /// read failed (sealing then reads the whole file back, and reports the error).
     hash: Mutex<Option<PrefixHasher>>,
@@ -79,9 +118,12 @@ pub struct ShardWriter {
     /// Written ranges `(shard, start, end)` for the background threads ([`ShardWriter::serve`]):
     /// one channel for the writeback, one for hashing; `None` once [`ShardWriter::stop_serving`]
     /// was called (the serving threads then drain what was sent and return).
-    served: RwLock<Option<[Sender<(usize, u64, u64)>; 2]>>,
-    to_serve: [Receiver<(usize, u64, u64)>; 2],
+    served: RwLock<Option<[Sender<WrittenRange>; 2]>>,
+    to_serve: [Receiver<WrittenRange>; 2],
 }
+
+/// A range of a shard just written: (shard, start, end).
+type WrittenRange = (usize, u64, u64);
 
 /// Work that background threads do for a [`ShardWriter`] while tensors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +193,16 @@ impl ShardWriter {
             let Some(file) = &shard.file else { continue };
             match service {
                 Service::Writeback => {
-                    let started = std::time::Instant::now();
-                    start_writeback(file, start, end - start);
-                    WriterClock::add(&self.clock.writeback, started);
+                    let range = shard
+                        .writeback
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .add(start, end, shard.file_len);
+                    if let Some((from, to)) = range {
+                        let started = std::time::Instant::now();
+                        start_writeback(file, from, to - from);
+                        WriterClock::add(&self.clock.writeback, started);
+                    }
                 }
                 Service::Hashing => self.advance_hash(shard, file),
             }
@@ -163,7 +212,10 @@ impl ShardWriter {
     /// Makes the threads running [`ShardWriter::serve`] return once the ranges written so far
     /// are handled. Ranges written later are left to sealing.
     pub fn stop_serving(&self) {
-        self.served.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Creates every shard file of `plan` in `dir` (which must exist), writes its header and sets
@@ -237,6 +289,11 @@ impl ShardWriter {
                 sealed: Mutex::new(sealed),
                 // The header is written below, before any tensor.
                 pending: Mutex::new(BTreeMap::from([(0, shard.header.len() as u64)])),
+                writeback: Mutex::new(WritebackCursor {
+                    pending: BTreeMap::from([(0, shard.header.len() as u64)]),
+                    written: 0,
+                    started: 0,
+                }),
                 hash: Mutex::new(Some(PrefixHasher::default())),
             });
             let open = writer.shards.last().expect("just pushed");
@@ -573,5 +630,31 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
             len as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WritebackCursor, WRITEBACK_CHUNK};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn writeback_starts_in_prefix_order_and_in_large_pieces() {
+        const C: u64 = WRITEBACK_CHUNK;
+        let len = 3 * C + 10;
+        let mut w = WritebackCursor {
+            pending: BTreeMap::from([(0, 10)]),
+            written: 0,
+            started: 0,
+        };
+        // Out of order: nothing until the prefix is long enough.
+        assert_eq!(w.add(C, 2 * C, len), None);
+        assert_eq!(w.add(10, C / 2, len), None);
+        // The gap filled: the whole prefix [0, 2C) at once.
+        assert_eq!(w.add(C / 2, C, len), Some((0, 2 * C)));
+        assert_eq!(w.add(2 * C, 2 * C + 5, len), None);
+        // The end of the file: the rest, however short.
+        assert_eq!(w.add(2 * C + 5, len, len), Some((2 * C, len)));
+        assert_eq!(w.pending.len(), 0);
     }
 }

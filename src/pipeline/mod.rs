@@ -66,6 +66,9 @@ pub struct RunStats {
     pub device: String,
     /// GPU memory held by the work slots (0 on the CPU).
     pub gpu_memory_bytes: u64,
+    /// Seconds the caller took to open the GPU (context, kernels compiled, slots allocated);
+    /// `None` on the CPU.
+    pub device_init_s: Option<f64>,
     /// Units skipped because a previous run had completed their output shards.
     pub units_skipped: usize,
     /// Seconds per stage, summed over the threads that ran it: (stage, seconds).
@@ -424,7 +427,10 @@ pub fn run(
     stats.milestones = [
         ("first_unit_written", first_written),
         ("all_units_written", all_written),
-        ("all_shards_sealed", Some(run_started.elapsed().as_secs_f64())),
+        (
+            "all_shards_sealed",
+            Some(run_started.elapsed().as_secs_f64()),
+        ),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k, v?)))

@@ -1,7 +1,7 @@
 //! Executing one unit of work: amax, scales and quantized bytes of its linears.
 
 use crate::compute;
-use crate::compute::backend::UnitCompute;
+use crate::compute::backend::{MemberWeight, UnitCompute};
 use crate::compute::linear::{MemberScales, QuantizedLinear, Scaling};
 use crate::compute::mse;
 use crate::compute::mse::{CalibMethod, Candidates, Importance, MseTarget};
@@ -218,37 +218,33 @@ fn nonfinite_error(ckpt: &Checkpoint, l: &Linear, at: usize) -> Error {
     )
 }
 
-/// The members' weights as the kernels see them (FP8 block-scaled sources dequantized).
+/// The members' weights as the kernels will see them: FP8 block-scaled sources are dequantized
+/// by the backend (on the GPU when there is one).
 fn member_weights<'a>(
     plan: &Plan,
     ckpt: &'a Checkpoint,
     options: &Options,
     members: &[usize],
-    compute: &mut dyn UnitCompute<'a>,
-) -> Result<Vec<(Cow<'a, [u8]>, SourceDtype)>> {
-    let mut weights = Vec::with_capacity(members.len());
-    for &i in members {
-        let l = &plan.linears[i].linear;
-        let bytes = weight_bytes(ckpt, l);
-        let data = match l.source.fp8_scale {
-            // FP8 block-scaled source: dequantized first (on the GPU when there is one).
-            Some(scale) => {
-                let scale_bytes = ckpt.bytes(&ckpt.tensors()[scale]);
-                Cow::Owned(compute.dequant_fp8(
-                    bytes,
-                    scale_bytes,
-                    l.source.rows,
-                    l.source.cols,
-                    options.output.fp8_dequant,
-                )?)
+) -> Vec<MemberWeight<'a>> {
+    members
+        .iter()
+        .map(|&i| {
+            let l = &plan.linears[i].linear;
+            let bytes = weight_bytes(ckpt, l);
+            match l.source.fp8_scale {
+                Some(scale) => MemberWeight::Fp8Block {
+                    fp8: bytes,
+                    scale_inv: ckpt.bytes(&ckpt.tensors()[scale]),
+                    rows: l.source.rows,
+                    cols: l.source.cols,
+                    precision: options.output.fp8_dequant,
+                },
+                // A BMM expert stack [E, in, out] or a column slice of one expert's [in, out]:
+                // the kernels quantize along `in`, so they see the transposed matrix.
+                None => MemberWeight::Plain(l.source.kernel_matrix(bytes), l.source.dtype),
             }
-            // A BMM expert stack [E, in, out] or a column slice of one expert's [in, out]: the
-            // kernels quantize along `in`, so they see the transposed matrix.
-            None => l.source.kernel_matrix(bytes),
-        };
-        weights.push((data, l.source.dtype));
-    }
-    Ok(weights)
+        })
+        .collect()
 }
 
 /// A weight whose NaN / infinite elements are passed through: the weight as it was (to patch
@@ -274,8 +270,7 @@ fn load_and_amax<'a>(
     members: &[usize],
     compute: &mut dyn UnitCompute<'a>,
 ) -> Result<Amaxes<'a>> {
-    let weights = member_weights(plan, ckpt, options, members, compute)?;
-    compute.load(weights)?;
+    compute.load(member_weights(plan, ckpt, options, members))?;
     let mut amaxes = Vec::with_capacity(members.len());
     let mut bad = Vec::new();
     for (m, &i) in members.iter().enumerate() {
@@ -290,7 +285,12 @@ fn load_and_amax<'a>(
     }
     let mut passed: Vec<Option<PassThrough<'a>>> = members.iter().map(|_| None).collect();
     if !bad.is_empty() {
-        let mut weights = member_weights(plan, ckpt, options, members, compute)?;
+        // On the host: their elements are patched here.
+        let mut weights: Vec<(Cow<'a, [u8]>, SourceDtype)> =
+            member_weights(plan, ckpt, options, members)
+                .into_iter()
+                .map(MemberWeight::into_host)
+                .collect();
         for &m in &bad {
             let (data, dtype) = &mut weights[m];
             let original = data.clone();
@@ -306,7 +306,12 @@ fn load_and_amax<'a>(
                 found,
             });
         }
-        compute.load(weights)?;
+        compute.load(
+            weights
+                .into_iter()
+                .map(|(bytes, dtype)| MemberWeight::Plain(bytes, dtype))
+                .collect(),
+        )?;
         for &m in &bad {
             let i = members[m];
             let amax = member_amax(plan, ckpt, i, m, compute)?

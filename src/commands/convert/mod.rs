@@ -296,7 +296,9 @@ fn convert_and_report(
     if options.run.verbose {
         verbose_plan(options, &plan);
     }
+    let device_started = Instant::now();
     let gpu = open_device(&plan, options)?;
+    let device_init_s = gpu.as_ref().map(|_| device_started.elapsed().as_secs_f64());
     let device = gpu.as_ref().map_or("cpu".to_string(), |p| {
         format!("cuda:{} ({})", p.gpu().ordinal, p.gpu().name)
     });
@@ -323,6 +325,7 @@ fn convert_and_report(
     }
     run.device = device;
     run.gpu_memory_bytes = gpu.as_ref().map_or(0, |p| p.device_bytes() as u64);
+    run.device_init_s = device_init_s;
     crate::fault::crash_point("publish", 1);
     std::fs::remove_file(staging.path().join(JOURNAL_FILE))
         .map_err(|e| Error::output_io("removing", &staging.path().join(JOURNAL_FILE), e))?;

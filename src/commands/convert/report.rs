@@ -219,6 +219,9 @@ struct Timings {
     #[serde(skip_serializing_if = "Option::is_none")]
     convert: Option<f64>,
     total: f64,
+    /// Part of `preflight`: opening the GPU (context, kernels compiled, work slots allocated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_init: Option<f64>,
     /// Several threads run each stage, so these add up to more than the wall time; their
     /// ratios show where the run spends it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,6 +281,7 @@ impl Report {
             run: None,
             timings_s: Timings {
                 preflight: None,
+                device_init: None,
                 convert: None,
                 total,
                 stages_thread_s: None,
@@ -337,6 +341,7 @@ impl Report {
         });
         report.timings_s.preflight = Some(preflight_s);
         report.timings_s.convert = Some(convert_s);
+        report.timings_s.device_init = run.device_init_s;
         report.timings_s.stages_thread_s = Some(
             run.stage_seconds
                 .iter()

@@ -82,7 +82,9 @@ impl GpuCompute<'_, '_> {
         stream
             .memcpy_dtoh(&out, &mut partials)
             .map_err(|e| cuda("copy to host", e))?;
+        let started = std::time::Instant::now();
         stream.synchronize().map_err(|e| cuda("synchronise", e))?;
+        self.pool.device_waited(started);
         Ok(partials)
     }
 
@@ -140,7 +142,9 @@ impl GpuCompute<'_, '_> {
         stream
             .memcpy_dtoh(&slot.dev_blocks.slice(..nblocks), &mut blocks)
             .map_err(|e| cuda("copy to host", e))?;
+        let started = std::time::Instant::now();
         stream.synchronize().map_err(|e| cuda("synchronise", e))?;
+        self.pool.device_waited(started);
         Ok(blocks)
     }
 }

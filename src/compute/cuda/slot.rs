@@ -10,7 +10,7 @@
 use super::device::dtype_code;
 use super::Gpu;
 use crate::compute;
-use crate::compute::backend::UnitCompute;
+use crate::compute::backend::{MemberWeight, UnitCompute};
 use crate::compute::codec::E2M1_MAX;
 use crate::compute::ct::CT_FP8_BLOCK;
 use crate::compute::mse::Candidates;
@@ -137,6 +137,11 @@ impl GpuPool {
         })
     }
 
+    /// Counts the time since `since` as waiting for the device.
+    pub(super) fn device_waited(&self, since: Instant) {
+        add_since(&self.clock.device_wait, since);
+    }
+
     /// Where the worker threads spent their GPU time so far, summed over threads.
     pub fn stages(&self) -> GpuStages {
         let c = &self.clock;
@@ -251,8 +256,8 @@ impl GpuPool {
 pub struct GpuCompute<'p, 'a> {
     pub(super) pool: &'p GpuPool,
     slot: Option<Slot>,
-    /// (offset in the staging buffer, weights, dtype)
-    members: Vec<(usize, Cow<'a, [u8]>, SourceDtype)>,
+    /// (offset in the staging and device buffers, weight)
+    members: Vec<(usize, MemberWeight<'a>)>,
 }
 
 impl Drop for GpuCompute<'_, '_> {
@@ -289,8 +294,109 @@ fn grid_stride(n: usize) -> LaunchConfig {
 impl GpuCompute<'_, '_> {
     /// Member `m`'s (offset in the staging and device buffers, byte length, dtype).
     pub(super) fn member(&self, m: usize) -> (usize, usize, SourceDtype) {
-        let (off, bytes, dtype) = &self.members[m];
-        (*off, bytes.len(), *dtype)
+        let (off, weight) = &self.members[m];
+        (*off, weight.len(), weight.dtype())
+    }
+
+    /// Copies the members' weights into the pinned staging buffer and up to the device, at
+    /// their offsets in `dev_in`. An FP8 block-scaled member goes up as its FP8 codes (to the
+    /// same offsets of `dev_out`, free until the kernels run) and is dequantized into `dev_in`
+    /// on the device: half the bytes cross, and none come back.
+    fn upload(&mut self, members: &[(usize, MemberWeight<'_>)], total: usize) -> Result<()> {
+        let gpu = self.pool.gpu.clone();
+        let clock = &self.pool.clock;
+        let slot = self.slot.as_mut().expect("slot");
+        slot.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| cuda("binding the context", e))?;
+        let host = slot
+            .host_in
+            .as_mut_slice()
+            .map_err(|e| cuda("staging", e))?;
+        let started = Instant::now();
+        let mut staged = 0;
+        for (off, weight) in members {
+            // The page faults of the mapping happen here, on the worker thread.
+            let bytes: &[u8] = match weight {
+                MemberWeight::Plain(bytes, _) => bytes,
+                MemberWeight::Fp8Block { fp8, .. } => fp8,
+            };
+            host[*off..*off + bytes.len()].copy_from_slice(bytes);
+            staged += bytes.len();
+        }
+        add_since(&clock.staging_in, started);
+        clock.bytes_in.fetch_add(staged as u64, Ordering::Relaxed);
+        // Plain members in one copy (FP8 members' codes ride along, to be overwritten).
+        slot.stream
+            .memcpy_htod(&host[..total], &mut slot.dev_in.slice_mut(..total))
+            .map_err(|e| cuda("copy to GPU", e))?;
+        for (off, weight) in members {
+            let MemberWeight::Fp8Block {
+                fp8,
+                scale_inv,
+                rows,
+                cols,
+                precision,
+            } = weight
+            else {
+                continue;
+            };
+            let scales: Vec<f32> = scale_inv
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if scales.len() > slot.dev_blocks.len() {
+                return Err(Error::other(format!(
+                    "GPU: {} block scales do not fit a slot",
+                    scales.len()
+                )));
+            }
+            let (off, n, out_len) = (*off, fp8.len(), weight.len());
+            slot.stream
+                .memcpy_dtod(
+                    &slot.dev_in.slice(off..off + n),
+                    &mut slot.dev_out.slice_mut(off..off + n),
+                )
+                .map_err(|e| cuda("copy on the GPU", e))?;
+            slot.stream
+                .memcpy_htod(&scales, &mut slot.dev_blocks.slice_mut(..scales.len()))
+                .map_err(|e| cuda("copy to GPU", e))?;
+            let (r, c, to_bf16) = (
+                *rows as u64,
+                *cols as u64,
+                i32::from(*precision == DequantPrecision::Bf16),
+            );
+            let src = slot.dev_out.slice(off..off + n);
+            let mut dst = slot.dev_in.slice_mut(off..off + out_len);
+            // SAFETY: rows*cols FP8 bytes and their block scales are read; out_len bytes are
+            // written, inside the member's region of dev_in (checked against the capacity).
+            unsafe {
+                slot.stream
+                    .launch_builder(&gpu.fp8_block_dequant)
+                    .arg(&src)
+                    .arg(&slot.dev_blocks)
+                    .arg(&r)
+                    .arg(&c)
+                    .arg(&to_bf16)
+                    .arg(&mut dst)
+                    .launch(grid_stride(rows * cols))
+            }
+            .map_err(|e| cuda("fp8 dequant kernel", e))?;
+        }
+        Ok(())
+    }
+
+    /// Member `m`'s weight on the host, for the rare paths that run on the CPU (an FP8 source
+    /// is dequantized on the CPU: the same bytes as on the device).
+    fn host_weight(&self, m: usize) -> (Cow<'_, [u8]>, SourceDtype) {
+        match &self.members[m].1 {
+            MemberWeight::Plain(bytes, dtype) => (Cow::Borrowed(&**bytes), *dtype),
+            other => {
+                let (bytes, dtype) = other.clone().into_host();
+                (Cow::Owned(bytes.into_owned()), dtype)
+            }
+        }
     }
 
     pub(super) fn slot(&mut self) -> &mut Slot {
@@ -336,13 +442,13 @@ impl GpuCompute<'_, '_> {
 }
 
 impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
-    fn load(&mut self, weights: Vec<(Cow<'a, [u8]>, SourceDtype)>) -> Result<()> {
+    fn load(&mut self, weights: Vec<MemberWeight<'a>>) -> Result<()> {
         let capacity = self.pool.capacity;
         let mut offset = 0;
         self.members.clear();
-        for (bytes, dtype) in weights {
-            let len = bytes.len();
-            self.members.push((offset, bytes, dtype));
+        for weight in weights {
+            let len = weight.len();
+            self.members.push((offset, weight));
             offset += len.next_multiple_of(ALIGN);
         }
         if offset > capacity {
@@ -351,27 +457,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             )));
         }
         let members = std::mem::take(&mut self.members);
-        let slot = self.slot.as_mut().expect("slot");
-        slot.stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| cuda("binding the context", e))?;
-        let host = slot
-            .host_in
-            .as_mut_slice()
-            .map_err(|e| cuda("staging", e))?;
-        let started = Instant::now();
-        for (off, bytes, _) in &members {
-            // The page faults of the mapping happen here, on the worker thread.
-            host[*off..*off + bytes.len()].copy_from_slice(bytes);
-        }
-        let clock = &self.pool.clock;
-        add_since(&clock.staging_in, started);
-        clock.bytes_in.fetch_add(offset as u64, Ordering::Relaxed);
-        let result = slot
-            .stream
-            .memcpy_htod(&host[..offset], &mut slot.dev_in.slice_mut(..offset))
-            .map_err(|e| cuda("copy to GPU", e));
+        let result = self.upload(&members, offset);
         self.members = members;
         result
     }
@@ -483,7 +569,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             Ok(Ok(value))
         } else {
             // Rare error path: the CPU finds the first bad element for the message.
-            Ok(compute::amax(&self.members[m].1, dtype))
+            Ok(compute::amax(&self.host_weight(m).0, dtype))
         }
     }
 
@@ -682,11 +768,11 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         if rows == 0 || cols == 0 || scales.len() > self.slot().dev_scales.len() {
             // Empty, or more scales than the slot holds (per channel, rows narrower than 32
             // bytes): the CPU twin gives the same bytes.
-            let (src, dtype) = (&*self.members[m].1, self.members[m].2);
+            let (src, dtype) = self.host_weight(m);
             if format.is_fp8_block() {
-                compute::ct::quantize_fp8_block_ct(src, dtype, rows, cols, codes, scales);
+                compute::ct::quantize_fp8_block_ct(&src, dtype, rows, cols, codes, scales);
             } else {
-                compute::ct::quantize_fp8_channel_ct(src, dtype, rows, cols, codes, scales);
+                compute::ct::quantize_fp8_channel_ct(&src, dtype, rows, cols, codes, scales);
             }
             return Ok(());
         }
