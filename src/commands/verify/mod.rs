@@ -134,6 +134,33 @@ fn scalar_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f32> {
     (t.dtype == Dtype::F32 && b.len() == 4).then(|| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// All elements of a float tensor as f32 (`None` for another dtype).
+fn floats(ckpt: &Checkpoint, t: &TensorEntry) -> Option<Vec<f32>> {
+    let d = source_dtype(t.dtype)?;
+    let b = ckpt.bytes(t);
+    Some((0..b.len() / d.size()).map(|i| load_f32(b, d, i)).collect())
+}
+
+/// Every element of the float tensor `t` (a scale `what` of module `m`: ModelOpt's f32
+/// scalars, compressed-tensors' f32 / bf16 scales of any shape) finite and positive; else a
+/// problem (a tensor that is not float is one too).
+fn check_positive(ckpt: &Checkpoint, m: &str, what: &str, t: &TensorEntry, p: &mut Vec<String>) {
+    match floats(ckpt, t) {
+        Some(v) => {
+            let bad = |s: &&f32| !(s.is_finite() && **s > 0.0);
+            match (v.iter().find(bad), v.len()) {
+                (None, _) => {}
+                (Some(s), 1) => p.push(format!("{m}: {what} is {s} (must be finite and positive)")),
+                (Some(first), _) => p.push(format!(
+                    "{m}: {} {what} value(s) are not finite and positive (e.g. {first})",
+                    v.iter().filter(bad).count()
+                )),
+            }
+        }
+        None => p.push(format!("{m}: {what} has dtype {:?}, not a float", t.dtype)),
+    }
+}
+
 /// One quantized linear as found in the checkpoint.
 struct Found<'a> {
     weight: &'a TensorEntry,
@@ -286,15 +313,16 @@ fn check_linear(
     problems: &mut Vec<String>,
 ) {
     let shape = &f.weight.shape;
-    let positive =
-        |t: &TensorEntry, what: &str, problems: &mut Vec<String>| match scalar_f32(ckpt, t) {
-            Some(s) if s.is_finite() && s > 0.0 => {}
-            Some(s) => problems.push(format!("{m}: {what} is {s} (must be finite and positive)")),
-            None => problems.push(format!(
+    let positive = |t: &TensorEntry, what: &str, problems: &mut Vec<String>| {
+        if scalar_f32(ckpt, t).is_some() {
+            check_positive(ckpt, m, what, t, problems)
+        } else {
+            problems.push(format!(
                 "{m}: {what} should be an F32 scalar, is {:?} {:?}",
                 t.dtype, t.shape
-            )),
-        };
+            ))
+        }
+    };
     if nvfp4 {
         let expected_scale = match (f.bmm, shape.as_slice()) {
             (false, &[rows, half]) => vec![rows, half * 2 / 16],
