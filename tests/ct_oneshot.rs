@@ -502,3 +502,51 @@ fn an_uncalibrated_expert_follows_the_policy_as_for_modelopt() {
     };
     assert_eq!(g(3), g(0));
 }
+
+/// A compressed-tensors checkpoint given to `--stats` (a directory) gives back its static
+/// scales: oneshot's own outputs reproduce themselves (its bf16 FP8 and KV scales exactly,
+/// `s × 448`; its NVFP4 input global scales through the amax `2688 / g`), and so do ours.
+#[test]
+fn compressed_tensors_checkpoints_read_back_as_statistics_give_the_same_scales() {
+    for (case, source, args) in [
+        (
+            "llama128_nvfp4_oneshot",
+            "llama128_source",
+            vec!["--format", "nvfp4"],
+        ),
+        (
+            "qwen3moe128_nvfp4_oneshot",
+            "qwen3moe128_source",
+            vec!["--format", "nvfp4", "--expert-input-amax", "per-expert"],
+        ),
+        (
+            "llama128_fp8_static_kv_oneshot",
+            "llama128_source",
+            vec!["--format", "fp8", "--kv-cache", "fp8"],
+        ),
+    ] {
+        let tmp = TempDir::new("ct-readback");
+        let stats = ct_dir(case);
+        let mut all = args.clone();
+        all.extend(["--stats", s(&stats)]);
+        let out = convert(&tmp, source, &all);
+        assert_tensors_are_oneshots(&out, case, source);
+        // Ours, read back: the same tensors again.
+        let again = tmp.join("again");
+        let src = ct_dir(source);
+        let mut all = vec![
+            "convert",
+            s(&src),
+            s(&again),
+            "--export",
+            "compressed-tensors",
+            "--device",
+            device(),
+            "--stats",
+            s(&out),
+        ];
+        all.extend(args.iter().copied());
+        sq(&all).expect_success();
+        assert_eq!(load_tensors(&again), load_tensors(&out), "{case}");
+    }
+}

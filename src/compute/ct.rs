@@ -42,6 +42,16 @@ pub fn ct_global_scale(amax: f32) -> f32 {
     }
 }
 
+/// An amax whose compressed-tensors global scale ([`ct_global_scale`]) is `g`: `2688 / g` in
+/// f32, checked through the formula. The formula has no exact inverse (two bf16 roundings), but
+/// this preimage gives `g` back for the global scale of every bf16 amax from 2^-126 to 2^100
+/// (tested), so an exported `input_global_scale` read back as statistics is written again
+/// unchanged. `None` when it does not (`g` not a value the formula gives).
+pub fn ct_amax_for_global_scale(g: f32) -> Option<f32> {
+    let amax = 2688.0 / g;
+    (g > 0.0 && amax.is_finite() && ct_global_scale(amax) == g).then_some(amax)
+}
+
 /// compressed-tensors NVFP4 (`nvfp4-pack-quantized`) of a row-major weight `[rows, cols]` in
 /// `src` (little-endian `dtype` elements) under the global scale `g` ([`ct_global_scale`] of
 /// the fused group's amax).
@@ -244,6 +254,25 @@ mod tests {
             }
         }
         assert!(differs > 0);
+    }
+
+    #[test]
+    fn every_global_scale_has_an_amax_that_gives_it_back() {
+        // Over the global scales of every bf16 amax from 2^-126 to 2^100 (no activation is
+        // larger; beyond, 2688 / g leaves f32's range), the fallback 1.0 included.
+        let mut seen = std::collections::BTreeSet::new();
+        for bits in 0x0080u32..0x7180 {
+            let g = ct_global_scale(f32::from_bits(bits << 16));
+            if seen.insert(g.to_bits()) {
+                let a = ct_amax_for_global_scale(g).unwrap_or_else(|| panic!("g {g}"));
+                assert_eq!(ct_global_scale(a), g, "g {g}: amax {a}");
+            }
+        }
+        assert!(seen.len() > 1000);
+        // oneshot's (fixtures/ct/llama128_nvfp4_oneshot.amax.safetensors has the same value).
+        assert_eq!(ct_amax_for_global_scale(540.0), Some(2688.0 / 540.0));
+        assert_eq!(ct_amax_for_global_scale(0.0), None);
+        assert_eq!(ct_amax_for_global_scale(f32::NAN), None);
     }
 
     #[test]
