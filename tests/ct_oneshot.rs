@@ -212,6 +212,44 @@ fn llama128_fp8_static_with_kv_cache_is_oneshots() {
     assert_config_is_oneshots(&out, "llama128_fp8_static_kv_oneshot", "FP8", DENSE_IGNORE);
 }
 
+/// MoE static FP8: each expert's gate and up keep their own weight scale (oneshot does not fuse
+/// per-tensor FP8 scales); each expert's input scales are its own (`--expert-input-amax
+/// per-expert`, oneshot routes every token to every expert while calibrating).
+#[test]
+fn qwen3moe128_fp8_static_with_kv_cache_is_oneshots() {
+    let tmp = TempDir::new("ct-oneshot-moe-fp8");
+    let stats = ct_dir("qwen3moe128_fp8_static_kv_oneshot.amax.safetensors");
+    let out = convert(
+        &tmp,
+        "qwen3moe128_source",
+        &[
+            "--format",
+            "fp8",
+            "--kv-cache",
+            "fp8",
+            "--expert-input-amax",
+            "per-expert",
+            "--stats",
+            s(&stats),
+        ],
+    );
+    let negative_zeros = assert_tensors_are_oneshots(
+        &out,
+        "qwen3moe128_fp8_static_kv_oneshot",
+        "qwen3moe128_source",
+    );
+    assert!(negative_zeros > 0);
+    assert_config_is_oneshots(
+        &out,
+        "qwen3moe128_fp8_static_kv_oneshot",
+        "FP8",
+        (
+            &["lm_head", "model.embed_tokens", "model.layers.0.mlp.gate"],
+            &["model.layers.0.mlp.gate", "lm_head"],
+        ),
+    );
+}
+
 /// The same statistics without `--kv-cache`: no k/v scales, `kv_cache_scheme` null.
 #[test]
 fn fp8_static_without_kv_cache_writes_no_kv_scales() {
@@ -523,6 +561,18 @@ fn compressed_tensors_checkpoints_read_back_as_statistics_give_the_same_scales()
             "llama128_fp8_static_kv_oneshot",
             "llama128_source",
             vec!["--format", "fp8", "--kv-cache", "fp8"],
+        ),
+        (
+            "qwen3moe128_fp8_static_kv_oneshot",
+            "qwen3moe128_source",
+            vec![
+                "--format",
+                "fp8",
+                "--kv-cache",
+                "fp8",
+                "--expert-input-amax",
+                "per-expert",
+            ],
         ),
     ] {
         let tmp = TempDir::new("ct-readback");

@@ -25,6 +25,7 @@ const CASES: &[(&str, &str)] = &[
     ("qwen3moe128_fp8_dynamic", "ct/qwen3moe128_source"),
     ("qwen3moe128_fp8_block", "ct/qwen3moe128_source"),
     ("qwen3moe128_nvfp4_oneshot", "ct/qwen3moe128_source"),
+    ("qwen3moe128_fp8_static_kv_oneshot", "ct/qwen3moe128_source"),
 ];
 
 fn case(name: &str) -> PathBuf {
