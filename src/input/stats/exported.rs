@@ -63,13 +63,15 @@ fn input_bound(dir: &Path) -> Result<f64> {
 /// The value of a one-element float scale: F32 (ModelOpt, compressed-tensors NVFP4), BF16 or
 /// F16 (compressed-tensors FP8 scales, in the weights' dtype).
 fn scalar(ckpt: &Checkpoint, t: &crate::input::checkpoint::TensorEntry) -> Option<f32> {
-    if t.shape.iter().product::<usize>() != 1
-        || !matches!(t.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
-    {
-        return None;
-    }
-    let dtype = crate::plan::source_dtype(t.dtype)?;
-    Some(crate::compute::load_f32(ckpt.bytes(t), dtype, 0))
+    use crate::compute::SourceDtype;
+    let dtype = match t.dtype {
+        Dtype::F32 => SourceDtype::F32,
+        Dtype::BF16 => SourceDtype::Bf16,
+        Dtype::F16 => SourceDtype::F16,
+        _ => return None,
+    };
+    (t.shape.iter().product::<usize>() == 1)
+        .then(|| crate::compute::load_f32(ckpt.bytes(t), dtype, 0))
 }
 
 /// Reads the scales of the exported checkpoint in `dir` into `stats`.
