@@ -12,6 +12,7 @@
 mod ct;
 mod groups;
 mod pyre;
+mod scales;
 
 use crate::commands::convert::{check_checksums, ChecksumCheck, MANIFEST_FILE};
 use crate::compute::{
@@ -23,6 +24,7 @@ use crate::input::config::read_config;
 use crate::input::layout::{glob_match, ExpertProj, Layout};
 use crate::options::Options;
 use crate::plan::{classify, source_dtype, Linear};
+use scales::{check_positive, scalar_f32};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -126,38 +128,6 @@ impl Verification {
             }
         );
         w
-    }
-}
-
-fn scalar_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f32> {
-    let b = ckpt.bytes(t);
-    (t.dtype == Dtype::F32 && b.len() == 4).then(|| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-/// All elements of a float tensor as f32 (`None` for another dtype).
-fn floats(ckpt: &Checkpoint, t: &TensorEntry) -> Option<Vec<f32>> {
-    let d = source_dtype(t.dtype)?;
-    let b = ckpt.bytes(t);
-    Some((0..b.len() / d.size()).map(|i| load_f32(b, d, i)).collect())
-}
-
-/// Every element of the float tensor `t` (a scale `what` of module `m`: ModelOpt's f32
-/// scalars, compressed-tensors' f32 / bf16 scales of any shape) finite and positive; else a
-/// problem (a tensor that is not float is one too).
-fn check_positive(ckpt: &Checkpoint, m: &str, what: &str, t: &TensorEntry, p: &mut Vec<String>) {
-    match floats(ckpt, t) {
-        Some(v) => {
-            let bad = |s: &&f32| !(s.is_finite() && **s > 0.0);
-            match (v.iter().find(bad), v.len()) {
-                (None, _) => {}
-                (Some(s), 1) => p.push(format!("{m}: {what} is {s} (must be finite and positive)")),
-                (Some(first), _) => p.push(format!(
-                    "{m}: {} {what} value(s) are not finite and positive (e.g. {first})",
-                    v.iter().filter(bad).count()
-                )),
-            }
-        }
-        None => p.push(format!("{m}: {what} has dtype {:?}, not a float", t.dtype)),
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::linear::CtLinear;
 use super::{Group, Scheme};
-use crate::commands::verify::{floats, Verification, MAX_RELATIVE_ERROR};
+use crate::commands::verify::scales::floats;
+use crate::commands::verify::{Verification, MAX_RELATIVE_ERROR};
 use crate::compute::{e2m1_to_f32, e4m3_to_f32, load_f32, DequantPrecision};
 use crate::input::checkpoint::Checkpoint;
 use crate::plan::{source_dtype, Linear};

@@ -3,7 +3,7 @@
 //! scale 1.0 in vLLM (llm-compressor's model_free_ptq writes such checkpoints); scales without
 //! the scheme are not applied.
 
-use crate::commands::verify::check_positive;
+use crate::commands::verify::scales::check_positive;
 use crate::input::checkpoint::Checkpoint;
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //! against its config group's scheme.
 
 use super::Group;
-use crate::commands::verify::check_positive;
+use crate::commands::verify::scales::check_positive;
 use crate::input::checkpoint::{Checkpoint, Dtype, TensorEntry};
 use crate::plan::source_dtype;
 use std::collections::BTreeMap;
