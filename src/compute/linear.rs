@@ -154,8 +154,9 @@ impl InputAmax {
     /// compressed-tensors: NVFP4's divisor `input_global_scale` by the weight global scale's
     /// formula ([`ct_global_scale`], SPEC §7.1), FP8's bf16 `input_scale` by the weight scale's
     /// ([`ct_fp8_scale`], §7.2). Both round to bf16 on the way, so they take the f32 amax: a
-    /// scale recovered from a compressed-tensors export comes back as it was (its amax,
-    /// `scale × 448` or the global scale's preimage, is exact in f32).
+    /// scale read back from a compressed-tensors export comes back as it was (its amax is
+    /// `scale × 448`, exact in f32, or `2688 / g`, which gives `g` back:
+    /// [`crate::compute::ct::ct_amax_for_global_scale`]).
     pub fn scale(self, format: QuantFormat, export: Export, numerics: Numerics) -> f32 {
         if export == Export::CompressedTensors {
             return if format.is_nvfp4() {
@@ -367,13 +368,10 @@ impl QuantizedLinear {
             .map(|(part, _)| match part {
                 Part::Codes => codes.take(),
                 Part::BlockScales => block_scales.take(),
-                Part::TensorScale | Part::InputScale => {
-                    let value = match part {
-                        Part::TensorScale => Some(self.tensor_scale),
-                        _ => self.input_scale,
-                    };
-                    value.map(|x| scalar_bytes(*part, format, export, x))
-                }
+                Part::TensorScale => Some(scalar_bytes(*part, format, export, self.tensor_scale)),
+                Part::InputScale => self
+                    .input_scale
+                    .map(|x| scalar_bytes(*part, format, export, x)),
             })
             .collect()
     }
