@@ -69,6 +69,14 @@ extern "C" __global__ void ct_nvfp4(const u8* __restrict__ src, int dtype, u64 n
     }
 }
 
+// ct.rs quantize_fp8_tensor_ct: codes[i] = ct_fp8_element(w[i], s) under the tensor's one scale s
+// (computed on the host from the amax kernel's max |w|), grid-stride over the n elements.
+extern "C" __global__ void ct_fp8_tensor(const u8* __restrict__ src, int dtype, u64 n, float s,
+                                         u8* __restrict__ codes) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        codes[i] = ct_fp8_element(load_elem(src, dtype, i), s);
+}
+
 // The maximum of m over a thread block (blockDim.x a multiple of 32, at most 1024); every thread
 // gets it. `part` is 32 floats of shared memory.
 __device__ __forceinline__ float block_max_f32(float m, float* part) {

@@ -266,8 +266,8 @@ impl Options {
 
     /// Refuses the combinations with `--export` that are not built (a usage error naming the
     /// option and what to use instead): a format the export cannot write, and, for
-    /// compressed-tensors, what its first version does not do yet (KV-cache scales, weight
-    /// calibration other than max|W|, weight amax from statistics, `--allow-nonfinite`).
+    /// compressed-tensors, what it does not do yet (weight calibration other than max|W|,
+    /// weight amax from statistics, `--allow-nonfinite`).
     pub fn check_export(&self) -> crate::error::Result<()> {
         use crate::error::Error;
         let o = &self.output;
@@ -281,12 +281,6 @@ impl Options {
             ))
             .with_hint(instead.to_string()))
         };
-        if o.kv_cache != KvCache::None {
-            return not_yet(
-                "--kv-cache fp8 (kv_cache_scheme with k_scale / v_scale)",
-                "drop --kv-cache, or use --export modelopt --kv-cache fp8",
-            );
-        }
         if o.calib != CalibMethod::Max {
             return not_yet(
                 &format!("--calib {}", o.calib.name()),

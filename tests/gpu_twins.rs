@@ -287,7 +287,7 @@ fn ct_weights(dtype: SourceDtype, rows: usize, cols: usize, seed: u64, kind: usi
     ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
 )]
 fn ct_kernels_match_the_cpu_bit_for_bit() {
-    use shardquant::compute::ct::{ct_fp8_block_grid, ct_global_scale};
+    use shardquant::compute::ct::{ct_fp8_block_grid, ct_fp8_scale, ct_global_scale};
     let Some(gpu) = gpu() else { return };
     // The small pool cannot hold the per-channel scales of narrow weights: those go to the CPU
     // twin (the same bytes by construction); the large one runs everything on the GPU.
@@ -347,6 +347,32 @@ fn ct_kernels_match_the_cpu_bit_for_bit() {
                                 (p, s)
                             });
                             assert!(a == b, "ct nvfp4 {what} g {g}");
+                        }
+                    }
+                    // FP8 per tensor: the data's scale (from the amax kernel, as the export
+                    // computes it), 2^-8 (the planted e4m3 ties), bf16 eps (an all-zero
+                    // tensor's), and scales small enough to clamp at ±448 or large enough to
+                    // make every element subnormal or zero.
+                    for s in [
+                        ct_fp8_scale(amax),
+                        1.0 / 256.0,
+                        0.007_812_5,
+                        ct_fp8_scale(amax * 0.01),
+                        ct_fp8_scale(amax * 1e4),
+                    ] {
+                        let (a, b) = both(pool, &w, dtype, |c| {
+                            let amax = c.amax(0).unwrap().map(f32::to_bits);
+                            let mut codes = vec![0x22u8; rows * cols];
+                            c.ct_fp8_tensor(0, s, &mut codes).unwrap();
+                            (amax, codes)
+                        });
+                        if a != b {
+                            let first = (0..rows * cols).find(|&i| a.1[i] != b.1[i]);
+                            panic!(
+                                "ct fp8 per tensor {what} s {s:e}: amax {:?} / {:?}, first code \
+                                 difference {first:?}",
+                                a.0, b.0
+                            );
                         }
                     }
                     for format in [QuantFormat::Fp8Dynamic, QuantFormat::Fp8Block] {

@@ -1,7 +1,8 @@
 //! `shardquant verify` on compressed-tensors checkpoints: llm-compressor 0.14.0.1's own outputs
-//! (`fixtures/ct/`) and ours (`convert --export compressed-tensors`) pass, except
-//! llm-compressor's NVFP4A16 MoE output, whose experts' gate and up global scales differ (vLLM
-//! uses the gate's for both); each broken invariant is found.
+//! (`fixtures/ct/`) and ours (`convert --export compressed-tensors`, the static schemes too)
+//! pass, except llm-compressor's NVFP4A16 MoE output, whose experts' gate and up global scales
+//! differ (vLLM uses the gate's for both), and its `kv_cache_scheme` without k/v scales; each
+//! broken invariant is found.
 
 mod common;
 
@@ -18,13 +19,13 @@ const CASES: &[(&str, &str)] = &[
     ("llama128_nvfp4a16", "ct/llama128_source"),
     ("llama128_fp8_dynamic", "ct/llama128_source"),
     ("llama128_fp8_block", "ct/llama128_source"),
-    ("llama128_fp8_dynamic_kvconfig", "ct/llama128_source"),
     ("llama128_fp8_static_kv_oneshot", "ct/llama128_source"),
     ("llama128_nvfp4_oneshot", "ct/llama128_source"),
     ("qwen3moe_fp8_dynamic", "golden/qwen3moe_nvfp4/input"),
     ("qwen3moe128_fp8_dynamic", "ct/qwen3moe128_source"),
     ("qwen3moe128_fp8_block", "ct/qwen3moe128_source"),
     ("qwen3moe128_nvfp4_oneshot", "ct/qwen3moe128_source"),
+    ("qwen3moe128_fp8_static_kv_oneshot", "ct/qwen3moe128_source"),
 ];
 
 fn case(name: &str) -> PathBuf {
@@ -91,19 +92,72 @@ fn llm_compressor_nvfp4a16_moe_is_flagged_for_expert_gate_up_global_scales() {
     }
 }
 
+/// llm-compressor's model_free_ptq with a `kv_cache_scheme` writes no k/v scales: flagged.
+#[test]
+fn llm_compressor_kv_cache_scheme_without_scales_is_flagged() {
+    let v = check(
+        &case("llama128_fp8_dynamic_kvconfig"),
+        &fixtures().join("ct/llama128_source"),
+    );
+    assert_eq!(
+        v.problems,
+        [
+            "kv_cache_scheme is set but 2 KV-cache scale(s) are missing (e.g. \
+          model.layers.0.self_attn.k_scale): transformers creates them uninitialised (garbage \
+          logits) and vLLM uses 1.0; llm-compressor's model_free_ptq writes such checkpoints"
+        ]
+    );
+    assert!(v.errors.iter().all(|e| e.1 < 0.05), "{:?}", v.errors);
+}
+
 #[test]
 fn our_compressed_tensors_outputs_pass() {
     let tmp = TempDir::new("verify-ct-ours");
-    for (source, format) in [
-        ("ct/llama128_source", "w4a16_nvfp4"),
-        ("ct/llama128_source", "fp8_block"),
-        ("ct/qwen3moe128_source", "w4a16_nvfp4"),
-        ("golden/qwen3moe_nvfp4/input", "fp8_dynamic"),
-        ("golden/llama_nvfp4/input", "w4a16_nvfp4"),
+    let stats = |case: &str| {
+        fixtures()
+            .join("ct")
+            .join(format!("{case}.amax.safetensors"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let (dense_fp8, dense_nvfp4, moe_nvfp4) = (
+        stats("llama128_fp8_static_kv_oneshot"),
+        stats("llama128_nvfp4_oneshot"),
+        stats("qwen3moe128_nvfp4_oneshot"),
+    );
+    for (source, format, extra) in [
+        ("ct/llama128_source", "w4a16_nvfp4", vec![]),
+        ("ct/llama128_source", "fp8_block", vec![]),
+        ("ct/qwen3moe128_source", "w4a16_nvfp4", vec![]),
+        ("golden/qwen3moe_nvfp4/input", "fp8_dynamic", vec![]),
+        ("golden/llama_nvfp4/input", "w4a16_nvfp4", vec![]),
+        // The static schemes, with and without the KV cache.
+        ("ct/llama128_source", "nvfp4", vec!["--stats", &dense_nvfp4]),
+        (
+            "ct/llama128_source",
+            "fp8",
+            vec!["--stats", &dense_fp8, "--kv-cache", "fp8"],
+        ),
+        (
+            "ct/llama128_source",
+            "fp8_dynamic",
+            vec!["--stats", &dense_fp8, "--kv-cache", "fp8"],
+        ),
+        (
+            "ct/qwen3moe128_source",
+            "nvfp4",
+            vec!["--stats", &moe_nvfp4],
+        ),
+        ("ct/qwen3moe128_source", "fp8", vec!["--stats", &moe_nvfp4]),
     ] {
         let src = fixtures().join(source);
-        let out = tmp.join(&format!("{}-{format}", source.replace('/', "_")));
-        let (code, _, stderr) = common::run(&[
+        let out = tmp.join(&format!(
+            "{}-{format}{}",
+            source.replace('/', "_"),
+            if extra.len() > 2 { "-kv" } else { "" }
+        ));
+        let mut args = vec![
             "convert",
             src.to_str().unwrap(),
             out.to_str().unwrap(),
@@ -112,7 +166,9 @@ fn our_compressed_tensors_outputs_pass() {
             "--export",
             "compressed-tensors",
             "-q",
-        ]);
+        ];
+        args.extend(extra.iter().copied());
+        let (code, _, stderr) = common::run(&args);
         assert_eq!(code, 0, "{source} {format}: {stderr}");
         let v = check(&out, &src);
         assert!(
@@ -222,7 +278,7 @@ fn broken_invariants_are_found() {
     for want in [
         "model.layers.0.self_attn.o_proj: model.layers.0.self_attn.o_proj.weight_global_scale is missing",
         "model.layers.0.mlp.down_proj: NVFP4 tensors should be weight_packed U8 [out, in/2] and weight_scale F8_E4M3 [out, in/16] = [128, 16]",
-        "model.layers.0.self_attn.k_proj: 1 weight_global_scale value(s) are not finite and positive (e.g. 0)",
+        "model.layers.0.self_attn.k_proj: weight_global_scale is 0 (must be finite and positive)",
         "model.layers.0.self_attn.k_proj and model.layers.0.self_attn.q_proj are fused by engines but have different weight_global_scale",
         "model.layers.0.mlp.gate_proj: 1 block scale(s) are NaN, negative or zero",
         "model.layers.0.mlp.up_proj is quantized but the ignore list names it",
@@ -254,7 +310,7 @@ fn broken_invariants_are_found() {
     });
     let text = problems_of(&fp8);
     for want in [
-        "model.layers.0.self_attn.o_proj: 1 weight_scale value(s) are not finite and positive",
+        "model.layers.0.self_attn.o_proj: weight_scale is 0 (must be finite and positive)",
         "model.layers.0.mlp.gate_proj: FP8 weight_scale should be a float [2, 1] for Fp8Block(128, 128), is BF16 [1, 2]",
         "model.layers.0.mlp.up_proj: model.layers.0.mlp.up_proj.weight_scale is missing",
     ] {
@@ -269,6 +325,28 @@ fn broken_invariants_are_found() {
     assert!(
         text.contains("model.layers.0.self_attn.q_proj: model.layers.0.self_attn.q_proj.input_scale is missing (the config's input_activations are static)"),
         "{text}"
+    );
+
+    // KV cache: a zero k_scale, a v_scale of two values; the scales without the scheme.
+    let kv = tmp.join("kv");
+    copy_dir(&case("llama128_fp8_static_kv_oneshot"), &kv);
+    poke(&kv, &format!("{l0}.self_attn.k_scale"), &[0, 0]);
+    rewrite(&kv, |t| {
+        t.get_mut(&format!("{l0}.self_attn.v_scale")).unwrap().1 = vec![2];
+        t.get_mut(&format!("{l0}.self_attn.v_scale")).unwrap().2 = vec![0x80, 0x3F, 0x80, 0x3F];
+    });
+    let text = problems_of(&kv);
+    for want in [
+        "model.layers.0.self_attn: k_scale is 0 (must be finite and positive)",
+        "model.layers.0.self_attn.v_scale should hold one value (shape [1]), is BF16 [2]",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    edit_config(&kv, |q| q["kv_cache_scheme"] = serde_json::Value::Null);
+    assert_eq!(
+        problems_of(&kv),
+        "2 KV-cache scale(s) are stored (e.g. model.layers.0.self_attn.k_scale) but \
+         quantization_config has no kv_cache_scheme: engines do not apply them"
     );
 
     // An unquantized linear missing from `ignore` matters only when the groups target every

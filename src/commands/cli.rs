@@ -214,9 +214,10 @@ pub struct PlanArgs {
     /// Target format (required for convert; inspect plans nvfp4 when it is not given).
     #[arg(long, value_enum)]
     pub format: Option<QuantFormat>,
-    /// Output checkpoint format. compressed-tensors writes what llm-compressor's
-    /// model_free_ptq writes (--format w4a16_nvfp4, fp8_dynamic or fp8_block; on the CPU; its
-    /// output shards mirror the input's, so --max-shard-size does not apply).
+    /// Output checkpoint format. compressed-tensors writes every --format as llm-compressor
+    /// 0.14 does (model_free_ptq's tensors and config; the static nvfp4 and fp8, and the KV
+    /// cache, as its oneshot stores them); its output shards mirror the input's, so
+    /// --max-shard-size does not apply.
     #[arg(long, value_enum, default_value_t = Export::Modelopt)]
     pub export: Export,
     /// Activation statistics: ModelOpt amax safetensors, shardquant's .stats.safetensors[.zst],
@@ -243,7 +244,8 @@ pub struct PlanArgs {
     /// written dequantized).
     #[arg(long)]
     pub keep_fp8_source: bool,
-    /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics.
+    /// Write FP8 KV-cache scales (k_scale / v_scale) from k/v amax in the statistics
+    /// (compressed-tensors: with kv_cache_scheme, on the attention module).
     #[arg(long, value_enum, default_value_t = KvCache::None)]
     pub kv_cache: KvCache,
     /// Which ModelOpt export arithmetic to reproduce.

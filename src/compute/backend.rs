@@ -148,6 +148,9 @@ pub trait UnitCompute<'a> {
         codes: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()>;
+    /// compressed-tensors FP8 per tensor of member `m` under its bf16 scale `s` (see
+    /// [`compute::ct::quantize_fp8_tensor_ct`]).
+    fn ct_fp8_tensor(&mut self, m: usize, s: f32, codes: &mut [u8]) -> Result<()>;
     /// The multiplier search's chunk losses of member `m` (see [`mse::chunk_losses`]).
     fn mse_chunk_losses(
         &mut self,
@@ -270,6 +273,12 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         } else {
             compute::ct::quantize_fp8_channel_ct(src, dtype, rows, cols, codes, scales);
         }
+        Ok(())
+    }
+
+    fn ct_fp8_tensor(&mut self, m: usize, s: f32, codes: &mut [u8]) -> Result<()> {
+        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        compute::ct::quantize_fp8_tensor_ct(src, dtype, s, codes);
         Ok(())
     }
 

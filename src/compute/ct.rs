@@ -1,6 +1,6 @@
 //! compressed-tensors' weight arithmetic (llm-compressor 0.14.0.1 `model_free_ptq` on the CPU,
-//! compressed-tensors 0.19.0): NVFP4 with a divisor-form global scale, and FP8 per channel or
-//! per 128x128 block with bf16 scales.
+//! compressed-tensors 0.19.0; `oneshot` for the static schemes): NVFP4 with a divisor-form
+//! global scale, and FP8 per tensor, per channel or per 128x128 block with bf16 scales.
 //!
 //! Every formula was verified against llm-compressor's bytes (`fixtures/ct/verify_ct.py`, a numpy
 //! port that rebuilds the fixtures byte for byte; this is a port of its arithmetic). Notation:
@@ -40,6 +40,16 @@ pub fn ct_global_scale(amax: f32) -> f32 {
     } else {
         1.0
     }
+}
+
+/// An amax whose compressed-tensors global scale ([`ct_global_scale`]) is `g`: `2688 / g` in
+/// f32, checked through the formula. The formula has no exact inverse (two bf16 roundings), but
+/// this preimage gives `g` back for the global scale of every bf16 amax from 2^-126 to 2^100
+/// (tested), so an exported `input_global_scale` read back as statistics is written again
+/// unchanged. `None` when it does not (`g` not a value the formula gives).
+pub fn ct_amax_for_global_scale(g: f32) -> Option<f32> {
+    let amax = 2688.0 / g;
+    (g > 0.0 && amax.is_finite() && ct_global_scale(amax) == g).then_some(amax)
 }
 
 /// compressed-tensors NVFP4 (`nvfp4-pack-quantized`) of a row-major weight `[rows, cols]` in
@@ -135,6 +145,29 @@ pub fn quantize_fp8_channel_ct(
     }
 }
 
+/// compressed-tensors FP8 per tensor (`FP8` weights, static W8A8) of a weight in `src` under its
+/// one bf16 scale `s` (`ct_fp8_scale` of the tensor's max |w|, [`ct_fp8_scale`]):
+/// `codes[i] = ct_fp8_element(w_i, s)`, the element rule of the per-channel and per-block
+/// variants ([`ct_fp8_element`]). The caller computes the tensor's amax (the unit's amax
+/// kernel, on either device) and writes `s` as the `[1]` bf16 `weight_scale`.
+///
+/// Panics if `src` does not hold exactly `codes.len()` elements.
+pub fn quantize_fp8_tensor_ct(src: &[u8], dtype: SourceDtype, s: f32, codes: &mut [u8]) {
+    assert_eq!(src.len(), codes.len() * dtype.size());
+    const CHUNK: usize = 4096;
+    let mut buf = vec![0.0f32; CHUNK];
+    for (out, chunk) in codes
+        .chunks_mut(CHUNK)
+        .zip(src.chunks(CHUNK * dtype.size()))
+    {
+        let w = &mut buf[..out.len()];
+        load_f32_into(chunk, dtype, w);
+        for (c, &x) in out.iter_mut().zip(w.iter()) {
+            *c = ct_fp8_element(x, s);
+        }
+    }
+}
+
 /// The shape of FP8_BLOCK's scale tensor for a weight `[rows, cols]`:
 /// `[ceil(rows / 128), ceil(cols / 128)]`.
 pub fn ct_fp8_block_grid(rows: usize, cols: usize) -> (usize, usize) {
@@ -185,8 +218,9 @@ pub fn quantize_fp8_block_ct(
     }
 }
 
-/// The little-endian bf16 bytes of `x`, which must already be a bf16 value.
-fn bf16_bytes(x: f32) -> [u8; 2] {
+/// The little-endian bf16 bytes of `x`, which must already be a bf16 value (compressed-tensors'
+/// scales of BF16 weights are stored in bf16).
+pub fn bf16_bytes(x: f32) -> [u8; 2] {
     debug_assert_eq!(bf16_round(x).to_bits(), x.to_bits());
     ((x.to_bits() >> 16) as u16).to_le_bytes()
 }
@@ -220,6 +254,25 @@ mod tests {
             }
         }
         assert!(differs > 0);
+    }
+
+    #[test]
+    fn every_global_scale_has_an_amax_that_gives_it_back() {
+        // Over the global scales of every bf16 amax from 2^-126 to 2^100 (no activation is
+        // larger; beyond, 2688 / g leaves f32's range), the fallback 1.0 included.
+        let mut seen = std::collections::BTreeSet::new();
+        for bits in 0x0080u32..0x7180 {
+            let g = ct_global_scale(f32::from_bits(bits << 16));
+            if seen.insert(g.to_bits()) {
+                let a = ct_amax_for_global_scale(g).unwrap_or_else(|| panic!("g {g}"));
+                assert_eq!(ct_global_scale(a), g, "g {g}: amax {a}");
+            }
+        }
+        assert!(seen.len() > 1000);
+        // oneshot's (fixtures/ct/llama128_nvfp4_oneshot.amax.safetensors has the same value).
+        assert_eq!(ct_amax_for_global_scale(540.0), Some(2688.0 / 540.0));
+        assert_eq!(ct_amax_for_global_scale(0.0), None);
+        assert_eq!(ct_amax_for_global_scale(f32::NAN), None);
     }
 
     #[test]
@@ -287,6 +340,44 @@ mod tests {
         assert_eq!(codes[5], e4m3_from_f32(224.0));
         assert_eq!(&codes[8..16], &[0u8; 8]);
         assert_eq!(&codes[16..], &[0x80u8; 8]);
+    }
+
+    #[test]
+    fn fp8_tensor_uses_the_element_rule_of_the_other_granularities() {
+        // One scale for everything: ties at 2^-8, -0.0, a zero, and values beyond 448·s that
+        // clamp (a scale smaller than the data's, as a caller could pass).
+        let s = 1.0f32 / 256.0;
+        let w: Vec<f32> = (0..5000)
+            .map(|i| match i % 7 {
+                0 => 8.5 * s,
+                1 => 9.5 * s,
+                2 => -0.0,
+                3 => 0.0,
+                4 => 500.0 * s,
+                5 => -1e-9,
+                _ => (i as f32 * 0.37).sin() * 1.75,
+            })
+            .collect();
+        let src = bf16_src(&w);
+        let mut codes = vec![0u8; w.len()];
+        quantize_fp8_tensor_ct(&src, SourceDtype::Bf16, s, &mut codes);
+        for (i, (&c, &x)) in codes.iter().zip(&w).enumerate() {
+            assert_eq!(c, ct_fp8_element(bf16_round(x), s), "[{i}]");
+        }
+        assert_eq!(
+            &codes[..6],
+            &[
+                e4m3_from_f32(8.0),
+                e4m3_from_f32(10.0),
+                0x80,
+                0x00,
+                0x7E,
+                0x80
+            ]
+        );
+        // The scale of an all-zero tensor is bf16 eps; of amax 1.75, 2^-8.
+        assert_eq!(ct_fp8_scale(0.0), BF16_EPS);
+        assert_eq!(ct_fp8_scale(1.75), s);
     }
 
     #[test]

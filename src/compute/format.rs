@@ -11,16 +11,16 @@
 pub enum QuantFormat {
     /// NVFP4 weights and activations (W4A4); needs input amax from --stats.
     ///
-    /// ModelOpt `NVFP4_DEFAULT_CFG`.
+    /// ModelOpt `NVFP4_DEFAULT_CFG`; compressed-tensors `NVFP4`.
     Nvfp4,
     /// NVFP4 weights only (W4A16); needs no statistics.
     ///
-    /// ModelOpt `W4A16_NVFP4`: activations stay unquantized.
+    /// ModelOpt `W4A16_NVFP4`, compressed-tensors `NVFP4A16`: activations stay unquantized.
     #[value(name = "w4a16_nvfp4")]
     W4a16Nvfp4,
     /// FP8 E4M3 per-tensor weights and activations (W8A8); needs input amax from --stats.
     ///
-    /// ModelOpt `FP8_DEFAULT_CFG`.
+    /// ModelOpt `FP8_DEFAULT_CFG`; compressed-tensors `FP8` (static per-tensor scales).
     Fp8,
     /// FP8 E4M3 per-channel weights, dynamic per-token activations; needs no statistics.
     ///
@@ -43,7 +43,8 @@ pub enum Export {
     Modelopt,
     /// compressed-tensors (llm-compressor's format; vLLM, transformers).
     ///
-    /// What llm-compressor 0.14's `model_free_ptq` writes (CPU path).
+    /// What llm-compressor 0.14 writes (`model_free_ptq`'s CPU path; `oneshot`'s tensors for
+    /// the static schemes).
     CompressedTensors,
 }
 
@@ -84,11 +85,11 @@ struct FormatSpec {
     activation_bits: Option<u32>,
     shares_group_scales: bool,
     storage: WeightStorage,
-    /// Which exports can write the format.
+    /// Whether the ModelOpt export can write the format (the compressed-tensors export writes
+    /// every one).
     modelopt: bool,
-    /// compressed-tensors: the scheme name (the config group's name, llm-compressor's preset)
-    /// when the compressed-tensors export writes it; `None` when it is not built (yet).
-    ct_scheme: Option<&'static str>,
+    /// compressed-tensors: the scheme name (the config group's name, llm-compressor's preset).
+    ct_scheme: &'static str,
 }
 
 /// The format table: one row per [`QuantFormat`], in the order of [`QuantFormat::ALL`].
@@ -102,7 +103,7 @@ const FORMATS: [FormatSpec; 5] = [
         shares_group_scales: true,
         storage: WeightStorage::Nvfp4Packed,
         modelopt: true,
-        ct_scheme: None,
+        ct_scheme: "NVFP4",
     },
     FormatSpec {
         format: QuantFormat::W4a16Nvfp4,
@@ -113,7 +114,7 @@ const FORMATS: [FormatSpec; 5] = [
         shares_group_scales: true,
         storage: WeightStorage::Nvfp4Packed,
         modelopt: true,
-        ct_scheme: Some("NVFP4A16"),
+        ct_scheme: "NVFP4A16",
     },
     FormatSpec {
         format: QuantFormat::Fp8,
@@ -124,7 +125,7 @@ const FORMATS: [FormatSpec; 5] = [
         shares_group_scales: false,
         storage: WeightStorage::Fp8PerTensor,
         modelopt: true,
-        ct_scheme: None,
+        ct_scheme: "FP8",
     },
     FormatSpec {
         format: QuantFormat::Fp8Dynamic,
@@ -135,7 +136,7 @@ const FORMATS: [FormatSpec; 5] = [
         shares_group_scales: false,
         storage: WeightStorage::Fp8PerChannel,
         modelopt: false,
-        ct_scheme: Some("FP8_DYNAMIC"),
+        ct_scheme: "FP8_DYNAMIC",
     },
     FormatSpec {
         format: QuantFormat::Fp8Block,
@@ -146,7 +147,7 @@ const FORMATS: [FormatSpec; 5] = [
         shares_group_scales: false,
         storage: WeightStorage::Fp8Block,
         modelopt: false,
-        ct_scheme: Some("FP8_BLOCK"),
+        ct_scheme: "FP8_BLOCK",
     },
 ];
 
@@ -215,6 +216,11 @@ impl QuantFormat {
         self.spec().storage == WeightStorage::Nvfp4Packed
     }
 
+    /// FP8 weights with one scale per tensor (`fp8`).
+    pub fn is_fp8_per_tensor(self) -> bool {
+        self.spec().storage == WeightStorage::Fp8PerTensor
+    }
+
     /// FP8 weights with one scale per output channel (`fp8_dynamic`).
     pub fn is_fp8_per_channel(self) -> bool {
         self.spec().storage == WeightStorage::Fp8PerChannel
@@ -227,28 +233,19 @@ impl QuantFormat {
 
     /// Whether `export` can write this format. `Err` says what to use instead.
     pub fn check_export(self, export: Export) -> std::result::Result<(), String> {
-        let spec = self.spec();
         match export {
-            Export::Modelopt if spec.modelopt => Ok(()),
-            Export::Modelopt => Err(format!(
+            Export::Modelopt if !self.spec().modelopt => Err(format!(
                 "--format {} exists only in compressed-tensors; ModelOpt has no such format \
                  (add --export compressed-tensors, or use --format fp8 for ModelOpt's per-tensor FP8)",
                 self.cli_name()
             )),
-            Export::CompressedTensors if spec.ct_scheme.is_some() => Ok(()),
-            Export::CompressedTensors => Err(format!(
-                "--export compressed-tensors cannot write --format {} yet (not built in this version); \
-                 it writes w4a16_nvfp4 (NVFP4A16), fp8_dynamic (FP8_DYNAMIC) and fp8_block (FP8_BLOCK), \
-                 or use --export modelopt for --format {}",
-                self.cli_name(),
-                self.cli_name()
-            )),
+            Export::Modelopt | Export::CompressedTensors => Ok(()),
         }
     }
 
-    /// compressed-tensors: the scheme (config group) name, e.g. `"NVFP4A16"`; `None` where
-    /// the compressed-tensors export does not write this format.
-    pub fn ct_scheme(self) -> Option<&'static str> {
+    /// compressed-tensors: the scheme (config group) name, e.g. `"NVFP4A16"`: compressed-tensors'
+    /// preset of the same scheme.
+    pub fn ct_scheme(self) -> &'static str {
         self.spec().ct_scheme
     }
 }
@@ -374,12 +371,15 @@ mod tests {
         for f in [Fp8Dynamic, Fp8Block] {
             assert!(f.check_export(Export::Modelopt).is_err());
         }
-        for f in [W4a16Nvfp4, Fp8Dynamic, Fp8Block] {
+        for f in QuantFormat::ALL {
             assert_eq!(f.check_export(Export::CompressedTensors), Ok(()));
         }
-        for f in [Nvfp4, Fp8] {
-            assert!(f.check_export(Export::CompressedTensors).is_err());
-        }
+        let schemes: Vec<&str> = QuantFormat::ALL.iter().map(|f| f.ct_scheme()).collect();
+        assert_eq!(
+            schemes,
+            ["NVFP4", "NVFP4A16", "FP8", "FP8_DYNAMIC", "FP8_BLOCK"]
+        );
+        assert!(Fp8.is_fp8_per_tensor() && !Fp8Dynamic.is_fp8_per_tensor());
         assert_eq!(check_shape(Fp8Block, 64, 256), Ok(()));
         assert!(check_shape(Fp8Block, 64, 192).is_err());
         assert!(Nvfp4.is_nvfp4() && W4a16Nvfp4.is_nvfp4() && !Fp8.is_nvfp4());

@@ -7,7 +7,7 @@
 //! decided scales into bytes.
 
 use crate::compute::backend::UnitCompute;
-use crate::compute::ct::{ct_fp8_block_grid, ct_global_scale};
+use crate::compute::ct::{bf16_bytes, ct_fp8_block_grid, ct_fp8_scale, ct_global_scale};
 use crate::compute::{
     fp8_scale, nvfp4_global_scale, Export, Fp8Quotient, Numerics, QuantFormat, SourceDtype,
 };
@@ -21,31 +21,35 @@ pub enum Part {
     /// (`F8_E4M3 [rows, cols]`).
     Codes,
     /// The weight's scale tensor: NVFP4's E4M3 per-block scales (`F8_E4M3 [rows, cols/16]`);
-    /// compressed-tensors FP8's bf16 per-channel (`[rows, 1]`) or per-128x128-block
-    /// (`[ceil(rows/128), ceil(cols/128)]`) scales.
+    /// compressed-tensors FP8's bf16 per-tensor (`[1]`), per-channel (`[rows, 1]`) or
+    /// per-128x128-block (`[ceil(rows/128), ceil(cols/128)]`) scales.
     BlockScales,
     /// The per-tensor f32 weight scale: NVFP4's `weight_scale_2` (ModelOpt, a multiplier) or
     /// `weight_global_scale` (compressed-tensors, a divisor), ModelOpt FP8's `weight_scale`.
     TensorScale,
-    /// The per-tensor f32 `input_scale` (formats that quantize activations).
+    /// The per-tensor input scale (formats that quantize activations): ModelOpt's f32
+    /// `input_scale`; compressed-tensors' f32 `input_global_scale` (NVFP4, a divisor) or bf16
+    /// `input_scale` (FP8).
     InputScale,
 }
 
 /// `(part, name suffix)` of each tensor a quantized linear exports, in the order every
 /// consumer uses: the plan's output tensors, the worker's payloads, the writer's offsets.
 pub fn parts(format: QuantFormat, export: Export) -> &'static [(Part, &'static str)] {
-    if export == Export::CompressedTensors {
-        // compressed-tensors 0.19 names (SPEC §3); activations are never stored (the formats
-        // built are weight-only or dynamic).
-        const CT_NVFP4: &[(Part, &str)] = &[
-            (Part::Codes, "weight_packed"),
-            (Part::BlockScales, "weight_scale"),
-            (Part::TensorScale, "weight_global_scale"),
-        ];
-        const CT_FP8: &[(Part, &str)] =
-            &[(Part::Codes, "weight"), (Part::BlockScales, "weight_scale")];
-        return if format.is_nvfp4() { CT_NVFP4 } else { CT_FP8 };
-    }
+    // compressed-tensors 0.19 names (SPEC §3, §7): the weight's scales are one tensor (bf16
+    // for FP8, per tensor, channel or block), the activation scale is stored for the static
+    // schemes only (`NVFP4`, `FP8`), as for ModelOpt.
+    const CT_NVFP4: &[(Part, &str)] = &[
+        (Part::Codes, "weight_packed"),
+        (Part::BlockScales, "weight_scale"),
+        (Part::TensorScale, "weight_global_scale"),
+        (Part::InputScale, "input_global_scale"),
+    ];
+    const CT_FP8: &[(Part, &str)] = &[
+        (Part::Codes, "weight"),
+        (Part::BlockScales, "weight_scale"),
+        (Part::InputScale, "input_scale"),
+    ];
     const NVFP4: &[(Part, &str)] = &[
         (Part::Codes, "weight"),
         (Part::BlockScales, "weight_scale"),
@@ -57,7 +61,12 @@ pub fn parts(format: QuantFormat, export: Export) -> &'static [(Part, &'static s
         (Part::TensorScale, "weight_scale"),
         (Part::InputScale, "input_scale"),
     ];
-    let all = if format.is_nvfp4() { NVFP4 } else { FP8 };
+    let all = match (export, format.is_nvfp4()) {
+        (Export::Modelopt, true) => NVFP4,
+        (Export::Modelopt, false) => FP8,
+        (Export::CompressedTensors, true) => CT_NVFP4,
+        (Export::CompressedTensors, false) => CT_FP8,
+    };
     if format.needs_input_amax() {
         all
     } else {
@@ -73,7 +82,9 @@ pub fn parts(format: QuantFormat, export: Export) -> &'static [(Part, &'static s
 ///
 /// compressed-tensors (scalars are `[1]`, FP8 scales bf16, the BF16 weights' dtype):
 /// - NVFP4: `weight_packed` U8 `[rows, cols/2]`, `weight_scale` F8_E4M3 `[rows, cols/16]`,
-///   `weight_global_scale` F32 `[1]`;
+///   `weight_global_scale` F32 `[1]`, `input_global_scale` F32 `[1]` (W4A4 only);
+/// - FP8 per tensor: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` BF16 `[1]`,
+///   `input_scale` BF16 `[1]`;
 /// - FP8 per channel: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` BF16 `[rows, 1]`;
 /// - FP8 block: `weight` F8_E4M3 `[rows, cols]`, `weight_scale` BF16
 ///   `[ceil(rows/128), ceil(cols/128)]`.
@@ -85,7 +96,6 @@ pub fn output_tensors(
     rows: usize,
     cols: usize,
 ) -> Vec<(&'static str, Dtype, Vec<usize>)> {
-    let ct = export == Export::CompressedTensors;
     parts(format, export)
         .iter()
         .map(|&(part, suffix)| {
@@ -97,13 +107,35 @@ pub fn output_tensors(
                     let (gr, gc) = ct_fp8_block_grid(rows, cols);
                     (Dtype::BF16, vec![gr, gc])
                 }
+                Part::BlockScales if format.is_fp8_per_tensor() => (Dtype::BF16, vec![1]),
                 Part::BlockScales => (Dtype::BF16, vec![rows, 1]),
-                Part::TensorScale | Part::InputScale if ct => (Dtype::F32, vec![1]),
-                Part::TensorScale | Part::InputScale => (Dtype::F32, vec![]),
+                Part::TensorScale | Part::InputScale => scalar_layout(part, format, export),
             };
             (suffix, dtype, shape)
         })
         .collect()
+}
+
+/// The dtype and shape of a scalar part ([`Part::TensorScale`], [`Part::InputScale`]): f32 `[]`
+/// for ModelOpt; f32 `[1]` for compressed-tensors, except FP8's `input_scale`, which is bf16
+/// `[1]` like its other scales (llm-compressor stores FP8 scales in the weights' dtype).
+fn scalar_layout(part: Part, format: QuantFormat, export: Export) -> (Dtype, Vec<usize>) {
+    match export {
+        Export::Modelopt => (Dtype::F32, vec![]),
+        Export::CompressedTensors if part == Part::InputScale && !format.is_nvfp4() => {
+            (Dtype::BF16, vec![1])
+        }
+        Export::CompressedTensors => (Dtype::F32, vec![1]),
+    }
+}
+
+/// The stored bytes of a scalar part's value `x` (see [`scalar_layout`]; a bf16 part holds a
+/// value already rounded to bf16).
+fn scalar_bytes(part: Part, format: QuantFormat, export: Export, x: f32) -> Vec<u8> {
+    match scalar_layout(part, format, export).0 {
+        Dtype::BF16 => bf16_bytes(x).to_vec(),
+        _ => x.to_le_bytes().to_vec(),
+    }
 }
 
 /// Where a quantized input scale comes from.
@@ -117,8 +149,22 @@ pub struct InputAmax {
 }
 
 impl InputAmax {
-    /// The `input_scale` of `format` (`amax / 2688` for NVFP4, `amax / 448` for FP8).
-    pub fn scale(self, format: QuantFormat, numerics: Numerics) -> f32 {
+    /// The input scale of `format` in `export`'s form. ModelOpt: `amax / 2688` for NVFP4,
+    /// `amax / 448` for FP8 (or, with [`InputAmax::exact`], the exported scale back).
+    /// compressed-tensors: NVFP4's divisor `input_global_scale` by the weight global scale's
+    /// formula ([`ct_global_scale`], SPEC §7.1), FP8's bf16 `input_scale` by the weight scale's
+    /// ([`ct_fp8_scale`], §7.2). Both round to bf16 on the way, so they take the f32 amax: a
+    /// scale read back from a compressed-tensors export comes back as it was (its amax is
+    /// `scale × 448`, exact in f32, or `2688 / g`, which gives `g` back:
+    /// [`crate::compute::ct::ct_amax_for_global_scale`]).
+    pub fn scale(self, format: QuantFormat, export: Export, numerics: Numerics) -> f32 {
+        if export == Export::CompressedTensors {
+            return if format.is_nvfp4() {
+                ct_global_scale(self.amax)
+            } else {
+                ct_fp8_scale(self.amax)
+            };
+        }
         let (bound, computed) = if format.is_nvfp4() {
             (2688.0, nvfp4_global_scale(self.amax, numerics))
         } else {
@@ -202,7 +248,9 @@ impl QuantizedLinear {
         if scales.export == Export::CompressedTensors {
             return Self::compute_ct(compute, m, rows, cols, scales);
         }
-        let input_scale = scales.input.map(|i| i.scale(format, numerics));
+        let input_scale = scales
+            .input
+            .map(|i| i.scale(format, scales.export, numerics));
         if format.is_nvfp4() {
             let mut codes = vec![0u8; rows * cols / 2];
             let mut block_scales = vec![0u8; rows * cols / 16];
@@ -243,7 +291,10 @@ impl QuantizedLinear {
     }
 
     /// compressed-tensors' arithmetic ([`crate::compute::ct`]): NVFP4 under the divisor
-    /// global scale of the group amax, or FP8 per channel / per block from the data.
+    /// global scale of the group amax; FP8 per tensor from the group amax (a compressed-tensors
+    /// FP8 unit is one linear: the plan pairs no FP8 linears for this export), per channel or
+    /// per block from the data. The input scale, for the static schemes, in compressed-tensors'
+    /// form ([`InputAmax::scale`]).
     fn compute_ct<'a>(
         compute: &mut dyn UnitCompute<'a>,
         m: usize,
@@ -252,6 +303,9 @@ impl QuantizedLinear {
         scales: &MemberScales<'_>,
     ) -> Result<QuantizedLinear> {
         let format = scales.format;
+        let input_scale = scales
+            .input
+            .map(|i| i.scale(format, scales.export, scales.numerics));
         if format.is_nvfp4() {
             let g = ct_global_scale(scales.group_amax);
             let mut codes = vec![0u8; rows * cols / 2];
@@ -261,7 +315,18 @@ impl QuantizedLinear {
                 codes,
                 block_scales,
                 tensor_scale: g,
-                input_scale: None,
+                input_scale,
+            });
+        }
+        if format.is_fp8_per_tensor() {
+            let s = ct_fp8_scale(scales.group_amax);
+            let mut codes = vec![0u8; rows * cols];
+            compute.ct_fp8_tensor(m, s, &mut codes)?;
+            return Ok(QuantizedLinear {
+                codes,
+                block_scales: bf16_bytes(s).to_vec(),
+                tensor_scale: s,
+                input_scale,
             });
         }
         let scale_count = if format.is_fp8_block() {
@@ -277,7 +342,7 @@ impl QuantizedLinear {
             codes,
             block_scales,
             tensor_scale: 0.0,
-            input_scale: None,
+            input_scale,
         })
     }
 
@@ -303,8 +368,10 @@ impl QuantizedLinear {
             .map(|(part, _)| match part {
                 Part::Codes => codes.take(),
                 Part::BlockScales => block_scales.take(),
-                Part::TensorScale => Some(self.tensor_scale.to_le_bytes().to_vec()),
-                Part::InputScale => self.input_scale.map(|s| s.to_le_bytes().to_vec()),
+                Part::TensorScale => Some(scalar_bytes(*part, format, export, self.tensor_scale)),
+                Part::InputScale => self
+                    .input_scale
+                    .map(|x| scalar_bytes(*part, format, export, x)),
             })
             .collect()
     }
@@ -343,6 +410,7 @@ pub fn transpose_experts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::codec::bf16_round;
 
     #[test]
     fn transposes_each_expert() {
@@ -410,29 +478,57 @@ mod tests {
                 ("weight_scale", Dtype::BF16, vec![1, 2]),
             ]
         );
+        // The static schemes: W4A4 adds the divisor-form input global scale (f32), static FP8
+        // stores its weight and input scales in bf16, like llm-compressor's oneshot.
+        assert_eq!(
+            output_tensors(QuantFormat::Nvfp4, Export::CompressedTensors, 3, 32),
+            vec![
+                ("weight_packed", Dtype::U8, vec![3, 16]),
+                ("weight_scale", Dtype::F8_E4M3, vec![3, 2]),
+                ("weight_global_scale", Dtype::F32, vec![1]),
+                ("input_global_scale", Dtype::F32, vec![1]),
+            ]
+        );
+        assert_eq!(
+            output_tensors(QuantFormat::Fp8, Export::CompressedTensors, 5, 7),
+            vec![
+                ("weight", Dtype::F8_E4M3, vec![5, 7]),
+                ("weight_scale", Dtype::BF16, vec![1]),
+                ("input_scale", Dtype::BF16, vec![1]),
+            ]
+        );
         // Each format's payloads come out in the same order and sizes as its tensors.
-        for format in [
-            QuantFormat::Nvfp4,
-            QuantFormat::W4a16Nvfp4,
-            QuantFormat::Fp8,
+        for (format, export) in [
+            (QuantFormat::Nvfp4, Export::Modelopt),
+            (QuantFormat::W4a16Nvfp4, Export::Modelopt),
+            (QuantFormat::Fp8, Export::Modelopt),
+            (QuantFormat::Nvfp4, Export::CompressedTensors),
+            (QuantFormat::Fp8, Export::CompressedTensors),
         ] {
             let (rows, cols) = (4, 32);
+            let ct = export == Export::CompressedTensors;
             let q = QuantizedLinear {
                 codes: vec![1; rows * cols / if format.is_nvfp4() { 2 } else { 1 }],
-                block_scales: if format.is_nvfp4() {
-                    vec![2; rows * cols / 16]
-                } else {
-                    Vec::new()
+                block_scales: match (format.is_nvfp4(), ct) {
+                    (true, _) => vec![2; rows * cols / 16],
+                    (false, true) => bf16_bytes(0.5).to_vec(),
+                    (false, false) => Vec::new(),
                 },
                 tensor_scale: 3.0,
                 input_scale: Some(4.0),
             };
-            let tensors = q.into_tensors(format, Export::Modelopt).unwrap();
-            let expected = output_tensors(format, Export::Modelopt, rows, cols);
+            let tensors = q.into_tensors(format, export).unwrap();
+            let expected = output_tensors(format, export, rows, cols);
             assert_eq!(tensors.len(), expected.len());
             for (bytes, (name, dtype, shape)) in tensors.iter().zip(&expected) {
                 let len = shape.iter().product::<usize>() * dtype.bitsize() / 8;
-                assert_eq!(bytes.len(), len, "{format:?} {name}");
+                assert_eq!(bytes.len(), len, "{format:?} {export:?} {name}");
+            }
+            let input = tensors.last().unwrap();
+            match (format.needs_input_amax(), format.is_nvfp4(), ct) {
+                (false, _, _) => {}
+                (true, false, true) => assert_eq!(input, &bf16_bytes(4.0).to_vec()),
+                (true, _, _) => assert_eq!(input, &4.0f32.to_le_bytes().to_vec()),
             }
         }
     }
@@ -451,17 +547,40 @@ mod tests {
     #[test]
     fn input_scales_divide_or_give_back_the_exported_scale() {
         let n = Numerics::ModeloptCuda;
+        let mo = Export::Modelopt;
         let a = InputAmax {
             amax: 10.0,
             exact: None,
         };
-        assert_eq!(a.scale(QuantFormat::Nvfp4, n), nvfp4_global_scale(10.0, n));
-        assert_eq!(a.scale(QuantFormat::Fp8, n), fp8_scale(10.0, n));
+        assert_eq!(
+            a.scale(QuantFormat::Nvfp4, mo, n),
+            nvfp4_global_scale(10.0, n)
+        );
+        assert_eq!(a.scale(QuantFormat::Fp8, mo, n), fp8_scale(10.0, n));
         let exported = 0.013_f32;
         let exact = InputAmax {
             amax: 0.0,
             exact: Some(f64::from(exported) * 448.0),
         };
-        assert_eq!(exact.scale(QuantFormat::Fp8, n), exported);
+        assert_eq!(exact.scale(QuantFormat::Fp8, mo, n), exported);
+        // compressed-tensors: the weight global scale's formula (a divisor) and bf16(amax / 448),
+        // from the f32 amax whatever `exact` says; a zero amax gives bf16 eps, as for weights.
+        let ct = Export::CompressedTensors;
+        assert_eq!(a.scale(QuantFormat::Nvfp4, ct, n), ct_global_scale(10.0));
+        assert_eq!(a.scale(QuantFormat::Fp8, ct, n), bf16_round(10.0 / 448.0));
+        let zero = InputAmax {
+            amax: 0.0,
+            exact: None,
+        };
+        assert_eq!(zero.scale(QuantFormat::Fp8, ct, n), 0.007_812_5);
+        // oneshot's values (fixtures/ct): amax 4.9765625 gives input_scale 0.0111083984375.
+        let oneshot = InputAmax {
+            amax: 4.976_562_5,
+            exact: None,
+        };
+        assert_eq!(
+            oneshot.scale(QuantFormat::Fp8, ct, n),
+            f32::from_bits(0x3C36 << 16)
+        );
     }
 }

@@ -81,6 +81,8 @@ pub(crate) struct CtMetadata {
     pub format: crate::compute::QuantFormat,
     /// The `ignore` list ([`crate::output::export::ct::ignore_list`]).
     pub ignore: Vec<String>,
+    /// Whether `kv_cache_scheme` is written (`--kv-cache fp8`; the plan wrote its scales).
+    pub kv_cache: bool,
 }
 
 /// Writes the metadata files into the staging directory (`meta` gives ModelOpt's files, or
@@ -113,6 +115,7 @@ pub(crate) fn write_metadata(
                 &config_path,
                 ct.format,
                 &ct.ignore,
+                ct.kv_cache,
             )?
             .as_bytes(),
         )?;

@@ -77,7 +77,7 @@ pub fn execute<'a>(
         Job::Scalars(values) => (
             values
                 .iter()
-                .map(|v| Payload::Owned(v.to_le_bytes().to_vec()))
+                .map(|v| Payload::Owned(v.to_le_bytes()))
                 .collect(),
             Vec::new(),
         ),

@@ -21,7 +21,7 @@ pub use problem::Problem;
 pub use shards::{OutputTensor, ShardPlan};
 pub use sources::{source_dtype, ColumnSlice, WeightSource};
 use units::{build_units, kv_units, UnitBuilder};
-pub use units::{Job, TensorSlice, Unit};
+pub use units::{Job, Scalar, TensorSlice, Unit};
 
 use crate::compute::linear::InputAmax;
 use crate::compute::mse::Importance;

@@ -1,8 +1,9 @@
 //! Units of work: what each unit reads, does and writes, and the streaming order.
 
 use super::{stats_files, Classified, Linear, OutputTensor, Problem};
+use crate::compute::ct::bf16_bytes;
 use crate::compute::linear::InputAmax;
-use crate::compute::{output_tensors, QuantFormat};
+use crate::compute::{output_tensors, Export, QuantFormat};
 use crate::input::checkpoint::{Checkpoint, Dtype};
 use crate::input::layout::{ExpertProj, Layout};
 use crate::input::stats::ActivationStats;
@@ -44,8 +45,8 @@ pub enum Job {
     /// Copy bytes of one input tensor unchanged: a whole tensor, or one expert of a fused
     /// expert tensor that stays unquantized.
     Copy(TensorSlice),
-    /// Write precomputed f32 scalars (KV-cache scales).
-    Scalars(Vec<f32>),
+    /// Write precomputed scalars (KV-cache scales).
+    Scalars(Vec<Scalar>),
     /// Write an FP8 block-scaled tensor dequantized (it stays unquantized).
     Dequant {
         /// The FP8 weight (index into [`Checkpoint::tensors`]).
@@ -53,6 +54,26 @@ pub enum Job {
         /// Its `weight_scale_inv`.
         scale: usize,
     },
+}
+
+/// A precomputed scalar tensor (a KV-cache scale) as it is stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar {
+    /// An f32 (ModelOpt's scales, shape `[]`).
+    F32(f32),
+    /// A bf16 value, already rounded to bf16 (compressed-tensors' scales of a BF16 model,
+    /// shape `[1]`).
+    Bf16(f32),
+}
+
+impl Scalar {
+    /// The stored bytes, little-endian.
+    pub fn to_le_bytes(self) -> Vec<u8> {
+        match self {
+            Scalar::F32(x) => x.to_le_bytes().to_vec(),
+            Scalar::Bf16(x) => bf16_bytes(x).to_vec(),
+        }
+    }
 }
 
 /// One unit of work and the output tensors it produces.
@@ -66,6 +87,10 @@ pub struct Unit {
     pub inputs: Vec<usize>,
     /// The byte ranges it reads.
     pub reads: Vec<TensorSlice>,
+    /// The input tensor the unit is ordered by: its first read, or for KV-cache scales (which
+    /// read nothing) the layer's k_proj weight. Outputs that mirror the input's shards put a
+    /// unit that reads nothing into this tensor's shard.
+    pub anchor: usize,
     /// Bytes the unit holds while in flight: input pages plus output buffers.
     pub bytes: u64,
 }
@@ -111,6 +136,7 @@ impl UnitBuilder {
             outputs: Vec::new(),
             inputs,
             reads,
+            anchor: key.0,
             bytes: in_bytes + out_bytes,
         };
         self.pending.push(((key.0, key.1, seq), unit, outputs));
@@ -215,13 +241,18 @@ pub(super) fn build_units(
         );
     }
     // Group quantized linears: shared-input groups (NVFP4), expert gate+up pairs, or alone.
+    // ModelOpt shares an expert's gate and up weight scale in every format (one fused
+    // quantizer); compressed-tensors only NVFP4's global scale (vLLM's MoE loader assumes it),
+    // its FP8 scales are each linear's own (as oneshot writes them; vLLM requantizes the pair).
+    let pair_experts =
+        options.output.export == Export::Modelopt || options.output.format.is_nvfp4();
     let mut groups: BTreeMap<(usize, u8, usize, usize), Vec<usize>> = BTreeMap::new();
     for (i, l) in linears.iter().enumerate() {
         if l.excluded.is_some() {
             continue;
         }
         let key = match (l.expert, l.shared_group) {
-            (Some((e, ExpertProj::Gate | ExpertProj::Up)), _) => (l.layer, 0, e, 0),
+            (Some((e, ExpertProj::Gate | ExpertProj::Up)), _) if pair_experts => (l.layer, 0, e, 0),
             (None, Some(g)) if options.output.format.shares_group_scales() => (l.layer, 1, g, 0),
             _ => (l.layer, 2, i, 0),
         };
@@ -265,7 +296,9 @@ pub(super) fn build_units(
     }
 }
 
-/// FP8 KV-cache scales, one unit per layer, placed after the layer's k_proj.
+/// FP8 KV-cache scales, one unit per layer, placed after the layer's k_proj. ModelOpt: f32 `[]`
+/// `k_proj.k_scale` and `v_proj.v_scale`; compressed-tensors: bf16 `[1]` `k_scale` and
+/// `v_scale` on the attention module (SPEC §7.3).
 pub(super) fn kv_units(
     layout: &Layout,
     linears: &[Linear],
@@ -295,23 +328,40 @@ pub(super) fn kv_units(
             missing.push(attention);
             continue;
         };
-        let outs = vec![
-            OutputTensor {
-                name: format!("{}.k_scale", l.module),
-                dtype: Dtype::F32,
-                shape: vec![],
-            },
-            OutputTensor {
-                name: format!("{}.v_scale", kv.v_proj.render(Some(l.layer), None)),
-                dtype: Dtype::F32,
-                shape: vec![],
-            },
-        ];
+        let export = options.output.export;
+        let (k_name, v_name, dtype, shape) = match export {
+            Export::Modelopt => (
+                format!("{}.k_scale", l.module),
+                format!("{}.v_scale", kv.v_proj.render(Some(l.layer), None)),
+                Dtype::F32,
+                vec![],
+            ),
+            Export::CompressedTensors => (
+                format!("{attention}.k_scale"),
+                format!("{attention}.v_scale"),
+                Dtype::BF16,
+                vec![1],
+            ),
+        };
+        let outs = [k_name, v_name]
+            .into_iter()
+            .map(|name| OutputTensor {
+                name,
+                dtype,
+                shape: shape.clone(),
+            })
+            .collect();
         // Scales recovered exactly from an export are written back unchanged.
         let exact = s.map(|s| s.kv_cache_amax_exact).unwrap_or_default();
-        // FP8 KV scales follow the input-scale rule: amax / 448, or the exported scale back.
+        // FP8 KV scales follow the FP8 input-scale rule: ModelOpt amax / 448 (or the exported
+        // scale back), compressed-tensors bf16(amax / 448).
         let scale = |amax: f32, exact: Option<f64>| {
-            InputAmax { amax, exact }.scale(QuantFormat::Fp8, options.output.numerics)
+            let x =
+                InputAmax { amax, exact }.scale(QuantFormat::Fp8, export, options.output.numerics);
+            match export {
+                Export::Modelopt => Scalar::F32(x),
+                Export::CompressedTensors => Scalar::Bf16(x),
+            }
         };
         let values = vec![scale(k, exact.0), scale(v, exact.1)];
         b.push((l.source.tensor, 1), Job::Scalars(values), vec![], 0, outs);

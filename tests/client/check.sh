@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The real-client check of issue 16: transformers with compressed-tensors (the versions pinned
 # in fixtures/ct/requirements-check.txt, on the CPU) loads shardquant's compressed-tensors
-# outputs of tiny dense and MoE models, runs a forward pass, and compares the logits with the
-# BF16 source; each quantized weight is also decompressed with compressed-tensors' own API and
-# compared with the source (fixtures/ct/check_client.py says exactly what it checks).
+# outputs of tiny dense and MoE models (every scheme: NVFP4A16, FP8_DYNAMIC, FP8_BLOCK, and the
+# static NVFP4 W4A4 and FP8 W8A8, with and without the KV cache), runs a forward pass, and
+# compares the logits with the BF16 source; each quantized weight is also decompressed with
+# compressed-tensors' own API and compared with the source, and the static scales are checked
+# against the activations and shown to be applied (fixtures/ct/check_client.py says exactly
+# what it checks).
 #
 #   bash tests/client/check.sh            # from the repository root
 #
@@ -30,17 +33,29 @@ BIN=target/release/shardquant
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 failed=0
-# source, --format, and whether the model is MoE (gate/up sharing is strict for ours).
+# source, --format, then any further options. The static schemes (nvfp4: W4A4, fp8: W8A8, and
+# the KV cache, also with a weight-only scheme) take the sources' activation statistics (fixtures/ct/<source>.amax.safetensors,
+# made by fixtures/oracle/make_ct_client_stats.py from a BF16 forward pass).
 for case in \
   "llama128_source w4a16_nvfp4" "llama128_source fp8_dynamic" "llama128_source fp8_block" \
-  "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block"; do
+  "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block" \
+  "llama128_source nvfp4" "llama128_source fp8" "llama128_source fp8 --kv-cache fp8" \
+  "qwen3moe128_source nvfp4" "qwen3moe128_source fp8" "qwen3moe128_source fp8 --kv-cache fp8" \
+  "llama128_source w4a16_nvfp4 --kv-cache fp8"; do
   set -- $case
   src=fixtures/ct/$1
-  out=$WORK/$1-$2
-  "$BIN" convert "$src" "$out" --format "$2" --export compressed-tensors --device cpu -qq
-  echo "== $1 --format $2"
+  format=$2
+  shift 2
+  extra=("$@")
+  case "$format $*" in
+    nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "fixtures/ct/$(basename "$src").amax.safetensors") ;;
+  esac
+  name="$(basename "$src") --format $format${1:+ $*}"
+  out=$WORK/$(echo "$name" | tr ' /' '__')
+  "$BIN" convert "$src" "$out" --format "$format" --export compressed-tensors --device cpu -qq "${extra[@]}"
+  echo "== $name"
   if ! "$VENV/bin/python" fixtures/ct/check_client.py "$out" "$src" --strict-fusion; then
-    echo "FAILED: $1 --format $2"
+    echo "FAILED: $name"
     failed=1
   fi
 done

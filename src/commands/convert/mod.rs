@@ -494,6 +494,7 @@ impl Conversion<'_> {
                 .then(|| CtMetadata {
                     format: options.output.format,
                     ignore: ct_export::ignore_list(self.ckpt, plan),
+                    kv_cache: options.output.kv_cache == KvCache::Fp8,
                 })
                 .as_ref(),
             &quant_summary(plan, options, &run.summary),

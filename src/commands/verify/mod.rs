@@ -12,6 +12,7 @@
 mod ct;
 mod groups;
 mod pyre;
+mod scales;
 
 use crate::commands::convert::{check_checksums, ChecksumCheck, MANIFEST_FILE};
 use crate::compute::{
@@ -23,6 +24,7 @@ use crate::input::config::read_config;
 use crate::input::layout::{glob_match, ExpertProj, Layout};
 use crate::options::Options;
 use crate::plan::{classify, source_dtype, Linear};
+use scales::{check_positive, scalar_f32};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -127,11 +129,6 @@ impl Verification {
         );
         w
     }
-}
-
-fn scalar_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f32> {
-    let b = ckpt.bytes(t);
-    (t.dtype == Dtype::F32 && b.len() == 4).then(|| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// One quantized linear as found in the checkpoint.
@@ -286,15 +283,16 @@ fn check_linear(
     problems: &mut Vec<String>,
 ) {
     let shape = &f.weight.shape;
-    let positive =
-        |t: &TensorEntry, what: &str, problems: &mut Vec<String>| match scalar_f32(ckpt, t) {
-            Some(s) if s.is_finite() && s > 0.0 => {}
-            Some(s) => problems.push(format!("{m}: {what} is {s} (must be finite and positive)")),
-            None => problems.push(format!(
+    let positive = |t: &TensorEntry, what: &str, problems: &mut Vec<String>| {
+        if scalar_f32(ckpt, t).is_some() {
+            check_positive(ckpt, m, what, t, problems)
+        } else {
+            problems.push(format!(
                 "{m}: {what} should be an F32 scalar, is {:?} {:?}",
                 t.dtype, t.shape
-            )),
-        };
+            ))
+        }
+    };
     if nvfp4 {
         let expected_scale = match (f.bmm, shape.as_slice()) {
             (false, &[rows, half]) => vec![rows, half * 2 / 16],

@@ -68,6 +68,7 @@ pub struct Gpu {
     pub(crate) ct_global_scales: CudaFunction,
     pub(crate) ct_nvfp4: CudaFunction,
     pub(crate) ct_fp8_tiles: CudaFunction,
+    pub(crate) ct_fp8_tensor: CudaFunction,
 }
 
 /// Runs `f`, turning a panic into an error message without printing it.
@@ -205,6 +206,7 @@ impl Gpu {
             ct_global_scales: f("ct_global_scales")?,
             ct_nvfp4: f("ct_nvfp4")?,
             ct_fp8_tiles: f("ct_fp8_tiles")?,
+            ct_fp8_tensor: f("ct_fp8_tensor")?,
             _module: module,
             ctx,
             ordinal,

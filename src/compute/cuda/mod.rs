@@ -2,6 +2,7 @@
 //! run through reusable slots (pinned staging buffers, device buffers and a stream each), so
 //! several units are in flight on the GPU at once while their weights are copied in and out.
 
+mod ct;
 mod device;
 mod mse;
 mod slot;

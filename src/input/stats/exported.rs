@@ -1,8 +1,11 @@
 //! Scales of an already exported checkpoint (ModelOpt, or compressed-tensors FP8/NVFP4) read
 //! back as statistics: `input_scale × 448` (FP8) or `× 2688` (NVFP4), and `k_scale` /
 //! `v_scale × 448`, held in f64 so that converting again writes the same scale bytes
-//! (`docs/stats-formats.md` §7.6). compressed-tensors' NVFP4 `input_global_scale` is a
-//! reciprocal (`2688 / amax`), so the amax derived from it is only close, not exact.
+//! (`docs/stats-formats.md` §7.6). compressed-tensors stores FP8 scales in bf16 (read as
+//! such) and the KV-cache scales on the attention module; its NVFP4 `input_global_scale` is a
+//! divisor (about `2688 / amax`, rounded twice): the amax taken from it is `2688 / g`, which
+//! gives the same divisor back when converting to compressed-tensors again, and is close to,
+//! not exactly, the amax it was made from.
 
 use super::{ActivationStats, ModelNames};
 use crate::error::{Error, Result};
@@ -28,10 +31,13 @@ fn input_bound(dir: &Path) -> Result<f64> {
             if let Some(a) = q.get("quant_algo").and_then(Value::as_str) {
                 return Some(a.to_string());
             }
-            // compressed-tensors: the activation group's bit width says FP8 or NVFP4.
+            // compressed-tensors: a group with static activations (oneshot names it
+            // `group_0`, shardquant after the preset); its bit width says FP8 or NVFP4.
             let bits = q
-                .pointer("/config_groups/group_0/input_activations/num_bits")
-                .and_then(Value::as_u64)?;
+                .get("config_groups")?
+                .as_object()?
+                .values()
+                .find_map(|g| g.pointer("/input_activations/num_bits")?.as_u64())?;
             Some(if bits == 8 {
                 "FP8".to_string()
             } else {
@@ -54,10 +60,18 @@ fn input_bound(dir: &Path) -> Result<f64> {
     }
 }
 
+/// The value of a one-element float scale: F32 (ModelOpt, compressed-tensors NVFP4), BF16 or
+/// F16 (compressed-tensors FP8 scales, in the weights' dtype).
 fn scalar(ckpt: &Checkpoint, t: &crate::input::checkpoint::TensorEntry) -> Option<f32> {
-    let bytes = ckpt.bytes(t);
-    (t.dtype == Dtype::F32 && bytes.len() == 4)
-        .then(|| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    use crate::compute::SourceDtype;
+    let dtype = match t.dtype {
+        Dtype::F32 => SourceDtype::F32,
+        Dtype::BF16 => SourceDtype::Bf16,
+        Dtype::F16 => SourceDtype::F16,
+        _ => return None,
+    };
+    (t.shape.iter().product::<usize>() == 1)
+        .then(|| crate::compute::load_f32(ckpt.bytes(t), dtype, 0))
 }
 
 /// Reads the scales of the exported checkpoint in `dir` into `stats`.
@@ -77,7 +91,9 @@ pub fn import_exported(dir: &Path, model: &ModelNames, stats: &mut ActivationSta
             continue;
         };
         let Some(s) = scalar(&ckpt, t) else {
-            stats.ignored.push(format!("{}: not an F32 scalar", t.name));
+            stats
+                .ignored
+                .push(format!("{}: not a one-value float scale", t.name));
             continue;
         };
         if super::is_corrupt(s) {
@@ -94,15 +110,23 @@ pub fn import_exported(dir: &Path, model: &ModelNames, stats: &mut ActivationSta
                 stats.merge_input_exact(module, f64::from(s) * bound)
             }
             "global" if model.linears.contains_key(module) => {
-                stats.merge_input(module, (2688.0 / f64::from(s)) as f32);
-                stats.ignored.push(format!(
-                    "{}: reciprocal scale, the amax derived from it is not exact",
-                    t.name
-                ));
+                match crate::compute::ct::ct_amax_for_global_scale(s) {
+                    Some(amax) => stats.merge_input(module, amax),
+                    None => stats.invalid.push(format!(
+                        "{} = {s} ({}): not a global scale compressed-tensors writes",
+                        t.name,
+                        dir.display()
+                    )),
+                }
             }
             "k" | "v" => {
-                // `<attention>.k_proj.k_scale`: the cache amax belongs to the attention module.
-                let attention = module.rsplit_once('.').map_or(module, |(parent, _)| parent);
+                // ModelOpt's `<attention>.k_proj.k_scale` or compressed-tensors'
+                // `<attention>.k_scale`: the cache amax belongs to the attention module.
+                let attention = if model.attention.contains(module) {
+                    module
+                } else {
+                    module.rsplit_once('.').map_or(module, |(parent, _)| parent)
+                };
                 if model.attention.contains(attention) {
                     stats.merge_kv_exact(attention, kind == "k", f64::from(s) * 448.0);
                 } else {

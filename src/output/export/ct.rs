@@ -1,5 +1,8 @@
 //! The compressed-tensors metadata and file layout, as llm-compressor 0.14.0.1's `model_free_ptq`
-//! writes them (compressed-tensors 0.19.0; SPEC §8–§10, checked against `fixtures/ct/`):
+//! writes them (compressed-tensors 0.19.0; SPEC §8–§10, checked against `fixtures/ct/`); for
+//! the static schemes (`NVFP4`, `FP8`, `kv_cache_scheme`), which model_free refuses, the
+//! configuration its writer makes of compressed-tensors' presets (SPEC §9.3), whose activation
+//! and KV-cache arguments are what llm-compressor's `oneshot` writes:
 //!
 //! - `config.json`: the input's config with `quantization_config` set, the whole file
 //!   re-serialised as Python's `json.dump(config, indent=2, sort_keys=True)` (no trailing newline);
@@ -37,18 +40,35 @@ fn args(changes: Value) -> Value {
     base
 }
 
-/// `quantization_config` for `format` with this `ignore` list (SPEC §9.2). `None` for a format
-/// the compressed-tensors export does not write.
-pub fn quantization_config(format: QuantFormat, ignore: &[String]) -> Option<Value> {
-    let scheme = format.ct_scheme()?;
+/// `quantization_config` for `format` with this `ignore` list (SPEC §9.2, §9.3), with the FP8
+/// `kv_cache_scheme` when `kv_cache` (its `k_scale` / `v_scale` are written with it: a scheme
+/// without them loads garbage, SPEC §7.3).
+///
+/// The group is named after compressed-tensors' preset, and the weights' `observer` is `null`,
+/// as model_free writes them; `oneshot` names it `group_0` and writes the observers it ran
+/// (`memoryless_minmax` for weights). The static activations' arguments are the preset's, as
+/// both write them: NVFP4's `input_activations` are `dynamic: "local"` (per-block scales at run
+/// time under the stored `input_global_scale`), FP8's `dynamic: false` per tensor; both with
+/// `observer: "static_minmax"` (max |x| over the calibration, what the statistics give).
+pub fn quantization_config(format: QuantFormat, ignore: &[String], kv_cache: bool) -> Value {
+    let scheme = format.ct_scheme();
+    let nvfp4_args = json!({"num_bits": 4, "group_size": 16, "strategy": "tensor_group",
+                            "scale_dtype": "torch.float8_e4m3fn"});
     let (fmt, inputs, weights) = if format.is_nvfp4() {
+        let inputs = if format.needs_input_amax() {
+            let mut a = args(nvfp4_args.clone());
+            a["dynamic"] = json!("local");
+            a["observer"] = json!("static_minmax");
+            a
+        } else {
+            Value::Null
+        };
+        ("nvfp4-pack-quantized", inputs, args(nvfp4_args))
+    } else if format.is_fp8_per_tensor() {
         (
-            "nvfp4-pack-quantized",
-            Value::Null,
-            args(
-                json!({"num_bits": 4, "group_size": 16, "strategy": "tensor_group",
-                        "scale_dtype": "torch.float8_e4m3fn"}),
-            ),
+            "float-quantized",
+            args(json!({"observer": "static_minmax"})),
+            args(json!({})),
         )
     } else if format.is_fp8_block() {
         (
@@ -69,17 +89,23 @@ pub fn quantization_config(format: QuantFormat, ignore: &[String]) -> Option<Val
         json!({"format": fmt, "input_activations": inputs, "output_activations": null,
                "targets": ["Linear"], "weights": weights}),
     );
-    Some(json!({
+    // The kv cache's arguments: FP8 per tensor, static, symmetric (oneshot's, observer null).
+    let kv_cache_scheme = if kv_cache {
+        args(json!({}))
+    } else {
+        Value::Null
+    };
+    json!({
         "config_groups": groups,
         "format": fmt,
         "global_compression_ratio": null,
         "ignore": ignore,
-        "kv_cache_scheme": null,
+        "kv_cache_scheme": kv_cache_scheme,
         "quant_method": "compressed-tensors",
         "quantization_status": "compressed",
         "transform_config": {},
         "version": CT_VERSION,
-    }))
+    })
 }
 
 /// `config.json` as llm-compressor writes it: the input's object with `quantization_config`
@@ -90,9 +116,10 @@ pub fn config_json(
     config_path: &Path,
     format: QuantFormat,
     ignore: &[String],
+    kv_cache: bool,
 ) -> Result<String> {
     let mut config = parse_json_object(input_config_text, config_path)?;
-    let q = quantization_config(format, ignore).unwrap_or(Value::Null);
+    let q = quantization_config(format, ignore, kv_cache);
     config.insert("quantization_config".into(), q);
     Ok(to_python_json(&Value::Object(config), Some(2), true))
 }
@@ -212,7 +239,7 @@ pub fn output_shards(ckpt: &Checkpoint, plan: &Plan, format: QuantFormat) -> Vec
             }
             Job::Copy(slice) => vec![slice.tensor],
             Job::Dequant { tensor, .. } => vec![*tensor],
-            Job::Scalars(_) => unit.inputs.clone(),
+            Job::Scalars(_) => vec![unit.anchor],
         };
         for (k, &o) in unit.outputs.iter().enumerate() {
             let t = sources.get(k).or(sources.first()).copied().unwrap_or(0);

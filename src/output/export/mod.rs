@@ -10,7 +10,7 @@
 //! - [`exclude`]: the prefix-wildcard summary that becomes `exclude_modules` / `ignore`;
 //! - [`generation`]: `generation_config.json` (`_sanitize_generation_config_for_save`);
 //! - [`ct`]: the compressed-tensors export's `config.json`, `ignore` list and shard layout
-//!   (llm-compressor's `model_free_ptq`);
+//!   (llm-compressor's `model_free_ptq`; its `oneshot` for the static schemes);
 //! - [`pyjson`]: Python-`json`-compatible serialisation that all of the above use;
 //!
 //! One thing in these files comes from the exporting environment rather than the checkpoint:
