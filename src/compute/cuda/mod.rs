@@ -6,9 +6,11 @@ mod ct;
 mod device;
 mod mse;
 mod slot;
+mod staging;
 
 pub use device::{Gpu, KERNEL_SOURCE};
-pub use slot::{GpuCompute, GpuPool, GpuStages};
+pub use slot::{GpuCompute, GpuPool};
+pub use staging::GpuStages;
 
 /// Which device `--device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -16,47 +16,14 @@ use crate::input::checkpoint::INDEX_FILE_NAME;
 use crate::plan::ShardPlan;
 use std::collections::BTreeMap;
 
+mod background;
+use background::{lock, WritebackCursor, WriterClock, WrittenRange};
+pub use background::{Service, WriterSeconds};
+
 /// Suffix of the files being written; they get their final names when sealed.
 const PARTIAL: &str = ".partial";
 /// How many missing tensors the error of [`ShardWriter::finish`] names.
 const MAX_NAMED: usize = 5;
-
-/// Writeback is started for a shard's written prefix in pieces of at least this many bytes: the
-/// disk then sees large sequential writes, as from `dd`, not one small write per tensor in the
-/// order the workers finish.
-const WRITEBACK_CHUNK: u64 = 32 << 20;
-
-/// A shard's written prefix and the part of it whose writeback was started.
-struct WritebackCursor {
-    /// Written ranges (start → end) beyond the prefix.
-    pending: BTreeMap<u64, u64>,
-    /// End of the written prefix.
-    written: u64,
-    /// End of the part whose writeback was started.
-    started: u64,
-}
-
-impl WritebackCursor {
-    /// Records a written range; returns the range whose writeback should start now: the new
-    /// part of the prefix, once it is [`WRITEBACK_CHUNK`] long or reaches the end of the file.
-    fn add(&mut self, start: u64, end: u64, file_len: u64) -> Option<(u64, u64)> {
-        self.pending.insert(start, end);
-        while let Some((&s, &e)) = self.pending.first_key_value() {
-            if s > self.written {
-                break;
-            }
-            self.pending.remove(&s);
-            self.written = self.written.max(e);
-        }
-        let ready = self.written - self.started;
-        if ready >= WRITEBACK_CHUNK || (ready > 0 && self.written >= file_len) {
-            let range = (self.started, self.written);
-            self.started = self.written;
-            return Some(range);
-        }
-        None
-    }
-}
 
 /// Where a shard stands.
 #[derive(Debug, Clone)]
@@ -122,102 +89,7 @@ pub struct ShardWriter {
     to_serve: [Receiver<WrittenRange>; 2],
 }
 
-/// A range of a shard just written: (shard, start, end).
-type WrittenRange = (usize, u64, u64);
-
-/// Work that background threads do for a [`ShardWriter`] while tensors are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// Start the disk writeback of each range written (`sync_file_range`), so that the disk is
-    /// busy from the first tensor on and the fsync at sealing has little left to do. The call
-    /// blocks while the disk's queue is full, so it has threads of its own.
-    Writeback = 0,
-    /// Advance each shard's SHA-256 over its written prefix (read back from the page cache),
-    /// so that sealing does not read the shard back. One thread hashes a shard at a time.
-    Hashing = 1,
-}
-
-/// Nanoseconds per writer stage, summed over the threads that ran it.
-#[derive(Default)]
-struct WriterClock {
-    /// Positioned writes into the shard files (page-cache copies; queueing on the file).
-    pwrite: AtomicU64,
-    /// Starting the disk writeback of written ranges (`sync_file_range`).
-    writeback: AtomicU64,
-    /// SHA-256 of the written prefixes (read back from the page cache), and of what sealing
-    /// had left to hash.
-    hash: AtomicU64,
-    /// fsync of complete shards at sealing.
-    fsync: AtomicU64,
-}
-
-impl WriterClock {
-    fn add(counter: &AtomicU64, since: std::time::Instant) {
-        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Seconds a writer spent per stage, summed over threads.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WriterSeconds {
-    /// Positioned writes into the shard files.
-    pub pwrite: f64,
-    /// Starting the disk writeback of written ranges.
-    pub writeback: f64,
-    /// SHA-256 of the shards.
-    pub hash: f64,
-    /// fsync of complete shards.
-    pub fsync: f64,
-}
-
 impl ShardWriter {
-    /// Seconds spent per writer stage, summed over threads.
-    pub fn seconds(&self) -> WriterSeconds {
-        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-        WriterSeconds {
-            pwrite: s(&self.clock.pwrite),
-            writeback: s(&self.clock.writeback),
-            hash: s(&self.clock.hash),
-            fsync: s(&self.clock.fsync),
-        }
-    }
-
-    /// Runs `service` on the calling thread for the ranges written, until
-    /// [`ShardWriter::stop_serving`] was called and every range written before is handled.
-    /// Writers never wait for it. Without serving threads, sealing hashes what is left and its
-    /// fsync writes it: the bytes and digests are the same.
-    pub fn serve(&self, service: Service) {
-        let rx = &self.to_serve[service as usize];
-        for (s, start, end) in rx.iter() {
-            let shard = &self.shards[s];
-            let Some(file) = &shard.file else { continue };
-            match service {
-                Service::Writeback => {
-                    let range = shard
-                        .writeback
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .add(start, end, shard.file_len);
-                    if let Some((from, to)) = range {
-                        let started = std::time::Instant::now();
-                        start_writeback(file, from, to - from);
-                        WriterClock::add(&self.clock.writeback, started);
-                    }
-                }
-                Service::Hashing => self.advance_hash(shard, file),
-            }
-        }
-    }
-
-    /// Makes the threads running [`ShardWriter::serve`] return once the ranges written so far
-    /// are handled. Ranges written later are left to sealing.
-    pub fn stop_serving(&self) {
-        self.served
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-    }
-
     /// Creates every shard file of `plan` in `dir` (which must exist), writes its header and sets
     /// its length. Existing files with the final names are left alone until their shard is
     /// sealed, which replaces them.
@@ -488,34 +360,6 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Advances `shard`'s hash over its written prefix, unless another thread is doing that
-    /// now (it picks the new ranges up, or sealing does). The bytes read back are the ones
-    /// just written, still in the page cache.
-    fn advance_hash(&self, shard: &OpenShard, file: &File) {
-        let Ok(mut hash) = shard.hash.try_lock() else {
-            return;
-        };
-        loop {
-            let Some(h) = hash.as_mut() else { return };
-            let next = {
-                let mut pending = lock(&shard.pending);
-                match pending.first_key_value() {
-                    Some((&s, &e)) if s <= h.at() => {
-                        pending.remove(&s);
-                        Some(e)
-                    }
-                    _ => None,
-                }
-            };
-            let Some(to) = next else { return };
-            let started = std::time::Instant::now();
-            if to > h.at() && h.advance(file, to).is_err() {
-                *hash = None;
-            }
-            WriterClock::add(&self.clock.hash, started);
-        }
-    }
-
     /// Checks that every tensor was written exactly once, seals every shard not sealed yet
     /// (synced and renamed; not hashed), writes the index (if there is more than one shard;
     /// also synced) and syncs the directory. Returns the names of the files, relative to the
@@ -589,10 +433,6 @@ impl ShardWriter {
     }
 }
 
-fn lock(m: &Mutex<BTreeMap<u64, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// fsyncs a directory, so that renames in it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -615,46 +455,5 @@ impl Drop for ShardWriter {
                 let _ = std::fs::remove_file(partial);
             }
         }
-    }
-}
-
-/// Starts writing `len` bytes at `offset` of `file` back to disk without waiting, so that the
-/// shard's fsync at sealing has little left to do. Advisory: an error changes nothing.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{WritebackCursor, WRITEBACK_CHUNK};
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn writeback_starts_in_prefix_order_and_in_large_pieces() {
-        const C: u64 = WRITEBACK_CHUNK;
-        let len = 3 * C + 10;
-        let mut w = WritebackCursor {
-            pending: BTreeMap::from([(0, 10)]),
-            written: 0,
-            started: 0,
-        };
-        // Out of order: nothing until the prefix is long enough.
-        assert_eq!(w.add(C, 2 * C, len), None);
-        assert_eq!(w.add(10, C / 2, len), None);
-        // The gap filled: the whole prefix [0, 2C) at once.
-        assert_eq!(w.add(C / 2, C, len), Some((0, 2 * C)));
-        assert_eq!(w.add(2 * C, 2 * C + 5, len), None);
-        // The end of the file: the rest, however short.
-        assert_eq!(w.add(2 * C + 5, len, len), Some((2 * C, len)));
-        assert_eq!(w.pending.len(), 0);
     }
 }
