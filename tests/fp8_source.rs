@@ -337,6 +337,87 @@ fn fp8_source_converts_like_its_bf16_dequantization() {
 }
 
 #[test]
+fn fp8_source_exports_compressed_tensors_like_its_bf16_dequantization() {
+    // The compressed-tensors export of an FP8 block-scaled checkpoint is the export of its BF16
+    // dequantization (what a user of llm-compressor makes first), for the weight-only, dynamic
+    // and static schemes; the FP8 config and the block scales are gone.
+    let tmp = TempDir::new("fp8src-ct");
+    let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);
+    for (format, stats) in [
+        (QuantFormat::W4a16Nvfp4, false),
+        (QuantFormat::Fp8Dynamic, false),
+        (QuantFormat::Nvfp4, true),
+        (QuantFormat::Fp8, true),
+    ] {
+        let mut o = Options::new(format);
+        o.output.export = compute::Export::CompressedTensors;
+        if stats {
+            o.stats = dumps();
+        }
+        o.run.quiet = true;
+        let name = format.cli_name();
+        let (a, b) = (
+            tmp.join(&format!("fp8-{name}")),
+            tmp.join(&format!("bf16-{name}")),
+        );
+        shardquant::commands::convert::convert(&fp8_dir, &a, &o).unwrap();
+        shardquant::commands::convert::convert(&bf16_dir, &b, &o).unwrap();
+        common::assert_same_tensors(&a, &b);
+        let t = load_tensors(&a);
+        assert!(
+            !t.keys().any(|k| k.ends_with("_scale_inv")),
+            "{name}: scale_inv tensors vanish"
+        );
+        let quantized = if format.is_nvfp4() {
+            "model.layers.1.mlp.experts.3.gate_proj.weight_packed"
+        } else {
+            "model.layers.1.mlp.experts.3.gate_proj.weight"
+        };
+        let expected = if format.is_nvfp4() { "U8" } else { "F8_E4M3" };
+        assert_eq!(t[quantized].0, expected, "{name}");
+        assert_eq!(
+            t["model.layers.2.eh_proj.weight"].0, "BF16",
+            "{name}: MTP dequantized"
+        );
+        let config = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap()
+        };
+        let q = &config(&a)["quantization_config"];
+        assert_eq!(q["quant_method"], "compressed-tensors", "{name}: {q}");
+        assert!(
+            q.get("weight_block_size").is_none(),
+            "{name}: the FP8 config is replaced: {q}"
+        );
+        assert_eq!(*q, config(&b)["quantization_config"], "{name}");
+        // verify reads it, and compares every quantized linear with the FP8 source as with
+        // its BF16 dequantization.
+        let from_fp8 = shardquant::commands::verify::verify(&a, Some(&fp8_dir)).unwrap();
+        assert!(
+            from_fp8.problems.is_empty(),
+            "{name}: {:?}",
+            from_fp8.problems
+        );
+        assert!(from_fp8.linears > 0, "{name}");
+        assert_eq!(
+            from_fp8.errors.len(),
+            from_fp8.linears,
+            "{name}: every linear compared"
+        );
+        let from_bf16 = shardquant::commands::verify::verify(&a, Some(&bf16_dir)).unwrap();
+        assert_eq!(from_fp8.errors, from_bf16.errors, "{name}");
+    }
+    // Dequantized to F32, the scale dtype would follow F32: refused before anything is written.
+    let mut o = Options::new(QuantFormat::W4a16Nvfp4);
+    o.output.export = compute::Export::CompressedTensors;
+    o.output.fp8_dequant = DequantPrecision::F32;
+    o.run.quiet = true;
+    let out = tmp.join("f32");
+    let e = shardquant::commands::convert::convert(&fp8_dir, &out, &o).unwrap_err();
+    assert!(e.to_string().contains("--fp8-dequant f32"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
 fn unquantized_fp8_tensors_are_dequantized_or_kept() {
     let tmp = TempDir::new("fp8keep");
     let (fp8_dir, bf16_dir) = make_checkpoints(&tmp);

@@ -132,11 +132,7 @@ impl Plan {
                 .map(Problem::new),
         );
         if options.output.export == crate::compute::Export::CompressedTensors {
-            problems.extend(
-                ct_unsupported(ckpt, &linears, classified.fp8_other.len())
-                    .into_iter()
-                    .map(Problem::new),
-            );
+            problems.extend(ct_unsupported(ckpt, &linears).into_iter().map(Problem::new));
         }
         if let Some(w) = dtype_mismatch(config, &linears) {
             warnings.push(w);
@@ -508,20 +504,23 @@ fn exclude_modules(
 }
 
 /// Why this plan cannot be written as compressed-tensors by this version: quantized weights
-/// that are not whole 2-D BF16 tensors (fused or BMM expert stacks, column slices, FP8 or F16 /
-/// F32 sources: their CT naming or scale dtype is not built or not verified), FP8 tensors
-/// that would be dequantized.
-fn ct_unsupported(ckpt: &Checkpoint, plan_linears: &[Linear], fp8_other: usize) -> Vec<String> {
+/// that are not whole 2-D BF16 matrices (fused or BMM expert stacks and column slices: their
+/// per-expert compressed-tensors names are not built; F16 / F32 weights, or FP8 sources
+/// dequantized to F32: compressed-tensors' scale dtype follows the weight's, not verified for
+/// those). FP8 block-scaled sources dequantized to BF16 are written as their BF16
+/// dequantization would be.
+fn ct_unsupported(ckpt: &Checkpoint, plan_linears: &[Linear]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut shown = 0;
     for l in plan_linears.iter().filter(|l| l.excluded.is_none()) {
         let s = &l.source;
         let t = &ckpt.tensors()[s.tensor];
-        let why = if s.fp8_scale.is_some() {
-            Some("an FP8 block-scaled source weight")
-        } else if s.bmm_experts.is_some() || s.fused || s.columns.is_some() || t.shape.len() != 2 {
+        let two_d = t.shape.len() == 2;
+        let why = if s.bmm_experts.is_some() || s.fused || s.columns.is_some() || !two_d {
             Some("a slice of a fused or stacked tensor")
-        } else if t.dtype != crate::input::checkpoint::Dtype::BF16 {
+        } else if s.dtype != crate::compute::SourceDtype::Bf16 && s.fp8_scale.is_some() {
+            Some("an FP8 source dequantized to F32 (--fp8-dequant f32)")
+        } else if s.dtype != crate::compute::SourceDtype::Bf16 {
             Some("not BF16")
         } else {
             None
@@ -529,7 +528,7 @@ fn ct_unsupported(ckpt: &Checkpoint, plan_linears: &[Linear], fp8_other: usize) 
         if let Some(why) = why {
             if shown < 5 {
                 problems.push(format!(
-                    "--export compressed-tensors: {} ({}) is {why}; this version writes compressed-tensors only from whole 2-D BF16 weights",
+                    "--export compressed-tensors: {} ({}) is {why}; this version writes compressed-tensors only from whole 2-D BF16 weights (or FP8 block-scaled ones dequantized to BF16)",
                     l.module, t.name
                 ));
             }
@@ -538,11 +537,6 @@ fn ct_unsupported(ckpt: &Checkpoint, plan_linears: &[Linear], fp8_other: usize) 
     }
     if shown > 5 {
         problems.push(format!("  ... and {} more such linears", shown - 5));
-    }
-    if fp8_other > 0 {
-        problems.push(format!(
-            "--export compressed-tensors: the checkpoint holds {fp8_other} FP8 block-scaled tensor(s) that would be dequantized; not built for compressed-tensors yet"
-        ));
     }
     if !problems.is_empty() {
         problems.push("  fix: use --export modelopt for this checkpoint".to_string());
