@@ -52,9 +52,10 @@ pub(super) type WrittenRange = (usize, u64, u64);
 /// Work that background threads do for a [`ShardWriter`] while tensors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
-    /// Start the disk writeback of each range written (`sync_file_range`), so that the disk is
-    /// busy from the first tensor on and the fsync at sealing has little left to do. The call
-    /// blocks while the disk's queue is full, so it has threads of its own.
+    /// Start the disk writeback of each shard's written prefix (`sync_file_range`, in pieces of
+    /// at least [`WRITEBACK_CHUNK`] bytes), so that the disk is busy from the first tensors on
+    /// and the fsync at sealing has little left to do. The call blocks while the disk's queue
+    /// is full, so it has threads of its own.
     Writeback = 0,
     /// Advance each shard's SHA-256 over its written prefix (read back from the page cache),
     /// so that sealing does not read the shard back. One thread hashes a shard at a time.
