@@ -53,7 +53,7 @@ pub(super) type WrittenRange = (usize, u64, u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     /// Start the disk writeback of each shard's written prefix (`sync_file_range`, in pieces of
-    /// at least [`WRITEBACK_CHUNK`] bytes), so that the disk is busy from the first tensors on
+    /// at least 32 MiB), so that the disk is busy from the first tensors on
     /// and the fsync at sealing has little left to do. The call blocks while the disk's queue
     /// is full, so it has threads of its own.
     Writeback = 0,
