@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The real-client check of issue 16: transformers with compressed-tensors (the versions pinned
 # in fixtures/ct/requirements-check.txt, on the CPU) loads shardquant's compressed-tensors
-# outputs of tiny dense and MoE models (every scheme: NVFP4A16, FP8_DYNAMIC, FP8_BLOCK, and the
-# static NVFP4 W4A4 and FP8 W8A8, with and without the KV cache), runs a forward pass, and
-# compares the logits with the BF16 source; each quantized weight is also decompressed with
+# outputs of tiny dense and MoE models and of a tiny DeepSeek-V3 FP8 block-scaled source (every
+# scheme: NVFP4A16, FP8_DYNAMIC, FP8_BLOCK, and the static NVFP4 W4A4 and FP8 W8A8, with and
+# without the KV cache), runs a forward pass, and compares the logits with the BF16 source (for
+# the FP8 source: its BF16 dequantization); each quantized weight is also decompressed with
 # compressed-tensors' own API and compared with the source, and the static scales are checked
 # against the activations and shown to be applied (fixtures/ct/check_client.py says exactly
 # what it checks).
@@ -35,26 +36,37 @@ trap 'rm -rf "$WORK"' EXIT
 failed=0
 # source, --format, then any further options. The static schemes (nvfp4: W4A4, fp8: W8A8, and
 # the KV cache, also with a weight-only scheme) take the sources' activation statistics (fixtures/ct/<source>.amax.safetensors,
-# made by fixtures/oracle/make_ct_client_stats.py from a BF16 forward pass).
+# made by fixtures/oracle/make_ct_client_stats.py from a BF16 forward pass). The DeepSeek-V3
+# source is FP8 block-scaled (fixtures/oracle/make_ct_deepseek.py): shardquant dequantizes it on
+# the way, and the output is checked against its BF16 dequantization `deepseek128_bf16` (no
+# --kv-cache: MLA has no KV-cache entry in the deepseek_v3 layout, shardquant refuses it).
 for case in \
   "llama128_source w4a16_nvfp4" "llama128_source fp8_dynamic" "llama128_source fp8_block" \
   "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block" \
   "llama128_source nvfp4" "llama128_source fp8" "llama128_source fp8 --kv-cache fp8" \
   "qwen3moe128_source nvfp4" "qwen3moe128_source fp8" "qwen3moe128_source fp8 --kv-cache fp8" \
-  "llama128_source w4a16_nvfp4 --kv-cache fp8"; do
+  "llama128_source w4a16_nvfp4 --kv-cache fp8" \
+  "deepseek128_fp8_source:deepseek128_bf16 w4a16_nvfp4" \
+  "deepseek128_fp8_source:deepseek128_bf16 fp8_dynamic" \
+  "deepseek128_fp8_source:deepseek128_bf16 fp8_block" \
+  "deepseek128_fp8_source:deepseek128_bf16 nvfp4" \
+  "deepseek128_fp8_source:deepseek128_bf16 fp8"; do
   set -- $case
-  src=fixtures/ct/$1
+  # INPUT[:REFERENCE]: an FP8 block-scaled input is checked against its BF16 dequantization
+  # (the BF16 model the client compares with, and whose statistics the static schemes take).
+  src=fixtures/ct/${1%%:*}
+  ref=fixtures/ct/${1#*:}
   format=$2
   shift 2
   extra=("$@")
   case "$format $*" in
-    nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "fixtures/ct/$(basename "$src").amax.safetensors") ;;
+    nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "$ref.amax.safetensors") ;;
   esac
   name="$(basename "$src") --format $format${1:+ $*}"
   out=$WORK/$(echo "$name" | tr ' /' '__')
   "$BIN" convert "$src" "$out" --format "$format" --export compressed-tensors --device cpu -qq "${extra[@]}"
-  echo "== $name"
-  if ! "$VENV/bin/python" fixtures/ct/check_client.py "$out" "$src" --strict-fusion; then
+  [ "$ref" = "$src" ] && echo "== $name" || echo "== $name (against $(basename "$ref"))"
+  if ! "$VENV/bin/python" fixtures/ct/check_client.py "$out" "$ref" --strict-fusion; then
     echo "FAILED: $name"
     failed=1
   fi
