@@ -58,28 +58,37 @@ pub fn dequantize_fp8_block(
         rows * cols * size,
         "out must hold rows*cols elements"
     );
-    let scale = |r: usize, c: usize| {
-        let k = 4 * ((r / FP8_BLOCK) * scols + c / FP8_BLOCK);
-        f32::from_le_bytes([
-            scale_inv[k],
-            scale_inv[k + 1],
-            scale_inv[k + 2],
-            scale_inv[k + 3],
-        ])
-    };
-    for r in 0..rows {
-        for cb in 0..scols {
-            let s = scale(r, cb * FP8_BLOCK);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Every E4M3 code's value, once: the loops below are a lookup, one f32 product and a
+    // rounding per element (the same operations, element for element, as decoding each code).
+    let mut value = [0f32; 256];
+    for (b, v) in value.iter_mut().enumerate() {
+        *v = e4m3_to_f32(b as u8);
+    }
+    for (r, (codes, row_out)) in fp8
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(cols * size))
+        .enumerate()
+    {
+        let scales = &scale_inv[4 * (r / FP8_BLOCK) * scols..4 * (r / FP8_BLOCK + 1) * scols];
+        for (cb, s) in scales.chunks_exact(4).enumerate() {
+            let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
             let (c0, c1) = (cb * FP8_BLOCK, ((cb + 1) * FP8_BLOCK).min(cols));
-            for c in c0..c1 {
-                let y = e4m3_to_f32(fp8[r * cols + c]) * s;
-                let o = (r * cols + c) * size;
-                match precision {
-                    DequantPrecision::Bf16 => {
-                        let bits = (bf16_round(y).to_bits() >> 16) as u16;
-                        out[o..o + 2].copy_from_slice(&bits.to_le_bytes());
+            let codes = &codes[c0..c1];
+            let dst = &mut row_out[c0 * size..c1 * size];
+            match precision {
+                DequantPrecision::Bf16 => {
+                    for (&b, o) in codes.iter().zip(dst.chunks_exact_mut(2)) {
+                        let bits = (bf16_round(value[b as usize] * s).to_bits() >> 16) as u16;
+                        o.copy_from_slice(&bits.to_le_bytes());
                     }
-                    DequantPrecision::F32 => out[o..o + 4].copy_from_slice(&y.to_le_bytes()),
+                }
+                DequantPrecision::F32 => {
+                    for (&b, o) in codes.iter().zip(dst.chunks_exact_mut(4)) {
+                        o.copy_from_slice(&(value[b as usize] * s).to_le_bytes());
+                    }
                 }
             }
         }
@@ -110,6 +119,39 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn every_code_under_every_kind_of_scale_decodes_element_by_element() {
+        // Every code (NaN ones included) in every block, partial blocks at both edges, scales
+        // that overflow to inf, underflow to subnormals or zero, and a NaN scale: each element
+        // is bf16(decode(code) x scale), or the f32 product, bit for bit.
+        let (rows, cols) = (130, 272);
+        let fp8: Vec<u8> = (0..rows * cols).map(|i| (i * 7 % 256) as u8).collect();
+        let (sr, sc) = scale_inv_shape(rows, cols);
+        let kinds = [1.37f32, 3e38, 1e-40, 0.0, f32::NAN, 2f32.powi(-9)];
+        let scales: Vec<f32> = (0..sr * sc).map(|i| kinds[i % kinds.len()]).collect();
+        let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        for precision in [DequantPrecision::Bf16, DequantPrecision::F32] {
+            let size = precision.dtype().size();
+            let mut out = vec![0u8; rows * cols * size];
+            dequantize_fp8_block(&fp8, &bytes, rows, cols, precision, &mut out);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let y = e4m3_to_f32(fp8[r * cols + c]) * scales[(r / 128) * sc + c / 128];
+                    let o = (r * cols + c) * size;
+                    let got = &out[o..o + size];
+                    match precision {
+                        DequantPrecision::Bf16 => assert_eq!(
+                            got,
+                            ((bf16_round(y).to_bits() >> 16) as u16).to_le_bytes(),
+                            "[{r}, {c}]"
+                        ),
+                        DequantPrecision::F32 => assert_eq!(got, y.to_le_bytes(), "[{r}, {c}]"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]
