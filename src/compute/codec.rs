@@ -27,11 +27,11 @@ const QUIET_NAN_BIT: u32 = 0x0040_0000;
 /// PyTorch's and `half`'s conversions do.
 pub fn bf16_round(x: f32) -> f32 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return f32::from_bits((bits | QUIET_NAN_BIT) & 0xFFFF_0000);
-    }
     let lsb = (bits >> 16) & 1;
-    f32::from_bits(bits.wrapping_add(0x7FFF + lsb) & 0xFFFF_0000)
+    let rounded = bits.wrapping_add(0x7FFF + lsb) & 0xFFFF_0000;
+    let nan = (bits | QUIET_NAN_BIT) & 0xFFFF_0000;
+    // A select, not a branch: measured faster in loops over many elements (dequant_bench).
+    f32::from_bits(if x.is_nan() { nan } else { rounded })
 }
 
 /// Rounds `x` to the nearest IEEE half (f16, round half to even, subnormals included) and
