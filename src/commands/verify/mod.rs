@@ -15,6 +15,7 @@ mod pyre;
 mod scales;
 
 use crate::commands::convert::{check_checksums, ChecksumCheck, MANIFEST_FILE};
+use crate::compute::backend::MemberWeight;
 use crate::compute::{
     e2m1_to_f32, e4m3_to_f32, load_f32, DequantPrecision, QuantFormat, SourceDtype,
 };
@@ -25,6 +26,7 @@ use crate::input::layout::{glob_match, ExpertProj, Layout};
 use crate::options::Options;
 use crate::plan::{classify, source_dtype, Linear};
 use scales::{check_positive, scalar_f32};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::path::Path;
@@ -494,35 +496,13 @@ fn compare_with_source(
             ));
             continue;
         }
-        let t = &src.tensors()[s.tensor];
-        let stored = &src.bytes(t)[s.offset..s.offset + s.byte_len()];
-        // FP8 block-scaled sources, dequantized as convert does.
-        let dequantized;
-        let (bytes, dtype): (&[u8], SourceDtype) = match s.fp8_scale {
-            Some(scale) => {
-                let precision = DequantPrecision::Bf16;
-                let mut out = vec![0u8; rows * cols * precision.dtype().size()];
-                crate::compute::dequantize_fp8_block(
-                    stored,
-                    src.bytes(&src.tensors()[scale]),
-                    rows,
-                    cols,
-                    precision,
-                    &mut out,
-                );
-                dequantized = out;
-                (&dequantized, precision.dtype())
+        let (bytes, dtype) = match source_weight(src, s) {
+            Ok(w) => w,
+            Err(why) => {
+                v.problems
+                    .push(format!("{m}: {why}, which cannot be compared"));
+                continue;
             }
-            None => match source_dtype(t.dtype) {
-                Some(d) => (stored, d),
-                None => {
-                    v.problems.push(format!(
-                        "{m}: its source {} has dtype {:?}, which cannot be compared",
-                        t.name, t.dtype
-                    ));
-                    continue;
-                }
-            },
         };
         // The per-tensor scale (weight_scale_2 or FP8 weight_scale); check_linear reports a bad one.
         let tensor_scale = if nvfp4 {
@@ -554,7 +534,7 @@ fn compare_with_source(
         for r in 0..rows {
             for c in 0..cols {
                 let (si, qi, block) = place(r, c);
-                let w = f64::from(load_f32(bytes, dtype, si));
+                let w = f64::from(load_f32(&bytes, dtype, si));
                 let wq = if nvfp4 {
                     // Two elements per byte along the input dimension: for a BMM stack the
                     // byte of (c, c + 1) sits at element index (c / 2) * out + o.
@@ -596,5 +576,28 @@ fn compare_with_source(
             ));
         }
         v.errors.push((m.to_string(), error));
+    }
+}
+
+/// The stored bytes of a linear's source weight and their dtype, as convert reads them: FP8
+/// block-scaled sources dequantized to BF16 (the default `--fp8-dequant`), row-major
+/// `[rows, cols]`; other weights as stored. `Err` says why it cannot be read.
+pub(super) fn source_weight<'a>(
+    src: &'a Checkpoint,
+    s: &crate::plan::WeightSource,
+) -> std::result::Result<(Cow<'a, [u8]>, SourceDtype), String> {
+    let t = &src.tensors()[s.tensor];
+    let stored = &src.bytes(t)[s.offset..s.offset + s.byte_len()];
+    match (s.fp8_scale, source_dtype(t.dtype)) {
+        (Some(scale), _) => Ok(MemberWeight::Fp8Block {
+            fp8: stored,
+            scale_inv: src.bytes(&src.tensors()[scale]),
+            rows: s.rows,
+            cols: s.cols,
+            precision: DequantPrecision::Bf16,
+        }
+        .into_host()),
+        (None, Some(dtype)) => Ok((Cow::Borrowed(stored), dtype)),
+        (None, None) => Err(format!("its source {} has dtype {:?}", t.name, t.dtype)),
     }
 }

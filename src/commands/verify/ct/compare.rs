@@ -5,7 +5,7 @@ use super::linear::CtLinear;
 use super::{Group, Scheme};
 use crate::commands::verify::scales::floats;
 use crate::commands::verify::{Verification, MAX_RELATIVE_ERROR};
-use crate::compute::{e2m1_to_f32, e4m3_to_f32, load_f32, DequantPrecision};
+use crate::compute::{e2m1_to_f32, e4m3_to_f32, load_f32};
 use crate::input::checkpoint::Checkpoint;
 use crate::plan::{source_dtype, Linear};
 use std::collections::BTreeMap;
@@ -13,31 +13,11 @@ use std::collections::BTreeMap;
 /// The source weight of a (non-BMM) linear as f32 `[rows, cols]`, read as convert reads it.
 fn source_matrix(src: &Checkpoint, l: &Linear) -> std::result::Result<Vec<f32>, String> {
     let s = &l.source;
-    let t = &src.tensors()[s.tensor];
     if s.bmm_experts.is_some() {
         return Err("a BMM expert stack (not compared for compressed-tensors)".into());
     }
-    let stored = &src.bytes(t)[s.offset..s.offset + s.byte_len()];
     let (rows, cols) = (s.rows, s.cols);
-    let (bytes, dtype) = match s.fp8_scale {
-        Some(scale) => {
-            let precision = DequantPrecision::Bf16;
-            let mut out = vec![0u8; rows * cols * precision.dtype().size()];
-            crate::compute::dequantize_fp8_block(
-                stored,
-                src.bytes(&src.tensors()[scale]),
-                rows,
-                cols,
-                precision,
-                &mut out,
-            );
-            (std::borrow::Cow::Owned(out), precision.dtype())
-        }
-        None => match source_dtype(t.dtype) {
-            Some(d) => (std::borrow::Cow::Borrowed(stored), d),
-            None => return Err(format!("its source {} has dtype {:?}", t.name, t.dtype)),
-        },
-    };
+    let (bytes, dtype) = crate::commands::verify::source_weight(src, s)?;
     let mut w = vec![0.0f32; rows * cols];
     for r in 0..rows {
         for c in 0..cols {
