@@ -378,18 +378,24 @@ pub(crate) fn format_index(
     ));
     out.push_str(&format!("    \"total_size\": {}\n", total_size));
     out.push_str("  },\n  \"weight_map\": {");
-    for (k, (name, file)) in entries.iter().enumerate() {
-        out.push_str(if k == 0 { "\n    " } else { ",\n    " });
-        crate::pyjson_text::push_py_json_str(&mut out, name);
-        out.push_str(": ");
-        crate::pyjson_text::push_py_json_str(&mut out, file);
-    }
+    push_weight_map_entries(&mut out, &entries);
     out.push_str(if entries.is_empty() {
         "}\n}\n"
     } else {
         "\n  }\n}\n"
     });
     out
+}
+
+/// The `"weight_map"` object's entries, one per line at indent 4, as Python's
+/// `json.dumps(indent=2)` writes them (the closing brace is the caller's).
+fn push_weight_map_entries(out: &mut String, entries: &[(&str, &str)]) {
+    for (k, (name, file)) in entries.iter().enumerate() {
+        out.push_str(if k == 0 { "\n    " } else { ",\n    " });
+        crate::pyjson_text::push_py_json_str(out, name);
+        out.push_str(": ");
+        crate::pyjson_text::push_py_json_str(out, file);
+    }
 }
 
 /// The index as llm-compressor's `model_free_ptq` writes it: Python
@@ -401,12 +407,7 @@ pub(crate) fn format_ct_index(mut entries: Vec<(&str, &str)>, total_size: u64) -
     out.push_str(&format!(
         "{{\n  \"metadata\": {{\n    \"total_size\": {total_size}\n  }},\n  \"weight_map\": {{"
     ));
-    for (k, (name, file)) in entries.iter().enumerate() {
-        out.push_str(if k == 0 { "\n    " } else { ",\n    " });
-        crate::pyjson_text::push_py_json_str(&mut out, name);
-        out.push_str(": ");
-        crate::pyjson_text::push_py_json_str(&mut out, file);
-    }
+    push_weight_map_entries(&mut out, &entries);
     out.push_str(if entries.is_empty() {
         "}\n}"
     } else {
