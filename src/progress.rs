@@ -142,6 +142,20 @@ pub fn human_bytes(n: u64) -> String {
     indicatif::DecimalBytes(n).to_string()
 }
 
+/// Adds the nanoseconds elapsed since `since` to a per-stage counter (the report's
+/// thread-seconds per stage, summed over the threads that ran it).
+pub fn add_elapsed(counter: &std::sync::atomic::AtomicU64, since: std::time::Instant) {
+    counter.fetch_add(
+        since.elapsed().as_nanos() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// A counter of [`add_elapsed`], in seconds.
+pub fn elapsed_seconds(counter: &std::sync::atomic::AtomicU64) -> f64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use crate::options::Options;
 use crate::output::writer::Service;
 use crate::output::ShardWriter;
 use crate::plan::Plan;
-use crate::progress::Progress;
+use crate::progress::{add_elapsed, elapsed_seconds, Progress};
 use budget::Budget;
 use crossbeam_channel::{bounded, unbounded, RecvTimeoutError};
 use seal::ShardTracker;
@@ -90,16 +90,6 @@ struct StageClock {
     compute: AtomicU64,
     /// Workers writing output tensors into the shards.
     write: AtomicU64,
-}
-
-impl StageClock {
-    fn add(counter: &AtomicU64, since: std::time::Instant) {
-        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    fn seconds(counter: &AtomicU64) -> f64 {
-        counter.load(Ordering::Relaxed) as f64 / 1e9
-    }
 }
 
 /// Reads one byte of every page of `bytes`, so that page faults (disk reads) happen now.
@@ -281,7 +271,7 @@ pub fn run(
                 let stop = cancelled.load(Ordering::Relaxed) || interrupt::interrupted();
                 let waiting = std::time::Instant::now();
                 let granted = !stop && budget.acquire(budget.charge(unit.bytes));
-                StageClock::add(&clock.budget_wait, waiting);
+                add_elapsed(&clock.budget_wait, waiting);
                 if !granted {
                     break;
                 }
@@ -305,10 +295,10 @@ pub fn run(
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         let started = std::time::Instant::now();
                         let computed = compute_unit(plan, ckpt, options, i, gpu, gpu_units);
-                        StageClock::add(&clock.compute, started);
+                        add_elapsed(&clock.compute, started);
                         let started = std::time::Instant::now();
                         let written = computed.and_then(|done| write_outputs(plan, ckpt, writer, sealing.done, done));
-                        StageClock::add(&clock.write, started);
+                        add_elapsed(&clock.write, started);
                         written
                     }))
                     .unwrap_or_else(|_| {
@@ -404,10 +394,10 @@ pub fn run(
     stats.stage_seconds = vec![
         (
             "reader_waiting_for_budget",
-            StageClock::seconds(&clock.budget_wait),
+            elapsed_seconds(&clock.budget_wait),
         ),
-        ("compute", StageClock::seconds(&clock.compute)),
-        ("write", StageClock::seconds(&clock.write)),
+        ("compute", elapsed_seconds(&clock.compute)),
+        ("write", elapsed_seconds(&clock.write)),
         ("write_pwrite", w.pwrite),
         ("shard_writeback_start", w.writeback),
         ("shard_sha256", w.hash),

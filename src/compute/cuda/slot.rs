@@ -8,7 +8,7 @@
 //! `slots × capacity`, whatever the model size.
 
 use super::device::dtype_code;
-use super::staging::{add_since, GpuClock, GpuStages};
+use super::staging::{GpuClock, GpuStages};
 use super::Gpu;
 use crate::compute;
 use crate::compute::backend::{MemberWeight, UnitCompute};
@@ -16,9 +16,10 @@ use crate::compute::codec::E2M1_MAX;
 use crate::compute::mse::Candidates;
 use crate::compute::{DequantPrecision, Numerics, SourceDtype};
 use crate::error::{Error, Result};
+use crate::progress::{add_elapsed, elapsed_seconds};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -105,13 +106,13 @@ impl GpuPool {
 
     /// Counts the time since `since` as waiting for the device.
     pub(super) fn device_waited(&self, since: Instant) {
-        add_since(&self.clock.device_wait, since);
+        add_elapsed(&self.clock.device_wait, since);
     }
 
     /// Where the worker threads spent their GPU time so far, summed over threads.
     pub fn stages(&self) -> GpuStages {
         let c = &self.clock;
-        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        let s = elapsed_seconds;
         GpuStages {
             slot_wait_s: s(&c.slot_wait),
             staging_in_s: s(&c.staging_in),
@@ -167,7 +168,7 @@ impl GpuPool {
         }
         let slot = slots.pop();
         drop(slots);
-        add_since(&self.clock.slot_wait, started);
+        add_elapsed(&self.clock.slot_wait, started);
         GpuCompute {
             pool: self,
             slot,
@@ -267,13 +268,13 @@ impl GpuCompute<'_, '_> {
             .synchronize()
             .map_err(|e| cuda("synchronise", e))?;
         let clock = &self.pool.clock;
-        add_since(&clock.device_wait, started);
+        add_elapsed(&clock.device_wait, started);
         let started = Instant::now();
         out.copy_from_slice(host_main);
         if let Some(scales) = scales {
             scales.copy_from_slice(&host_rest[..nscales]);
         }
-        add_since(&clock.staging_out, started);
+        add_elapsed(&clock.staging_out, started);
         clock
             .bytes_out
             .fetch_add((n + nscales) as u64, Ordering::Relaxed);
@@ -396,7 +397,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         slot.stream
             .synchronize()
             .map_err(|e| cuda("synchronise", e))?;
-        add_since(&self.pool.clock.device_wait, started);
+        add_elapsed(&self.pool.clock.device_wait, started);
         let (value, finite) = match dtype {
             SourceDtype::Bf16 => (f32::from_bits(bits[0] << 16), bits[0] < 0x7F80),
             SourceDtype::F16 => (

@@ -6,6 +6,7 @@ use super::slot::{cuda, grid_stride, GpuCompute};
 use crate::compute::backend::MemberWeight;
 use crate::compute::DequantPrecision;
 use crate::error::{Error, Result};
+use crate::progress::add_elapsed;
 use cudarc::driver::PushKernelArg;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,10 +20,6 @@ pub(super) struct GpuClock {
     pub(super) staging_out: AtomicU64,
     pub(super) bytes_in: AtomicU64,
     pub(super) bytes_out: AtomicU64,
-}
-
-pub(super) fn add_since(counter: &AtomicU64, since: Instant) {
-    counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 /// Where the GPU path's worker threads spent their time, summed over threads, and the bytes
@@ -76,7 +73,7 @@ impl GpuCompute<'_, '_> {
             host[*off..*off + bytes.len()].copy_from_slice(bytes);
             staged += bytes.len();
         }
-        add_since(&clock.staging_in, started);
+        add_elapsed(&clock.staging_in, started);
         clock.bytes_in.fetch_add(staged as u64, Ordering::Relaxed);
         // Plain members in one copy (FP8 members' codes ride along, to be overwritten).
         slot.stream

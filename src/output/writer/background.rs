@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use super::{OpenShard, ShardWriter};
+use crate::progress::{add_elapsed, elapsed_seconds};
 
 /// Writeback is started for a shard's written prefix in pieces of at least this many bytes: the
 /// disk then sees large sequential writes, as from `dd`, not one small write per tensor in the
@@ -76,12 +77,6 @@ pub(super) struct WriterClock {
     pub(super) fsync: AtomicU64,
 }
 
-impl WriterClock {
-    pub(super) fn add(counter: &AtomicU64, since: std::time::Instant) {
-        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-
 /// Seconds a writer spent per stage, summed over threads.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriterSeconds {
@@ -98,7 +93,7 @@ pub struct WriterSeconds {
 impl ShardWriter {
     /// Seconds spent per writer stage, summed over threads.
     pub fn seconds(&self) -> WriterSeconds {
-        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+        let s = elapsed_seconds;
         WriterSeconds {
             pwrite: s(&self.clock.pwrite),
             writeback: s(&self.clock.writeback),
@@ -126,7 +121,7 @@ impl ShardWriter {
                     if let Some((from, to)) = range {
                         let started = std::time::Instant::now();
                         start_writeback(file, from, to - from);
-                        WriterClock::add(&self.clock.writeback, started);
+                        add_elapsed(&self.clock.writeback, started);
                     }
                 }
                 Service::Hashing => self.advance_hash(shard, file),
@@ -167,7 +162,7 @@ impl ShardWriter {
             if to > h.at() && h.advance(file, to).is_err() {
                 *hash = None;
             }
-            WriterClock::add(&self.clock.hash, started);
+            add_elapsed(&self.clock.hash, started);
         }
     }
 }

@@ -228,7 +228,7 @@ impl ShardWriter {
         let started = std::time::Instant::now();
         file.sync_all()
             .map_err(|e| Error::output_io("syncing", &shard.partial, e))?;
-        WriterClock::add(&self.clock.fsync, started);
+        crate::progress::add_elapsed(&self.clock.fsync, started);
         let digest = if hash {
             // The prefix hashed while writing (waiting for a hashing thread that holds it: its
             // time is counted there), completed; or the whole file read back.
@@ -240,7 +240,7 @@ impl ShardWriter {
                     None => hash_open_file(file, shard.file_len),
                 })
                 .map_err(|e| Error::output_io("reading back", &shard.partial, e))?;
-            WriterClock::add(&self.clock.hash, started);
+            crate::progress::add_elapsed(&self.clock.hash, started);
             Some(FileDigest {
                 path: shard.name.clone(),
                 size: shard.file_len,
@@ -342,7 +342,7 @@ impl ShardWriter {
                     false => Ok(()),
                 })
                 .map_err(|e| Error::output_io("writing", &shard.partial, e))?;
-            WriterClock::add(&self.clock.pwrite, started);
+            crate::progress::add_elapsed(&self.clock.pwrite, started);
             fault::data_written();
             let range = (offset + start as u64, offset + end as u64);
             lock(&shard.pending).insert(range.0, range.1);
