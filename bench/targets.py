@@ -13,6 +13,9 @@ minute: compare within one run. The write floor is writing the output's own byte
 cache with `dd conv=fdatasync`, measured before and after the rows; the smaller (the faster disk)
 is the floor used. `dd` of zeros of the same size is printed beside it: the GPU machine's virtual
 disk writes zeros about 1.5x faster than real data, so it is no floor for real output.
+
+BASE=path/to/an/earlier/shardquant adds that build's warm and FP8-source rows on both devices,
+interleaved with this build's (an A/B of a change in one run; rows marked "(base)").
 """
 import glob
 import json
@@ -25,6 +28,8 @@ import time
 LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = os.environ.get("BIN", ".device/shardquant")
+BASE = os.environ.get("BASE")
+BUILDS = [(BIN, "")] + ([(BASE, " (base)")] if BASE else [])
 SECTIONS = os.environ.get("SECTIONS", "warm,few,cold,torch,mse,fp8").split(",")
 CKPT = f"{WORK}/qwen3-30b-a3b-shaped-{LAYERS}"
 FP8_CKPT = f"{WORK}/deepseek-v3-fp8-slice-1"
@@ -83,7 +88,7 @@ def write_floor_real(out):
     return took
 
 
-def convert(ckpt, device, extra=(), pin=False, cold=False, keep=None):
+def convert(ckpt, device, extra=(), pin=False, cold=False, keep=None, binary=BIN):
     out = keep or f"{WORK}/out"
     shutil.rmtree(out, ignore_errors=True)
     if cold:
@@ -91,7 +96,7 @@ def convert(ckpt, device, extra=(), pin=False, cold=False, keep=None):
     else:
         sh(f"cat {ckpt}/*.safetensors > /dev/null")
     report = f"{WORK}/report.json"
-    cmd = [BIN, "convert", ckpt, out, "--format", "nvfp4", "--stats", ckpt + ".amax.safetensors",
+    cmd = [binary, "convert", ckpt, out, "--format", "nvfp4", "--stats", ckpt + ".amax.safetensors",
            "--device", device, "-qq", "--report", report, *extra]
     if pin:
         cmd = ["taskset", "-c", "0-3"] + cmd + ["--threads", "4"]
@@ -138,7 +143,8 @@ def main():
     if "warm" in SECTIONS:
         for _ in range(2):
             for dev in ["cuda", "cpu"]:
-                row(f"warm {dev}", *convert(CKPT, dev)[:2])
+                for binary, tag in BUILDS:
+                    row(f"warm {dev}{tag}", *convert(CKPT, dev, binary=binary)[:2])
     if "few" in SECTIONS:
         for _ in range(int(os.environ.get("FEW_ROUNDS", "2"))):
             for dev in ["cuda", "cpu"]:
@@ -163,8 +169,10 @@ def main():
         fp8_read = read_floor(FP8_CKPT, cold=False)
         convert(FP8_CKPT, "cpu", keep=kept)
         fp8_write = write_floor_real(kept)
-        for dev in ["cuda", "cpu"]:
-            row(f"FP8 source warm {dev}", *convert(FP8_CKPT, dev)[:2])
+        for _ in range(2 if BASE else 1):
+            for dev in ["cuda", "cpu"]:
+                for binary, tag in BUILDS:
+                    row(f"FP8 source warm {dev}{tag}", *convert(FP8_CKPT, dev, binary=binary)[:2])
         fp8 = (fp8_read, min(fp8_write, write_floor_real(kept)), shard_bytes(FP8_CKPT) / 1e9)
         shutil.rmtree(kept, ignore_errors=True)
 
@@ -188,7 +196,8 @@ def main():
         print(f"| {name} | {walls} | {best[name]:.2f} | {best[name] / floor:.2f}x {floor_name} | {target} | {rss:.0f} |")
 
     for dev in ["cuda", "cpu"]:
-        line(f"warm {dev}", warm_floor, "max(write, cached read)", "<= 1.25x")
+        for _, tag in BUILDS:
+            line(f"warm {dev}{tag}", warm_floor, "max(write, cached read)", "<= 1.25x")
     for dev in ["cuda", "cpu"]:
         line(f"warm {dev}, 4 cores", warm_floor, "max(write, cached read)", "cuda >= 2x cpu")
     line("warm cuda --calib max", warm_floor, "max(write, cached read)", "")
@@ -202,7 +211,8 @@ def main():
         fr, fw, fgb = fp8
         print(f"FP8 source: {fgb:.2f} GB; cached read {fr:.2f} s, write floor {fw:.2f} s")
         for dev in ["cuda", "cpu"]:
-            line(f"FP8 source warm {dev}", max(fr, fw), "max(write, cached read)", "<= 1.25x")
+            for _, tag in BUILDS:
+                line(f"FP8 source warm {dev}{tag}", max(fr, fw), "max(write, cached read)", "<= 1.25x")
     print()
     ratio = lambda a, b: f"{best[a] / best[b]:.2f}" if a in best and b in best else "-"
     print("cuda vs cpu, 4 cores:", ratio("warm cpu, 4 cores", "warm cuda, 4 cores"), "(target >= 2)")

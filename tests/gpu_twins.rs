@@ -84,7 +84,8 @@ fn both<'a, R: PartialEq + std::fmt::Debug>(
 )]
 fn kernels_match_the_cpu_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 2, 8 << 20).unwrap();
+    // The smallest staging buffers: weights and results stream through them in many pieces.
+    let pool = GpuPool::new(gpu, 2, 8 << 20, 0).unwrap();
     let shapes = [
         (1usize, 32usize),
         (3, 32),
@@ -164,7 +165,7 @@ fn kernels_match_the_cpu_bit_for_bit() {
 )]
 fn mse_kernels_match_the_cpu_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 2, 8 << 20).unwrap();
+    let pool = GpuPool::new(gpu, 2, 8 << 20, 8 << 20).unwrap();
     // One group, a partial chunk, several chunks and a partial last group (FP8 only).
     let shapes = [
         (1usize, 32usize),
@@ -292,8 +293,8 @@ fn ct_kernels_match_the_cpu_bit_for_bit() {
     // The small pool cannot hold the per-channel scales of narrow weights: those go to the CPU
     // twin (the same bytes by construction); the large one runs everything on the GPU.
     let pools = [
-        GpuPool::new(gpu.clone(), 2, 8 << 20).unwrap(),
-        GpuPool::new(gpu, 1, 64 << 10).unwrap(),
+        GpuPool::new(gpu.clone(), 2, 8 << 20, 8 << 20).unwrap(),
+        GpuPool::new(gpu, 1, 64 << 10, 0).unwrap(),
     ];
     // Ragged 128x128 edges in both directions, single rows and columns, an all-zero weight.
     let shapes = [
@@ -411,7 +412,7 @@ fn ct_kernels_match_the_cpu_bit_for_bit() {
 fn ct_global_scale_matches_the_cpu() {
     use shardquant::compute::ct::ct_global_scale;
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 1, 1 << 20).unwrap();
+    let pool = GpuPool::new(gpu, 1, 1 << 20, 1 << 20).unwrap();
     // Every non-negative bf16 value (amaxes of bf16 weights), then f32 edge cases: subnormals,
     // the 2^-126 floor, where the scale stops being finite, the largest finite, inf, NaN.
     let mut amax: Vec<f32> = (0u32..=0x7F80).map(|b| f32::from_bits(b << 16)).collect();
@@ -456,8 +457,13 @@ fn ct_global_scale_matches_the_cpu() {
     ignore = "no CUDA driver on this machine (run with --include-ignored on a GPU machine)"
 )]
 fn fp8_block_dequantization_matches_the_cpu() {
+    // An FP8 member loaded on the device (codes streamed up, dequantized there) against the
+    // CPU's dequantization, through staging buffers larger and smaller than the weight.
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 1, 4 << 20).unwrap();
+    let pools = [
+        GpuPool::new(gpu.clone(), 1, 4 << 20, 4 << 20).unwrap(),
+        GpuPool::new(gpu, 1, 4 << 20, 0).unwrap(),
+    ];
     for (k, &(rows, cols)) in [(200usize, 144usize), (128, 128), (1, 16), (300, 1000)]
         .iter()
         .enumerate()
@@ -479,19 +485,29 @@ fn fp8_block_dequantization_matches_the_cpu() {
             shardquant::compute::DequantPrecision::Bf16,
             shardquant::compute::DequantPrecision::F32,
         ] {
+            let member = || {
+                vec![MemberWeight::Fp8Block {
+                    fp8: &fp8,
+                    scale_inv: &scales,
+                    rows,
+                    cols,
+                    precision,
+                }]
+            };
             let mut cpu = CpuCompute::default();
-            let a = cpu
-                .dequant_fp8(&fp8, &scales, rows, cols, precision)
-                .unwrap();
-            let b = pool
-                .compute()
-                .dequant_fp8(&fp8, &scales, rows, cols, precision)
-                .unwrap();
-            // NaN inputs (0x7F / 0xFF) stay NaN on both; compare everything else bit for bit.
-            let size = precision.dtype().size();
-            for (i, (x, y)) in a.chunks(size).zip(b.chunks(size)).enumerate() {
-                if fp8[i] & 0x7F != 0x7F {
-                    assert_eq!(x, y, "{rows}x{cols} {precision:?} element {i}");
+            cpu.load(member()).unwrap();
+            let a = cpu.weight(0).unwrap();
+            for pool in &pools {
+                let mut gpu = pool.compute();
+                gpu.load(member()).unwrap();
+                let b = gpu.weight(0).unwrap();
+                assert_eq!(a.len(), b.len());
+                // NaN inputs (0x7F / 0xFF) stay NaN on both; compare everything else bit for bit.
+                let size = precision.dtype().size();
+                for (i, (x, y)) in a.chunks(size).zip(b.chunks(size)).enumerate() {
+                    if fp8[i] & 0x7F != 0x7F {
+                        assert_eq!(x, y, "{rows}x{cols} {precision:?} element {i}");
+                    }
                 }
             }
         }
@@ -508,7 +524,8 @@ fn fp8_sources_dequantized_on_the_device_quantize_like_the_cpu() {
     // beside a plain member: amax and NVFP4 of each must equal the CPU's, which dequantizes on
     // the host.
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 1, 8 << 20).unwrap();
+    // Small staging buffers: the FP8 codes stream up in pieces.
+    let pool = GpuPool::new(gpu, 1, 8 << 20, 16 << 10).unwrap();
     let shapes = [(200usize, 144usize), (256, 512), (1, 16)];
     let mut state = 7u64;
     let mut next = move || {
@@ -598,7 +615,7 @@ fn fp8_sources_dequantized_on_the_device_quantize_like_the_cpu() {
 )]
 fn non_finite_weights_are_found_on_the_gpu_too() {
     let Some(gpu) = gpu() else { return };
-    let pool = GpuPool::new(gpu, 1, 1 << 20).unwrap();
+    let pool = GpuPool::new(gpu, 1, 1 << 20, 1 << 20).unwrap();
     for (dtype, bad) in [
         (SourceDtype::Bf16, vec![0xC0u8, 0x7F]),
         (SourceDtype::F16, vec![0x00, 0x7C]),

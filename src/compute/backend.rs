@@ -83,15 +83,9 @@ pub trait UnitCompute<'a> {
     /// Makes the members' weights available (a GPU uploads them, and dequantizes FP8 sources
     /// there); called once per unit.
     fn load(&mut self, weights: Vec<MemberWeight<'a>>) -> Result<()>;
-    /// Dequantizes an FP8 block-scaled weight (see [`compute::dequantize_fp8_block`]).
-    fn dequant_fp8(
-        &mut self,
-        fp8: &[u8],
-        scale_inv: &[u8],
-        rows: usize,
-        cols: usize,
-        precision: DequantPrecision,
-    ) -> Result<Vec<u8>>;
+    /// Member `m`'s weight as the kernels read it (an FP8 source dequantized), copied back:
+    /// what the twin tests compare between devices.
+    fn weight(&mut self, m: usize) -> Result<Vec<u8>>;
     /// max |W| of member `m`, or the index of its first NaN / infinite element.
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>>;
     /// Dynamic NVFP4 of member `m` (see [`compute::quantize_nvfp4`]).
@@ -182,17 +176,8 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         Ok(())
     }
 
-    fn dequant_fp8(
-        &mut self,
-        fp8: &[u8],
-        scale_inv: &[u8],
-        rows: usize,
-        cols: usize,
-        precision: DequantPrecision,
-    ) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; rows * cols * precision.dtype().size()];
-        compute::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
-        Ok(out)
+    fn weight(&mut self, m: usize) -> Result<Vec<u8>> {
+        Ok(self.weights[m].0.to_vec())
     }
 
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {

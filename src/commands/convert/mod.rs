@@ -108,6 +108,11 @@ fn plan_model(model: Model, options: &Options) -> Result<(Model, Plan)> {
 /// GPU work slots per device: units in flight on the GPU at once.
 const GPU_SLOTS: usize = 4;
 
+/// The largest pinned staging buffer of a slot (two per slot): units larger than this stream
+/// through it in halves, at the copies' speed, without holding pinned memory the size of the
+/// largest unit for the whole run.
+const GPU_STAGING: usize = 64 << 20;
+
 /// Resolves `--device`: a pool of GPU slots sized for the plan's units, or None for the CPU.
 fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
     let ordinal = match options.run.device {
@@ -126,8 +131,9 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
                 .with_hint("use --device cpu (same output bytes) or --device auto"))
         }
     };
-    // Each slot holds one unit's weights on the GPU (about 2.2x that with outputs) and twice
-    // that in pinned host memory: bound both by the memory options.
+    // Each slot holds one unit's weights on the GPU (about 2.2x that with outputs): bound by
+    // --max-gpu-memory. The weights stream through two pinned buffers per slot of at most
+    // GPU_STAGING bytes (and at most an eighth of --max-memory in all).
     let largest = (0..plan.units.len())
         .map(|i| {
             crate::pipeline::worker::compute_bytes(plan, i)
@@ -138,19 +144,19 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
         .max()
         .unwrap_or(0);
     let gpu_bound = (options.run.max_gpu_memory as f64 / (GPU_SLOTS as f64 * 2.25)) as usize;
-    // Pinned staging (2 x capacity per slot) takes at most half of --max-memory.
-    let host_bound = (options.run.max_memory / (4 * GPU_SLOTS as u64)) as usize;
-    let capacity = largest.min(gpu_bound).min(host_bound);
+    let capacity = largest.min(gpu_bound);
     if capacity < largest {
         info(
             options,
             &format!(
-                "units larger than {} run on the CPU (raise --max-gpu-memory / --max-memory)",
+                "units larger than {} run on the CPU (raise --max-gpu-memory)",
                 crate::progress::human_bytes(capacity as u64)
             ),
         );
     }
-    GpuPool::new(gpu, GPU_SLOTS, capacity).map(Some)
+    let host_bound = (options.run.max_memory / (16 * GPU_SLOTS as u64)) as usize;
+    let staging = largest.min(GPU_STAGING).min(host_bound);
+    GpuPool::new(gpu, GPU_SLOTS, capacity, staging).map(Some)
 }
 
 /// Whether a file of the input (by name) is copied or rewritten into the output.

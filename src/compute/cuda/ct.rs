@@ -95,7 +95,7 @@ impl GpuCompute<'_, '_> {
                 .launch(per_block(nblocks as usize))
         }
         .map_err(|e| cuda("compressed-tensors nvfp4 kernel", e))?;
-        self.fetch(packed.len(), packed, Some(scales))
+        self.fetch(packed, Some(scales))
     }
 
     /// [`UnitCompute::ct_fp8`](crate::compute::backend::UnitCompute::ct_fp8) on the GPU.
@@ -165,7 +165,7 @@ impl GpuCompute<'_, '_> {
                 })
         }
         .map_err(|e| cuda("compressed-tensors fp8 kernel", e))?;
-        self.fetch(codes.len(), codes, Some(scales))
+        self.fetch(codes, Some(scales))
     }
 
     /// [`UnitCompute::ct_fp8_tensor`](crate::compute::backend::UnitCompute::ct_fp8_tensor) on
@@ -201,6 +201,6 @@ impl GpuCompute<'_, '_> {
                 .launch(grid_stride(codes.len()))
         }
         .map_err(|e| cuda("compressed-tensors fp8 per-tensor kernel", e))?;
-        self.fetch(codes.len(), codes, None)
+        self.fetch(codes, None)
     }
 }

@@ -1,30 +1,36 @@
 //! Reusable GPU work slots and the [`UnitCompute`] implementation that runs on them.
 //!
-//! A slot owns a CUDA stream, pinned host staging buffers (allocated once: pinned allocation
-//! costs ~0.7 s per GiB) and device buffers, all sized for the largest unit that goes to the
-//! GPU. Each worker thread takes a free slot for one unit: its weights are copied from the
-//! mapping into the pinned buffer and up to the GPU, the kernels run, the results come back.
-//! With several slots, the copies of one unit overlap the kernels of another; GPU memory is
-//! `slots × capacity`, whatever the model size.
+//! A slot owns a CUDA stream, device buffers sized for the largest unit that goes to the GPU,
+//! and two pinned host staging buffers of a fixed size (allocated once: pinned allocation costs
+//! ~0.7 s per GiB, and the memory stays resident). Each worker thread takes a free slot for one
+//! unit: its weights stream from the mapping through the pinned buffer up to the GPU, the
+//! kernels run, the results stream back (`staging`). With several slots, the copies of one unit
+//! overlap the kernels of another; GPU memory is `slots × capacity` and pinned memory
+//! `slots × 2 × staging`, whatever the model size.
 
 use super::device::dtype_code;
-use super::staging::{GpuClock, GpuStages};
+use super::staging::{DeviceBuffer, GpuClock, GpuStages};
 use super::Gpu;
 use crate::compute;
 use crate::compute::backend::{MemberWeight, UnitCompute};
 use crate::compute::codec::E2M1_MAX;
 use crate::compute::mse::Candidates;
-use crate::compute::{DequantPrecision, Numerics, SourceDtype};
+use crate::compute::{Numerics, SourceDtype};
 use crate::error::{Error, Result};
 use crate::progress::{add_elapsed, elapsed_seconds};
-use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-/// Member weights start at multiples of this in the staging buffers (aligned loads).
+/// Member weights start at multiples of this in the device buffers (aligned loads).
 const ALIGN: usize = 256;
+
+/// The smallest pinned staging buffer: two halves of 4 KiB.
+const MIN_STAGING: usize = 8 << 10;
 
 pub(super) fn cuda(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::other(format!("GPU: {what}: {e:?}"))
@@ -34,6 +40,10 @@ pub(super) struct Slot {
     pub(super) stream: Arc<CudaStream>,
     pub(super) host_in: PinnedHostSlice<u8>,
     pub(super) host_out: PinnedHostSlice<u8>,
+    /// Recorded after the copies out of each half of `host_in` were queued.
+    pub(super) in_done: [CudaEvent; 2],
+    /// Recorded after the copies into each half of `host_out` were queued.
+    pub(super) out_done: [CudaEvent; 2],
     pub(super) dev_in: CudaSlice<u8>,
     pub(super) dev_out: CudaSlice<u8>,
     pub(super) dev_scales: CudaSlice<u8>,
@@ -45,15 +55,19 @@ pub(super) struct Slot {
 pub struct GpuPool {
     pub(super) gpu: Arc<Gpu>,
     capacity: usize,
+    staging: usize,
     slots: Mutex<Vec<Slot>>,
     freed: Condvar,
     pub(super) clock: GpuClock,
 }
 
 impl GpuPool {
-    /// Allocates `slots` slots that each hold units of up to `capacity` bytes of weights.
-    pub fn new(gpu: Arc<Gpu>, slots: usize, capacity: usize) -> Result<GpuPool> {
+    /// Allocates `slots` slots that each hold units of up to `capacity` bytes of weights on the
+    /// GPU, with two pinned host buffers of `staging` bytes each (at least 8 KiB; a unit of any
+    /// size streams through them).
+    pub fn new(gpu: Arc<Gpu>, slots: usize, capacity: usize, staging: usize) -> Result<GpuPool> {
         let capacity = capacity.max(ALIGN).next_multiple_of(ALIGN);
+        let staging = staging.max(MIN_STAGING).next_multiple_of(2 * ALIGN);
         let mut all = Vec::new();
         gpu.ctx
             .bind_to_thread()
@@ -64,11 +78,13 @@ impl GpuPool {
                 .new_stream()
                 .map_err(|e| cuda("creating a stream", e))?;
             // SAFETY: pinned buffers are only read after the stream that wrote them synchronised.
-            let host_in = unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(capacity, 0) }
+            let host_in = unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(staging, 0) }
                 .map_err(|e| cuda("pinned memory", e))?;
             // SAFETY: as above.
-            let host_out = unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(capacity, 0) }
+            let host_out = unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(staging, 0) }
                 .map_err(|e| cuda("pinned memory", e))?;
+            let event = || gpu.ctx.new_event(None).map_err(|e| cuda("event", e));
+            let (in_done, out_done) = ([event()?, event()?], [event()?, event()?]);
             let dev_in = stream
                 .alloc_zeros::<u8>(capacity)
                 .map_err(|e| cuda("device memory", e))?;
@@ -88,6 +104,8 @@ impl GpuPool {
                 stream,
                 host_in,
                 host_out,
+                in_done,
+                out_done,
                 dev_in,
                 dev_out,
                 dev_scales,
@@ -98,6 +116,7 @@ impl GpuPool {
         Ok(GpuPool {
             gpu,
             capacity,
+            staging,
             slots: Mutex::new(all),
             freed: Condvar::new(),
             clock: GpuClock::default(),
@@ -142,7 +161,7 @@ impl GpuPool {
             .unwrap_or_else(|e| e.into_inner())
             .len()
             .max(1);
-        slots * 2 * self.capacity
+        slots * 2 * self.staging
     }
 
     /// The GPU.
@@ -240,46 +259,6 @@ impl GpuCompute<'_, '_> {
             .as_mut()
             .expect("a GpuCompute holds its slot until dropped")
     }
-
-    /// Copies `n` bytes of device output (and `extra` bytes of block scales) back to the host.
-    pub(super) fn fetch(
-        &mut self,
-        n: usize,
-        out: &mut [u8],
-        scales: Option<&mut [u8]>,
-    ) -> Result<()> {
-        let slot = self.slot.as_mut().expect("slot");
-        let host = slot
-            .host_out
-            .as_mut_slice()
-            .map_err(|e| cuda("staging", e))?;
-        let (host_main, host_rest) = host.split_at_mut(n);
-        slot.stream
-            .memcpy_dtoh(&slot.dev_out.slice(..n), host_main)
-            .map_err(|e| cuda("copy to host", e))?;
-        let nscales = scales.as_ref().map_or(0, |s| s.len());
-        if nscales > 0 {
-            slot.stream
-                .memcpy_dtoh(&slot.dev_scales.slice(..nscales), &mut host_rest[..nscales])
-                .map_err(|e| cuda("copy to host", e))?;
-        }
-        let started = Instant::now();
-        slot.stream
-            .synchronize()
-            .map_err(|e| cuda("synchronise", e))?;
-        let clock = &self.pool.clock;
-        add_elapsed(&clock.device_wait, started);
-        let started = Instant::now();
-        out.copy_from_slice(host_main);
-        if let Some(scales) = scales {
-            scales.copy_from_slice(&host_rest[..nscales]);
-        }
-        add_elapsed(&clock.staging_out, started);
-        clock
-            .bytes_out
-            .fetch_add((n + nscales) as u64, Ordering::Relaxed);
-        Ok(())
-    }
 }
 
 impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
@@ -298,70 +277,15 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
             )));
         }
         let members = std::mem::take(&mut self.members);
-        let result = self.upload(&members, offset);
+        let result = self.upload(&members);
         self.members = members;
         result
     }
 
-    fn dequant_fp8(
-        &mut self,
-        fp8: &[u8],
-        scale_inv: &[u8],
-        rows: usize,
-        cols: usize,
-        precision: DequantPrecision,
-    ) -> Result<Vec<u8>> {
-        let out_len = rows * cols * precision.dtype().size();
-        let scales: Vec<f32> = scale_inv
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if out_len > self.pool.capacity
-            || fp8.len() > self.pool.capacity
-            || scales.len() > self.pool.capacity / 32
-        {
-            // Too large for the slot: the CPU twin gives the same bytes.
-            let mut out = vec![0u8; out_len];
-            compute::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
-            return Ok(out);
-        }
-        let gpu = self.pool.gpu.clone();
-        let (r, c, to_bf16) = (
-            rows as u64,
-            cols as u64,
-            i32::from(precision == DequantPrecision::Bf16),
-        );
-        let slot = self.slot();
-        slot.stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| cuda("binding the context", e))?;
-        let host = slot
-            .host_in
-            .as_mut_slice()
-            .map_err(|e| cuda("staging", e))?;
-        host[..fp8.len()].copy_from_slice(fp8);
-        slot.stream
-            .memcpy_htod(&host[..fp8.len()], &mut slot.dev_in.slice_mut(..fp8.len()))
-            .map_err(|e| cuda("copy to GPU", e))?;
-        slot.stream
-            .memcpy_htod(&scales, &mut slot.dev_blocks.slice_mut(..scales.len()))
-            .map_err(|e| cuda("copy to GPU", e))?;
-        // SAFETY: rows*cols FP8 bytes and their block scales are read; out_len bytes are written.
-        unsafe {
-            slot.stream
-                .launch_builder(&gpu.fp8_block_dequant)
-                .arg(&slot.dev_in)
-                .arg(&slot.dev_blocks)
-                .arg(&r)
-                .arg(&c)
-                .arg(&to_bf16)
-                .arg(&mut slot.dev_out)
-                .launch(grid_stride(rows * cols))
-        }
-        .map_err(|e| cuda("fp8 dequant kernel", e))?;
-        let mut out = vec![0u8; out_len];
-        self.fetch(out_len, &mut out, None)?;
+    fn weight(&mut self, m: usize) -> Result<Vec<u8>> {
+        let (off, len, _) = self.member(m);
+        let mut out = vec![0u8; len];
+        self.download(&mut [(DeviceBuffer::In, off, &mut out)])?;
         Ok(out)
     }
 
@@ -445,7 +369,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
                 .launch(per_block(nblocks as usize))
         }
         .map_err(|e| cuda("nvfp4 kernel", e))?;
-        self.fetch(packed.len(), packed, Some(scales))
+        self.fetch(packed, Some(scales))
     }
 
     fn nvfp4_static(
@@ -499,7 +423,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
         }
         .map_err(|e| cuda("nvfp4 pack kernel", e))?;
         // The CPU twin synchronises implicitly; keep `blocks` alive until the copy is done.
-        self.fetch(packed.len(), packed, Some(scales))?;
+        self.fetch(packed, Some(scales))?;
         Ok(ws2)
     }
 
@@ -536,7 +460,7 @@ impl<'a> UnitCompute<'a> for GpuCompute<'_, 'a> {
                 .launch(grid_stride(n as usize))
         }
         .map_err(|e| cuda("fp8 kernel", e))?;
-        self.fetch(out.len(), out, None)
+        self.fetch(out, None)
     }
 
     fn ct_nvfp4(
