@@ -165,23 +165,72 @@ pub trait UnitCompute<'a> {
 }
 
 /// The CPU reference path: calls the kernels of [`crate::compute`] directly.
+///
+/// FP8 block-scaled members are dequantized when a kernel needs them, one at a time (the last
+/// one is kept for the next call): a thread holds one member's dequantized copy, not its unit's.
+/// Their amax comes from the codes and block scales ([`compute::amax_fp8_block`]).
 #[derive(Default)]
 pub struct CpuCompute<'a> {
-    weights: Vec<(Cow<'a, [u8]>, SourceDtype)>,
+    members: Vec<MemberWeight<'a>>,
+    /// The FP8 member dequantized last, and its bytes.
+    dequantized: Option<(usize, Vec<u8>)>,
+}
+
+impl CpuCompute<'_> {
+    /// Member `m`'s weight as the kernels read it.
+    fn host(&mut self, m: usize) -> (&[u8], SourceDtype) {
+        let weight = &self.members[m];
+        let dtype = weight.dtype();
+        match weight {
+            MemberWeight::Plain(bytes, _) => (bytes, dtype),
+            MemberWeight::Fp8Block {
+                fp8,
+                scale_inv,
+                rows,
+                cols,
+                precision,
+            } => {
+                if self.dequantized.as_ref().map(|(k, _)| *k) != Some(m) {
+                    // The previous member's buffer is reused.
+                    let mut out = self.dequantized.take().map(|(_, b)| b).unwrap_or_default();
+                    out.resize(weight.len(), 0);
+                    compute::dequantize_fp8_block(
+                        fp8, scale_inv, *rows, *cols, *precision, &mut out,
+                    );
+                    self.dequantized = Some((m, out));
+                }
+                let (_, bytes) = self.dequantized.as_ref().expect("dequantized above");
+                (bytes, dtype)
+            }
+        }
+    }
 }
 
 impl<'a> UnitCompute<'a> for CpuCompute<'a> {
     fn load(&mut self, weights: Vec<MemberWeight<'a>>) -> Result<()> {
-        self.weights = weights.into_iter().map(MemberWeight::into_host).collect();
+        self.members = weights;
+        self.dequantized = None;
         Ok(())
     }
 
     fn weight(&mut self, m: usize) -> Result<Vec<u8>> {
-        Ok(self.weights[m].0.to_vec())
+        Ok(self.host(m).0.to_vec())
     }
 
     fn amax(&mut self, m: usize) -> Result<std::result::Result<f32, usize>> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        if let MemberWeight::Fp8Block {
+            fp8,
+            scale_inv,
+            rows,
+            cols,
+            precision,
+        } = &self.members[m]
+        {
+            if let Some(amax) = compute::amax_fp8_block(fp8, scale_inv, *rows, *cols, *precision) {
+                return Ok(Ok(amax));
+            }
+        }
+        let (src, dtype) = self.host(m);
         Ok(compute::amax(src, dtype))
     }
 
@@ -194,7 +243,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         compute::quantize_nvfp4(src, dtype, rows, cols, ws2, packed, scales);
         Ok(())
     }
@@ -210,7 +259,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<f32> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         Ok(compute::quantize_nvfp4_static(
             src, dtype, rows, cols, blocks, global, numerics, packed, scales,
         ))
@@ -224,7 +273,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         quotient: compute::Fp8Quotient,
         out: &mut [u8],
     ) -> Result<()> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         compute::quantize_fp8(src, dtype, scale, numerics, quotient, out);
         Ok(())
     }
@@ -238,7 +287,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         packed: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         compute::ct::quantize_nvfp4_ct(src, dtype, rows, cols, g, packed, scales);
         Ok(())
     }
@@ -252,7 +301,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         codes: &mut [u8],
         scales: &mut [u8],
     ) -> Result<()> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         if format.is_fp8_block() {
             compute::ct::quantize_fp8_block_ct(src, dtype, rows, cols, codes, scales);
         } else {
@@ -262,7 +311,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
     }
 
     fn ct_fp8_tensor(&mut self, m: usize, s: f32, codes: &mut [u8]) -> Result<()> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         compute::ct::quantize_fp8_tensor_ct(src, dtype, s, codes);
         Ok(())
     }
@@ -274,7 +323,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         candidates: &Candidates,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         Ok(mse::chunk_losses(src, dtype, cols, candidates, importance))
     }
 
@@ -286,7 +335,7 @@ impl<'a> UnitCompute<'a> for CpuCompute<'a> {
         numerics: Numerics,
         importance: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
-        let (src, dtype) = (&*self.weights[m].0, self.weights[m].1);
+        let (src, dtype) = self.host(m);
         Ok(mse::sweep_block_amax(
             src, dtype, cols, global, numerics, importance,
         ))

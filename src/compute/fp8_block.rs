@@ -95,6 +95,59 @@ pub fn dequantize_fp8_block(
     }
 }
 
+/// max |x| of the weight [`dequantize_fp8_block`] makes, from the codes and scales alone: the
+/// largest E4M3 magnitude of each block times the block's |scale|, rounded as the dequantized
+/// element is (rounding is monotone and symmetric, so the largest element rounds to the largest
+/// magnitude). Bit-identical to [`crate::compute::amax`] of the dequantized weight whenever every
+/// dequantized element is finite; `None` where some element may not be (a NaN code, a scale that
+/// is not finite, a product that overflows), for the caller to dequantize and find it.
+pub fn amax_fp8_block(
+    fp8: &[u8],
+    scale_inv: &[u8],
+    rows: usize,
+    cols: usize,
+    precision: DequantPrecision,
+) -> Option<f32> {
+    let (srows, scols) = scale_inv_shape(rows, cols);
+    assert_eq!(fp8.len(), rows * cols, "fp8 must hold rows*cols bytes");
+    assert_eq!(
+        scale_inv.len(),
+        srows * scols * 4,
+        "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
+    );
+    let mut amax = 0f32;
+    // The largest magnitude code (sign bit off) of each block of the current block row: E4M3
+    // magnitudes grow with the code, and 0x7F is NaN.
+    let mut largest = vec![0u8; scols];
+    for br in 0..srows {
+        largest.fill(0);
+        let (r0, r1) = (br * FP8_BLOCK, ((br + 1) * FP8_BLOCK).min(rows));
+        for codes in fp8[r0 * cols..r1 * cols].chunks_exact(cols) {
+            for (cb, block) in codes.chunks(FP8_BLOCK).enumerate() {
+                let m = block.iter().fold(0u8, |m, &b| m.max(b & 0x7F));
+                largest[cb] = largest[cb].max(m);
+            }
+        }
+        let scales = &scale_inv[4 * br * scols..4 * (br + 1) * scols];
+        for (&code, s) in largest.iter().zip(scales.chunks_exact(4)) {
+            let s = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            if code == 0x7F || !s.is_finite() {
+                return None;
+            }
+            let product = e4m3_to_f32(code) * s.abs();
+            let element = match precision {
+                DequantPrecision::Bf16 => bf16_round(product),
+                DequantPrecision::F32 => product,
+            };
+            if !element.is_finite() {
+                return None;
+            }
+            amax = amax.max(element);
+        }
+    }
+    Some(amax)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +258,84 @@ mod tests {
             let got = half::bf16::from_le_bytes([c[0], c[1]]);
             assert_eq!(got, half::bf16::from_f32(want[i]), "element {i}");
         }
+    }
+
+    #[test]
+    fn amax_from_codes_and_scales_is_the_amax_of_the_dequantized_weight() {
+        // Random codes (NaN ones in some weights), partial edge blocks, scales of both signs,
+        // zero, subnormal, near overflow, inf and NaN: the fast amax is either None or the amax
+        // of the dequantized weight bit for bit, and None only where that weight holds a
+        // non-finite element.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let kinds = [
+            1.37f32,
+            -0.61,
+            3e38,
+            1e-40,
+            0.0,
+            -0.0,
+            2f32.powi(-9),
+            7e35,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let (mut fast, mut slow) = (0, 0);
+        for (k, &(rows, cols)) in [(1usize, 16usize), (130, 272), (256, 128), (3, 300)]
+            .iter()
+            .enumerate()
+        {
+            for trial in 0..40 {
+                let nan_codes = trial % 3 == 0;
+                let fp8: Vec<u8> = (0..rows * cols)
+                    .map(|_| match next() as u8 {
+                        b @ (0x7F | 0xFF) if !nan_codes => b - 1,
+                        b => b,
+                    })
+                    .collect();
+                let (sr, sc) = scale_inv_shape(rows, cols);
+                // Mostly ordinary scales, a special one now and then.
+                let scales: Vec<u8> = (0..sr * sc)
+                    .flat_map(|_| {
+                        let r = next();
+                        let s = if r % 4 == 0 {
+                            kinds[(r >> 8) as usize % kinds.len()]
+                        } else {
+                            (r >> 40) as f32 * 2f32.powi(-30 - k as i32)
+                        };
+                        s.to_le_bytes()
+                    })
+                    .collect();
+                for precision in [DequantPrecision::Bf16, DequantPrecision::F32] {
+                    let mut out = vec![0u8; rows * cols * precision.dtype().size()];
+                    dequantize_fp8_block(&fp8, &scales, rows, cols, precision, &mut out);
+                    let full = crate::compute::amax(&out, precision.dtype());
+                    match amax_fp8_block(&fp8, &scales, rows, cols, precision) {
+                        Some(a) => {
+                            fast += 1;
+                            assert_eq!(
+                                Ok(a.to_bits()),
+                                full.map(f32::to_bits),
+                                "{rows}x{cols} trial {trial} {precision:?}"
+                            )
+                        }
+                        None => {
+                            slow += 1;
+                            assert!(
+                                full.is_err(),
+                                "{rows}x{cols} trial {trial} {precision:?}: None for a finite weight"
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        // Both answers were exercised.
+        assert!(fast > 50 && slow > 50, "{fast} fast, {slow} slow");
     }
 }

@@ -38,7 +38,9 @@ pub use amax::amax;
 pub use codec::{bf16_round, e2m1_nibble, e2m1_to_f32, e4m3_from_f32, e4m3_to_f32, f16_round};
 pub use format::{check_shape, Export, QuantFormat};
 pub use fp8::{fp8_divisor, fp8_scale, quantize_fp8, Fp8Quotient};
-pub use fp8_block::{dequantize_fp8_block, scale_inv_shape, DequantPrecision, FP8_BLOCK};
+pub use fp8_block::{
+    amax_fp8_block, dequantize_fp8_block, scale_inv_shape, DequantPrecision, FP8_BLOCK,
+};
 pub use linear::{output_tensors, transpose_experts};
 pub use numerics::{load_f32, load_f32_into, Numerics, SourceDtype};
 pub use nvfp4::{

@@ -285,13 +285,24 @@ pub(super) fn build_units(
             }
         }
         let key = reads.iter().map(|r| r.tensor).min().unwrap_or(0);
-        // FP8 sources are held dequantized, BMM expert stacks transposed, while they work.
-        let copies: u64 = members
+        // BMM expert stacks are held transposed while they work; FP8 sources are dequantized
+        // one member at a time (on the CPU; a GPU dequantizes them on the device).
+        let copy = |i: &usize| {
+            let src = &linears[*i].source;
+            (src.rows * src.cols * src.dtype.size()) as u64
+        };
+        let transposed: u64 = members
             .iter()
-            .map(|&i| &linears[i].source)
-            .filter(|src| src.fp8_scale.is_some() || src.bmm_experts.is_some())
-            .map(|src| (src.rows * src.cols * src.dtype.size()) as u64)
+            .filter(|&&i| linears[i].source.bmm_experts.is_some())
+            .map(copy)
             .sum();
+        let dequantized = members
+            .iter()
+            .filter(|&&i| linears[i].source.fp8_scale.is_some())
+            .map(copy)
+            .max()
+            .unwrap_or(0);
+        let copies = transposed + dequantized;
         b.push((key, 0), Job::Quantize(members), reads, copies, outs);
     }
 }
