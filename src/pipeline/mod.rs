@@ -188,6 +188,7 @@ pub fn run(
     sealing: &Sealing,
 ) -> Result<RunStats> {
     let run_started = Instant::now();
+    budget::return_freed_memory();
     let (mut first_written, mut all_written) = (None, None);
     let gpu_units = AtomicUsize::new(0);
     let threads = options.run.threads.max(1);
