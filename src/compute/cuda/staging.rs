@@ -114,6 +114,11 @@ impl GpuCompute<'_, '_> {
             .context()
             .bind_to_thread()
             .map_err(|e| cuda("binding the context", e))?;
+        // A unit may load again (weights with non-finite elements are reloaded patched): the
+        // copies out of both halves must be done before they are refilled.
+        for done in in_done.iter() {
+            done.synchronize().map_err(|e| cuda("synchronise", e))?;
+        }
         let host = host_in.as_mut_slice().map_err(|e| cuda("staging", e))?;
         let mut halves = Halves::new(host, in_done);
         let (mut staged, mut copying) = (0, std::time::Duration::ZERO);
