@@ -115,6 +115,9 @@ pub fn amax_fp8_block(
         srows * scols * 4,
         "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
     );
+    if rows == 0 || cols == 0 {
+        return Some(0.0);
+    }
     let mut amax = 0f32;
     // The largest magnitude code (sign bit off) of each block of the current block row: E4M3
     // magnitudes grow with the code, and 0x7F is NaN.
@@ -286,6 +289,14 @@ mod tests {
             f32::NAN,
         ];
         let (mut fast, mut slow) = (0, 0);
+        for (rows, cols) in [(0, 16), (5, 0)] {
+            let (sr, sc) = scale_inv_shape(rows, cols);
+            let scales = vec![0u8; sr * sc * 4];
+            assert_eq!(
+                amax_fp8_block(&[], &scales, rows, cols, DequantPrecision::Bf16),
+                Some(0.0)
+            );
+        }
         for (k, &(rows, cols)) in [(1usize, 16usize), (130, 272), (256, 128), (3, 300)]
             .iter()
             .enumerate()

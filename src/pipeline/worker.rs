@@ -285,16 +285,13 @@ fn load_and_amax<'a>(
     }
     let mut passed: Vec<Option<PassThrough<'a>>> = members.iter().map(|_| None).collect();
     if !bad.is_empty() {
-        // On the host: their elements are patched here.
-        let mut weights: Vec<(Cow<'a, [u8]>, SourceDtype)> =
-            member_weights(plan, ckpt, options, members)
-                .into_iter()
-                .map(MemberWeight::into_host)
-                .collect();
+        // On the host: their elements are patched here; the other members load as before.
+        let mut weights = member_weights(plan, ckpt, options, members);
         for &m in &bad {
-            let (data, dtype) = &mut weights[m];
+            let placeholder = MemberWeight::Plain(Cow::Borrowed(&[]), weights[m].dtype());
+            let (mut data, dtype) = std::mem::replace(&mut weights[m], placeholder).into_host();
             let original = data.clone();
-            let found = nonfinite::zero_nonfinite(data.to_mut(), *dtype).ok_or_else(|| {
+            let found = nonfinite::zero_nonfinite(data.to_mut(), dtype).ok_or_else(|| {
                 Error::other(format!(
                     "internal error: {} was reported non-finite, but holds no NaN or infinity",
                     plan.linears[members[m]].linear.module
@@ -302,16 +299,12 @@ fn load_and_amax<'a>(
             })?;
             passed[m] = Some(PassThrough {
                 original,
-                dtype: *dtype,
+                dtype,
                 found,
             });
+            weights[m] = MemberWeight::Plain(data, dtype);
         }
-        compute.load(
-            weights
-                .into_iter()
-                .map(|(bytes, dtype)| MemberWeight::Plain(bytes, dtype))
-                .collect(),
-        )?;
+        compute.load(weights)?;
         for &m in &bad {
             let i = members[m];
             let amax = member_amax(plan, ckpt, i, m, compute)?

@@ -155,7 +155,8 @@ fn open_device(plan: &Plan, options: &Options) -> Result<Option<GpuPool>> {
         );
     }
     let host_bound = (options.run.max_memory / (16 * GPU_SLOTS as u64)) as usize;
-    let staging = largest.min(GPU_STAGING).min(host_bound);
+    // A tiny --max-memory still leaves 1 MiB buffers: smaller ones would make every copy slow.
+    let staging = largest.min(GPU_STAGING).min(host_bound.max(1 << 20));
     GpuPool::new(gpu, GPU_SLOTS, capacity, staging).map(Some)
 }
 

@@ -249,6 +249,20 @@ impl GpuCompute<'_, '_> {
             .map_err(|e| cuda("binding the context", e))?;
         let host = host_out.as_mut_slice().map_err(|e| cuda("staging", e))?;
         let half = host.len() / 2;
+        // Every part is checked before any copy is queued: an error leaves nothing in flight.
+        for (buffer, offset, out) in parts.iter() {
+            let size = match buffer {
+                DeviceBuffer::In => dev_in.len(),
+                DeviceBuffer::Out => dev_out.len(),
+                DeviceBuffer::Scales => dev_scales.len(),
+            };
+            if offset + out.len() > size {
+                return Err(Error::other(format!(
+                    "internal: {} bytes at {offset} from a GPU buffer of {size}",
+                    out.len()
+                )));
+            }
+        }
         // Copies queued into each half, not yet taken out: (part, offset in part, offset in
         // the half, length).
         let mut queued: [Vec<(usize, usize, usize, usize)>; 2] = [Vec::new(), Vec::new()];
@@ -283,12 +297,6 @@ impl GpuCompute<'_, '_> {
                 DeviceBuffer::Out => &*dev_out,
                 DeviceBuffer::Scales => &*dev_scales,
             };
-            if offset + len > src.len() {
-                return Err(Error::other(format!(
-                    "internal: {len} bytes at {offset} from a GPU buffer of {}",
-                    src.len()
-                )));
-            }
             let mut done = 0;
             while done < len {
                 if filled == half {
