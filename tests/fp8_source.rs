@@ -194,6 +194,12 @@ fn push_fp8(
 
 /// Writes the FP8 checkpoint and a BF16 checkpoint holding the same weights dequantized.
 fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    make_checkpoints_with_nan(tmp, None)
+}
+
+/// [`make_checkpoints`], with element [0, 5] of `nan_in`'s FP8 weight set to the NaN code 0x7F
+/// (so its BF16 twin holds a NaN there too).
+fn make_checkpoints_with_nan(tmp: &TempDir, nan_in: Option<&str>) -> (PathBuf, PathBuf) {
     let recorded = recorded_weight_amax();
     let mut rng = Rng(2024);
     let mut fp8_tensors = Vec::new();
@@ -247,6 +253,11 @@ fn make_checkpoints(tmp: &TempDir) -> (PathBuf, PathBuf) {
             &mut fp8_tensors,
             &mut bf16_tensors,
         );
+        if nan_in == Some(module.as_str()) {
+            let (fp8, bf16) = (fp8_tensors.len() - 2, bf16_tensors.len() - 1);
+            fp8_tensors[fp8].1[5] = 0x7F;
+            bf16_tensors[bf16].1[10..12].copy_from_slice(&0x7FC0u16.to_le_bytes());
+        }
     }
     // An MTP layer past num_hidden_layers (DeepSeek's layer 61): stays unquantized, and its FP8
     // weight is dequantized like any other.
@@ -334,6 +345,44 @@ fn fp8_source_converts_like_its_bf16_dequantization() {
         t["model.layers.2.eh_proj.weight"].0, "BF16",
         "MTP FP8 weight dequantized"
     );
+}
+
+/// `--allow-nonfinite` on an FP8 source: the member holding a NaN is dequantized and patched,
+/// its unit's other members load as they were (FP8 codes), and the output is the BF16 twin's,
+/// NaN included.
+#[test]
+fn a_nan_in_one_fp8_member_is_patched_like_its_bf16_twin() {
+    let tmp = TempDir::new("fp8nan");
+    let module = "model.layers.1.mlp.experts.1.gate_proj";
+    let (fp8_dir, bf16_dir) = make_checkpoints_with_nan(&tmp, Some(module));
+    let err = shardquant::commands::convert::convert(&fp8_dir, &tmp.join("refused"), &options())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(module) && err.contains("--allow-nonfinite"),
+        "{err}"
+    );
+    let mut o = options();
+    o.output.allow_nonfinite = true;
+    for format in [QuantFormat::Nvfp4, QuantFormat::Fp8] {
+        o.output.format = format;
+        let (a, b) = (tmp.join("from-fp8"), tmp.join("from-bf16"));
+        let report = shardquant::commands::convert::convert(&fp8_dir, &a, &o).unwrap();
+        shardquant::commands::convert::convert(&bf16_dir, &b, &o).unwrap();
+        common::assert_same_tensors(&a, &b);
+        let json = report.to_json();
+        assert!(json.contains(module), "the report names {module}: {json}");
+        // The NaN gets the documented code: element 5 of the gate is the high nibble of byte
+        // 2 (NVFP4) or byte 5 (FP8).
+        let t = load_tensors(&a);
+        let w = &t[&format!("{module}.weight")].2;
+        match format {
+            QuantFormat::Nvfp4 => assert_eq!(w[2] >> 4, compute::nonfinite::E2M1_NAN),
+            _ => assert_eq!(w[5], compute::nonfinite::E4M3_NAN),
+        }
+        std::fs::remove_dir_all(&a).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
 }
 
 #[test]
