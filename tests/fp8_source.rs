@@ -536,14 +536,24 @@ fn fp8_source_gives_the_same_bytes_on_the_gpu() {
     }
     let tmp = TempDir::new("fp8gpu");
     let (fp8_dir, _) = make_checkpoints(&tmp);
-    for format in [QuantFormat::Nvfp4, QuantFormat::Fp8] {
+    // A NaN in one member: the GPU reloads that unit with the member patched on the host and
+    // its other members as FP8 codes.
+    let nan_tmp = TempDir::new("fp8gpunan");
+    let (nan_dir, _) =
+        make_checkpoints_with_nan(&nan_tmp, Some("model.layers.1.mlp.experts.1.up_proj"));
+    let cases = [(&fp8_dir, false), (&nan_dir, true)];
+    for ((source, allow_nonfinite), format) in cases
+        .into_iter()
+        .flat_map(|c| [(c, QuantFormat::Nvfp4), (c, QuantFormat::Fp8)])
+    {
         let (a, b) = (tmp.join("cpu"), tmp.join("gpu"));
         let mut o = options();
         o.output.format = format;
+        o.output.allow_nonfinite = allow_nonfinite;
         o.run.device = shardquant::compute::cuda::DeviceChoice::Cpu;
-        shardquant::commands::convert::convert(&fp8_dir, &a, &o).unwrap();
+        shardquant::commands::convert::convert(source, &a, &o).unwrap();
         o.run.device = shardquant::compute::cuda::DeviceChoice::Cuda(0);
-        shardquant::commands::convert::convert(&fp8_dir, &b, &o).unwrap();
+        shardquant::commands::convert::convert(source, &b, &o).unwrap();
         common::assert_same_tensors(&b, &a);
         std::fs::remove_dir_all(&a).unwrap();
         std::fs::remove_dir_all(&b).unwrap();
