@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
-# GPU check of the compressed-tensors static schemes (issue 16: NVFP4 W4A4, static FP8, the KV
-# cache), in the style of the earlier GPU checks: the binaries are built on the development
-# machine into .device/, then run on the GPU machine from the repository root.
+# The GPU machine's check of a build: every test that runs on the GPU, then (optionally) issue 13's
+# targets bench. The binaries are built on the development machine into .device/ (the GPU
+# machine has no cargo), then run there from the repository root.
 #
-#   bash bench/gpu_ct_static.sh build    # here: release build, test binaries into .device/ (stripped)
-#   bash bench/gpu_ct_static.sh run      # on the GPU machine (carry .device): everything below
+#   bash bench/gpu_check.sh build    # here: release build, synth and the test binaries into .device/ (stripped)
+#   bash bench/gpu_check.sh run      # on the GPU machine (carry .device): everything below
+#   BENCH=1 bash bench/gpu_check.sh run    # ... then python3 bench/targets.py 16 (SECTIONS, BASE as there)
 #
 # `run` executes, with SHARDQUANT_REQUIRE_GPU=1 (a missing GPU fails) and
 # SHARDQUANT_GOLDEN_DEVICE=cuda (the conversions run with --device cuda):
 #   1. .device/gpu_twins --include-ignored: every CPU kernel against its CUDA twin, byte for byte,
-#      the new ct_fp8_tensor (kernels/ct.cu) included (ct_kernels_match_the_cpu_bit_for_bit);
-#   2. .device/ct_export: model_free_ptq's schemes, byte-identical to llm-compressor on the GPU;
-#   3. .device/ct_oneshot: the static schemes, tensor-identical to llm-compressor's oneshot on
+#      through small staging buffers too;
+#   2. .device/golden and .device/arch: ModelOpt's own exports, byte for byte, converted on the GPU;
+#   3. .device/fp8_source: FP8 block-scaled sources on cuda against cpu (with a NaN under
+#      --allow-nonfinite too);
+#   4. .device/ct_export: model_free_ptq's schemes, byte-identical to llm-compressor on the GPU;
+#   5. .device/ct_oneshot: the static schemes, tensor-identical to llm-compressor's oneshot on
 #      the GPU (-0.0 aside), KV scales, read-back statistics, the pre-flight errors;
-#   4. the 13 conversions of tests/client/check.sh on cuda and on cpu: identical files.
-# Exit status non-zero on any failure.
+#   6. the 13 compressed-tensors conversions of tests/client/check.sh on cuda and on cpu:
+#      identical files.
+# Exit status non-zero on any failure (the bench runs only when every check passed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TESTS=(gpu_twins ct_export ct_oneshot)
+TESTS=(gpu_twins golden arch fp8_source ct_export ct_oneshot)
 case "${1:-}" in
 build)
   cargo build --release --locked
   mkdir -p .device
   strip -o .device/shardquant target/release/shardquant
+  cargo build --release --locked --example synth
+  strip -o .device/synth target/release/examples/synth
   for t in "${TESTS[@]}"; do
     exe=$(cargo test --release --locked --test "$t" --no-run --message-format=json 2>/dev/null |
       jq -r "select(.executable != null and .target.name == \"$t\") | .executable")
@@ -34,9 +41,10 @@ run)
   export SHARDQUANT_REQUIRE_GPU=1 SHARDQUANT_GOLDEN_DEVICE=cuda
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
   failed=0
-  .device/gpu_twins --include-ignored || failed=1
-  .device/ct_export --include-ignored || failed=1
-  .device/ct_oneshot --include-ignored || failed=1
+  for t in "${TESTS[@]}"; do
+    echo "== $t"
+    ".device/$t" --include-ignored || failed=1
+  done
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
   for case in \
@@ -69,10 +77,17 @@ run)
     fi
     rm -rf "$WORK/cpu" "$WORK/cuda"
   done
-  exit $failed
+  if [ "$failed" != 0 ]; then
+    echo "GPU CHECK FAILED" >&2
+    exit 1
+  fi
+  echo "GPU check passed"
+  if [ "${BENCH:-0}" = 1 ]; then
+    python3 bench/targets.py 16
+  fi
   ;;
 *)
-  echo "usage: bash bench/gpu_ct_static.sh build|run" >&2
+  echo "usage: bash bench/gpu_check.sh build|run" >&2
   exit 2
   ;;
 esac
