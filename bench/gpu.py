@@ -7,7 +7,6 @@ the GPU and on all CPU cores, NVFP4 and FP8, cold and warm page cache, and the P
     python3 bench/gpu.py [LAYERS]    # default 17 layers of a Qwen3-30B-A3B-shaped model (~21 GB BF16)
     python3 bench/gpu.py fp8 [LAYERS] # FP8-source rows: DeepSeek-V3-shaped FP8 slice (1 layer ~ 11.5 GB) to NVFP4
 """
-import glob
 import json
 import os
 import shutil
@@ -15,31 +14,14 @@ import subprocess
 import sys
 import time
 
+from benchlib import WORK, drop_caches, shard_bytes, timed
+
 FP8 = len(sys.argv) > 1 and sys.argv[1] == "fp8"
 ARGS = sys.argv[2:] if FP8 else sys.argv[1:]
 LAYERS = int(ARGS[0]) if ARGS else (1 if FP8 else 17)
-WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = ".device/shardquant"
 CKPT = f"{WORK}/deepseek-v3-fp8-slice-{LAYERS}" if FP8 else f"{WORK}/qwen3-30b-a3b-shaped-{LAYERS}"
 AMAX = CKPT + ".amax.safetensors"
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def shard_bytes(d):
-    return sum(os.path.getsize(p) for p in glob.glob(f"{d}/*.safetensors"))
-
-
-def timed(cmd):
-    """Runs cmd under GNU time; returns (wall seconds, peak RSS MiB)."""
-    tfile = f"{WORK}/time.txt"
-    subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", tfile] + cmd, check=True)
-    wall, kb = open(tfile).read().split()
-    return float(wall), int(kb) / 1024
 
 
 def main():

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 
+from benchlib import WORK, drop_caches
+
 LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 17
-WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = ".device/shardquant"
 SHAPE = ["2048", "128", "768"]  # hidden, experts, expert intermediate (Qwen3-30B-A3B)
 FORMAT = os.environ.get("FORMAT", "nvfp4")
@@ -34,12 +35,6 @@ MODES = [
 ]
 if FORMAT == "fp8":
     MODES = MODES[:2]
-
-
-def drop_caches():
-    subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def synth(ckpt, layers):

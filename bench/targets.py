@@ -17,16 +17,15 @@ disk writes zeros about 1.5x faster than real data, so it is no floor for real o
 BASE=path/to/an/earlier/shardquant adds that build's warm and FP8-source rows on both devices,
 interleaved with this build's (an A/B of a change in one run; rows marked "(base)").
 """
-import glob
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
+from benchlib import WORK, drop_caches, shard_bytes, timed
+
 LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-WORK = os.environ.get("BENCH_DIR", "/tmp/sqbench")
 BIN = os.environ.get("BIN", ".device/shardquant")
 BASE = os.environ.get("BASE")
 BUILDS = [(BIN, "")] + ([(BASE, " (base)")] if BASE else [])
@@ -37,24 +36,6 @@ FP8_CKPT = f"{WORK}/deepseek-v3-fp8-slice-1"
 
 def sh(cmd):
     subprocess.run(cmd, shell=True, check=True)
-
-
-def drop_caches():
-    sh("sync")
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def shard_bytes(d):
-    return sum(os.path.getsize(p) for p in glob.glob(f"{d}/*.safetensors"))
-
-
-def timed(cmd):
-    """Runs cmd; returns (wall seconds, peak RSS MiB) measured by GNU time."""
-    tfile = f"{WORK}/time.txt"
-    subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", tfile] + cmd, check=True)
-    wall, kb = open(tfile).read().split()
-    return float(wall), int(kb) / 1024
 
 
 def read_floor(ckpt, cold):
