@@ -34,6 +34,20 @@ pub fn scale_inv_shape(rows: usize, cols: usize) -> (usize, usize) {
     (rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK))
 }
 
+/// The block-scale grid of an FP8 weight `[rows, cols]`, after checking that `fp8` and
+/// `scale_inv` hold what that shape needs (the plan checked the tensors' shapes: a mismatch here
+/// is a bug, hence a panic).
+fn checked_scale_shape(fp8: &[u8], scale_inv: &[u8], rows: usize, cols: usize) -> (usize, usize) {
+    let (srows, scols) = scale_inv_shape(rows, cols);
+    assert_eq!(fp8.len(), rows * cols, "fp8 must hold rows*cols bytes");
+    assert_eq!(
+        scale_inv.len(),
+        srows * scols * 4,
+        "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
+    );
+    (srows, scols)
+}
+
 /// Dequantizes a row-major FP8 E4M3 weight `[rows, cols]` with its f32 `scale_inv` (little-endian
 /// bytes, shape [`scale_inv_shape`]; partial edge blocks use their block's scale) into `out`
 /// (little-endian BF16 or F32 bytes per `precision`).
@@ -45,13 +59,7 @@ pub fn dequantize_fp8_block(
     precision: DequantPrecision,
     out: &mut [u8],
 ) {
-    let (srows, scols) = scale_inv_shape(rows, cols);
-    assert_eq!(fp8.len(), rows * cols, "fp8 must hold rows*cols bytes");
-    assert_eq!(
-        scale_inv.len(),
-        srows * scols * 4,
-        "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
-    );
+    let (_, scols) = checked_scale_shape(fp8, scale_inv, rows, cols);
     let size = precision.dtype().size();
     assert_eq!(
         out.len(),
@@ -108,13 +116,7 @@ pub fn amax_fp8_block(
     cols: usize,
     precision: DequantPrecision,
 ) -> Option<f32> {
-    let (srows, scols) = scale_inv_shape(rows, cols);
-    assert_eq!(fp8.len(), rows * cols, "fp8 must hold rows*cols bytes");
-    assert_eq!(
-        scale_inv.len(),
-        srows * scols * 4,
-        "scale_inv must hold [ceil(rows/128), ceil(cols/128)] f32"
-    );
+    let (srows, scols) = checked_scale_shape(fp8, scale_inv, rows, cols);
     if rows == 0 || cols == 0 {
         return Some(0.0);
     }
