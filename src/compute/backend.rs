@@ -60,9 +60,24 @@ impl<'a> MemberWeight<'a> {
 
     /// The bytes the kernels see, computed on the CPU where they are not at hand.
     pub fn into_host(self) -> (Cow<'a, [u8]>, SourceDtype) {
-        let dtype = self.dtype();
         match self {
             MemberWeight::Plain(bytes, dtype) => (bytes, dtype),
+            weight => {
+                let mut out = Vec::new();
+                weight.host_into(&mut out);
+                (Cow::Owned(out), weight.dtype())
+            }
+        }
+    }
+
+    /// Writes the bytes the kernels see into `out` (resized to [`Self::len`]), dequantizing an
+    /// FP8 block-scaled weight on the CPU: a caller that keeps `out` reuses its allocation.
+    pub fn host_into(&self, out: &mut Vec<u8>) {
+        match self {
+            MemberWeight::Plain(bytes, _) => {
+                out.clear();
+                out.extend_from_slice(bytes);
+            }
             MemberWeight::Fp8Block {
                 fp8,
                 scale_inv,
@@ -70,9 +85,8 @@ impl<'a> MemberWeight<'a> {
                 cols,
                 precision,
             } => {
-                let mut out = vec![0u8; rows * cols * precision.dtype().size()];
-                compute::dequantize_fp8_block(fp8, scale_inv, rows, cols, precision, &mut out);
-                (Cow::Owned(out), dtype)
+                out.resize(self.len(), 0);
+                compute::dequantize_fp8_block(fp8, scale_inv, *rows, *cols, *precision, out);
             }
         }
     }
@@ -183,20 +197,11 @@ impl CpuCompute<'_> {
         let dtype = weight.dtype();
         match weight {
             MemberWeight::Plain(bytes, _) => (bytes, dtype),
-            MemberWeight::Fp8Block {
-                fp8,
-                scale_inv,
-                rows,
-                cols,
-                precision,
-            } => {
+            MemberWeight::Fp8Block { .. } => {
                 if self.dequantized.as_ref().map(|(k, _)| *k) != Some(m) {
                     // The previous member's buffer is reused.
                     let mut out = self.dequantized.take().map(|(_, b)| b).unwrap_or_default();
-                    out.resize(weight.len(), 0);
-                    compute::dequantize_fp8_block(
-                        fp8, scale_inv, *rows, *cols, *precision, &mut out,
-                    );
+                    weight.host_into(&mut out);
                     self.dequantized = Some((m, out));
                 }
                 let (_, bytes) = self.dequantized.as_ref().expect("dequantized above");
