@@ -17,7 +17,7 @@
 #   4. .device/ct_export: model_free_ptq's schemes, byte-identical to llm-compressor on the GPU;
 #   5. .device/ct_oneshot: the static schemes, tensor-identical to llm-compressor's oneshot on
 #      the GPU (-0.0 aside), KV scales, read-back statistics, the pre-flight errors;
-#   6. the 13 compressed-tensors conversions of tests/client/check.sh on cuda and on cpu:
+#   6. the compressed-tensors conversions of tests/client/check.sh (tests/client/cases.txt) on cuda and on cpu:
 #      identical files.
 # Exit status non-zero on any failure (the bench runs only when every check passed).
 set -euo pipefail
@@ -47,19 +47,17 @@ run)
   done
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
-  for case in \
-    "llama128_source w4a16_nvfp4" "llama128_source fp8_dynamic" "llama128_source fp8_block" \
-    "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block" \
-    "llama128_source nvfp4" "llama128_source fp8" "llama128_source fp8 --kv-cache fp8" \
-    "qwen3moe128_source nvfp4" "qwen3moe128_source fp8" "qwen3moe128_source fp8 --kv-cache fp8" \
-    "llama128_source w4a16_nvfp4 --kv-cache fp8"; do
+  mapfile -t CASES < <(grep -v -e '^#' -e '^$' tests/client/cases.txt)
+  for case in "${CASES[@]}"; do
     set -- $case
-    src=fixtures/ct/$1
+    # INPUT[:REFERENCE]: the statistics are the reference's (tests/client/cases.txt).
+    src=fixtures/ct/${1%%:*}
+    ref=fixtures/ct/${1#*:}
     format=$2
     shift 2
     extra=("$@")
     case "$format $*" in
-      nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "$src.amax.safetensors") ;;
+      nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "$ref.amax.safetensors") ;;
     esac
     for device in cuda cpu; do
       .device/shardquant convert "$src" "$WORK/$device" --format "$format" \

@@ -34,23 +34,9 @@ BIN=target/release/shardquant
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 failed=0
-# source, --format, then any further options. The static schemes (nvfp4: W4A4, fp8: W8A8, and
-# the KV cache, also with a weight-only scheme) take the sources' activation statistics (fixtures/ct/<source>.amax.safetensors,
-# made by fixtures/oracle/make_ct_client_stats.py from a BF16 forward pass). The DeepSeek-V3
-# source is FP8 block-scaled (fixtures/oracle/make_ct_deepseek.py): shardquant dequantizes it on
-# the way, and the output is checked against its BF16 dequantization `deepseek128_bf16` (no
-# --kv-cache: MLA has no KV-cache entry in the deepseek_v3 layout, shardquant refuses it).
-for case in \
-  "llama128_source w4a16_nvfp4" "llama128_source fp8_dynamic" "llama128_source fp8_block" \
-  "qwen3moe128_source w4a16_nvfp4" "qwen3moe128_source fp8_dynamic" "qwen3moe128_source fp8_block" \
-  "llama128_source nvfp4" "llama128_source fp8" "llama128_source fp8 --kv-cache fp8" \
-  "qwen3moe128_source nvfp4" "qwen3moe128_source fp8" "qwen3moe128_source fp8 --kv-cache fp8" \
-  "llama128_source w4a16_nvfp4 --kv-cache fp8" \
-  "deepseek128_fp8_source:deepseek128_bf16 w4a16_nvfp4" \
-  "deepseek128_fp8_source:deepseek128_bf16 fp8_dynamic" \
-  "deepseek128_fp8_source:deepseek128_bf16 fp8_block" \
-  "deepseek128_fp8_source:deepseek128_bf16 nvfp4" \
-  "deepseek128_fp8_source:deepseek128_bf16 fp8"; do
+# The cases, one per line: tests/client/cases.txt.
+mapfile -t CASES < <(grep -v -e '^#' -e '^$' tests/client/cases.txt)
+for case in "${CASES[@]}"; do
   set -- $case
   # INPUT[:REFERENCE]: an FP8 block-scaled input is checked against its BF16 dequantization
   # (the BF16 model the client compares with, and whose statistics the static schemes take).
