@@ -15,40 +15,56 @@ use crate::progress::{add_elapsed, elapsed_seconds};
 /// order the workers finish.
 const WRITEBACK_CHUNK: u64 = 32 << 20;
 
-/// A shard's written prefix and the part of it whose writeback was started.
-pub(super) struct WritebackCursor {
+/// A shard's written byte ranges, merged into the prefix they complete: the one record that the
+/// writeback and the hashing threads both follow.
+pub(super) struct WrittenPrefix {
     /// Written ranges (start → end) beyond the prefix.
-    pub(super) pending: BTreeMap<u64, u64>,
+    beyond: BTreeMap<u64, u64>,
     /// End of the written prefix.
-    pub(super) written: u64,
-    /// End of the part whose writeback was started.
-    pub(super) started: u64,
+    end: u64,
 }
 
-impl WritebackCursor {
-    /// Records a written range; returns the range whose writeback should start now: the new
-    /// part of the prefix, once it is [`WRITEBACK_CHUNK`] long or reaches the end of the file.
-    fn add(&mut self, start: u64, end: u64, file_len: u64) -> Option<(u64, u64)> {
-        self.pending.insert(start, end);
-        while let Some((&s, &e)) = self.pending.first_key_value() {
-            if s > self.written {
+impl WrittenPrefix {
+    /// A shard whose first `end` bytes (its header) are written.
+    pub(super) fn new(end: u64) -> WrittenPrefix {
+        WrittenPrefix {
+            beyond: BTreeMap::new(),
+            end,
+        }
+    }
+
+    /// Records the written range `start..end`; returns whether the prefix grew.
+    pub(super) fn add(&mut self, start: u64, end: u64) -> bool {
+        let before = self.end;
+        self.beyond.insert(start, end);
+        while let Some((&s, &e)) = self.beyond.first_key_value() {
+            if s > self.end {
                 break;
             }
-            self.pending.remove(&s);
-            self.written = self.written.max(e);
+            self.beyond.remove(&s);
+            self.end = self.end.max(e);
         }
-        let ready = self.written - self.started;
-        if ready >= WRITEBACK_CHUNK || (ready > 0 && self.written >= file_len) {
-            let range = (self.started, self.written);
-            self.started = self.written;
-            return Some(range);
-        }
-        None
+        self.end > before
+    }
+
+    /// End of the written prefix.
+    pub(super) fn end(&self) -> u64 {
+        self.end
     }
 }
 
-/// A range of a shard just written: (shard, start, end).
-pub(super) type WrittenRange = (usize, u64, u64);
+/// The range whose writeback should start now, given the written prefix's end and where the
+/// started part ends (moved on): the new part of the prefix, once it is [`WRITEBACK_CHUNK`]
+/// long or reaches the end of the file.
+fn writeback_due(started: &mut u64, written: u64, file_len: u64) -> Option<(u64, u64)> {
+    let ready = written.saturating_sub(*started);
+    if ready >= WRITEBACK_CHUNK || (ready > 0 && written >= file_len) {
+        let range = (*started, written);
+        *started = written;
+        return Some(range);
+    }
+    None
+}
 
 /// Work that background threads do for a [`ShardWriter`] while tensors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,16 +124,18 @@ impl ShardWriter {
     /// fsync writes it: the bytes and digests are the same.
     pub fn serve(&self, service: Service) {
         let rx = &self.to_serve[service as usize];
-        for (s, start, end) in rx.iter() {
+        for s in rx.iter() {
             let shard = &self.shards[s];
             let Some(file) = &shard.file else { continue };
             match service {
                 Service::Writeback => {
-                    let range = shard
-                        .writeback
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .add(start, end, shard.file_len);
+                    // The prefix read under the cursor's lock, so that two threads never
+                    // start the same range and the started part only grows.
+                    let range = {
+                        let mut started = lock(&shard.writeback_started);
+                        let written = lock(&shard.prefix).end();
+                        writeback_due(&mut started, written, shard.file_len)
+                    };
                     if let Some((from, to)) = range {
                         let started = std::time::Instant::now();
                         start_writeback(file, from, to - from);
@@ -147,19 +165,12 @@ impl ShardWriter {
         };
         loop {
             let Some(h) = hash.as_mut() else { return };
-            let next = {
-                let mut pending = lock(&shard.pending);
-                match pending.first_key_value() {
-                    Some((&s, &e)) if s <= h.at() => {
-                        pending.remove(&s);
-                        Some(e)
-                    }
-                    _ => None,
-                }
-            };
-            let Some(to) = next else { return };
+            let to = lock(&shard.prefix).end();
+            if to <= h.at() {
+                return;
+            }
             let started = std::time::Instant::now();
-            if to > h.at() && h.advance(file, to).is_err() {
+            if h.advance(file, to).is_err() {
                 *hash = None;
             }
             add_elapsed(&self.clock.hash, started);
@@ -167,7 +178,9 @@ impl ShardWriter {
     }
 }
 
-pub(super) fn lock(m: &Mutex<BTreeMap<u64, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+/// Locks `m`, also when a panicking thread poisoned it (the guarded values stay consistent:
+/// each is changed in one step).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -188,26 +201,40 @@ pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{WritebackCursor, WRITEBACK_CHUNK};
-    use std::collections::BTreeMap;
+    use super::{writeback_due, WrittenPrefix, WRITEBACK_CHUNK};
+
+    #[test]
+    fn the_prefix_grows_only_when_a_gap_closes() {
+        let mut p = WrittenPrefix::new(10);
+        assert!(!p.add(20, 30));
+        assert_eq!(p.end(), 10);
+        assert!(p.add(10, 20));
+        assert_eq!(p.end(), 30);
+        // A range inside the prefix (written in pieces) changes nothing.
+        assert!(!p.add(0, 10));
+        assert!(p.beyond.is_empty());
+    }
 
     #[test]
     fn writeback_starts_in_prefix_order_and_in_large_pieces() {
         const C: u64 = WRITEBACK_CHUNK;
         let len = 3 * C + 10;
-        let mut w = WritebackCursor {
-            pending: BTreeMap::from([(0, 10)]),
-            written: 0,
-            started: 0,
-        };
+        let mut prefix = WrittenPrefix::new(10);
+        let mut started = 0;
+        let mut due = |p: &WrittenPrefix| writeback_due(&mut started, p.end(), len);
         // Out of order: nothing until the prefix is long enough.
-        assert_eq!(w.add(C, 2 * C, len), None);
-        assert_eq!(w.add(10, C / 2, len), None);
+        prefix.add(C, 2 * C);
+        assert_eq!(due(&prefix), None);
+        prefix.add(10, C / 2);
+        assert_eq!(due(&prefix), None);
         // The gap filled: the whole prefix [0, 2C) at once.
-        assert_eq!(w.add(C / 2, C, len), Some((0, 2 * C)));
-        assert_eq!(w.add(2 * C, 2 * C + 5, len), None);
+        prefix.add(C / 2, C);
+        assert_eq!(due(&prefix), Some((0, 2 * C)));
+        prefix.add(2 * C, 2 * C + 5);
+        assert_eq!(due(&prefix), None);
         // The end of the file: the rest, however short.
-        assert_eq!(w.add(2 * C + 5, len, len), Some((2 * C, len)));
-        assert_eq!(w.pending.len(), 0);
+        prefix.add(2 * C + 5, len);
+        assert_eq!(due(&prefix), Some((2 * C, len)));
+        assert_eq!(due(&prefix), None);
     }
 }

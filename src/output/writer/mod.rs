@@ -14,10 +14,9 @@ use crate::error::{Error, Result};
 use crate::fault;
 use crate::input::checkpoint::INDEX_FILE_NAME;
 use crate::plan::ShardPlan;
-use std::collections::BTreeMap;
 
 mod background;
-use background::{lock, WritebackCursor, WriterClock, WrittenRange};
+use background::{lock, WriterClock, WrittenPrefix};
 pub use background::{Service, WriterSeconds};
 
 /// Suffix of the files being written; they get their final names when sealed.
@@ -44,10 +43,10 @@ struct OpenShard {
     /// The planned tensors it holds.
     members: Vec<usize>,
     sealed: Mutex<Sealed>,
-    /// Written byte ranges (start → end) not hashed yet.
-    pending: Mutex<BTreeMap<u64, u64>>,
-    /// The written prefix whose disk writeback was started.
-    writeback: Mutex<WritebackCursor>,
+    /// The written byte ranges and the prefix they complete.
+    prefix: Mutex<WrittenPrefix>,
+    /// End of the written prefix's part whose disk writeback was started.
+    writeback_started: Mutex<u64>,
     /// The SHA-256 of the written prefix, advanced as writes complete it; `None` once a
     /// read failed (sealing then reads the whole file back, and reports the error).
     hash: Mutex<Option<PrefixHasher>>,
@@ -82,11 +81,11 @@ pub struct ShardWriter {
     finished: bool,
     /// Nanoseconds spent (summed over threads) for the report's stage timings.
     clock: WriterClock,
-    /// Written ranges `(shard, start, end)` for the background threads ([`ShardWriter::serve`]):
+    /// Shards whose written prefix grew, for the background threads ([`ShardWriter::serve`]):
     /// one channel for the writeback, one for hashing; `None` once [`ShardWriter::stop_serving`]
     /// was called (the serving threads then drain what was sent and return).
-    served: RwLock<Option<[Sender<WrittenRange>; 2]>>,
-    to_serve: [Receiver<WrittenRange>; 2],
+    served: RwLock<Option<[Sender<usize>; 2]>>,
+    to_serve: [Receiver<usize>; 2],
 }
 
 impl ShardWriter {
@@ -160,12 +159,8 @@ impl ShardWriter {
                 members,
                 sealed: Mutex::new(sealed),
                 // The header is written below, before any tensor.
-                pending: Mutex::new(BTreeMap::from([(0, shard.header.len() as u64)])),
-                writeback: Mutex::new(WritebackCursor {
-                    pending: BTreeMap::from([(0, shard.header.len() as u64)]),
-                    written: 0,
-                    started: 0,
-                }),
+                prefix: Mutex::new(WrittenPrefix::new(shard.header.len() as u64)),
+                writeback_started: Mutex::new(0),
                 hash: Mutex::new(Some(PrefixHasher::default())),
             });
             let open = writer.shards.last().expect("just pushed");
@@ -345,10 +340,12 @@ impl ShardWriter {
             crate::progress::add_elapsed(&self.clock.pwrite, started);
             fault::data_written();
             let range = (offset + start as u64, offset + end as u64);
-            lock(&shard.pending).insert(range.0, range.1);
-            if let Some(served) = &*self.served.read().unwrap_or_else(|e| e.into_inner()) {
-                for tx in served {
-                    let _ = tx.send((s, range.0, range.1));
+            // The serving threads are told when the written prefix grows: they follow it.
+            if lock(&shard.prefix).add(range.0, range.1) {
+                if let Some(served) = &*self.served.read().unwrap_or_else(|e| e.into_inner()) {
+                    for tx in served {
+                        let _ = tx.send(s);
+                    }
                 }
             }
             after(start..end);
