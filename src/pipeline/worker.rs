@@ -84,16 +84,16 @@ pub fn execute<'a>(
         Job::Quantize(members) => quantize_group(plan, ckpt, options, members, compute)?,
         Job::Dequant { tensor, scale } => {
             let (t, sc) = (&ckpt.tensors()[*tensor], &ckpt.tensors()[*scale]);
-            let (rows, cols) = (t.shape[0], t.shape[1]);
-            let mut out = vec![0u8; rows * cols * options.output.fp8_dequant.dtype().size()];
-            compute::dequantize_fp8_block(
-                ckpt.bytes(t),
-                ckpt.bytes(sc),
-                rows,
-                cols,
-                options.output.fp8_dequant,
-                &mut out,
-            );
+            // A pass-through FP8 weight: dequantized on the CPU, as a quantized member is there.
+            let weight = MemberWeight::Fp8Block {
+                fp8: ckpt.bytes(t),
+                scale_inv: ckpt.bytes(sc),
+                rows: t.shape[0],
+                cols: t.shape[1],
+                precision: options.output.fp8_dequant,
+            };
+            let mut out = Vec::new();
+            weight.host_into(&mut out);
             (vec![Payload::Owned(out)], Vec::new())
         }
     };
