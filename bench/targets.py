@@ -7,14 +7,14 @@ Run from the repository root with release binaries in .device/ (shardquant, synt
 
 Sections (env SECTIONS, comma-separated; default all): warm, few (pinned to 4 cores with
 --threads 4; FEW_ROUNDS rounds, default 2), cold, torch (bench/torch_reference.py warm and cold), mse (--calib
-mse-fp8-sweep, GPU), fp8 (a DeepSeek-V3-shaped FP8 layer to NVFP4). Every row prints the
+mse-fp8-sweep against --calib max on the GPU; MSE_ROUNDS rounds, default 1), fp8 (a DeepSeek-V3-shaped FP8 layer to NVFP4). Every row prints the
 report's stage breakdown too. The machine's disk varies by tens of percent from minute to
 minute: compare within one run. The write floor is writing the output's own bytes from the page
 cache with `dd conv=fdatasync`, measured before and after the rows; the smaller (the faster disk)
 is the floor used. `dd` of zeros of the same size is printed beside it: the GPU machine's virtual
 disk writes zeros about 1.5x faster than real data, so it is no floor for real output.
 
-BASE=path/to/an/earlier/shardquant adds that build's warm and FP8-source rows on both devices,
+BASE=path/to/an/earlier/shardquant adds that build's warm, few-core and FP8-source rows on both devices,
 interleaved with this build's (an A/B of a change in one run; rows marked "(base)").
 """
 import os
@@ -129,10 +129,12 @@ def main():
     if "few" in SECTIONS:
         for _ in range(int(os.environ.get("FEW_ROUNDS", "2"))):
             for dev in ["cuda", "cpu"]:
-                row(f"warm {dev}, 4 cores", *convert(CKPT, dev, pin=True)[:2])
+                for binary, tag in BUILDS:
+                    row(f"warm {dev}, 4 cores{tag}", *convert(CKPT, dev, pin=True, binary=binary)[:2])
     if "mse" in SECTIONS:
-        row("warm cuda --calib max", *convert(CKPT, "cuda")[:2])
-        row("warm cuda --calib mse-fp8-sweep", *convert(CKPT, "cuda", ["--calib", "mse-fp8-sweep"])[:2])
+        for _ in range(int(os.environ.get("MSE_ROUNDS", "1"))):
+            row("warm cuda --calib max", *convert(CKPT, "cuda")[:2])
+            row("warm cuda --calib mse-fp8-sweep", *convert(CKPT, "cuda", ["--calib", "mse-fp8-sweep"])[:2])
     if "torch" in SECTIONS:
         row("PyTorch reference, warm", *torch_reference(CKPT, cold=False))
     cold_read = None
@@ -180,7 +182,8 @@ def main():
         for _, tag in BUILDS:
             line(f"warm {dev}{tag}", warm_floor, "max(write, cached read)", "<= 1.25x")
     for dev in ["cuda", "cpu"]:
-        line(f"warm {dev}, 4 cores", warm_floor, "max(write, cached read)", "cuda >= 2x cpu")
+        for _, tag in BUILDS:
+            line(f"warm {dev}, 4 cores{tag}", warm_floor, "max(write, cached read)", "cuda >= 2x cpu")
     line("warm cuda --calib max", warm_floor, "max(write, cached read)", "")
     line("warm cuda --calib mse-fp8-sweep", warm_floor, "max(write, cached read)", "<= 1.25x")
     line("PyTorch reference, warm", warm_floor, "max(write, cached read)", "")
