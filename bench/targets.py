@@ -6,7 +6,7 @@ Run from the repository root with release binaries in .device/ (shardquant, synt
     python3 bench/targets.py [LAYERS]     # default 16 layers of a Qwen3-30B-A3B-shaped model (~20 GB BF16)
 
 Sections (env SECTIONS, comma-separated; default all): warm, few (pinned to 4 cores with
---threads 4; FEW_ROUNDS rounds, default 2), cold, torch (bench/torch_reference.py warm and cold), mse (--calib
+--threads 4; FEW_ROUNDS rounds, default 2), cold (COLD_ROUNDS rounds, default 1), torch (bench/torch_reference.py warm and cold), mse (--calib
 mse-fp8-sweep against --calib max on the GPU; MSE_ROUNDS rounds, default 1), fp8 (a DeepSeek-V3-shaped FP8 layer to NVFP4). Every row prints the
 report's stage breakdown too. The machine's disk varies by tens of percent from minute to
 minute: compare within one run. The write floor is writing the output's own bytes from the page
@@ -14,8 +14,9 @@ cache with `dd conv=fdatasync`, measured before and after the rows; the smaller 
 is the floor used. `dd` of zeros of the same size is printed beside it: the GPU machine's virtual
 disk writes zeros about 1.5x faster than real data, so it is no floor for real output.
 
-BASE=path/to/an/earlier/shardquant adds that build's warm, few-core and FP8-source rows on both devices,
-interleaved with this build's (an A/B of a change in one run; rows marked "(base)").
+BASE=path/to/an/earlier/shardquant adds that build's warm, few-core, cold and FP8-source rows on both devices,
+interleaved with this build's (an A/B of a change in one run; rows marked "(base)"); BASE_DEVICES=cuda
+keeps them to one device (default cuda,cpu).
 """
 import os
 import shutil
@@ -29,6 +30,12 @@ LAYERS = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 BIN = os.environ.get("BIN", ".device/shardquant")
 BASE = os.environ.get("BASE")
 BUILDS = [(BIN, "")] + ([(BASE, " (base)")] if BASE else [])
+BASE_DEVICES = os.environ.get("BASE_DEVICES", "cuda,cpu").split(",")
+
+
+def builds(dev):
+    """The builds whose rows run on `dev`: this one, and BASE where BASE_DEVICES names `dev`."""
+    return [(b, tag) for b, tag in BUILDS if not tag or dev in BASE_DEVICES]
 SECTIONS = os.environ.get("SECTIONS", "warm,few,cold,torch,mse,fp8").split(",")
 CKPT = f"{WORK}/qwen3-30b-a3b-shaped-{LAYERS}"
 FP8_CKPT = f"{WORK}/deepseek-v3-fp8-slice-1"
@@ -124,12 +131,12 @@ def main():
     if "warm" in SECTIONS:
         for _ in range(2):
             for dev in ["cuda", "cpu"]:
-                for binary, tag in BUILDS:
+                for binary, tag in builds(dev):
                     row(f"warm {dev}{tag}", *convert(CKPT, dev, binary=binary)[:2])
     if "few" in SECTIONS:
         for _ in range(int(os.environ.get("FEW_ROUNDS", "2"))):
             for dev in ["cuda", "cpu"]:
-                for binary, tag in BUILDS:
+                for binary, tag in builds(dev):
                     row(f"warm {dev}, 4 cores{tag}", *convert(CKPT, dev, pin=True, binary=binary)[:2])
     if "mse" in SECTIONS:
         for _ in range(int(os.environ.get("MSE_ROUNDS", "1"))):
@@ -140,8 +147,10 @@ def main():
     cold_read = None
     if "cold" in SECTIONS:
         cold_read = read_floor(CKPT, cold=True)
-        for dev in ["cuda", "cpu"]:
-            row(f"cold {dev}", *convert(CKPT, dev, cold=True)[:2])
+        for _ in range(int(os.environ.get("COLD_ROUNDS", "1"))):
+            for dev in ["cuda", "cpu"]:
+                for binary, tag in builds(dev):
+                    row(f"cold {dev}{tag}", *convert(CKPT, dev, cold=True, binary=binary)[:2])
         if "torch" in SECTIONS:
             row("PyTorch reference, cold", *torch_reference(CKPT, cold=True))
     writes.append(write_floor(out_bytes))
@@ -154,7 +163,7 @@ def main():
         fp8_write = write_floor_real(kept)
         for _ in range(2 if BASE else 1):
             for dev in ["cuda", "cpu"]:
-                for binary, tag in BUILDS:
+                for binary, tag in builds(dev):
                     row(f"FP8 source warm {dev}{tag}", *convert(FP8_CKPT, dev, binary=binary)[:2])
         fp8 = (fp8_read, min(fp8_write, write_floor_real(kept)), shard_bytes(FP8_CKPT) / 1e9)
         shutil.rmtree(kept, ignore_errors=True)
@@ -179,23 +188,24 @@ def main():
         print(f"| {name} | {walls} | {best[name]:.2f} | {best[name] / floor:.2f}x {floor_name} | {target} | {rss:.0f} |")
 
     for dev in ["cuda", "cpu"]:
-        for _, tag in BUILDS:
+        for _, tag in builds(dev):
             line(f"warm {dev}{tag}", warm_floor, "max(write, cached read)", "<= 1.25x")
     for dev in ["cuda", "cpu"]:
-        for _, tag in BUILDS:
+        for _, tag in builds(dev):
             line(f"warm {dev}, 4 cores{tag}", warm_floor, "max(write, cached read)", "cuda >= 2x cpu")
     line("warm cuda --calib max", warm_floor, "max(write, cached read)", "")
     line("warm cuda --calib mse-fp8-sweep", warm_floor, "max(write, cached read)", "<= 1.25x")
     line("PyTorch reference, warm", warm_floor, "max(write, cached read)", "")
     if cold_read:
         for dev in ["cuda", "cpu"]:
-            line(f"cold {dev}", cold_read + w, "read + write", "<= 1.0x")
+            for _, tag in builds(dev):
+                line(f"cold {dev}{tag}", cold_read + w, "read + write", "<= 1.0x")
         line("PyTorch reference, cold", cold_read + w, "read + write", "")
     if fp8:
         fr, fw, fgb = fp8
         print(f"FP8 source: {fgb:.2f} GB; cached read {fr:.2f} s, write floor {fw:.2f} s")
         for dev in ["cuda", "cpu"]:
-            for _, tag in BUILDS:
+            for _, tag in builds(dev):
                 line(f"FP8 source warm {dev}{tag}", max(fr, fw), "max(write, cached read)", "<= 1.25x")
     print()
     ratio = lambda a, b: f"{best[a] / best[b]:.2f}" if a in best and b in best else "-"
