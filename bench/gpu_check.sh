@@ -47,18 +47,10 @@ run)
   done
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
-  mapfile -t CASES < <(grep -v -e '^#' -e '^$' tests/client/cases.txt)
+  source tests/client/cases.sh
+  client_cases
   for case in "${CASES[@]}"; do
-    set -- $case
-    # INPUT[:REFERENCE]: the statistics are the reference's (tests/client/cases.txt).
-    src=fixtures/ct/${1%%:*}
-    ref=fixtures/ct/${1#*:}
-    format=$2
-    shift 2
-    extra=("$@")
-    case "$format $*" in
-      nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "$ref.amax.safetensors") ;;
-    esac
+    parse_case "$case"
     for device in cuda cpu; do
       .device/shardquant convert "$src" "$WORK/$device" --format "$format" \
         --export compressed-tensors --device "$device" -qq "${extra[@]}"

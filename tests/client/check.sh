@@ -35,20 +35,11 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 failed=0
 # The cases, one per line: tests/client/cases.txt.
-mapfile -t CASES < <(grep -v -e '^#' -e '^$' tests/client/cases.txt)
+source tests/client/cases.sh
+client_cases
 for case in "${CASES[@]}"; do
-  set -- $case
-  # INPUT[:REFERENCE]: an FP8 block-scaled input is checked against its BF16 dequantization
-  # (the BF16 model the client compares with, and whose statistics the static schemes take).
-  src=fixtures/ct/${1%%:*}
-  ref=fixtures/ct/${1#*:}
-  format=$2
-  shift 2
-  extra=("$@")
-  case "$format $*" in
-    nvfp4* | "fp8 "* | *--kv-cache*) extra+=(--stats "$ref.amax.safetensors") ;;
-  esac
-  name="$(basename "$src") --format $format${1:+ $*}"
+  parse_case "$case"
+  name="$(basename "$src") --format $format${args[*]:+ ${args[*]}}"
   out=$WORK/$(echo "$name" | tr ' /' '__')
   "$BIN" convert "$src" "$out" --format "$format" --export compressed-tensors --device cpu -qq "${extra[@]}"
   [ "$ref" = "$src" ] && echo "== $name" || echo "== $name (against $(basename "$ref"))"
